@@ -1,0 +1,19 @@
+"""ccrop: ContrastiveCrop (Peng et al., CVPR 2022) for self-supervised Siamese pretraining."""
+
+from .boxes import BoxStore, box_iou
+from .crop import ContrastiveCrop, RandomResizedCrop, SimCCrop
+from .localize import boxes_from_features, heatmaps_from_features, update_boxes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoxStore",
+    "ContrastiveCrop",
+    "RandomResizedCrop",
+    "SimCCrop",
+    "box_iou",
+    "boxes_from_features",
+    "heatmaps_from_features",
+    "update_boxes",
+    "__version__",
+]

@@ -1,0 +1,422 @@
+"""ContrastiveCrop and SimCCrop: the crop-parameter sampling law, per sample and batched.
+
+The law (Peng et al., CVPR 2022, Sec. 3.3 "center-suppressed sampling"):
+
+1. area fraction ``s ~ U(scale)`` of the *whole image*, log aspect ratio ``~ U(log ratio)``,
+   crop ``w = round(sqrt(s*H*W*r))``, ``h = round(sqrt(s*H*W/r))``; retry up to 10 times until
+   the crop fits the image;
+2. crop centre ``c = lo + (hi - lo) * u`` per axis, ``u ~ Beta(alpha, alpha)``, with ``lo, hi``
+   the box edges in pixels; ``alpha < 1`` is U-shaped and pushes the two views apart;
+3. the crop is shifted to lie fully inside the image (it may extend past the box);
+4. after 10 failed tries: a centre crop of the whole image (aspect ratio clamped to ``ratio``).
+
+Difference from the official code, on purpose: it clamps the admissible range of the top-left
+corner to the image first and draws the Beta sample inside the clamped range; we draw the centre
+inside the box and then shift, as the paper and DESIGN.md state. The two agree whenever the box
+edge is at least half a crop away from the image edge.
+
+Degenerate-box guard (ccrop's own default, off in the paper-reproduction configs): when a box
+covers at least ``full_box_guard`` of the image area, the top-left corner is drawn uniformly as
+RandomResizedCrop does. With a full-image box and alpha = 0.1 the paper's law pushes every crop
+to the image borders, which was measured to cost accuracy (DESIGN.md).
+
+Randomness: the per-sample path draws from a ``random.Random`` (fast, no tensor overhead); a
+``torch.Generator`` is accepted and seeds one. The batched path draws from torch on any device.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torchvision.transforms.functional as TF
+from PIL import Image
+
+Box = tuple[float, float, float, float]
+FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
+CENTER_BOX: Box = (0.25, 0.25, 0.75, 0.75)
+MAX_TRIES = 10
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def check_box(box: Any, name: str = "box") -> Box:
+    """Validate one normalised box and return it as a float tuple.
+
+    Args:
+        box: 4 numbers ``(x0, y0, x1, y1)`` with ``0 <= x0 <= x1 <= 1`` and ``0 <= y0 <= y1 <= 1``
+            (a sequence or a (4,) tensor).
+        name: argument name used in the error message.
+
+    Returns:
+        ``(x0, y0, x1, y1)`` as Python floats.
+
+    Raises:
+        ValueError: wrong length, NaN/inf, outside [0, 1], or x0 > x1 / y0 > y1.
+    """
+    if isinstance(box, torch.Tensor):
+        box = box.detach().cpu().tolist()
+    try:
+        vals = tuple(float(v) for v in box)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
+    if len(vals) != 4:
+        raise ValueError(f"{name} must have 4 values (x0, y0, x1, y1), got {len(vals)}")
+    if not all(math.isfinite(v) for v in vals):
+        raise ValueError(f"{name} must be finite, got {vals}")
+    x0, y0, x1, y1 = vals
+    if not all(0.0 <= v <= 1.0 for v in vals):
+        raise ValueError(f"{name} values must lie in [0, 1] (normalised), got {vals}")
+    if x0 > x1 or y0 > y1:
+        raise ValueError(f"{name} needs x0 <= x1 and y0 <= y1, got {vals}")
+    return vals  # type: ignore[return-value]
+
+
+def check_crop_args(
+    scale: Sequence[float], ratio: Sequence[float], alpha: float, full_box_guard: float | None
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Validate the hyper-parameters of the crop law.
+
+    Args:
+        scale: ``(lo, hi)`` area fraction range, ``0 < lo <= hi <= 1``.
+        ratio: ``(lo, hi)`` aspect ratio (w/h) range, ``0 < lo <= hi``.
+        alpha: Beta concentration, ``> 0``.
+        full_box_guard: area share in (0, 1] above which the centre is uniform, or None.
+
+    Returns:
+        ``(scale, ratio)`` as float pairs.
+    """
+    if len(scale) != 2 or not (0.0 < float(scale[0]) <= float(scale[1]) <= 1.0):
+        raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
+    if len(ratio) != 2 or not (0.0 < float(ratio[0]) <= float(ratio[1]) < math.inf):
+        raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {tuple(ratio)}")
+    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+    if full_box_guard is not None and not (0.0 < float(full_box_guard) <= 1.0):
+        raise ValueError(f"full_box_guard must be in (0, 1] or None, got {full_box_guard!r}")
+    return (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
+
+
+def as_rng(generator: torch.Generator | random.Random | None) -> random.Random | Any:
+    """Turn an optional generator into a ``random.Random``-like source.
+
+    Args:
+        generator: None (the global ``random`` module, seeded per DataLoader worker by PyTorch),
+            a ``random.Random``, or a ``torch.Generator`` (one 63-bit seed is drawn from it).
+    """
+    if generator is None:
+        return random
+    if isinstance(generator, torch.Generator):
+        seed = int(torch.randint(0, 2**63 - 1, (1,), generator=generator))
+        return random.Random(seed)
+    return generator
+
+
+# ----------------------------------------------------------------------------- per sample
+
+
+def _fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
+    """Centre crop of the whole image, aspect ratio clamped to ``ratio``."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        w, h = width, min(height, max(1, int(round(width / ratio[0]))))
+    elif in_ratio > ratio[1]:
+        h, w = height, min(width, max(1, int(round(height * ratio[1]))))
+    else:
+        h, w = height, width
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _place(lo: float, hi: float, extent: int, size: int, u: float) -> int:
+    """Top/left pixel of a crop of ``size`` whose centre is ``lo + (hi - lo) * u`` (normalised),
+    shifted to lie inside ``[0, extent)``."""
+    centre = (lo + (hi - lo) * u) * extent
+    start = int(math.floor(centre - size / 2 + 0.5))
+    return min(max(start, 0), extent - size)
+
+
+def sample_crop_params(
+    height: int,
+    width: int,
+    box: Box = FULL_BOX,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    alpha: float = 0.6,
+    generator: torch.Generator | random.Random | None = None,
+    full_box_guard: float | None = None,
+) -> tuple[int, int, int, int]:
+    """Sample one ContrastiveCrop rectangle (arguments assumed validated; see the module doc).
+
+    Args:
+        height: image height H in pixels (>= 1).
+        width: image width W in pixels (>= 1).
+        box: normalised ``(x0, y0, x1, y1)`` region where the crop centre must fall.
+        scale: area fraction range of the whole image.
+        ratio: aspect ratio (w/h) range.
+        alpha: Beta(alpha, alpha) concentration of the centre inside the box.
+        generator: randomness source (see ``as_rng``).
+        full_box_guard: box area share at or above which the centre is uniform (RRC); None = off.
+
+    Returns:
+        ``(top, left, h, w)`` integers with ``0 <= top``, ``top + h <= H``, ``0 <= left``,
+        ``left + w <= W``, ``h, w >= 1``.
+    """
+    rng = as_rng(generator)
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    x0, y0, x1, y1 = box
+    uniform = full_box_guard is not None and (x1 - x0) * (y1 - y0) >= full_box_guard
+    for _ in range(MAX_TRIES):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            if uniform:  # RandomResizedCrop: top-left uniform over all positions
+                return rng.randint(0, height - h), rng.randint(0, width - w), h, w
+            top = _place(y0, y1, height, h, rng.betavariate(alpha, alpha))
+            left = _place(x0, x1, width, w, rng.betavariate(alpha, alpha))
+            return top, left, h, w
+    return _fallback(height, width, ratio)
+
+
+# ----------------------------------------------------------------------------- batched
+
+
+def sample_beta(alpha: float, shape: Sequence[int], generator: torch.Generator | None = None,
+                device: torch.device | str | None = None) -> torch.Tensor:
+    """Draw Beta(alpha, alpha) samples with torch, honouring an optional generator.
+
+    Beta = X / (X + Y) with X, Y ~ Gamma(alpha); Gamma by Marsaglia-Tsang on Gamma(alpha + 1)
+    times ``U ** (1 / alpha)`` (valid for every alpha > 0), vectorised with a few rejection rounds.
+
+    Args:
+        alpha: concentration (> 0).
+        shape: output shape.
+        generator: optional ``torch.Generator`` on ``device``.
+        device: output device.
+
+    Returns:
+        float32 tensor of ``shape`` with values in [0, 1].
+    """
+    n = int(math.prod(shape))
+    g = _gamma(alpha, 2 * n, generator, device)  # (2n,)
+    x, y = g[:n], g[n:]
+    total = x + y
+    out = torch.where(total > 0, x / total.clamp_min(1e-30), torch.full_like(x, 0.5))
+    return out.reshape(tuple(shape))
+
+
+def _gamma(alpha: float, n: int, generator: torch.Generator | None, device: Any) -> torch.Tensor:
+    """Gamma(alpha, 1) samples (n,), float64 for accuracy at small alpha."""
+    d = alpha + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    out = torch.empty(n, dtype=torch.float64, device=device)
+    todo = torch.arange(n, device=device)
+    while todo.numel() > 0:  # acceptance > 95% per round: a handful of rounds
+        m = todo.numel()
+        z = torch.randn(m, generator=generator, device=device, dtype=torch.float64)
+        u = torch.rand(m, generator=generator, device=device, dtype=torch.float64)
+        v = (1.0 + c * z) ** 3
+        ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z * z + d - d * v
+                        + d * torch.log(v.clamp_min(1e-300)))
+        out[todo[ok]] = d * v[ok]
+        todo = todo[~ok]
+    boost = torch.rand(n, generator=generator, device=device, dtype=torch.float64)
+    # Gamma(alpha) = Gamma(alpha + 1) * U^(1/alpha), in log space to avoid underflow to 0
+    return torch.exp(torch.log(out) + torch.log(boost.clamp_min(1e-300)) / alpha)
+
+
+def sample_crop_params_batch(
+    height: int,
+    width: int,
+    boxes: torch.Tensor,
+    scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    alpha: float = 0.6,
+    generator: torch.Generator | None = None,
+    full_box_guard: float | None = None,
+) -> torch.Tensor:
+    """Vectorised twin of ``sample_crop_params``: one crop per box, same law, no Python loop.
+
+    The 10 tries run in parallel; each sample takes its first fitting try (else the centre-crop
+    fallback). Works on any device; the output lives on ``boxes.device``.
+
+    Args:
+        height: image height H (all images of the batch share it).
+        width: image width W.
+        boxes: (B, 4) normalised ``(x0, y0, x1, y1)`` boxes.
+        scale, ratio, alpha, full_box_guard: as in ``sample_crop_params``.
+        generator: optional ``torch.Generator`` on ``boxes.device``.
+
+    Returns:
+        (B, 4) int64 tensor of ``(top, left, h, w)``.
+    """
+    dev = boxes.device
+    b = boxes.shape[0]
+    area = float(height * width)
+    kw = dict(generator=generator, device=dev, dtype=torch.float64)
+    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
+    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = torch.exp(log_r + math.log(ratio[0]))
+    w = torch.round(torch.sqrt(area * s * aspect))  # (B, T); round-half-even like Python round
+    h = torch.round(torch.sqrt(area * s / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (B, T)
+    first = torch.argmax(fits.to(torch.int8), dim=1)  # (B,) first fitting try
+    ok = fits.any(dim=1)
+    h = h.gather(1, first[:, None])[:, 0]  # (B,)
+    w = w.gather(1, first[:, None])[:, 0]
+    bx = boxes.to(torch.float64)
+    u = sample_beta(alpha, (b, 2), generator, dev).to(torch.float64)  # (B, 2) for (y, x)
+    cy = (bx[:, 1] + (bx[:, 3] - bx[:, 1]) * u[:, 0]) * height
+    cx = (bx[:, 0] + (bx[:, 2] - bx[:, 0]) * u[:, 1]) * width
+    top = torch.floor(cy - h / 2 + 0.5)
+    left = torch.floor(cx - w / 2 + 0.5)
+    if full_box_guard is not None:
+        full = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1]) >= full_box_guard
+        uy = torch.floor(torch.rand(b, **kw) * (height - h + 1))
+        ux = torch.floor(torch.rand(b, **kw) * (width - w + 1))
+        top, left = torch.where(full, uy, top), torch.where(full, ux, left)
+    top = torch.minimum(top.clamp_min(0), height - h)
+    left = torch.minimum(left.clamp_min(0), width - w)
+    fb = torch.tensor(_fallback(height, width, ratio), dtype=torch.float64, device=dev)
+    out = torch.stack([top, left, h, w], dim=1)  # (B, 4)
+    out = torch.where(ok[:, None], out, fb[None, :])
+    return out.to(torch.int64)
+
+
+# ----------------------------------------------------------------------------- transforms
+
+
+def _image_hw(img: Image.Image | torch.Tensor) -> tuple[int, int]:
+    if isinstance(img, Image.Image):
+        w, h = img.size
+    elif isinstance(img, torch.Tensor):
+        if img.dim() < 2:
+            raise ValueError(f"img tensor must be (C,H,W) or (H,W), got shape {tuple(img.shape)}")
+        h, w = int(img.shape[-2]), int(img.shape[-1])
+    else:
+        raise ValueError(f"img must be a PIL image or a (C,H,W) tensor, got {type(img).__name__}")
+    if h < 1 or w < 1:
+        raise ValueError(f"img must be at least 1x1 pixel, got {h}x{w}")
+    return h, w
+
+
+class ContrastiveCrop:
+    """Crop whose centre is drawn from Beta(alpha, alpha) inside a per-image box, then resized.
+
+    Args:
+        size: output side (int) or ``(h, w)``.
+        scale: area fraction range of the whole image, ``0 < lo <= hi <= 1``.
+        ratio: aspect ratio (w/h) range.
+        alpha: Beta concentration (> 0); 0.6 in the paper for ImageNet, 0.1 for small sets.
+        full_box_guard: box area share at or above which the centre is uniform as in RRC
+            (ccrop default 0.95; None reproduces the paper exactly).
+        interpolation: resize interpolation.
+
+    Example:
+        >>> crop = ContrastiveCrop(size=32, alpha=0.6)
+        >>> view = crop(img, (0.1, 0.2, 0.7, 0.9))   # PIL image or (C,H,W) tensor
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        scale: Sequence[float] = (0.2, 1.0),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        alpha: float = 0.6,
+        full_box_guard: float | None = 0.95,
+        interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR,
+    ) -> None:
+        self.size = _check_size(size)
+        self.scale, self.ratio = check_crop_args(scale, ratio, alpha, full_box_guard)
+        self.alpha = float(alpha)
+        self.full_box_guard = None if full_box_guard is None else float(full_box_guard)
+        self.interpolation = interpolation
+
+    def get_params(
+        self, height: int, width: int, box: Any = FULL_BOX,
+        generator: torch.Generator | random.Random | None = None,
+    ) -> tuple[int, int, int, int]:
+        """Crop rectangle ``(top, left, h, w)`` in integer pixels, always inside the image.
+
+        Args:
+            height: image height (>= 1).
+            width: image width (>= 1).
+            box: normalised ``(x0, y0, x1, y1)``.
+            generator: optional ``torch.Generator`` or ``random.Random`` for reproducibility.
+        """
+        if int(height) < 1 or int(width) < 1:
+            raise ValueError(f"height and width must be >= 1 pixel, got {height}x{width}")
+        return sample_crop_params(
+            int(height), int(width), check_box(box), self.scale, self.ratio, self.alpha,
+            generator, self.full_box_guard,
+        )
+
+    def __call__(self, img: Image.Image | torch.Tensor, box: Any = FULL_BOX,
+                 generator: torch.Generator | random.Random | None = None):
+        """Crop and resize one image.
+
+        Args:
+            img: PIL image or (C, H, W) tensor (uint8 or float).
+            box: normalised ``(x0, y0, x1, y1)``.
+            generator: optional randomness source.
+
+        Returns:
+            Same type as ``img``, of size ``self.size``.
+        """
+        h, w = _image_hw(img)
+        top, left, ch, cw = self.get_params(h, w, box, generator)
+        return TF.resized_crop(img, top, left, ch, cw, list(self.size), self.interpolation,
+                               antialias=True)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio="
+                f"{tuple(round(r, 4) for r in self.ratio)}, alpha={self.alpha}, "
+                f"full_box_guard={self.full_box_guard})")
+
+
+class SimCCrop(ContrastiveCrop):
+    """ContrastiveCrop with the fixed centre box (0.25, 0.25, 0.75, 0.75); no localization.
+
+    The ``box`` argument of ``get_params``/``__call__`` is ignored. The guard is off (the fixed box
+    covers a quarter of the image).
+    """
+
+    def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3), alpha: float = 0.6,
+                 interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR) -> None:
+        super().__init__(size, scale, ratio, alpha, None, interpolation)
+
+    def get_params(self, height: int, width: int, box: Any = None,
+                   generator: torch.Generator | random.Random | None = None):
+        """As ``ContrastiveCrop.get_params`` with the box fixed to the image centre."""
+        return super().get_params(height, width, CENTER_BOX, generator)
+
+
+class RandomResizedCrop(ContrastiveCrop):
+    """Plain RandomResizedCrop (the "rcrop" baseline) with the same interface: box ignored,
+    top-left uniform. Same law as ``torchvision.transforms.RandomResizedCrop``."""
+
+    def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
+                 ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR) -> None:
+        super().__init__(size, scale, ratio, 1.0, 0.0 + 1e-12, interpolation)
+
+    def get_params(self, height: int, width: int, box: Any = None,
+                   generator: torch.Generator | random.Random | None = None):
+        """As ``ContrastiveCrop.get_params`` with a full box and a uniform top-left corner."""
+        return super().get_params(height, width, FULL_BOX, generator)
+
+
+def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        size = (size, size)
+    size = tuple(int(s) for s in size)
+    if len(size) != 2 or min(size) < 1:
+        raise ValueError(f"size must be a positive int or (h, w), got {size!r}")
+    return size  # type: ignore[return-value]

@@ -1,0 +1,131 @@
+"""Index-carrying dataset wrappers: ``index -> image -> box -> views`` and ``index -> image``.
+
+``BoxedDataset`` reads each sample's box from the shared-memory ``BoxStore`` at access time, so
+persistent DataLoader workers see every box update. With a ``seed`` its views are a pure function
+of ``(seed, epoch, index)``: the same under any number of workers, on every rank (no shared
+augmentation seed across ranks, unlike the official code) and after a resume.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from ..boxes import BoxStore
+from .images import to_rgb
+
+_IMAGE_KEYS = ("image", "img", "pixel_values", "input")
+_LABEL_KEYS = ("label", "target", "labels", "class")
+
+
+def unpack_item(item: Any) -> tuple[Any, int]:
+    """Split a base dataset's item into ``(image, label)``; label -1 when there is none.
+
+    Accepts ``(image, label, ...)`` tuples/lists, dicts with an image key (``image``/``img``/...)
+    and an optional label key (``label``/``target``/...), or a bare image.
+    """
+    if isinstance(item, (tuple, list)):
+        if not item:
+            raise ValueError("dataset item is an empty tuple; expected (image, label)")
+        label = item[1] if len(item) > 1 else -1
+        return item[0], _as_label(label)
+    if isinstance(item, dict):
+        key = next((k for k in _IMAGE_KEYS if k in item), None)
+        if key is None:
+            raise ValueError(f"dataset item dict has no image key; expected one of {_IMAGE_KEYS},"
+                             f" got {sorted(item)}")
+        lab = next((item[k] for k in _LABEL_KEYS if k in item), -1)
+        return item[key], _as_label(lab)
+    return item, -1
+
+
+def _as_label(label: Any) -> int:
+    if isinstance(label, torch.Tensor):
+        return int(label.reshape(-1)[0]) if label.numel() else -1
+    try:
+        return int(label)
+    except (TypeError, ValueError):
+        return -1
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A distinct 64-bit seed for each ``(seed, epoch, index)``."""
+    return ((seed * 0x9E3779B1 + epoch) * 0x85EBCA77 + index) & 0xFFFFFFFFFFFFFFFF
+
+
+class BoxedDataset(Dataset):
+    """Wrap any map-style dataset to return ``(index, [view_1, ..., view_V], label)``.
+
+    Args:
+        base: map-style dataset of images (PIL/tensor/array, any mode) or tuples/dicts of them.
+        store: ``BoxStore`` with ``len(base)`` boxes.
+        view_transform: callable ``(img, box, rng) -> (3, S, S) tensor``
+            (see ``ccrop.data.build_view_transform``).
+        num_views: V (>= 1), drawn independently from the same box.
+        seed: if given, views depend only on ``(seed, epoch, index)`` (call ``set_epoch``);
+            if None, the worker's global ``random`` state is used.
+    """
+
+    def __init__(self, base: Dataset, store: BoxStore, view_transform: Callable,
+                 num_views: int = 2, seed: int | None = None) -> None:
+        if len(store) != len(base):
+            raise ValueError(f"store has {len(store)} boxes but the dataset has {len(base)} items")
+        if int(num_views) < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.base, self.store, self.transform = base, store, view_transform
+        self.num_views, self.seed = int(num_views), seed
+        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by workers
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch used in per-sample seeds (shared with persistent workers)."""
+        self._epoch[0] = int(epoch)
+
+    def __getitem__(self, index: int) -> tuple[int, list[torch.Tensor], int]:
+        img, label = unpack_item(self.base[index])
+        img = to_rgb(img)
+        box = self.store.boxes[index].tolist()  # read now: sees the latest update
+        rng: Any = random
+        if self.seed is not None:
+            rng = random.Random(sample_seed(self.seed, int(self._epoch[0]), int(index)))
+        views = [self.transform(img, box, rng) for _ in range(self.num_views)]
+        return int(index), views, label
+
+
+class IndexedImages(Dataset):
+    """``index -> (index, image tensor)`` with an eval transform: the localization pass's input.
+
+    Args:
+        base: map-style dataset (as for ``BoxedDataset``).
+        transform: ``PIL RGB -> (3, H, W)`` tensor, e.g. ``ccrop.data.views.EvalTransform``.
+    """
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        img, _ = unpack_item(self.base[index])
+        return int(index), self.transform(to_rgb(img))
+
+
+class LabeledImages(Dataset):
+    """``index -> (image tensor, label)`` with a transform: input of kNN and linear evaluation."""
+
+    def __init__(self, base: Dataset, transform: Callable) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img, label = unpack_item(self.base[index])
+        return self.transform(to_rgb(img)), label

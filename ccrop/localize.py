@@ -1,0 +1,245 @@
+"""Semantic-aware localization: feature maps (B,C,h,w) -> heatmaps (B,H,W) -> boxes (B,4) -> store.
+
+The paper's step (Sec. 3.2): sum the last convolutional feature map over channels, min-max
+normalise each map to [0, 1], upsample bilinearly to the input size and keep pixels ``> k``;
+the box is the tight axis-aligned extent of the kept pixels (row/column projections, not a
+connected component).
+
+Degenerate maps never produce NaN or a crash (the official code divides by zero on a constant
+map and fails on an empty mask). A map is *degenerate* when it holds NaN/inf, is constant, or
+keeps no pixel; its box falls back to the full image ``(0, 0, 1, 1)`` (with ccrop's full-box
+guard this makes the crop plain RandomResizedCrop) and it is counted in the statistics.
+Everything is batched: no per-image Python loop and no host sync until the store is written.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from . import dist
+from .boxes import BoxStore, box_area, box_iou
+
+MODES = ("fixed", "quantile")
+FULL_SHARE_AREA = 0.95  # a box at least this large counts as "full image" in the statistics
+
+
+def _check_threshold(threshold: float, mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    if not (0.0 <= float(threshold) < 1.0):
+        raise ValueError(f"threshold must be in [0, 1), got {threshold!r}")
+
+
+def _check_fmap(fmap: torch.Tensor) -> None:
+    if not isinstance(fmap, torch.Tensor) or fmap.dim() != 4:
+        shape = tuple(fmap.shape) if isinstance(fmap, torch.Tensor) else type(fmap).__name__
+        raise ValueError(f"fmap must be a (B, C, h, w) tensor, got {shape}")
+
+
+def heatmaps_from_features(
+    fmap: torch.Tensor, image_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel-summed, min-max normalised, upsampled heatmaps.
+
+    Args:
+        fmap: (B, C, h, w) feature map (any float dtype).
+        image_size: output ``(H, W)``.
+
+    Returns:
+        ``(heat, degenerate)``: heat (B, H, W) float32 in [0, 1]; degenerate (B,) bool, True
+        where the map had NaN/inf or was constant (its heat is then all zeros).
+    """
+    _check_fmap(fmap)
+    H, W = int(image_size[0]), int(image_size[1])
+    if H < 1 or W < 1:
+        raise ValueError(f"image_size must be >= 1 pixel per side, got {tuple(image_size)}")
+    heat = fmap.float().sum(dim=1)  # (B, h, w)
+    finite = torch.isfinite(heat).flatten(1).all(dim=1)  # (B,)
+    heat = torch.where(finite[:, None, None], heat, torch.zeros_like(heat))
+    lo = heat.amin(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    span = heat.amax(dim=(1, 2), keepdim=True) - lo
+    flat = span[:, 0, 0] <= 1e-12 * heat.abs().amax(dim=(1, 2)).clamp_min(1.0)
+    heat = (heat - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    heat = F.interpolate(heat[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    degenerate = ~finite | flat
+    heat = torch.where(degenerate[:, None, None], torch.zeros_like(heat), heat.clamp(0, 1))
+    return heat, degenerate
+
+
+def boxes_from_heatmaps(
+    heat: torch.Tensor, threshold: float = 0.1, mode: str = "fixed"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tight boxes around heatmap pixels above a threshold.
+
+    Args:
+        heat: (B, H, W) heatmaps in [0, 1].
+        threshold: ``fixed``: keep pixels ``> threshold`` (the paper's k, 0.1 in all official
+            configs); ``quantile``: keep pixels above each map's ``threshold``-quantile (e.g. 0.5
+            keeps the hottest half), adapting to encoders whose maps are flat.
+        mode: ``"fixed"`` or ``"quantile"``.
+
+    Returns:
+        ``(boxes, empty)``: boxes (B, 4) normalised float32; empty (B,) bool where no pixel was
+        kept (box set to the full image).
+    """
+    _check_threshold(threshold, mode)
+    B, H, W = heat.shape
+    if mode == "quantile":
+        level = torch.quantile(heat.flatten(1), float(threshold), dim=1)  # (B,)
+    else:
+        level = torch.full((B,), float(threshold), device=heat.device)
+    mask = heat > level[:, None, None]  # (B, H, W)
+    rows = mask.any(dim=2)  # (B, H)
+    cols = mask.any(dim=1)  # (B, W)
+    empty = ~rows.any(dim=1)  # (B,)
+    y0 = rows.to(torch.int8).argmax(dim=1)  # first kept row
+    y1 = H - rows.flip(1).to(torch.int8).argmax(dim=1)  # one past the last kept row
+    x0 = cols.to(torch.int8).argmax(dim=1)
+    x1 = W - cols.flip(1).to(torch.int8).argmax(dim=1)
+    scale = torch.tensor([W, H, W, H], device=heat.device, dtype=torch.float32)
+    boxes = torch.stack([x0, y0, x1, y1], dim=1).float() / scale  # (B, 4)
+    full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=heat.device)
+    boxes = torch.where(empty[:, None], full, boxes)
+    return boxes, empty
+
+
+def localize(
+    fmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.1, mode: str = "fixed"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Feature maps to boxes plus a degenerate flag.
+
+    Args:
+        fmap: (B, C, h, w) feature map.
+        image_size: ``(H, W)`` of the images the map came from.
+        threshold, mode: see ``boxes_from_heatmaps``.
+
+    Returns:
+        ``(boxes (B, 4), degenerate (B,) bool)``; degenerate rows hold the full-image box.
+    """
+    heat, bad = heatmaps_from_features(fmap, image_size)
+    boxes, empty = boxes_from_heatmaps(heat, threshold, mode)
+    full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
+    degenerate = bad | empty
+    return torch.where(degenerate[:, None], full, boxes), degenerate
+
+
+def boxes_from_features(
+    fmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.1, mode: str = "fixed"
+) -> torch.Tensor:
+    """Boxes of the object in each image from its last feature map (public API).
+
+    Args:
+        fmap: (B, C, h, w) feature map, e.g. ``backbone.forward_features(images)``.
+        image_size: ``(H, W)`` of the input images.
+        threshold: the paper's k in ``fixed`` mode; the per-image quantile in ``quantile`` mode.
+        mode: ``"fixed"`` or ``"quantile"``.
+
+    Returns:
+        (B, 4) normalised ``(x0, y0, x1, y1)``; degenerate maps give the full image.
+    """
+    return localize(fmap, image_size, threshold, mode)[0]
+
+
+def _as_module(encoder: Callable) -> torch.nn.Module | None:
+    owner = getattr(encoder, "__self__", encoder)
+    return owner if isinstance(owner, torch.nn.Module) else None
+
+
+@torch.no_grad()
+def update_boxes(
+    encoder: Callable[[torch.Tensor], torch.Tensor],
+    loader: Iterable,
+    store: BoxStore,
+    threshold: float = 0.1,
+    mode: str = "fixed",
+    device: torch.device | str | None = None,
+    amp: bool = False,
+    channels_last: bool = False,
+    gt_boxes: torch.Tensor | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run the encoder over un-augmented images and write one box per image into ``store``.
+
+    The encoder's module (if any) is put in eval mode and restored afterwards. Boxes are written
+    by dataset index, so sampler order and DistributedSampler padding do not matter; under DDP
+    each rank localizes its shard and all ranks receive every box.
+
+    Args:
+        encoder: callable (B, 3, H, W) -> (B, C, h, w), e.g. ``backbone.forward_features``.
+        loader: yields ``(indices (B,), images (B, 3, H, W))`` normalised like training input.
+        store: the ``BoxStore`` to update.
+        threshold, mode: see ``boxes_from_heatmaps``.
+        device: where to run (default: the encoder's parameters' device, else CPU).
+        amp: bf16 autocast on CUDA.
+        channels_last: feed channels_last images.
+        gt_boxes: optional (N, 4) ground-truth boxes; adds ``iou_gt`` to the statistics.
+        progress: show a tqdm bar.
+
+    Returns:
+        Statistics: ``seconds``, ``images``, ``mean_area``, ``full_share`` (share of boxes with
+        area >= 0.95), ``degenerate`` (count), and ``iou_gt`` when ``gt_boxes`` is given.
+    """
+    _check_threshold(threshold, mode)
+    start = time.perf_counter()
+    module = _as_module(encoder)
+    if device is None:
+        p = next(module.parameters(), None) if module is not None else None
+        device = p.device if p is not None else torch.device("cpu")
+    device = torch.device(device)
+    was_training = module.training if module is not None else False
+    if module is not None:
+        module.eval()
+    all_idx, all_boxes, all_bad = [], [], []
+    try:
+        for indices, images in _maybe_tqdm(loader, progress):
+            images = images.to(device, non_blocking=True)
+            if channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            ctx = torch.autocast(device.type, torch.bfloat16) if amp else nullcontext()
+            with ctx:
+                fmap = encoder(images)  # (B, C, h, w)
+            boxes, bad = localize(fmap, images.shape[-2:], threshold, mode)
+            all_idx.append(indices.to(device))
+            all_boxes.append(boxes)
+            all_bad.append(bad)
+    finally:
+        if module is not None:
+            module.train(was_training)
+    if not all_idx:
+        raise ValueError("loader yielded no images: cannot update boxes")
+    idx = dist.all_gather(torch.cat(all_idx))  # (N,) over all ranks
+    boxes = dist.all_gather(torch.cat(all_boxes))  # (N, 4)
+    bad = dist.all_gather(torch.cat(all_bad))
+    store.update(idx.cpu(), boxes.cpu())  # the one host transfer
+    return _stats(store, idx.cpu(), bad.cpu(), gt_boxes, time.perf_counter() - start)
+
+
+def _stats(store: BoxStore, idx: torch.Tensor, bad: torch.Tensor,
+           gt_boxes: torch.Tensor | None, seconds: float) -> dict[str, Any]:
+    uniq = torch.unique(idx)
+    boxes = store[uniq]  # (N, 4) after the update
+    area = box_area(boxes)
+    stats: dict[str, Any] = {
+        "seconds": seconds,
+        "images": int(uniq.numel()),
+        "mean_area": float(area.mean()),
+        "full_share": float((area >= FULL_SHARE_AREA).float().mean()),
+        "degenerate": int(bad.sum()),
+    }
+    if gt_boxes is not None:
+        stats["iou_gt"] = float(box_iou(boxes, torch.as_tensor(gt_boxes)[uniq].float()).mean())
+    return stats
+
+
+def _maybe_tqdm(it: Iterable, on: bool) -> Iterable:
+    if not on:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, desc="localize", leave=False, disable=not dist.is_main_process())

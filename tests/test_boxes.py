@@ -1,0 +1,108 @@
+"""Tests of the shared-memory BoxStore."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, Dataset
+
+from ccrop import BoxStore, box_iou
+from ccrop.boxes import box_area
+
+
+def test_init_full_and_given_box():
+    assert torch.equal(BoxStore(3)[1], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert torch.allclose(BoxStore(2, (0.25, 0.25, 0.75, 0.75)).boxes,
+                          torch.tensor([[0.25, 0.25, 0.75, 0.75]] * 2))
+    assert BoxStore(5).boxes.is_shared()
+
+
+def test_update_by_index_and_round_trip():
+    store = BoxStore(6)
+    new = torch.tensor([[0.1, 0.2, 0.3, 0.4], [0.5, 0.5, 0.9, 1.0]])
+    store.update(torch.tensor([4, 1]), new)
+    assert torch.equal(store[4], new[0]) and torch.equal(store[1], new[1])
+    assert torch.equal(store[0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    other = BoxStore(6)
+    other.load_state_dict(store.state_dict())
+    assert torch.equal(other.boxes, store.boxes) and other.version == store.version == 1
+    state = store.state_dict()
+    state["boxes"][0, 0] = 0.9  # the state is a copy, not a view of the store
+    assert store[0][0] == 0.0
+
+
+@pytest.mark.parametrize("boxes,word", [
+    (torch.tensor([[0.5, 0.0, 0.4, 1.0]]), "x0 <= x1"),
+    (torch.tensor([[0.0, 0.0, 1.0, 1.5]]), r"\[0, 1\]"),
+    (torch.tensor([[float("nan"), 0.0, 1.0, 1.0]]), "finite"),
+    (torch.tensor([0.0, 0.0, 1.0, 1.0]), r"\(B, 4\)"),
+])
+def test_bad_update_rejected_and_nothing_written(boxes, word):
+    store = BoxStore(3)
+    before = store.boxes.clone()
+    with pytest.raises(ValueError, match=word):
+        store.update(torch.tensor([0]), boxes)
+    assert torch.equal(store.boxes, before) and store.version == 0
+
+
+def test_bad_indices_and_lengths():
+    store = BoxStore(3)
+    with pytest.raises(ValueError, match="indices"):
+        store.update(torch.tensor([3]), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="length"):
+        store.update(torch.tensor([0, 1]), torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+    with pytest.raises(ValueError, match="n"):
+        BoxStore(0)
+    with pytest.raises(ValueError, match="holds 2 boxes"):
+        store.load_state_dict(BoxStore(2).state_dict())
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1),
+                          st.floats(0, 1)), min_size=1, max_size=20))
+def test_update_property_valid_boxes_stay_valid(rows):
+    store = BoxStore(10)
+    idx = torch.tensor([r[0] for r in rows])
+    b = torch.tensor([[min(r[1], r[3]), min(r[2], r[4]), max(r[1], r[3]), max(r[2], r[4])]
+                      for r in rows])
+    store.update(idx, b)
+    boxes = store.boxes
+    assert torch.isfinite(boxes).all() and (boxes >= 0).all() and (boxes <= 1).all()
+    assert (boxes[:, 0] <= boxes[:, 2]).all() and (boxes[:, 1] <= boxes[:, 3]).all()
+    last = {int(i): k for k, i in enumerate(idx)}  # last occurrence wins
+    for i, k in last.items():
+        assert torch.equal(store[i], b[k].float())
+
+
+def test_iou_and_area():
+    a = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 1.0, 1.0]])
+    assert torch.allclose(box_area(a), torch.tensor([0.25, 1.0]))
+    assert torch.allclose(box_iou(a, b), torch.tensor([0.0625 / 0.4375, 1.0]))
+
+
+class _ReadBox(Dataset):
+    def __init__(self, store):
+        self.store = store
+
+    def __len__(self):
+        return len(self.store)
+
+    def __getitem__(self, i):
+        return self.store[i]
+
+
+@pytest.mark.parametrize("ctx", ["fork", "spawn"])
+def test_persistent_workers_see_updates(ctx):
+    """The official code's defect: persistent workers would keep stale boxes."""
+    store = BoxStore(4)
+    loader = DataLoader(_ReadBox(store), batch_size=4, num_workers=2, persistent_workers=True,
+                        multiprocessing_context=ctx)
+    first = next(iter(loader))
+    assert torch.equal(first, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4))
+    new = torch.rand(4, 2).sort(dim=1).values
+    new = torch.stack([new[:, 0] * 0.5, new[:, 0] * 0.5, 0.5 + new[:, 1] * 0.5,
+                       0.5 + new[:, 1] * 0.5], 1)
+    store.update(torch.arange(4), new)
+    second = next(iter(loader))  # same worker processes (persistent)
+    assert torch.equal(second, new)

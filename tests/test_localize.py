@@ -1,0 +1,156 @@
+"""Tests of the heatmap -> box step and of update_boxes."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader, TensorDataset
+
+from ccrop import BoxStore, boxes_from_features, heatmaps_from_features, update_boxes
+from ccrop.localize import boxes_from_heatmaps, localize
+
+
+def blob(h, w, y0, y1, x0, x1, c=3, b=1):
+    fmap = torch.zeros(b, c, h, w)
+    fmap[:, :, y0:y1, x0:x1] = 1.0
+    return fmap
+
+
+def test_feature_blob_gives_expected_box():
+    # 4x4 map, hot cell at row 1, col 2; upsampled to 32x32 (8 px per cell)
+    fmap = blob(4, 4, 1, 2, 2, 3)
+    heat, bad = heatmaps_from_features(fmap, (32, 32))
+    assert heat.shape == (1, 32, 32) and not bad.any()
+    assert heat.min() == 0 and heat.max() <= 1
+    box = boxes_from_features(fmap, (32, 32), threshold=0.1)[0]
+    # bilinear (align_corners=False) spreads the cell by half a cell each side (4 px), and
+    # k = 0.1 keeps most of that spread: the box contains the cell and stays near it
+    cell = torch.tensor([16 / 32, 8 / 32, 24 / 32, 16 / 32])
+    assert box[0] <= cell[0] and box[1] <= cell[1] and box[2] >= cell[2] and box[3] >= cell[3]
+    assert (box - cell).abs().max() <= 8 / 32
+    # a high threshold shrinks it to the cell's core
+    core = boxes_from_features(fmap, (32, 32), threshold=0.8)[0]  # peak is 0.94^2
+    assert core[0] >= cell[0] - 1 / 32 and core[2] <= cell[2] + 1 / 32
+
+
+def test_box_is_projection_extent_not_component():
+    heat = torch.zeros(1, 10, 10)
+    heat[0, 1, 1] = 1.0
+    heat[0, 8, 6] = 1.0
+    boxes, empty = boxes_from_heatmaps(heat, 0.5)
+    assert torch.allclose(boxes[0], torch.tensor([0.1, 0.1, 0.7, 0.9])) and not empty.any()
+
+
+def test_single_pixel_and_single_row_boxes_have_extent():
+    heat = torch.zeros(2, 8, 8)
+    heat[0, 3, 5] = 1.0
+    heat[1, 2, :] = 1.0
+    boxes, _ = boxes_from_heatmaps(heat, 0.5)
+    assert torch.allclose(boxes[0], torch.tensor([5 / 8, 3 / 8, 6 / 8, 4 / 8]))
+    assert torch.allclose(boxes[1], torch.tensor([0.0, 2 / 8, 1.0, 3 / 8]))  # height 1 px, not 0
+
+
+@pytest.mark.parametrize("case", ["zeros", "constant", "nan", "inf", "neg_inf"])
+def test_degenerate_maps_give_full_box_and_are_counted(case):
+    fmap = torch.rand(3, 4, 4, 4)
+    value = {"zeros": 0.0, "constant": 7.0, "nan": float("nan"), "inf": float("inf"),
+             "neg_inf": float("-inf")}[case]
+    if case in ("zeros", "constant"):
+        fmap[1] = value
+    else:
+        fmap[1, 2, 1, 1] = value
+    boxes, degenerate = localize(fmap, (16, 16))
+    assert torch.isfinite(boxes).all()
+    assert degenerate.tolist() == [False, True, False]
+    assert torch.equal(boxes[1], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    heat, _ = heatmaps_from_features(fmap, (16, 16))
+    assert torch.isfinite(heat).all()
+
+
+def test_all_pixels_above_threshold_gives_full_box():
+    fmap = torch.rand(2, 1, 4, 4) + 10  # normalised min 0 at one pixel: quantile 0 keeps ~all
+    boxes = boxes_from_features(fmap, (8, 8), threshold=0.0, mode="quantile")
+    assert (boxes[:, 2] - boxes[:, 0] >= 0.75).all()
+
+
+def test_quantile_mode_adapts_to_flat_maps():
+    # a flat-ish map: everything > 0.1 after normalisation except one pixel -> full box in fixed
+    fmap = torch.full((1, 1, 8, 8), 5.0)
+    fmap[0, 0, 0, 0] = 0.0
+    fmap[0, 0, 3:5, 3:5] = 6.0
+    fixed = boxes_from_features(fmap, (8, 8), 0.1)[0]
+    quant = boxes_from_features(fmap, (8, 8), 0.9, mode="quantile")[0]
+    assert (fixed[2] - fixed[0]) * (fixed[3] - fixed[1]) > 0.9
+    assert (quant[2] - quant[0]) * (quant[3] - quant[1]) < 0.3
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.integers(1, 40),
+       st.floats(0, 0.99), st.sampled_from(["fixed", "quantile"]), st.integers(0, 10**6))
+def test_boxes_always_valid(b, h, w, size, k, mode, seed):
+    g = torch.Generator().manual_seed(seed)
+    fmap = torch.randn(b, 3, h, w, generator=g) * 10 ** torch.randint(-8, 8, (1,), generator=g)
+    fmap[torch.rand(fmap.shape, generator=g) < 0.05] = float("nan")
+    boxes = boxes_from_features(fmap, (size, size + 3), k, mode)
+    assert boxes.shape == (b, 4) and torch.isfinite(boxes).all()
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+    assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
+
+
+@pytest.mark.parametrize("kwargs,word", [({"threshold": 1.0}, "threshold"),
+                                         ({"threshold": -0.1}, "threshold"),
+                                         ({"mode": "otsu"}, "mode")])
+def test_bad_threshold_and_mode(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        boxes_from_features(torch.rand(1, 2, 4, 4), (8, 8), **kwargs)
+
+
+def test_bad_fmap_shape():
+    with pytest.raises(ValueError, match="fmap"):
+        boxes_from_features(torch.rand(2, 4, 4), (8, 8))
+
+
+class BlobEncoder(torch.nn.Module):
+    """Feature map = average-pooled image, so the box is where the bright square is."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def forward(self, x):
+        return torch.nn.functional.avg_pool2d(x, 4) * self.scale  # (B, 3, H/4, W/4)
+
+
+def test_update_boxes_writes_by_index_and_reports_stats():
+    n, size = 10, 16
+    images = torch.zeros(n, 3, size, size)
+    truth = torch.zeros(n, 4)
+    for i in range(n):
+        y, x = (i % 3) * 4, (i % 2) * 8
+        images[i, :, y:y + 4, x:x + 8] = 1.0
+        truth[i] = torch.tensor([x / 16, y / 16, (x + 8) / 16, (y + 4) / 16])
+    images[7] = 0.5  # constant: degenerate
+    ds = TensorDataset(torch.arange(n), images)
+    loader = DataLoader(ds, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(0))
+    store = BoxStore(n)
+    enc = BlobEncoder().train()
+    stats = update_boxes(enc, loader, store, threshold=0.5, gt_boxes=truth)
+    assert enc.training  # mode restored
+    assert stats["images"] == n and stats["degenerate"] == 1
+    assert stats["full_share"] == pytest.approx(0.1)
+    ok = [i for i in range(n) if i != 7]
+    assert torch.allclose(store[ok], truth[ok], atol=1e-6)
+    assert torch.equal(store[7], torch.tensor([0.0, 0.0, 1.0, 1.0]))
+    assert 0.85 < stats["iou_gt"] <= 1.0 and stats["seconds"] > 0
+    assert stats["mean_area"] == pytest.approx(float(((truth[ok, 2] - truth[ok, 0]) *
+                                                      (truth[ok, 3] - truth[ok, 1])).sum() + 1) / n)
+
+
+def test_update_boxes_accepts_bound_method_and_empty_loader_error():
+    enc = BlobEncoder()
+    store = BoxStore(2)
+    loader = [(torch.tensor([0, 1]), torch.rand(2, 3, 8, 8))]
+    update_boxes(enc.forward, loader, store)
+    assert store.version == 1
+    with pytest.raises(ValueError, match="no images"):
+        update_boxes(enc, [], store)
