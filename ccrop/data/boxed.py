@@ -68,33 +68,42 @@ class BoxedDataset(Dataset):
         num_views: V (>= 1), drawn independently from the same box.
         seed: if given, views depend only on ``(seed, epoch, index)`` (call ``set_epoch``);
             if None, the worker's global ``random`` state is used.
+        plain_transform: transform used while boxes are off (``set_epoch(e, use_boxes=False)``,
+            the warm-up epochs: plain RandomResizedCrop); default ``view_transform``.
     """
 
     def __init__(self, base: Dataset, store: BoxStore, view_transform: Callable,
-                 num_views: int = 2, seed: int | None = None) -> None:
+                 num_views: int = 2, seed: int | None = None,
+                 plain_transform: Callable | None = None) -> None:
         if len(store) != len(base):
             raise ValueError(f"store has {len(store)} boxes but the dataset has {len(base)} items")
         if int(num_views) < 1:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         self.base, self.store, self.transform = base, store, view_transform
         self.num_views, self.seed = int(num_views), seed
-        self._epoch = torch.zeros(1, dtype=torch.int64).share_memory_()  # seen by workers
+        self.plain_transform = plain_transform or view_transform
+        # [epoch, use_boxes] in shared memory: persistent workers see changes
+        self._state = torch.tensor([0, 1], dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def set_epoch(self, epoch: int) -> None:
-        """Set the epoch used in per-sample seeds (shared with persistent workers)."""
-        self._epoch[0] = int(epoch)
+    def set_epoch(self, epoch: int, use_boxes: bool = True) -> None:
+        """Set the epoch of the per-sample seeds and whether boxes are used (shared with
+        persistent workers)."""
+        self._state[0] = int(epoch)
+        self._state[1] = int(bool(use_boxes))
 
     def __getitem__(self, index: int) -> tuple[int, list[torch.Tensor], int]:
         img, label = unpack_item(self.base[index])
         img = to_rgb(img)
         box = self.store.boxes[index].tolist()  # read now: sees the latest update
+        epoch, use_boxes = self._state.tolist()
         rng: Any = random
         if self.seed is not None:
-            rng = random.Random(sample_seed(self.seed, int(self._epoch[0]), int(index)))
-        views = [self.transform(img, box, rng) for _ in range(self.num_views)]
+            rng = random.Random(sample_seed(self.seed, epoch, int(index)))
+        transform = self.transform if use_boxes else self.plain_transform
+        views = [transform(img, box, rng) for _ in range(self.num_views)]
         return int(index), views, label
 
 

@@ -1,0 +1,194 @@
+"""Assemble a pretraining run from a ``Config``: data, views, model, method, optimizer, logger."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import dist
+from .boxes import BoxStore
+from .config import Config, ConfigError
+from .data import DATASET_INFO, build_dataset
+from .data.sources import CPUSource, ViewSpec, eval_loader
+from .engine import Run, check_run_dir, resume, save_run_config
+from .methods import build_method
+from .models import build_backbone
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> this rank's CUDA device if available, else CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices); each rank gets its own stream."""
+    seed = seed + 1000 * dist.get_rank()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class RunData:
+    """Datasets of a run and the monitors that read them."""
+
+    cfg: Config
+    train: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    num_classes: int
+    gt_boxes: torch.Tensor | None
+    has_labels: bool
+    _eval: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> Any:
+        """A dataset split, built once (the pretraining split is reused)."""
+        d = self.cfg.data
+        if name == d.train_split:
+            return self.train
+        if name not in self._eval:
+            self._eval[name] = _dataset(self.cfg, name)
+        return self._eval[name]
+
+    def knn(self, run: Run) -> dict[str, Any]:
+        """kNN monitor (k=200, T=0.1 on L2-normalised backbone features)."""
+        from .evaluate.knn import run_knn
+
+        d, t = self.cfg.data, self.cfg.train
+        loaders = [eval_loader(self.split(s), self.mean, self.std, d.batch_size, d.num_workers,
+                               d.loc_image_size) for s in (d.eval_train_split, d.test_split)]
+        return run_knn(run.method.backbone, *loaders, self.num_classes, run.device, t.knn_k,
+                       t.knn_temperature, amp=t.amp, channels_last=t.channels_last)
+
+    def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float images in [0, 1] for figures."""
+        from .data.images import to_rgb
+
+        out = []
+        for i in idx.tolist():
+            img = to_rgb(self.train[i][0]).resize((self.image_size, self.image_size))
+            out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        return torch.stack(out).float() / 255
+
+
+def _dataset(cfg: Config, split: str) -> Any:
+    d = cfg.data
+    kwargs = dict(d.dataset_kwargs)
+    if d.dataset in ("imagefolder", "unlabeled-folder", "imagenet200"):
+        kwargs.setdefault("on_bad_image", d.on_bad_image)
+    try:
+        return build_dataset(d.dataset, d.root, split, d.download, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"data.dataset_kwargs do not fit dataset {d.dataset!r}: {err}") from None
+
+
+def build_data(cfg: Config) -> RunData:
+    """Build the pretraining dataset and its defaults (mean, std, size, classes, gt boxes)."""
+    d = cfg.data
+    if d.dataset not in DATASET_INFO:
+        raise ConfigError(f"data.dataset must be one of {sorted(DATASET_INFO)}, got {d.dataset!r}")
+    info = DATASET_INFO[d.dataset]
+    train = _dataset(cfg, d.train_split)
+    if len(train) == 0:
+        raise ConfigError(f"data.dataset {d.dataset!r} split {d.train_split!r} is empty")
+    if d.batch_size > len(train):
+        raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the dataset "
+                          f"({len(train)} images)")
+    gt = getattr(train, "gt_boxes", None)
+    targets = getattr(train, "targets", None)
+    has_labels = targets is None or (len(targets) > 0 and int(np.min(targets)) >= 0)
+    return RunData(cfg, train, tuple(d.mean or info["mean"]), tuple(d.std or info["std"]),
+                   int(d.image_size or info["image_size"]), int(info.get("num_classes") or 0),
+                   None if gt is None else torch.as_tensor(gt).float(), has_labels)
+
+
+def build_model(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Backbone + method on ``device``; returns ``(method, model)`` where model may be DDP."""
+    m = cfg.model
+    zero_init = cfg.method.name == "simsiam"
+    backbone = build_backbone(m.arch, stem=m.stem, width=m.width, zero_init_residual=zero_init)
+    try:
+        method = build_method(cfg.method.name, backbone, **cfg.method.params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"method.params: {err}") from None
+    method = method.to(device)
+    if cfg.train.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    model: nn.Module = method
+    if dist.is_dist():
+        method = nn.SyncBatchNorm.convert_sync_batchnorm(method) if device.type == "cuda" \
+            else method
+        ids = [device.index] if device.type == "cuda" else None
+        model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+    if cfg.train.compile:
+        model = torch.compile(model)
+    return method, model
+
+
+def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
+    """SGD over the method's parameter groups (SimSiam marks its predictor ``fix_lr``)."""
+    o = cfg.optim
+    groups = method.param_groups(o.lr, o.weight_decay)
+    kw: dict[str, Any] = {}
+    if o.fused and next(method.parameters()).is_cuda:
+        kw["fused"] = True
+    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
+                           **kw)
+
+
+def build_source(cfg: Config, data: RunData, store: BoxStore, device: torch.device) -> Any:
+    """The view source of ``data.pipeline`` (cpu: DataLoader workers; gpu: batched on device)."""
+    c, d = cfg.crop, cfg.data
+    spec = ViewSpec(d.recipe, c.kind, data.image_size, data.mean, data.std, c.scale, c.ratio,
+                    c.alpha, c.full_box_guard, d.loc_image_size)
+    if d.pipeline == "gpu":
+        from .data.sources import GPUSource
+
+        return GPUSource(data.train, store, spec, d.batch_size, cfg.train.seed, device,
+                         c.loc_batch_size)
+    return CPUSource(data.train, store, spec, d.batch_size, d.num_workers, d.persistent_workers,
+                     cfg.train.seed, device, c.loc_batch_size)
+
+
+def build_run(cfg: Config, resume_from: str | None = None) -> Run:
+    """Everything a run needs, restored from a checkpoint when ``resume_from`` is given."""
+    run_dir = Path(cfg.train.out_dir)
+    if dist.is_main_process():
+        check_run_dir(run_dir, resuming=resume_from is not None)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    data = build_data(cfg)
+    store = BoxStore(len(data.train))
+    method, model = build_model(cfg, device)
+    run = Run(cfg, device, run_dir, method, model, build_optimizer(cfg, method), store,
+              build_source(cfg, data, store, device), data, writer=_writer(cfg, run_dir))
+    if resume_from is not None and not resume(run, resume_from) and resume_from != "auto":
+        raise ConfigError(f"--resume {resume_from!r}: no checkpoint found")
+    save_run_config(run)
+    return run
+
+
+def _writer(cfg: Config, run_dir: Path) -> Any:
+    if not cfg.train.tensorboard or not dist.is_main_process():
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        warnings.warn("tensorboard is not installed: TensorBoard logging is off "
+                      "(pip install tensorboard)", stacklevel=2)
+        return None
+    return SummaryWriter(str(run_dir / "tb"))

@@ -1,0 +1,292 @@
+"""Command line: ``ccrop pretrain | knn | linear | boxes | viz | compare | bench``.
+
+Bad input (config, paths, checkpoints, datasets) prints one ``ccrop: error: ...`` line and
+exits with code 2 before any work starts; nothing already written is touched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from .checkpoint import CheckpointError
+from .config import ConfigError
+
+#: The README's main job: synthetic objects, tiny ResNet-18, SimCLR + ContrastiveCrop, ~3 min on
+#: 2 CPU cores. Every value here is an ordinary override of the dataclass defaults.
+DEMO_OVERRIDES = [
+    "data.dataset=synthetic", "data.dataset_kwargs.num_images=2048", "data.batch_size=256",
+    "data.num_workers=2", "model.width=16", "method.name=simclr", "crop.alpha=0.6",
+    "crop.warmup_epochs=4", "crop.loc_interval=4", "optim.lr=0.5", "train.epochs=12",
+    "train.out_dir=runs/demo", "train.knn_every=4",
+]
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config (only the keys to change; see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ccrop", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("pretrain", help="self-supervised pretraining (default: synthetic demo)")
+    _add_config_args(p)
+    p.add_argument("--resume", help="'auto' (newest valid checkpoint in train.out_dir) or a path")
+    for name, helptext in (("knn", "weighted kNN accuracy (k=200, T=0.1) of a checkpoint"),
+                           ("linear", "linear evaluation of a checkpoint"),
+                           ("boxes", "localize boxes with a checkpoint's encoder"),
+                           ("viz", "figures: heatmaps, boxes, crops, centre distribution")):
+        q = sub.add_parser(name, help=helptext)
+        q.add_argument("--checkpoint", required=name != "viz",
+                       help="checkpoint file (viz: optional, random encoder without)")
+        _add_config_args(q)
+        if name == "linear":
+            q.add_argument("--fast", action="store_true",
+                           help="cached-feature probe (protocol 'linear-fast'), minutes not hours")
+            q.add_argument("--epochs", type=int, default=100)
+            q.add_argument("--lr", type=float, default=None, help="default 10 (30 for imagenet)")
+        if name == "boxes":
+            q.add_argument("--out", help="write the boxes (N,4) tensor to this .pt file")
+        if name == "viz":
+            q.add_argument("--out", default="figures", help="output folder")
+            q.add_argument("--num", type=int, default=6, help="images in the heatmap figure")
+    p = sub.add_parser("compare", help="table (and kNN curve figure) of several run folders")
+    p.add_argument("runs", nargs="+", help="run folders")
+    p.add_argument("--out", help="PNG of kNN accuracy per epoch")
+    p = sub.add_parser("bench", help="speed benchmarks (JSON)")
+    _add_config_args(p)
+    p.add_argument("--out", help="write the JSON here too")
+    p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``ccrop`` console script; returns the exit code."""
+    args = _parser().parse_args(argv)
+    handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
+        "pretrain": cmd_pretrain, "knn": cmd_knn, "linear": cmd_linear, "boxes": cmd_boxes,
+        "viz": cmd_viz, "compare": cmd_compare, "bench": cmd_bench,
+    }
+    try:
+        handlers[args.command](args)
+    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError) as err:
+        print(f"ccrop: error: {err}", file=sys.stderr)
+        return 2
+    except ValueError as err:  # bad data or arguments found while building
+        print(f"ccrop: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ccrop: interrupted", file=sys.stderr)
+        return 130
+    except RuntimeError as err:
+        from .engine import NonFiniteLossError
+
+        if isinstance(err, NonFiniteLossError):
+            print(f"ccrop: error: {err}", file=sys.stderr)
+            return 1
+        raise
+    return 0
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+def _config(args: argparse.Namespace, base: list[str] | None = None):
+    from .config import load_config
+
+    overrides = list(base or []) + list(args.overrides)
+    if args.config is None and base is None:
+        overrides = DEMO_OVERRIDES + overrides
+    return load_config(args.config, overrides)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
+    """Pretrain; prints the final kNN accuracy and box IoU (synthetic data)."""
+    from . import dist
+    from .build import build_run
+    from .engine import fit
+
+    cfg = _config(args)
+    dist.init_from_env()
+    try:
+        run = build_run(cfg, args.resume)
+        summary = fit(run)
+    finally:
+        dist.cleanup()
+    if dist.is_main_process():
+        _print_summary(summary, cfg.train.out_dir)
+    return summary
+
+
+def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
+    lines = [f"run folder: {out_dir}"]
+    if "knn_top1" in summary:
+        lines.append(f"kNN top-1 (k=200, T=0.1, protocol 'knn'): {summary['knn_top1']:.2f}%")
+    if "box_iou_gt" in summary:
+        lines.append(f"box IoU vs ground truth: {summary['box_iou_gt']:.3f} (full-image boxes: "
+                     f"{summary['full_box_iou_gt']:.3f}); box updates after epochs "
+                     f"{summary['box_updates']}")
+    print("\n".join(lines))
+
+
+def _trained(args: argparse.Namespace):
+    """Config (checkpoint's, with overrides), backbone with the checkpoint's weights, state."""
+    from .checkpoint import load_backbone_state, load_checkpoint
+    from .config import load_config
+    from .models import build_backbone
+
+    state = None if args.checkpoint is None else load_checkpoint(args.checkpoint)
+    if state is None:
+        demo = DEMO_OVERRIDES if args.config is None else []
+        cfg = load_config(args.config, demo + list(args.overrides))
+    else:  # the checkpoint's own config, then the file and overrides given here
+        cfg = load_config(args.config, list(args.overrides), base=state["config"])
+    m = cfg.model
+    backbone = build_backbone(m.arch, stem=m.stem, width=m.width)
+    if state is not None:
+        load_backbone_state(backbone, state["model"])
+    return cfg, backbone, state
+
+
+def _eval_setup(args: argparse.Namespace):
+    from .build import build_data, resolve_device
+
+    cfg, backbone, state = _trained(args)
+    device = resolve_device(cfg.train.device)
+    data = build_data(cfg)
+    return cfg, backbone.to(device).eval(), state, data, device
+
+
+def _record(args, cfg, state, result: dict[str, Any]) -> None:
+    from .evaluate.results import append_result
+
+    run_dir = Path(args.checkpoint).resolve().parent.parent if args.checkpoint else \
+        Path(cfg.train.out_dir)
+    rec = {**result, "dataset": cfg.data.dataset, "split": cfg.data.test_split,
+           "checkpoint": str(args.checkpoint), "epoch": None if state is None else state["epoch"]}
+    append_result(run_dir, rec)
+    print(json.dumps(rec))
+
+
+def cmd_knn(args: argparse.Namespace) -> None:
+    """kNN accuracy of a checkpoint's backbone on the config's test split."""
+    from .data.sources import eval_loader
+    from .evaluate.knn import run_knn
+
+    cfg, backbone, state, data, device = _eval_setup(args)
+    d = cfg.data
+    loaders = [eval_loader(data.split(s), data.mean, data.std, d.batch_size, d.num_workers,
+                           d.loc_image_size) for s in (d.eval_train_split, d.test_split)]
+    res = run_knn(backbone, *loaders, data.num_classes, device, cfg.train.knn_k,
+                  cfg.train.knn_temperature, progress=True)
+    _record(args, cfg, state, res)
+
+
+def cmd_linear(args: argparse.Namespace) -> None:
+    """Linear evaluation: the official protocol, or ``--fast`` on cached features."""
+    from torch.utils.data import DataLoader
+
+    from .data.boxed import LabeledImages
+    from .data.sources import eval_loader
+    from .evaluate.linear import linear_train_transform, run_fast_probe, run_linear
+
+    cfg, backbone, state, data, device = _eval_setup(args)
+    d = cfg.data
+    test = eval_loader(data.split(d.test_split), data.mean, data.std, d.batch_size,
+                       d.num_workers, d.loc_image_size)
+    if args.fast:
+        train = eval_loader(data.split(d.eval_train_split), data.mean, data.std, d.batch_size,
+                            d.num_workers, d.loc_image_size)
+        res = run_fast_probe(backbone, train, test, data.num_classes, device, progress=True)
+    else:
+        imagenet = d.recipe == "imagenet"
+        lr = args.lr if args.lr is not None else (30.0 if imagenet else 10.0)
+        tf = linear_train_transform(data.image_size, data.mean, data.std)
+        train = DataLoader(LabeledImages(data.split(d.eval_train_split), tf), d.batch_size,
+                           shuffle=True, num_workers=d.num_workers, drop_last=False)
+        res = run_linear(backbone, train, test, data.num_classes, device, epochs=args.epochs,
+                         lr=lr, progress=True)
+    _record(args, cfg, state, res)
+
+
+def cmd_boxes(args: argparse.Namespace) -> None:
+    """Localize every training image with the checkpoint's encoder; print the statistics."""
+    import torch
+
+    from .boxes import BoxStore
+    from .data.boxed import IndexedImages
+    from .data.views import EvalTransform
+    from .localize import update_boxes
+
+    cfg, backbone, _, data, device = _eval_setup(args)
+    loader = torch.utils.data.DataLoader(
+        IndexedImages(data.train, EvalTransform(data.mean, data.std, cfg.data.loc_image_size)),
+        cfg.crop.loc_batch_size, num_workers=cfg.data.num_workers)
+    store = BoxStore(len(data.train))
+    stats = update_boxes(backbone.forward_features, loader, store, cfg.crop.threshold,
+                         cfg.crop.threshold_mode, device, gt_boxes=data.gt_boxes, progress=True)
+    if args.out:
+        torch.save(store.boxes.clone(), args.out)
+    print(json.dumps(stats))
+
+
+def cmd_viz(args: argparse.Namespace) -> None:
+    """Heatmap/box/crop figure for a few images and the crop-centre distribution figure."""
+    import torch
+
+    from . import viz
+
+    cfg, backbone, _, data, device = _eval_setup(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    n = max(1, min(args.num, len(data.train)))
+    idx = torch.linspace(0, len(data.train) - 1, n).long().tolist()
+    gt = None if data.gt_boxes is None else data.gt_boxes[idx]
+    paths = [viz.localization_figure(backbone, data.train, idx, out / "localization.png",
+                                     threshold=cfg.crop.threshold, mode=cfg.crop.threshold_mode,
+                                     device=device, mean=data.mean, std=data.std, gt_boxes=gt,
+                                     alpha=cfg.crop.alpha),
+             viz.plot_centre_distribution(out / "centre_distribution.png")]
+    for p in paths:
+        print(p)
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    """Print one row per run: final kNN, box IoU, updates; optional kNN-per-epoch figure."""
+    rows = []
+    for run in args.runs:
+        path = Path(run) / "summary.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"{str(path)!r} not found: is {run!r} a finished ccrop run?")
+        summary = json.loads(path.read_text())
+        rows.append((run, summary))
+        iou = summary.get("box_iou_gt")
+        print(f"{run:40s} kNN {summary.get('knn_top1', float('nan')):6.2f}%  "
+              f"box IoU {'-' if iou is None else f'{iou:.3f}'}  "
+              f"epochs {summary.get('epochs')}  box updates {summary.get('box_updates')}")
+    if args.out:
+        from .viz import plot_knn_curves
+
+        print(plot_knn_curves([r for r, _ in rows], args.out))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    """Speed benchmarks of a config; prints JSON (and writes ``--out``)."""
+    from .bench import run_bench
+
+    cfg = _config(args)
+    result = run_bench(cfg, steps=args.steps)
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

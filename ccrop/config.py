@@ -1,0 +1,249 @@
+"""Typed configuration: dataclasses hold the only defaults; YAML and ``key=value`` override them.
+
+Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the key. The
+resolved config is saved in every run folder and checkpoint (as a plain dict).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, file or key (the CLI exits with code 2)."""
+
+
+@dataclass
+class DataConfig:
+    """Dataset, view pipeline and loader."""
+
+    dataset: str = "synthetic"
+    root: str | None = None
+    download: bool = False
+    train_split: str = "train"  # pretraining split, e.g. "train+unlabeled" for STL-10
+    eval_train_split: str = "train"  # kNN memory bank / linear training split
+    test_split: str = "test"
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. num_images for synthetic
+    image_size: int | None = None  # default: the dataset's
+    mean: list[float] | None = None  # default: the dataset's
+    std: list[float] | None = None
+    recipe: str = "cifar"  # cifar | imagenet (adds blur)
+    pipeline: str = "cpu"  # cpu (PIL in DataLoader workers) | gpu (batched on the device)
+    batch_size: int = 512
+    num_workers: int = 2
+    persistent_workers: bool = True
+    on_bad_image: str = "error"  # error | skip (folder datasets)
+    loc_image_size: int | None = None  # localization input side; ImageNet: 224
+
+
+@dataclass
+class CropConfig:
+    """ContrastiveCrop and the localization schedule."""
+
+    kind: str = "ccrop"  # ccrop | simccrop | rcrop
+    alpha: float = 0.6
+    scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
+    ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+    full_box_guard: float | None = 0.95  # None = the paper's exact law
+    threshold: float = 0.1  # the paper's k (fixed) or the per-image quantile
+    threshold_mode: str = "fixed"  # fixed | quantile
+    warmup_epochs: int = 100  # = epochs gives the RRC baseline
+    loc_interval: int = 100
+    loc_batch_size: int = 512
+    warn_full_share: float = 0.8  # warn when this share of boxes covers the whole image
+
+
+@dataclass
+class ModelConfig:
+    """Backbone."""
+
+    arch: str = "resnet18"
+    stem: str = "cifar"  # cifar (3x3, no max-pool) | imagenet
+    width: int = 64
+
+
+@dataclass
+class MethodConfig:
+    """SSL method and its hyper-parameters (passed to the method's constructor)."""
+
+    name: str = "simclr"  # simclr | moco | byol | simsiam
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """SGD with the official per-epoch cosine schedule down to ``min_lr_ratio * lr``."""
+
+    lr: float = 0.5
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_epochs: int = 0  # linear lr warm-up (epochs)
+    fused: bool = False
+
+
+@dataclass
+class TrainConfig:
+    """Run length, precision, logging, checkpoints, monitors."""
+
+    epochs: int = 500
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: bool = False  # bf16 autocast on CUDA
+    channels_last: bool = False
+    compile: bool = False
+    out_dir: str = "runs/default"
+    save_every: int = 1  # epochs between checkpoints
+    keep_last: int = 2
+    knn_every: int = 0  # epochs between kNN monitors; 0 = only at the end
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    on_nonfinite: str = "stop"  # stop | skip_step
+    tensorboard: bool = True
+    progress: bool = True
+    max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+
+
+@dataclass
+class Config:
+    """Everything a pretraining run needs."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    crop: CropConfig = field(default_factory=CropConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+CHOICES = {
+    "data.recipe": ("cifar", "imagenet"),
+    "data.pipeline": ("cpu", "gpu"),
+    "data.on_bad_image": ("error", "skip"),
+    "crop.kind": ("ccrop", "simccrop", "rcrop"),
+    "crop.threshold_mode": ("fixed", "quantile"),
+    "model.arch": ("resnet18", "resnet34", "resnet50"),
+    "model.stem": ("cifar", "imagenet"),
+    "method.name": ("simclr", "moco", "byol", "simsiam"),
+    "train.on_nonfinite": ("stop", "skip_step"),
+}
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> Config:
+    """Build a validated ``Config`` from defaults, an optional YAML file and ``key=value`` items.
+
+    Args:
+        base: a plain config dict (e.g. a checkpoint's) applied before the file and overrides.
+        path: YAML file holding only the keys to change (may contain ``_base_: other.yaml``,
+            resolved relative to the file).
+        overrides: dotted ``key=value`` strings, e.g. ``["train.epochs=10", "crop.alpha=0.1"]``.
+
+    Raises:
+        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
+    """
+    cfg = OmegaConf.structured(Config)
+    try:
+        if base is not None:
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
+        if path is not None:
+            cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
+        for item in overrides or []:
+            if "=" not in item:
+                raise ConfigError(f"override {item!r} must look like key=value")
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
+    except OmegaConfBaseException as err:
+        raise ConfigError(_omegaconf_message(err)) from None
+    out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
+    validate(out)
+    return out
+
+
+def _read_yaml(path: Path, depth: int = 0) -> DictConfig:
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} does not exist")
+    try:
+        raw = OmegaConf.load(path)
+    except Exception as err:  # yaml.YAMLError and friends
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+    base = raw.pop("_base_", None)
+    if base is None:
+        return raw
+    if depth > 8:
+        raise ConfigError(f"config file {str(path)!r}: _base_ chain too deep")
+    return OmegaConf.merge(_read_yaml(path.parent / str(base), depth + 1), raw)
+
+
+def _omegaconf_message(err: OmegaConfBaseException) -> str:
+    key = getattr(err, "full_key", None)
+    msg = str(err).splitlines()[0]
+    if "not in struct" in msg or "Key '" in msg and "not" in msg:
+        return f"unknown config key {key!r}"
+    return f"bad value for config key {key!r}: {msg}"
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and choices; raise ``ConfigError`` naming the first bad key."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        _require(value in allowed, key, f"one of {allowed}", value)
+    c, d, o, t = cfg.crop, cfg.data, cfg.optim, cfg.train
+    _require(math.isfinite(c.alpha) and c.alpha > 0, "crop.alpha", "> 0", c.alpha)
+    _require(len(c.scale) == 2 and 0 < c.scale[0] <= c.scale[1] <= 1, "crop.scale",
+             "[lo, hi] with 0 < lo <= hi <= 1", c.scale)
+    _require(len(c.ratio) == 2 and 0 < c.ratio[0] <= c.ratio[1], "crop.ratio",
+             "[lo, hi] with 0 < lo <= hi", c.ratio)
+    _require(c.full_box_guard is None or 0 < c.full_box_guard <= 1, "crop.full_box_guard",
+             "in (0, 1] or null", c.full_box_guard)
+    _require(0 <= c.threshold < 1, "crop.threshold", "in [0, 1)", c.threshold)
+    _require(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
+    _require(0 <= c.warmup_epochs <= t.epochs, "crop.warmup_epochs",
+             f"in [0, train.epochs={t.epochs}]", c.warmup_epochs)
+    _require(c.loc_interval >= 1, "crop.loc_interval", ">= 1", c.loc_interval)
+    _require(c.loc_batch_size >= 1, "crop.loc_batch_size", ">= 1", c.loc_batch_size)
+    _require(d.batch_size >= 2, "data.batch_size", ">= 2", d.batch_size)
+    _require(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
+    for key, v in (("data.mean", d.mean), ("data.std", d.std)):
+        _require(v is None or len(v) == 3, key, "3 numbers or null", v)
+    _require(d.std is None or min(d.std) > 0, "data.std", "> 0", d.std)
+    _require(cfg.model.width >= 1, "model.width", ">= 1", cfg.model.width)
+    _require(o.lr > 0, "optim.lr", "> 0", o.lr)
+    _require(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
+    _require(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
+    _require(0 <= o.warmup_epochs < t.epochs or o.warmup_epochs == 0, "optim.warmup_epochs",
+             f"in [0, train.epochs={t.epochs})", o.warmup_epochs)
+    _require(t.save_every >= 1, "train.save_every", ">= 1", t.save_every)
+    _require(t.keep_last >= 1, "train.keep_last", ">= 1", t.keep_last)
+    _require(t.knn_every >= 0, "train.knn_every", ">= 0", t.knn_every)
+    _require(t.knn_k >= 1, "train.knn_k", ">= 1", t.knn_k)
+    _require(t.knn_temperature > 0, "train.knn_temperature", "> 0", t.knn_temperature)
+    _require(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
+             "train.max_steps_per_epoch", ">= 1 or null", t.max_steps_per_epoch)
+    _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
+             "train.device", "auto, cpu, cuda or cuda:N", t.device)
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain nested dict of builtins (safe for ``torch.load(weights_only=True)`` and YAML)."""
+    return asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

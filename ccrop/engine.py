@@ -1,0 +1,368 @@
+"""The one training loop for every method: views -> method -> loss, boxes every few epochs.
+
+Data flow per step: ``indices -> two views -> method(x1, x2) -> loss``; every ``loc_interval``
+epochs after warm-up: ``encoder.forward_features -> heatmaps -> boxes -> BoxStore``.
+Checkpoints at epoch ends hold everything needed for a bit-exact resume on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from . import dist
+from .boxes import BoxStore, box_iou
+from .checkpoint import (
+    ckpt_path,
+    latest_valid_checkpoint,
+    prune_checkpoints,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from .config import Config, ConfigError, save_config, to_dict
+from .crop import CENTER_BOX
+from .localize import update_boxes
+from .schedule import box_update_epochs, lr_at, uses_boxes
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient."""
+
+
+@dataclass
+class Run:
+    """The live objects of one pretraining run."""
+
+    cfg: Config
+    device: torch.device
+    run_dir: Path
+    method: nn.Module  # unwrapped
+    model: nn.Module  # method, or DDP(method)
+    optimizer: torch.optim.Optimizer
+    store: BoxStore
+    source: Any  # CPUSource | GPUSource
+    data: Any  # ccrop.setup.RunData
+    writer: Any = None
+    epoch: int = 0  # completed epochs
+    step: int = 0  # global optimizer steps
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0
+
+
+# ----------------------------------------------------------------------------- one epoch
+
+
+def _grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
+    """Device bool: every gradient finite (no host sync)."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.ones((), dtype=torch.bool)
+    norms = torch._foreach_norm(grads)
+    return torch.isfinite(torch.stack(norms).sum())
+
+
+def _set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = base_lr if group.get("fix_lr", False) else lr
+
+
+def train_epoch(run: Run, epoch: int) -> dict[str, float]:
+    """Train one epoch; returns mean loss, lr, timings and throughput.
+
+    Loss and finiteness are accumulated on the device and read once at the end (and at
+    progress-bar refreshes), so the step has no host sync unless ``on_nonfinite=skip_step``.
+    """
+    cfg, method = run.cfg, run.method
+    run.model.train()
+    steps = len(run.source)
+    if cfg.train.max_steps_per_epoch:
+        steps = min(steps, cfg.train.max_steps_per_epoch)
+    total_steps = steps * cfg.train.epochs
+    params = [p for p in method.parameters() if p.requires_grad]
+    loss_sum = torch.zeros((), device=run.device)
+    first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
+    bar = _progress(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress)
+    t0, data_time, n_img = time.perf_counter(), 0.0, 0
+    t_data = time.perf_counter()
+    for i, (_, views) in enumerate(run.source):
+        if i >= steps:
+            break
+        data_time += time.perf_counter() - t_data
+        lr = lr_at(epoch, i, steps, cfg.optim.lr, cfg.train.epochs, cfg.optim.min_lr_ratio,
+                   cfg.optim.warmup_epochs)
+        _set_lr(run.optimizer, lr, cfg.optim.lr)
+        x1, x2 = (_to_input(v, cfg) for v in views)
+        with _autocast(run.device, cfg.train.amp):
+            loss = run.model(x1, x2)["loss"]
+        run.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        ok = torch.isfinite(loss.detach()) & _grads_finite(params)
+        if cfg.train.on_nonfinite == "skip_step" and not bool(ok):  # opt-in host sync
+            run.skipped_steps += 1
+        else:
+            run.optimizer.step()
+            if hasattr(method, "momentum_update"):
+                method.momentum_update((run.step + 1) / total_steps)
+        first_bad = torch.where((first_bad < 0) & ~ok, torch.tensor(i, device=run.device),
+                                first_bad)
+        loss_sum += torch.where(ok, loss.detach().float(), torch.zeros((), device=run.device))
+        run.step += 1
+        n_img += x1.shape[0] * dist.get_world_size()
+        if bar is not None:
+            bar.update(1)
+            if i % 10 == 0:
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
+        t_data = time.perf_counter()
+    if bar is not None:
+        bar.close()
+    _check_finite(cfg, epoch, first_bad)
+    seconds = time.perf_counter() - t0
+    loss_mean = float(dist.all_reduce_mean(loss_sum)) / max(1, steps)
+    return {"loss": loss_mean, "lr": lr_at(epoch, 0, 1, cfg.optim.lr, cfg.train.epochs,
+                                           cfg.optim.min_lr_ratio), "seconds": seconds,
+            "data_seconds": data_time, "images_per_s": n_img / max(seconds, 1e-9),
+            "steps": steps}
+
+
+def _check_finite(cfg: Config, epoch: int, first_bad: torch.Tensor) -> None:
+    bad = int(first_bad)
+    if bad >= 0 and cfg.train.on_nonfinite == "stop":
+        raise NonFiniteLossError(
+            f"non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; the run stopped "
+            "and the last good checkpoint is untouched (lower optim.lr, or set "
+            "train.on_nonfinite=skip_step)")
+
+
+def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
+    if cfg.train.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast(device.type, enabled=False)
+
+
+def _progress(total: int, desc: str, on: bool):
+    if not on or not dist.is_main_process():
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+# ----------------------------------------------------------------------------- boxes
+
+
+def localize_step(run: Run, completed: int) -> dict[str, Any]:
+    """Re-localize every training image with the current encoder and log the statistics."""
+    cfg = run.cfg
+    encoder = run.method.backbone.forward_features
+    stats = update_boxes(encoder, run.source.loc_batches(), run.store, cfg.crop.threshold,
+                         cfg.crop.threshold_mode, run.device, amp=cfg.train.amp,
+                         channels_last=cfg.train.channels_last, gt_boxes=run.data.gt_boxes,
+                         progress=cfg.train.progress and dist.is_main_process())
+    run.source.boxes_updated(run.store)
+    stats = {"event": "box_update", "epoch": completed, **stats}
+    if stats["full_share"] >= cfg.crop.warn_full_share and dist.is_main_process():
+        warnings.warn(
+            f"{stats['full_share']:.0%} of boxes cover (almost) the whole image after epoch "
+            f"{completed}: ContrastiveCrop does little here. Consider crop.threshold_mode="
+            "quantile or a higher crop.threshold; keep crop.full_box_guard on.", stacklevel=2)
+    _log_boxes(run, stats)
+    return stats
+
+
+def _log_boxes(run: Run, stats: dict[str, Any]) -> None:
+    if run.writer is None:
+        return
+    for key in ("mean_area", "full_share", "degenerate", "seconds", "iou_gt"):
+        if key in stats:
+            run.writer.add_scalar(f"boxes/{key}", stats[key], stats["epoch"])
+    try:
+        from .viz import box_grid
+
+        idx = torch.arange(min(16, len(run.store)))
+        images = run.data.preview_images(idx)  # (B, 3, H, W) in [0, 1]
+        run.writer.add_image("boxes/grid", box_grid(images, run.store[idx]), stats["epoch"])
+    except Exception as err:  # a figure must never stop training
+        warnings.warn(f"could not draw the box grid: {err}", stacklevel=2)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def checkpoint_state(run: Run) -> dict[str, Any]:
+    """Everything for an exact resume, as plain types and tensors."""
+    return {
+        "model": run.method.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "epoch": run.epoch,
+        "step": run.step,
+        "boxes": run.store.state_dict(),
+        "rng": rng_state(),
+        "config": to_dict(run.cfg),
+        "history": json.loads(json.dumps(run.history)),
+        "skipped_steps": run.skipped_steps,
+    }
+
+
+def save(run: Run) -> Path | None:
+    """Write the epoch's checkpoint on the main process and prune old ones."""
+    path = None
+    if dist.is_main_process():
+        path = save_checkpoint(checkpoint_state(run), ckpt_path(run.run_dir, run.epoch))
+        prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
+    dist.barrier()
+    return path
+
+
+def resume(run: Run, target: str) -> bool:
+    """Restore from ``target`` (``auto``: newest valid checkpoint in the run folder, or a path).
+
+    Returns:
+        True when a checkpoint was loaded.
+    """
+    from .checkpoint import load_checkpoint
+
+    if target == "auto":
+        found = latest_valid_checkpoint(run.run_dir)
+        if found is None:
+            return False
+        _, state = found
+    else:
+        state = load_checkpoint(target)
+    run.method.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.store.load_state_dict(state["boxes"])
+    run.epoch, run.step = int(state["epoch"]), int(state["step"])
+    run.history = list(state.get("history", []))
+    run.skipped_steps = int(state.get("skipped_steps", 0))
+    set_rng_state(state["rng"])
+    if run.epoch > run.cfg.train.epochs:
+        raise ConfigError(f"checkpoint is at epoch {run.epoch} but train.epochs is "
+                          f"{run.cfg.train.epochs}; raise train.epochs to continue")
+    return True
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(run: Run) -> dict[str, Any]:
+    """Train from ``run.epoch`` to ``cfg.train.epochs`` with boxes, monitors and checkpoints."""
+    cfg = run.cfg
+    updates = set(box_update_epochs(cfg.train.epochs, cfg.crop.warmup_epochs,
+                                    cfg.crop.loc_interval, cfg.crop.kind))
+    if cfg.crop.kind == "simccrop" and run.epoch == 0:
+        run.store.fill(CENTER_BOX)
+        run.source.boxes_updated(run.store)
+    while run.epoch < cfg.train.epochs:
+        epoch = run.epoch
+        if epoch in updates and not _updated_at(run, epoch):
+            run.history.append(localize_step(run, epoch))
+        run.source.set_epoch(epoch, uses_boxes(epoch, cfg.crop.warmup_epochs, cfg.crop.kind))
+        metrics = train_epoch(run, epoch)
+        run.epoch = epoch + 1
+        if cfg.train.knn_every and run.epoch % cfg.train.knn_every == 0 \
+                and run.epoch < cfg.train.epochs:
+            metrics["knn_top1"] = run.data.knn(run)["top1"]
+        _log_epoch(run, metrics)
+        if run.epoch % cfg.train.save_every == 0 or run.epoch == cfg.train.epochs:
+            save(run)
+    return finish(run)
+
+
+def _updated_at(run: Run, completed: int) -> bool:
+    """True when the history already holds this epoch's box update (resumed after it)."""
+    return any(h.get("event") == "box_update" and h.get("epoch") == completed
+               for h in run.history)
+
+
+def _log_epoch(run: Run, metrics: dict[str, Any]) -> None:
+    record = {"event": "epoch", "epoch": run.epoch, "step": run.step, **metrics}
+    run.history.append(record)
+    if not dist.is_main_process():
+        return
+    append_jsonl(run.run_dir / "metrics.jsonl", record)
+    if run.writer is not None:
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                run.writer.add_scalar(f"train/{key}", value, run.epoch)
+        run.writer.flush()
+    if run.cfg.train.progress:
+        extra = f"  knn {metrics['knn_top1']:.2f}%" if "knn_top1" in metrics else ""
+        print(f"epoch {run.epoch}/{run.cfg.train.epochs}  loss {metrics['loss']:.4f}  "
+              f"lr {metrics['lr']:.4g}  {metrics['images_per_s']:.0f} img/s{extra}", flush=True)
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line, flushed and fsynced (lines are never rewritten)."""
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record, default=float) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Final kNN accuracy and box IoU against ground truth (when the dataset has it)."""
+    summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
+                               "skipped_steps": run.skipped_steps}
+    if run.data.num_classes and run.data.has_labels:
+        knn = run.data.knn(run)
+        summary["knn_top1"] = knn["top1"]
+        if dist.is_main_process():
+            from .evaluate.results import append_result
+
+            append_result(run.run_dir, {**knn, "dataset": run.cfg.data.dataset,
+                                        "split": run.cfg.data.test_split,
+                                        "checkpoint": str(ckpt_path(run.run_dir, run.epoch)),
+                                        "epoch": run.epoch})
+    if run.data.gt_boxes is not None:
+        gt = torch.as_tensor(run.data.gt_boxes).float()
+        summary["box_iou_gt"] = float(box_iou(run.store.boxes, gt).mean())
+        summary["full_box_iou_gt"] = float(box_iou(torch.tensor([[0.0, 0, 1, 1]]).expand_as(gt),
+                                                   gt).mean())
+    boxes = [h for h in run.history if h.get("event") == "box_update"]
+    summary["box_updates"] = [h["epoch"] for h in boxes]
+    if dist.is_main_process():
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def check_run_dir(run_dir: Path, resuming: bool) -> None:
+    """Create the run folder; refuse to overwrite an existing run unless resuming.
+
+    Raises:
+        ConfigError: the folder cannot be written, or holds checkpoints and no resume was asked.
+    """
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-test-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"train.out_dir {str(run_dir)!r} cannot be written: "
+                          f"{err.strerror or err}") from None
+    from .checkpoint import list_checkpoints
+
+    if list_checkpoints(run_dir) and not resuming:
+        raise ConfigError(f"train.out_dir {str(run_dir)!r} already holds checkpoints; pass "
+                          "--resume auto to continue it, or choose another train.out_dir")
+
+
+def save_run_config(run: Run) -> None:
+    """Write the resolved config into the run folder (main process)."""
+    if dist.is_main_process():
+        save_config(run.cfg, run.run_dir / "config.yaml")
