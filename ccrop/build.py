@@ -130,10 +130,12 @@ def build_model(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module
         method = method.to(memory_format=torch.channels_last)
     model: nn.Module = method
     if dist.is_dist():
-        method = nn.SyncBatchNorm.convert_sync_batchnorm(method) if device.type == "cuda" \
-            else method
+        if device.type == "cuda" and cfg.method.name != "moco":  # MoCo relies on shuffle-BN
+            method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         ids = [device.index] if device.type == "cuda" else None
-        model = nn.parallel.DistributedDataParallel(method, device_ids=ids)
+        # buffers (MoCo queue, BN stats) are kept in step by construction: no per-step broadcast
+        model = nn.parallel.DistributedDataParallel(method, device_ids=ids,
+                                                    broadcast_buffers=False)
     if cfg.train.compile:
         model = torch.compile(model)
     return method, model

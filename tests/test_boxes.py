@@ -12,8 +12,9 @@ from ccrop.boxes import box_area
 
 def test_init_full_and_given_box():
     assert torch.equal(BoxStore(3)[1], torch.tensor([0.0, 0.0, 1.0, 1.0]))
-    assert torch.allclose(BoxStore(2, (0.25, 0.25, 0.75, 0.75)).boxes,
-                          torch.tensor([[0.25, 0.25, 0.75, 0.75]] * 2))
+    assert torch.allclose(
+        BoxStore(2, (0.25, 0.25, 0.75, 0.75)).boxes, torch.tensor([[0.25, 0.25, 0.75, 0.75]] * 2)
+    )
     assert BoxStore(5).boxes.is_shared()
 
 
@@ -31,12 +32,15 @@ def test_update_by_index_and_round_trip():
     assert store[0][0] == 0.0
 
 
-@pytest.mark.parametrize("boxes,word", [
-    (torch.tensor([[0.5, 0.0, 0.4, 1.0]]), "x0 <= x1"),
-    (torch.tensor([[0.0, 0.0, 1.0, 1.5]]), r"\[0, 1\]"),
-    (torch.tensor([[float("nan"), 0.0, 1.0, 1.0]]), "finite"),
-    (torch.tensor([0.0, 0.0, 1.0, 1.0]), r"\(B, 4\)"),
-])
+@pytest.mark.parametrize(
+    "boxes,word",
+    [
+        (torch.tensor([[0.5, 0.0, 0.4, 1.0]]), "x0 <= x1"),
+        (torch.tensor([[0.0, 0.0, 1.0, 1.5]]), r"\[0, 1\]"),
+        (torch.tensor([[float("nan"), 0.0, 1.0, 1.0]]), "finite"),
+        (torch.tensor([0.0, 0.0, 1.0, 1.0]), r"\(B, 4\)"),
+    ],
+)
 def test_bad_update_rejected_and_nothing_written(boxes, word):
     store = BoxStore(3)
     before = store.boxes.clone()
@@ -58,13 +62,21 @@ def test_bad_indices_and_lengths():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 9), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1),
-                          st.floats(0, 1)), min_size=1, max_size=20))
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 9), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
 def test_update_property_valid_boxes_stay_valid(rows):
     store = BoxStore(10)
     idx = torch.tensor([r[0] for r in rows])
-    b = torch.tensor([[min(r[1], r[3]), min(r[2], r[4]), max(r[1], r[3]), max(r[2], r[4])]
-                      for r in rows])
+    b = torch.tensor(
+        [[min(r[1], r[3]), min(r[2], r[4]), max(r[1], r[3]), max(r[2], r[4])] for r in rows]
+    )
     store.update(idx, b)
     boxes = store.boxes
     assert torch.isfinite(boxes).all() and (boxes >= 0).all() and (boxes <= 1).all()
@@ -96,13 +108,19 @@ class _ReadBox(Dataset):
 def test_persistent_workers_see_updates(ctx):
     """The official code's defect: persistent workers would keep stale boxes."""
     store = BoxStore(4)
-    loader = DataLoader(_ReadBox(store), batch_size=4, num_workers=2, persistent_workers=True,
-                        multiprocessing_context=ctx)
+    loader = DataLoader(
+        _ReadBox(store),
+        batch_size=4,
+        num_workers=2,
+        persistent_workers=True,
+        multiprocessing_context=ctx,
+    )
     first = next(iter(loader))
     assert torch.equal(first, torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 4))
     new = torch.rand(4, 2).sort(dim=1).values
-    new = torch.stack([new[:, 0] * 0.5, new[:, 0] * 0.5, 0.5 + new[:, 1] * 0.5,
-                       0.5 + new[:, 1] * 0.5], 1)
+    new = torch.stack(
+        [new[:, 0] * 0.5, new[:, 0] * 0.5, 0.5 + new[:, 1] * 0.5, 0.5 + new[:, 1] * 0.5], 1
+    )
     store.update(torch.arange(4), new)
     second = next(iter(loader))  # same worker processes (persistent)
     assert torch.equal(second, new)

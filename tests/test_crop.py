@@ -33,12 +33,18 @@ def crop_args(draw):
 
 
 @settings(max_examples=300, deadline=None)
-@given(h=st.integers(1, 400), w=st.integers(1, 400), box=boxes(), args=crop_args(),
-       seed=st.integers(0, 2**31))
+@given(
+    h=st.integers(1, 400),
+    w=st.integers(1, 400),
+    box=boxes(),
+    args=crop_args(),
+    seed=st.integers(0, 2**31),
+)
 def test_crop_always_inside_image(h, w, box, args, seed):
     scale, ratio, alpha, guard = args
-    top, left, ch, cw = sample_crop_params(h, w, box, scale, ratio, alpha, random.Random(seed),
-                                           guard)
+    top, left, ch, cw = sample_crop_params(
+        h, w, box, scale, ratio, alpha, random.Random(seed), guard
+    )
     assert all(isinstance(v, int) for v in (top, left, ch, cw))
     assert ch >= 1 and cw >= 1
     assert top >= 0 and top + ch <= h
@@ -46,8 +52,13 @@ def test_crop_always_inside_image(h, w, box, args, seed):
 
 
 @settings(max_examples=100, deadline=None)
-@given(h=st.integers(1, 300), w=st.integers(1, 300), box=boxes(), args=crop_args(),
-       seed=st.integers(0, 2**31))
+@given(
+    h=st.integers(1, 300),
+    w=st.integers(1, 300),
+    box=boxes(),
+    args=crop_args(),
+    seed=st.integers(0, 2**31),
+)
 def test_batched_crop_always_inside_image(h, w, box, args, seed):
     scale, ratio, alpha, guard = args
     g = torch.Generator().manual_seed(seed)
@@ -87,8 +98,9 @@ def test_centre_suppression_pushes_views_apart():
     def edge_share(alpha):
         n = 0
         for _ in range(3000):
-            _, left, _, w = sample_crop_params(1000, 1000, (0.2, 0.2, 0.8, 0.8), (0.001, 0.002),
-                                               (1, 1), alpha, rng)
+            _, left, _, w = sample_crop_params(
+                1000, 1000, (0.2, 0.2, 0.8, 0.8), (0.001, 0.002), (1, 1), alpha, rng
+            )
             u = ((left + w / 2) / 1000 - 0.2) / 0.6
             n += min(u, 1 - u) < 0.1
         return n / 3000
@@ -110,8 +122,9 @@ def test_scale_and_ratio_law():
 
 def test_fallback_centre_crop_when_nothing_fits():
     # ratio far from the image's: no try can fit a 1x100 image at area >= 0.9 with ratio ~1
-    top, left, h, w = sample_crop_params(1, 100, (0, 0, 1, 1), (0.9, 1.0), (1.0, 1.0), 0.6,
-                                         random.Random(0))
+    top, left, h, w = sample_crop_params(
+        1, 100, (0, 0, 1, 1), (0.9, 1.0), (1.0, 1.0), 0.6, random.Random(0)
+    )
     assert (h, w) == (1, 1) and left == 49 and top == 0
 
 
@@ -122,8 +135,9 @@ def test_guard_makes_full_box_uniform_like_rrc():
     def left_positions(guard):
         out = []
         for _ in range(3000):
-            _, left, _, w = sample_crop_params(1000, 1000, (0, 0, 1, 1), (0.04, 0.04), (1, 1), 0.1,
-                                               rng, guard)
+            _, left, _, w = sample_crop_params(
+                1000, 1000, (0, 0, 1, 1), (0.04, 0.04), (1, 1), 0.1, rng, guard
+            )
             out.append(left / (1000 - w))
         return np.array(out)
 
@@ -134,19 +148,29 @@ def test_guard_makes_full_box_uniform_like_rrc():
 
 def test_generator_reproducible():
     crop = ContrastiveCrop(32, alpha=0.1)
-    a = [crop.get_params(50, 60, (0.1, 0.1, 0.5, 0.9), torch.Generator().manual_seed(5))
-         for _ in range(3)]
+    a = [
+        crop.get_params(50, 60, (0.1, 0.1, 0.5, 0.9), torch.Generator().manual_seed(5))
+        for _ in range(3)
+    ]
     b = crop.get_params(50, 60, (0.1, 0.1, 0.5, 0.9), torch.Generator().manual_seed(6))
     assert a[0] == a[1] == a[2]
-    assert any(crop.get_params(50, 60, (0.1, 0.1, 0.5, 0.9), torch.Generator().manual_seed(s))
-               != a[0] for s in range(7, 12)) or b != a[0]
+    assert (
+        any(
+            crop.get_params(50, 60, (0.1, 0.1, 0.5, 0.9), torch.Generator().manual_seed(s)) != a[0]
+            for s in range(7, 12)
+        )
+        or b != a[0]
+    )
 
 
 @pytest.mark.parametrize("kind", ["pil", "uint8", "float"])
 def test_crop_accepts_pil_and_tensors(kind):
     arr = np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8)
-    img = {"pil": Image.fromarray(arr), "uint8": torch.from_numpy(arr).permute(2, 0, 1),
-           "float": torch.from_numpy(arr).permute(2, 0, 1).float() / 255}[kind]
+    img = {
+        "pil": Image.fromarray(arr),
+        "uint8": torch.from_numpy(arr).permute(2, 0, 1),
+        "float": torch.from_numpy(arr).permute(2, 0, 1).float() / 255,
+    }[kind]
     out = ContrastiveCrop(16)(img, (0.2, 0.2, 0.8, 0.8))
     if kind == "pil":
         assert out.size == (16, 16)
@@ -174,8 +198,9 @@ def test_rrc_matches_torchvision_law():
         assert stats.ks_2samp([x[k] for x in a], [x[k] for x in b]).pvalue > 1e-3
 
 
-@pytest.mark.parametrize("bad", [(0.5, 0, 0.4, 1), (0, 0, 1, 1.2), (float("nan"), 0, 1, 1),
-                                 (-0.1, 0, 1, 1), (0, 0, 1)])
+@pytest.mark.parametrize(
+    "bad", [(0.5, 0, 0.4, 1), (0, 0, 1, 1.2), (float("nan"), 0, 1, 1), (-0.1, 0, 1, 1), (0, 0, 1)]
+)
 def test_bad_boxes_rejected(bad):
     with pytest.raises(ValueError, match="box"):
         ContrastiveCrop(8).get_params(10, 10, bad)
@@ -183,11 +208,18 @@ def test_bad_boxes_rejected(bad):
         check_box(bad)
 
 
-@pytest.mark.parametrize("kwargs,word", [({"alpha": 0}, "alpha"), ({"alpha": -1}, "alpha"),
-                                         ({"scale": (0, 1)}, "scale"),
-                                         ({"scale": (0.5, 1.5)}, "scale"),
-                                         ({"ratio": (2, 1)}, "ratio"), ({"size": 0}, "size"),
-                                         ({"full_box_guard": 1.5}, "full_box_guard")])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        ({"alpha": 0}, "alpha"),
+        ({"alpha": -1}, "alpha"),
+        ({"scale": (0, 1)}, "scale"),
+        ({"scale": (0.5, 1.5)}, "scale"),
+        ({"ratio": (2, 1)}, "ratio"),
+        ({"size": 0}, "size"),
+        ({"full_box_guard": 1.5}, "full_box_guard"),
+    ],
+)
 def test_bad_arguments_rejected_at_construction(kwargs, word):
     args = {"size": 8, **kwargs}
     with pytest.raises(ValueError, match=word):

@@ -53,8 +53,13 @@ def test_single_pixel_and_single_row_boxes_have_extent():
 @pytest.mark.parametrize("case", ["zeros", "constant", "nan", "inf", "neg_inf"])
 def test_degenerate_maps_give_full_box_and_are_counted(case):
     fmap = torch.rand(3, 4, 4, 4)
-    value = {"zeros": 0.0, "constant": 7.0, "nan": float("nan"), "inf": float("inf"),
-             "neg_inf": float("-inf")}[case]
+    value = {
+        "zeros": 0.0,
+        "constant": 7.0,
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "neg_inf": float("-inf"),
+    }[case]
     if case in ("zeros", "constant"):
         fmap[1] = value
     else:
@@ -85,8 +90,15 @@ def test_quantile_mode_adapts_to_flat_maps():
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.integers(1, 4), st.integers(1, 6), st.integers(1, 6), st.integers(1, 40),
-       st.floats(0, 0.99), st.sampled_from(["fixed", "quantile"]), st.integers(0, 10**6))
+@given(
+    st.integers(1, 4),
+    st.integers(1, 6),
+    st.integers(1, 6),
+    st.integers(1, 40),
+    st.floats(0, 0.99),
+    st.sampled_from(["fixed", "quantile"]),
+    st.integers(0, 10**6),
+)
 def test_boxes_always_valid(b, h, w, size, k, mode, seed):
     g = torch.Generator().manual_seed(seed)
     fmap = torch.randn(b, 3, h, w, generator=g) * 10 ** torch.randint(-8, 8, (1,), generator=g)
@@ -97,9 +109,14 @@ def test_boxes_always_valid(b, h, w, size, k, mode, seed):
     assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
 
 
-@pytest.mark.parametrize("kwargs,word", [({"threshold": 1.0}, "threshold"),
-                                         ({"threshold": -0.1}, "threshold"),
-                                         ({"mode": "otsu"}, "mode")])
+@pytest.mark.parametrize(
+    "kwargs,word",
+    [
+        ({"threshold": 1.0}, "threshold"),
+        ({"threshold": -0.1}, "threshold"),
+        ({"mode": "otsu"}, "mode"),
+    ],
+)
 def test_bad_threshold_and_mode(kwargs, word):
     with pytest.raises(ValueError, match=word):
         boxes_from_features(torch.rand(1, 2, 4, 4), (8, 8), **kwargs)
@@ -127,7 +144,7 @@ def test_update_boxes_writes_by_index_and_reports_stats():
     truth = torch.zeros(n, 4)
     for i in range(n):
         y, x = (i % 3) * 4, (i % 2) * 8
-        images[i, :, y:y + 4, x:x + 8] = 1.0
+        images[i, :, y : y + 4, x : x + 8] = 1.0
         truth[i] = torch.tensor([x / 16, y / 16, (x + 8) / 16, (y + 4) / 16])
     images[7] = 0.5  # constant: degenerate
     ds = TensorDataset(torch.arange(n), images)
@@ -142,8 +159,9 @@ def test_update_boxes_writes_by_index_and_reports_stats():
     assert torch.allclose(store[ok], truth[ok], atol=1e-6)
     assert torch.equal(store[7], torch.tensor([0.0, 0.0, 1.0, 1.0]))
     assert 0.85 < stats["iou_gt"] <= 1.0 and stats["seconds"] > 0
-    assert stats["mean_area"] == pytest.approx(float(((truth[ok, 2] - truth[ok, 0]) *
-                                                      (truth[ok, 3] - truth[ok, 1])).sum() + 1) / n)
+    assert stats["mean_area"] == pytest.approx(
+        float(((truth[ok, 2] - truth[ok, 0]) * (truth[ok, 3] - truth[ok, 1])).sum() + 1) / n
+    )
 
 
 def test_update_boxes_accepts_bound_method_and_empty_loader_error():

@@ -69,8 +69,9 @@ def test_views_follow_store_box():
             return Image.fromarray(arr), 0
 
     store = BoxStore(1, (0.0, 0.0, 0.05, 0.05))
-    tf = build_view_transform(size=16, scale=(0.01, 0.02), mean=(0, 0, 0), std=(1, 1, 1),
-                              full_box_guard=None)
+    tf = build_view_transform(
+        size=16, scale=(0.01, 0.02), mean=(0, 0, 0), std=(1, 1, 1), full_box_guard=None
+    )
     tf.recipe = type(tf.recipe)(flip_p=0, jitter_p=0, gray_p=0)
     ds = BoxedDataset(One(), store, tf, num_views=8, seed=0)
     assert all(v.mean() > 0.5 for v in ds[0][1])

@@ -1,0 +1,60 @@
+"""Siamese self-supervised methods (one module per file) and their registry."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from torch import nn
+
+from ccrop.methods.byol import BYOL
+from ccrop.methods.moco import MoCo
+from ccrop.methods.simclr import SimCLR
+from ccrop.methods.simsiam import SimSiam
+
+__all__ = ["BYOL", "METHODS", "MoCo", "SimCLR", "SimSiam", "build_method", "method_hparams"]
+
+METHODS: dict[str, type[nn.Module]] = {
+    "simclr": SimCLR,
+    "moco": MoCo,
+    "byol": BYOL,
+    "simsiam": SimSiam,
+}
+
+
+def method_hparams(name: str) -> dict[str, Any]:
+    """Hyperparameter names and defaults of a method.
+
+    Args:
+        name: A key of ``METHODS``.
+
+    Returns:
+        ``{hparam: default}`` from the method's ``__init__`` signature (backbone excluded).
+    """
+    if name not in METHODS:
+        raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
+    params = inspect.signature(METHODS[name].__init__).parameters
+    return {k: p.default for k, p in params.items() if k not in ("self", "backbone")}
+
+
+def build_method(name: str, backbone: nn.Module, **hparams: Any) -> nn.Module:
+    """Build a method around a backbone.
+
+    Args:
+        name: "simclr", "moco", "byol" or "simsiam".
+        backbone: Encoder with ``feat_dim``, ``forward`` (B, D) and ``forward_features``.
+        **hparams: Overrides of the method's defaults (see ``method_hparams``).
+
+    Returns:
+        The method module.
+
+    Raises:
+        ValueError: Unknown method name or hyperparameter.
+    """
+    allowed = method_hparams(name)
+    unknown = sorted(set(hparams) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"unknown hparams {unknown} for method {name!r}; allowed: {sorted(allowed)}"
+        )
+    return METHODS[name](backbone, **hparams)

@@ -1,0 +1,166 @@
+"""MoCo v1/v2 (He et al. 2020; Chen et al. 2020): momentum key encoder and a queue of negatives."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ccrop import dist
+from ccrop.losses import info_nce_queue
+from ccrop.models.heads import mlp
+
+
+@torch.no_grad()
+def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
+    """In place ``target = momentum * target + (1 - momentum) * online`` over parameters.
+
+    Buffers (BN running statistics) are left alone, as in MoCo and BYOL.
+
+    Args:
+        target: Momentum network, same architecture as ``online``.
+        online: Network trained by the optimizer.
+        momentum: Weight of the old target, in [0, 1].
+
+    Raises:
+        ValueError: The two modules have different numbers of parameters.
+    """
+    t_params, o_params = list(target.parameters()), list(online.parameters())
+    if len(t_params) != len(o_params):
+        raise ValueError("target and online must have the same parameters")
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
+
+
+class MoCo(nn.Module):
+    """MoCo with a key encoder (deep copy of backbone + head, no grad) and a (K, D) key queue.
+
+    The heatmap encoder is the query encoder ``self.backbone``. Shuffle-BN (keys computed on a
+    batch permuted across ranks) is used only when distributed; in one process there is no
+    shuffle, so key BN statistics come from the same images as the queries'.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        version: int = 2,
+        proj_hidden: int = 512,
+        proj_dim: int = 128,
+        queue_size: int = 65536,
+        momentum: float = 0.999,
+        temperature: float = 0.2,
+        symmetric: bool = False,
+    ) -> None:
+        """Build the method.
+
+        Args:
+            backbone: Query encoder with ``feat_dim`` and ``forward(x) -> (B, feat_dim)``.
+            version: 1 (linear head) or 2 (Linear-ReLU-Linear head).
+            proj_hidden: Hidden size of the v2 head.
+            proj_dim: Key/query size D.
+            queue_size: Number of negative keys K, >= 1.
+            momentum: Key encoder momentum m in [0, 1).
+            temperature: InfoNCE temperature, > 0.
+            symmetric: Also use (x2 query, x1 key) and enqueue both views' keys.
+        """
+        super().__init__()
+        if version not in (1, 2):
+            raise ValueError(f"version must be 1 or 2, got {version}")
+        if queue_size < 1 or not 0 <= momentum < 1 or not temperature > 0:
+            raise ValueError(
+                "need queue_size >= 1, momentum in [0, 1), temperature > 0; got "
+                f"{queue_size}, {momentum}, {temperature}"
+            )
+        self.backbone = backbone
+        # v1: one linear layer; v2: Linear-ReLU-Linear (no BN, as in MoCo v2).
+        self.projector = mlp(
+            backbone.feat_dim, proj_hidden, proj_dim, num_layers=version, hidden_bn=False
+        )
+        self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
+        self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
+        self.momentum, self.temperature, self.symmetric = momentum, temperature, symmetric
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    @property
+    def heatmap_encoder(self) -> nn.Module:
+        """The encoder whose ``forward_features`` gives the localization heatmaps."""
+        return self.backbone
+
+    @torch.no_grad()
+    def keys(self, x: torch.Tensor) -> torch.Tensor:
+        """Keys from the key encoder, with shuffle-BN when distributed.
+
+        Args:
+            x: Key views (B, 3, H, W); every rank must pass the same B.
+
+        Returns:
+            L2-normalised keys (B, D), row i the key of ``x[i]``.
+        """
+        if dist.get_world_size() == 1:
+            return F.normalize(self.key_projector(self.key_backbone(x)), dim=1)
+        rank, world, b = dist.get_rank(), dist.get_world_size(), x.shape[0]
+        x_all = dist.all_gather(x)  # (W*B, 3, H, W)
+        perm = dist.broadcast(torch.randperm(world * b, device=x.device), src=0)  # (W*B,)
+        k = self.key_projector(self.key_backbone(x_all[perm.view(world, b)[rank]]))  # (B, D)
+        k_all = dist.all_gather(k)  # (W*B, D), row j is the key of image perm[j]
+        unperm = torch.argsort(perm).view(world, b)[rank]  # (B,) rows of our own images
+        return F.normalize(k_all[unperm], dim=1)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Compute the loss, then enqueue this step's keys (gathered over ranks).
+
+        Args:
+            x1: Query views (B, 3, H, W).
+            x2: Key views (B, 3, H, W).
+
+        Returns:
+            ``{"loss": scalar}`` (sum of both directions when symmetric, as in the MoCo CIFAR demo).
+        """
+        # A snapshot: the backward pass needs the negatives as they were before the enqueue.
+        queue = self.queue.clone()  # (K, D)
+        q1 = self.projector(self.backbone(x1))  # (B, D)
+        k2 = self.keys(x2)  # (B, D)
+        loss = info_nce_queue(q1, k2, queue, self.temperature)
+        new_keys = k2
+        if self.symmetric:
+            q2, k1 = self.projector(self.backbone(x2)), self.keys(x1)
+            loss = loss + info_nce_queue(q2, k1, queue, self.temperature)
+            new_keys = torch.cat([k2, k1])  # (2B, D)
+        self._enqueue(dist.all_gather(new_keys))
+        return {"loss": loss}
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Write keys (N, D) at ``queue_ptr`` with wrap-around; device-side, no host sync."""
+        size, n = self.queue.shape[0], keys.shape[0]
+        start = self.queue_ptr.clone()  # (1,)
+        if n > size:  # only the last K keys would survive sequential writes
+            keys, start = keys[n - size :], start + (n - size)
+        idx = (start + torch.arange(keys.shape[0], device=keys.device)) % size  # (min(N, K),)
+        self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+
+    def momentum_update(self, progress: float = 0.0) -> None:
+        """Key encoder ``= m * key + (1 - m) * query``; call after ``optimizer.step()``.
+
+        Args:
+            progress: Training progress in [0, 1]; unused (MoCo's momentum is constant).
+        """
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """One group with the query encoder and head (the key encoder is not trained).
+
+        Args:
+            lr: Learning rate.
+            weight_decay: Weight decay.
+
+        Returns:
+            A list with one parameter group.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]

@@ -1,0 +1,72 @@
+"""SimCLR (Chen et al. 2020): one encoder, NT-Xent over both views of the batch."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ccrop.losses import nt_xent
+from ccrop.models.heads import mlp
+
+
+class SimCLR(nn.Module):
+    """SimCLR with a Linear-BN-ReLU-Linear projection head.
+
+    The heatmap encoder is ``self.backbone`` (the only encoder).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        proj_hidden: int = 512,
+        proj_dim: int = 128,
+        temperature: float = 0.5,
+    ) -> None:
+        """Build the method.
+
+        Args:
+            backbone: Encoder with ``feat_dim`` and ``forward(x) -> (B, feat_dim)``.
+            proj_hidden: Hidden size of the projection head.
+            proj_dim: Output size of the projection head.
+            temperature: NT-Xent temperature, > 0 (0.5 on small datasets).
+        """
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        self.backbone = backbone
+        self.projector = mlp(backbone.feat_dim, proj_hidden, proj_dim)
+        self.temperature = temperature
+
+    @property
+    def heatmap_encoder(self) -> nn.Module:
+        """The encoder whose ``forward_features`` gives the localization heatmaps."""
+        return self.backbone
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Compute the loss for a batch of view pairs.
+
+        Both views go through the encoder as one batch of 2B (shared BN statistics, one pass).
+
+        Args:
+            x1: First views (B, 3, H, W).
+            x2: Second views (B, 3, H, W).
+
+        Returns:
+            ``{"loss": scalar}``.
+        """
+        z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2B, proj_dim)
+        z1, z2 = z.chunk(2)  # (B, proj_dim) each
+        return {"loss": nt_xent(z1, z2, self.temperature)}
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups.
+
+        Args:
+            lr: Learning rate.
+            weight_decay: Weight decay.
+
+        Returns:
+            One group with all trainable parameters.
+        """
+        params = [p for p in self.parameters() if p.requires_grad]
+        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
