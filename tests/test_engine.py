@@ -1,0 +1,128 @@
+"""Tests of the engine: localization schedule, learning, exact resume."""
+
+import pytest
+import torch
+
+import ccrop.engine as engine
+from ccrop.build import build_run
+from ccrop.config import load_config
+from ccrop.methods import METHODS
+
+
+def tiny(tmp_path, *extra):
+    return load_config(None, [
+        "data.dataset=synthetic", "data.dataset_kwargs.num_images=48", "data.batch_size=16",
+        "data.num_workers=0", "model.width=8", "train.epochs=5", "crop.warmup_epochs=1",
+        "crop.loc_interval=2", "train.knn_every=0", "train.tensorboard=false",
+        "train.progress=false", "method.params.proj_hidden=32", "method.params.proj_dim=16",
+        "crop.loc_batch_size=32", f"train.out_dir={tmp_path}", *extra])
+
+
+@pytest.mark.parametrize("kind,warmup,expected", [
+    ("ccrop", 1, [2, 4]), ("ccrop", 3, [4]), ("ccrop", 0, [2, 4]), ("rcrop", 5, []),
+    ("simccrop", 0, []),
+])
+def test_localization_schedule_calls_update_boxes_at_right_epochs(tmp_path, monkeypatch, kind,
+                                                                  warmup, expected):
+    calls, used = [], []
+    real_update, real_train = engine.update_boxes, engine.train_epoch
+
+    def spy_update(*args, **kwargs):
+        calls.append(run.epoch)
+        return real_update(*args, **kwargs)
+
+    def spy_train(r, epoch):
+        used.append((epoch, bool(r.source.dataset._state[1]), r.store.boxes.clone()))
+        return real_train(r, epoch)
+
+    monkeypatch.setattr(engine, "update_boxes", spy_update)
+    monkeypatch.setattr(engine, "train_epoch", spy_train)
+    run = build_run(tiny(tmp_path, f"crop.kind={kind}", f"crop.warmup_epochs={warmup}",
+                         "train.max_steps_per_epoch=1"))
+    summary = engine.fit(run)
+    assert calls == expected and summary["box_updates"] == expected
+    for epoch, use_boxes, boxes in used:
+        assert use_boxes == (kind == "simccrop" or (kind == "ccrop" and epoch >= warmup))
+        if kind == "simccrop":
+            assert torch.allclose(boxes, torch.tensor([0.25, 0.25, 0.75, 0.75]).expand(48, 4))
+        if kind == "rcrop" or (kind == "ccrop" and epoch < (expected or [99])[0]):
+            assert torch.equal(boxes, torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(48, 4))
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_a_few_steps_lower_the_loss_on_synthetic_views(tmp_path, name):
+    extra = ["method.params.queue_size=4096"] if name == "moco" else []  # few self-negatives
+    if name == "simsiam":
+        extra = ["method.params.proj_dim=32", "method.params.pred_hidden=8"]
+    cfg = tiny(tmp_path, f"method.name={name}", "optim.lr=0.05", *extra)
+    if name == "simsiam":
+        cfg.method.params.pop("proj_hidden")
+    run = build_run(cfg)
+    run.source.set_epoch(0, True)
+    _, (x1, x2) = next(iter(run.source))
+    losses = []
+    # MoCo: keep the initial queue, else this batch's own keys become its negatives
+    frozen = {k: v.clone() for k, v in run.method.named_buffers() if "queue" in k}
+    for _ in range(8):
+        loss = run.model(x1, x2)["loss"]
+        run.optimizer.zero_grad()
+        loss.backward()
+        run.optimizer.step()
+        if hasattr(run.method, "momentum_update"):
+            run.method.momentum_update(0.5)
+        for k, v in frozen.items():
+            run.method.get_buffer(k).copy_(v)
+        losses.append(float(loss.detach()))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def _final_state(path):
+    from ccrop.checkpoint import latest_valid_checkpoint
+
+    return latest_valid_checkpoint(path)[1]
+
+
+def assert_same_state(a, b):
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["boxes"]["boxes"], b["boxes"]["boxes"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"])
+    assert a["epoch"] == b["epoch"] and a["step"] == b["step"]
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, method):
+    extra = [f"method.name={method}", "crop.threshold_mode=quantile", "crop.threshold=0.5"]
+    extra += ["method.params.queue_size=40"] if method == "moco" else []
+    engine.fit(build_run(tiny(tmp_path / "straight", *extra)))
+    real_train = engine.train_epoch
+
+    def crash_in_epoch_4(run, epoch):
+        if epoch == 3:
+            raise KeyboardInterrupt  # the process dies mid-run, after epoch 3's checkpoint
+        return real_train(run, epoch)
+
+    monkeypatch.setattr(engine, "train_epoch", crash_in_epoch_4)
+    with pytest.raises(KeyboardInterrupt):
+        engine.fit(build_run(tiny(tmp_path / "split", *extra)))
+    monkeypatch.setattr(engine, "train_epoch", real_train)
+    resumed = build_run(tiny(tmp_path / "split", *extra), resume_from="auto")
+    assert resumed.epoch == 3
+    engine.fit(resumed)
+    a, b = _final_state(tmp_path / "straight"), _final_state(tmp_path / "split")
+    assert_same_state(a, b)
+    assert not torch.equal(a["boxes"]["boxes"], torch.tensor([0.0, 0, 1, 1]).expand(48, 4))
+
+
+def test_extending_epochs_on_resume(tmp_path):
+    engine.fit(build_run(tiny(tmp_path, "train.epochs=2")))
+    run = build_run(tiny(tmp_path, "train.epochs=3"), resume_from="auto")
+    assert run.epoch == 2
+    summary = engine.fit(run)
+    assert summary["epochs"] == 3
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 3
