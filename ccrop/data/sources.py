@@ -105,3 +105,66 @@ def eval_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batc
     """Loader of ``(images, labels)`` without augmentation for kNN/linear feature extraction."""
     ds = LabeledImages(base, EvalTransform(mean, std, size))
     return DataLoader(ds, batch_size, shuffle=False, num_workers=num_workers)
+
+
+class GPUSource:
+    """Batched views on the device: the dataset is held there as uint8 (``ccrop.gpu_views``).
+
+    Shuffling and augmentation draw from a device generator seeded by ``(seed, epoch)``, so a
+    resumed run sees the same batches. During warm-up a second view maker with the plain RRC law
+    (sharing the same image tensor) is used.
+
+    Args:
+        base: map-style dataset (converted once with ``ccrop.data.dataset_to_uint8``).
+        store: the box store (copied to the device after each update).
+        spec: view specification.
+        batch_size: global batch size (split evenly across ranks).
+        seed: shuffling and augmentation seed.
+        device: where the data and views live.
+        loc_batch_size: batch size of the localization pass.
+    """
+
+    def __init__(self, base: Dataset, store: BoxStore, spec: ViewSpec, batch_size: int,
+                 seed: int, device: torch.device, loc_batch_size: int = 512) -> None:
+        from ..gpu_views import GPUViews
+        from .tensors import dataset_to_uint8
+
+        images = dataset_to_uint8(base, image_size=spec.loc_size).to(device)  # (N, 3, H, W)
+        kw = dict(recipe=spec.recipe, size=spec.size, mean=spec.mean, std=spec.std,
+                  scale=spec.scale, ratio=spec.ratio, alpha=spec.alpha,
+                  full_box_guard=spec.full_box_guard, device=device)
+        self.views = GPUViews(images, store, crop=spec.crop, **kw)
+        self.plain = GPUViews(images, None, crop="rcrop", **kw)
+        self.device, self.seed, self.loc_batch_size = device, seed, loc_batch_size
+        self.per_rank = max(1, batch_size // dist.get_world_size())
+        self.epoch, self.use_boxes = 0, True
+
+    def __len__(self) -> int:
+        return self.views.num_batches(self.per_rank, True, dist.get_world_size())
+
+    def set_epoch(self, epoch: int, use_boxes: bool) -> None:
+        """Select the epoch's seed and the crop law (boxes or warm-up RRC)."""
+        self.epoch, self.use_boxes = int(epoch), bool(use_boxes)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation
+        aug = torch.Generator(device=self.device)
+        aug.manual_seed((self.seed * 1_000_003 + self.epoch) * 131 + dist.get_rank() + 1)
+        maker = self.views if self.use_boxes else self.plain
+        for idx in self.views.epoch_batches(self.per_rank, True, gen, True, dist.get_rank(),
+                                            dist.get_world_size()):
+            yield idx, maker(idx, aug)
+
+    def loc_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Un-augmented ``(indices, images)`` of this rank's shard, straight from the device."""
+        n, world, rank = len(self.views), dist.get_world_size(), dist.get_rank()
+        padded = -(-n // world) * world  # equal shard sizes for all_gather; repeats are harmless
+        shard = (torch.arange(padded, device=self.device) % n)[rank::world]
+        for start in range(0, shard.shape[0], self.loc_batch_size):
+            idx = shard[start:start + self.loc_batch_size]
+            yield idx, self.views.eval_batch(idx)
+
+    def boxes_updated(self, store: BoxStore) -> None:
+        """Copy the updated boxes to the device."""
+        self.views.sync_boxes(store)

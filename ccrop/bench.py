@@ -1,0 +1,171 @@
+"""Speed benchmarks of a config (``ccrop bench``): views/s, step ms, epoch split, GPU memory.
+
+Every figure is measured in the same process, so ratios (batched vs PIL path, bf16 vs fp32)
+compare like with like. Device work is synchronised before each clock read.
+"""
+
+from __future__ import annotations
+
+import platform
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from .boxes import BoxStore
+from .config import Config
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _timed(fn: Callable[[], Any], device: torch.device, repeat: int) -> float:
+    """Median seconds of ``fn`` over ``repeat`` runs after one warm-up run."""
+    fn()
+    _sync(device)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t)
+    return sorted(times)[len(times) // 2]
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Machine description stored with every benchmark."""
+    env = {"torch": torch.__version__, "python": platform.python_version(),
+           "cpu_threads": torch.get_num_threads(), "device": str(device),
+           "machine": platform.machine()}
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
+                n: int = 2048) -> dict[str, float]:
+    """Views/s of the PIL path (one process, one core) vs the batched path (CPU and device)."""
+    from .data.images import to_rgb
+    from .data.sources import GPUSource, ViewSpec
+    from .data.views import build_view_transform
+
+    c, d = cfg.crop, cfg.data
+    spec = ViewSpec(d.recipe, c.kind, data.image_size, data.mean, data.std, c.scale, c.ratio,
+                    c.alpha, c.full_box_guard, d.loc_image_size)
+    tf = build_view_transform(spec.recipe, spec.crop, spec.size, spec.mean, spec.std,
+                              spec.scale, spec.ratio, spec.alpha, spec.full_box_guard)
+    m = min(n, len(data.train))
+    images = [to_rgb(data.train[i][0]) for i in range(m)]
+    boxes = store.boxes[:m].tolist()
+    rng = random.Random(0)
+
+    def pil() -> None:
+        for img, box in zip(images, boxes):
+            tf(img, box, rng)
+
+    out = {"pil_views_per_s": m / _timed(pil, torch.device("cpu"), 1)}
+    for where in ["cpu"] + (["cuda"] if device.type == "cuda" else []):
+        dev = torch.device(where) if where == "cpu" else device
+        src = GPUSource(data.train, store, spec, d.batch_size, 0, dev)
+        idx = torch.arange(min(d.batch_size, len(data.train)), device=dev)
+        sec = _timed(lambda s=src, i=idx: s.views(i), dev, 5)
+        out[f"batched_{where}_views_per_s"] = 2 * idx.numel() / sec
+    out["batched_cpu_over_pil"] = out["batched_cpu_views_per_s"] / out["pil_views_per_s"]
+    return out
+
+
+def bench_step(cfg: Config, device: torch.device, steps: int) -> dict[str, float]:
+    """Training-step ms: fp32, bf16 + channels_last (CUDA), + torch.compile (CUDA)."""
+    from .build import build_model, build_optimizer
+
+    variants = [("fp32", False, False, False)]
+    if device.type == "cuda":
+        variants += [("bf16_channels_last", True, True, False),
+                     ("bf16_channels_last_compiled", True, True, True)]
+    out: dict[str, float] = {}
+    size = cfg.data.image_size or 32
+    b = cfg.data.batch_size
+    for name, amp, cl, comp in variants:
+        c = _variant(cfg, amp, cl, comp)
+        method, model = build_model(c, device)
+        opt = build_optimizer(c, method)
+        x1, x2 = (torch.randn(b, 3, size, size, device=device) for _ in range(2))
+        if cl:
+            x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
+
+        def step(model=model, opt=opt, x1=x1, x2=x2, amp=amp) -> None:
+            ctx = torch.autocast("cuda", torch.bfloat16) if amp else torch.autocast(
+                device.type, enabled=False)
+            with ctx:
+                loss = model(x1, x2)["loss"]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+        if comp:
+            step()  # compile outside the timing
+        out[f"step_ms_{name}"] = 1000 * _timed(step, device, steps)
+    return out
+
+
+def _variant(cfg: Config, amp: bool, channels_last: bool, compile_: bool) -> Config:
+    from dataclasses import replace
+
+    return replace(cfg, train=replace(cfg.train, amp=amp, channels_last=channels_last,
+                                      compile=compile_))
+
+
+def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
+    """A (possibly capped) epoch of the real engine: data / step / localization seconds."""
+    import tempfile
+    from dataclasses import replace
+
+    from .build import build_run
+    from .engine import localize_step, train_epoch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        c = replace(cfg, train=replace(cfg.train, out_dir=tmp, max_steps_per_epoch=max_steps,
+                                       progress=False, tensorboard=False))
+        run = build_run(c)
+        run.source.set_epoch(0, True)
+        train_epoch(run, 0)  # warm-up epoch (workers, allocator, cudnn autotune)
+        _sync(run.device)
+        metrics = train_epoch(run, 1)
+        _sync(run.device)
+        t = time.perf_counter()
+        loc = localize_step(run, 1)
+        _sync(run.device)
+        loc_s = time.perf_counter() - t
+        steps, full = metrics["steps"], len(run.source)
+        return {"epoch_steps_measured": steps, "epoch_steps_full": full,
+                "epoch_data_s": metrics["data_seconds"] * full / steps,
+                "epoch_step_s": (metrics["seconds"] - metrics["data_seconds"]) * full / steps,
+                "epoch_total_s": metrics["seconds"] * full / steps,
+                "localization_s": loc_s, "localization_images": loc["images"]}
+
+
+def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20) -> dict[str, Any]:
+    """All benchmarks of ``cfg``; returns a JSON-ready dict."""
+    from .build import build_data, resolve_device
+
+    device = resolve_device(cfg.train.device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    data = build_data(cfg)
+    store = BoxStore(len(data.train))
+    result: dict[str, Any] = {"config": {"dataset": cfg.data.dataset, "images": len(data.train),
+                                         "method": cfg.method.name, "arch": cfg.model.arch,
+                                         "width": cfg.model.width, "crop": cfg.crop.kind,
+                                         "pipeline": cfg.data.pipeline,
+                                         "batch_size": cfg.data.batch_size},
+                              "environment": environment(device)}
+    result["views"] = bench_views(cfg, data, store, device)
+    result["step"] = bench_step(cfg, device, steps)
+    result["epoch"] = bench_epoch(cfg, epoch_steps)
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return result

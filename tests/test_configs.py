@@ -1,0 +1,266 @@
+"""Tests of the shipped YAML configs: they load, match the official settings and stay consistent."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ccrop.cli import DEMO_OVERRIDES
+from ccrop.config import Config, ConfigError, load_config
+from ccrop.methods import build_method, method_hparams
+from ccrop.models import build_backbone
+from ccrop.schedule import box_update_epochs
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
+LEAF_FILES = [p for p in ALL_FILES if not p.name.startswith("_")]
+PAPER_FILES = [p for p in LEAF_FILES if p.parent.name != "synthetic"]
+SMALL_SETS = ("cifar10", "cifar100", "stl10", "tiny-imagenet")
+IMAGENET_SETS = ("imagenet1k", "imagenet200")
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(CONFIG_DIR).as_posix()
+
+
+def _ids(paths: list[Path]) -> list[str]:
+    return [_rel(p) for p in paths]
+
+
+@cache
+def _load(path: Path) -> Config:
+    """Each file is parsed once per session (tests only read the result)."""
+    return load_config(path)
+
+
+def _flat(cfg: Config) -> dict[str, Any]:
+    """``{"section.key": value}`` of a config (method params as one value)."""
+    return {f"{s}.{k}": v for s, sec in asdict(cfg).items() for k, v in sec.items()}
+
+
+def _diff(a: Config, b: Config) -> set[str]:
+    fa, fb = _flat(a), _flat(b)
+    return {k for k in fa if fa[k] != fb[k]}
+
+
+# ----------------------------------------------------------------------------- every file
+
+
+def test_every_official_setting_has_a_file():
+    small = [f"{d}/{m}_{c}.yaml" for d in ("cifar10", "cifar100")
+             for m in ("simclr", "moco", "byol", "simsiam") for c in ("ccrop", "rcrop")]
+    small += [f"{d}/moco_simccrop.yaml" for d in ("cifar10", "cifar100")]
+    small += [f"{d}/simclr_{c}.yaml" for d in ("stl10", "tiny-imagenet")
+              for c in ("ccrop", "rcrop")]
+    big = [f"{d}/mocov{v}_{c}.yaml" for d in IMAGENET_SETS for v in (1, 2)
+           for c in ("ccrop", "rcrop")]
+    demo = [f"synthetic/{m}_ccrop.yaml" for m in ("simclr", "moco", "byol", "simsiam")]
+    demo.append("synthetic/simclr_rcrop.yaml")
+    expected = set(small + big + demo)
+    assert expected <= set(_ids(LEAF_FILES)), expected - set(_ids(LEAF_FILES))
+
+
+@pytest.mark.parametrize("path", ALL_FILES, ids=_ids(ALL_FILES))
+def test_loads(path: Path):
+    cfg = _load(path)
+    assert isinstance(cfg, Config)
+
+
+@pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))
+def test_method_params_are_accepted(path: Path):
+    cfg = _load(path)
+    params = cfg.method.params
+    assert set(params) <= set(method_hparams(cfg.method.name)), params
+    # A narrow backbone of the same arch checks the values too (version, queue size, ...).
+    assert _builds(cfg.model.arch, cfg.model.stem, cfg.method.name, tuple(sorted(params.items())))
+
+
+@cache
+def _builds(arch: str, stem: str, name: str, params: tuple[tuple[str, Any], ...]) -> bool:
+    """Build the method once per distinct setting (many files share one)."""
+    backbone = build_backbone(arch, stem=stem, width=4)
+    return build_method(name, backbone, **dict(params)).backbone is backbone
+
+
+@pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))
+def test_out_dir_is_runs_folder_stem(path: Path):
+    assert _load(path).train.out_dir == f"runs/{path.parent.name}/{path.stem}"
+
+
+def test_out_dirs_are_unique():
+    dirs = [_load(p).train.out_dir for p in LEAF_FILES]
+    assert len(dirs) == len(set(dirs))
+
+
+@pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))
+def test_file_stem_matches_method_and_crop(path: Path):
+    cfg = _load(path)
+    method, crop = path.stem.split("_")
+    assert crop == cfg.crop.kind
+    assert method.startswith(cfg.method.name) or (method.startswith("moco")
+                                                   and cfg.method.name == "moco")
+    if method in ("mocov1", "mocov2"):
+        assert cfg.method.params["version"] == int(method[-1])
+
+
+# ----------------------------------------------------------------------------- crop schedule
+
+
+RCROP_FILES = [p for p in LEAF_FILES if p.stem.endswith("_rcrop")]
+
+
+@pytest.mark.parametrize("path", RCROP_FILES, ids=_ids(RCROP_FILES))
+def test_rcrop_is_ccrop_with_warmup_equal_epochs(path: Path):
+    cfg = _load(path)
+    assert cfg.crop.warmup_epochs == cfg.train.epochs
+    c = cfg.crop
+    assert box_update_epochs(cfg.train.epochs, c.warmup_epochs, c.loc_interval, c.kind) == []
+    # Same setting as the ccrop sibling in everything else.
+    sibling = _load(path.with_name(path.stem.replace("_rcrop", "_ccrop") + ".yaml"))
+    assert _diff(cfg, sibling) == {"crop.kind", "crop.warmup_epochs", "train.out_dir"}
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
+def test_paper_box_updates_at_official_epochs(path: Path):
+    cfg = _load(path)
+    c = cfg.crop
+    got = box_update_epochs(cfg.train.epochs, c.warmup_epochs, c.loc_interval, c.kind)
+    expected = {"ccrop": [100, 200, 300, 400] if path.parent.name in SMALL_SETS
+                else [20, 40, 60, 80], "rcrop": [], "simccrop": []}[c.kind]
+    assert got == expected
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
+def test_paper_files_use_exact_paper_law(path: Path):
+    c = _load(path).crop
+    assert c.full_box_guard is None
+    assert (c.threshold_mode, c.threshold) == ("fixed", 0.1)
+    assert c.scale == [0.2, 1.0]
+    assert c.alpha == (0.1 if path.parent.name in SMALL_SETS else 0.6)
+
+
+def test_simccrop_is_moco_ccrop_with_fixed_box():
+    for ds in ("cifar10", "cifar100"):
+        sim = _load(CONFIG_DIR / ds / "moco_simccrop.yaml")
+        ref = _load(CONFIG_DIR / ds / "moco_ccrop.yaml")
+        assert sim.crop.kind == "simccrop" and sim.crop.warmup_epochs == 0
+        assert _diff(sim, ref) == {"crop.kind", "crop.warmup_epochs", "train.out_dir"}
+
+
+# ----------------------------------------------------------------------------- official values
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
+def test_paper_backbone_batch_and_schedule(path: Path):
+    cfg = _load(path)
+    small = path.parent.name in SMALL_SETS
+    m, o, d = cfg.model, cfg.optim, cfg.data
+    assert (m.arch, m.stem, m.width) == (("resnet18", "cifar", 64) if small
+                                         else ("resnet50", "imagenet", 64))
+    assert d.batch_size == (512 if small else 256)
+    assert cfg.train.epochs == (500 if small else 100)
+    assert o.momentum == 0.9 and o.warmup_epochs == 0
+    assert o.min_lr_ratio == (0.1 if small else 0.0)
+    assert d.recipe == ("cifar" if small else "imagenet")
+    if not small:
+        assert (d.image_size, d.loc_image_size) == (224, 224)
+        assert (o.lr, o.weight_decay) == (0.03, 1e-4)
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
+def test_paper_lr_and_weight_decay(path: Path):
+    cfg = _load(path)
+    if path.parent.name in IMAGENET_SETS:
+        return  # checked above
+    lr, wd = cfg.optim.lr, cfg.optim.weight_decay
+    if cfg.method.name == "simclr":
+        # official lr 0.5, wd 1e-4 with the loss scaled by T / 0.07: same SGD steps
+        scale = cfg.method.params["temperature"] / 0.07
+        assert lr == pytest.approx(0.5 * scale) and wd == pytest.approx(1e-4 / scale)
+    else:
+        assert (lr, wd) == (0.5, 1e-4)
+
+
+OFFICIAL_PARAMS = {
+    "simclr": {"proj_hidden": 512, "proj_dim": 128, "temperature": 0.5},
+    "moco": {"version": 2, "proj_dim": 128, "queue_size": 65536, "momentum": 0.999,
+             "temperature": 0.2, "symmetric": False},
+    "byol": {"proj_hidden": 512, "proj_dim": 128, "momentum": 0.996},
+    "simsiam": {"proj_dim": 512, "pred_hidden": 128, "fixed_predictor_lr": True},
+}
+
+
+@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
+def test_paper_method_params(path: Path):
+    cfg = _load(path)
+    p = cfg.method.params
+    expected = dict(OFFICIAL_PARAMS[cfg.method.name])
+    if path.stem.startswith("mocov1"):
+        expected.update(version=1, temperature=0.07)
+    elif path.stem.startswith("mocov2"):
+        expected.update(proj_hidden=2048)  # ResNet-50 features: 2048-2048-128 head
+    assert {k: p.get(k) for k in expected} == expected
+
+
+def test_dataset_splits_and_sizes():
+    stl = _load(CONFIG_DIR / "stl10" / "simclr_ccrop.yaml").data
+    assert (stl.dataset, stl.train_split, stl.eval_train_split, stl.test_split,
+            stl.image_size) == ("stl10", "train+unlabeled", "train", "test", 96)
+    tiny = _load(CONFIG_DIR / "tiny-imagenet" / "simclr_ccrop.yaml").data
+    assert (tiny.dataset, tiny.test_split, tiny.image_size) == ("tiny-imagenet", "val", 64)
+    in1k = _load(CONFIG_DIR / "imagenet1k" / "mocov2_ccrop.yaml").data
+    assert (in1k.dataset, in1k.test_split) == ("imagefolder", "val")
+    in200 = _load(CONFIG_DIR / "imagenet200" / "mocov2_ccrop.yaml").data
+    assert in200.dataset == "imagenet200" and "class_list" in in200.dataset_kwargs
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+SYNTHETIC_FILES = [p for p in LEAF_FILES if p.parent.name == "synthetic"]
+
+
+@pytest.mark.parametrize("path", SYNTHETIC_FILES, ids=_ids(SYNTHETIC_FILES))
+def test_synthetic_matches_demo(path: Path):
+    cfg, demo = _load(path), load_config(None, DEMO_OVERRIDES)
+    allowed = {"method.name", "method.params", "train.out_dir", "optim.lr"}
+    if cfg.crop.kind == "rcrop":
+        allowed |= {"crop.kind", "crop.warmup_epochs"}
+    assert _diff(cfg, demo) <= allowed
+    assert cfg.data.dataset == "synthetic" and cfg.train.epochs == 12
+
+
+# ----------------------------------------------------------------------------- README, errors
+
+
+def test_readme_lists_every_leaf_file():
+    readme = (CONFIG_DIR / "README.md").read_text()
+    missing = [r for r in _ids(LEAF_FILES) if f"`{r}`" not in readme]
+    assert not missing
+
+
+def test_unknown_key_fails_naming_it(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("crop:\n  alpah: 0.1\n")
+    with pytest.raises(ConfigError, match="alpah"):
+        load_config(bad)
+
+
+def test_unknown_key_in_base_file_fails_naming_it(tmp_path: Path):
+    (tmp_path / "_base.yaml").write_text("train:\n  epochz: 3\n")
+    leaf = tmp_path / "leaf.yaml"
+    leaf.write_text("_base_: _base.yaml\ntrain:\n  epochs: 3\n")
+    with pytest.raises(ConfigError, match="epochz"):
+        load_config(leaf)
+
+
+def test_leaf_with_unknown_key_fails(tmp_path: Path):
+    base = CONFIG_DIR / "cifar10" / "simclr_ccrop.yaml"
+    leaf = tmp_path / "leaf.yaml"
+    leaf.write_text(f"_base_: {base}\noptim:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config(leaf)
