@@ -28,8 +28,12 @@ def to_rgb(img: Image.Image | torch.Tensor | np.ndarray, exif: bool = True) -> I
         img = Image.fromarray(img)
     if not isinstance(img, Image.Image):
         raise ValueError(f"image must be a PIL image, tensor or array, got {type(img).__name__}")
-    if exif and hasattr(img, "getexif") and img.getexif().get(0x0112, 1) != 1:
-        img = ImageOps.exif_transpose(img)
+    if exif:
+        try:
+            if img.getexif().get(0x0112, 1) != 1:
+                img = ImageOps.exif_transpose(img)
+        except Exception:  # a malformed EXIF block must not lose the image
+            pass
     mode = img.mode
     if mode == "RGB":
         return img

@@ -1,0 +1,126 @@
+"""Dataset names -> readers (``build_dataset``) and per-dataset defaults (``DATASET_INFO``)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from .base import check_split
+from .cifar import CIFAR10, CIFAR100
+from .fashion_mnist import FashionMNIST
+from .folder import ImageFolder, UnlabeledFolder
+from .stl10 import SPLITS as STL10_SPLITS
+from .stl10 import STL10
+from .synthetic import SyntheticObjects
+from .tiny_imagenet import TinyImageNet
+
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _info(mean: tuple, std: tuple, image_size: int, num_classes: int, small: bool) -> dict:
+    return dict(mean=mean, std=std, image_size=image_size, num_classes=num_classes, small=small)
+
+
+# Per-dataset defaults: channel mean/std of the training images in [0, 1], native (small sets)
+# or training (ImageNet) side, class count, and whether the set is "small" (CIFAR-style ResNet
+# stem, native-size localization). Callers may override any of them.
+DATASET_INFO: dict[str, dict[str, Any]] = {
+    "cifar10": _info((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 10, True),
+    "cifar100": _info((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 100, True),
+    "stl10": _info((0.4408, 0.4279, 0.3867), (0.2683, 0.2610, 0.2686), 96, 10, True),
+    "tiny-imagenet": _info((0.4802, 0.4481, 0.3975), (0.2770, 0.2691, 0.2821), 64, 200, True),
+    # ImageNet statistics; num_classes is ImageNet-1K's, use len(dataset.classes) for other folders
+    "imagefolder": _info(_IMAGENET_MEAN, _IMAGENET_STD, 224, 1000, False),
+    "imagenet": _info(_IMAGENET_MEAN, _IMAGENET_STD, 224, 1000, False),
+    "imagenet200": _info(_IMAGENET_MEAN, _IMAGENET_STD, 224, 200, False),
+    "unlabeled-folder": _info(_IMAGENET_MEAN, _IMAGENET_STD, 224, 0, False),
+    # measured on the 60k training images zero-padded to 32 px (the default pad_to=32)
+    "fashion-mnist": _info((0.2190,) * 3, (0.3318,) * 3, 32, 10, True),
+    # measured on SyntheticObjects(50000, 32, seed=0)
+    "synthetic": _info((0.3515, 0.3416, 0.3449), (0.1830, 0.1747, 0.1786), 32, 10, True),
+}
+
+
+def _folder(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
+    return ImageFolder(root, split, **kw)
+
+
+def _imagenet200(
+    root: Any, split: str, download: bool, class_list: Any = None, **kw: Any
+) -> Dataset:
+    if class_list is None:
+        raise ValueError("imagenet200 needs class_list=<text file, one wnid per line (200 lines)>")
+    return ImageFolder(root, split, class_list=class_list, **kw)
+
+
+def _unlabeled(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
+    return UnlabeledFolder(root, split, **kw)
+
+
+def _synthetic(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
+    return SyntheticObjects(split=split, **kw)  # generated: root is not used
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """How to build one dataset: ``build(root, split, download, **kwargs)`` and its splits."""
+
+    build: Callable[..., Dataset]
+    splits: tuple[str, ...]
+    needs_root: bool = True
+    downloadable: bool = True
+
+
+_FOLDER_SPLITS = ("train", "val", "test")
+_REGISTRY: dict[str, _Entry] = {
+    "cifar10": _Entry(CIFAR10, ("train", "test")),
+    "cifar100": _Entry(CIFAR100, ("train", "test")),
+    "stl10": _Entry(STL10, STL10_SPLITS),
+    "tiny-imagenet": _Entry(TinyImageNet, ("train", "val", "test")),
+    "imagefolder": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
+    "imagenet": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
+    "imagenet200": _Entry(_imagenet200, _FOLDER_SPLITS, downloadable=False),
+    "unlabeled-folder": _Entry(
+        _unlabeled, ("train", "unlabeled", "val", "test"), downloadable=False
+    ),
+    "fashion-mnist": _Entry(FashionMNIST, ("train", "test"), needs_root=False),
+    "synthetic": _Entry(_synthetic, ("train", "test"), needs_root=False, downloadable=False),
+}
+
+
+def build_dataset(
+    name: str,
+    root: str | Path | None = None,
+    split: str = "train",
+    download: bool = False,
+    **kwargs: Any,
+) -> Dataset:
+    """Build a dataset by name; items are ``(PIL RGB image, int label)``, label -1 if none.
+
+    Args:
+        name: One of ``DATASET_INFO``: cifar10, cifar100, stl10, tiny-imagenet, imagefolder,
+            imagenet (= imagefolder), imagenet200 (needs ``class_list=``), unlabeled-folder,
+            fashion-mnist, synthetic.
+        root: Data folder; optional for fashion-mnist (system copies) and unused by synthetic.
+        split: ``train``, ``test``, ``val``, ``unlabeled`` or ``train+unlabeled``, as the
+            dataset supports (the error lists them).
+        download: Fetch missing files (cifar10/100, stl10, tiny-imagenet, fashion-mnist).
+        **kwargs: Passed to the reader, e.g. ``on_bad_image``, ``class_list``, ``pad_to``,
+            ``transform``, or ``num_images``/``image_size``/``num_classes``/``seed`` (synthetic).
+
+    Returns:
+        Map-style dataset with ``targets`` (list[int]) and ``classes``.
+    """
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise ValueError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")
+    check_split(split, entry.splits, name)
+    if entry.needs_root and root is None:
+        raise ValueError(f"dataset {name!r} needs root=<data folder>")
+    if download and not entry.downloadable:
+        raise ValueError(f"download=True is not supported for {name!r}; put the files under root")
+    return entry.build(root, split, download, **kwargs)

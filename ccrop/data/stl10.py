@@ -1,0 +1,137 @@
+"""STL-10 read from the original binary files, memory-mapped (unlabeled has 100k images)."""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .base import NCHW, ImageDataset, check_split
+
+SIDE = 96
+IMAGE_BYTES = 3 * SIDE * SIDE
+SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
+_FILES: dict[str, tuple[tuple[str, str | None], ...]] = {
+    "train": (("train_X.bin", "train_y.bin"),),
+    "test": (("test_X.bin", "test_y.bin"),),
+    "unlabeled": (("unlabeled_X.bin", None),),
+}
+_FILES["train+unlabeled"] = _FILES["train"] + _FILES["unlabeled"]
+
+
+def open_stl_images(path: str | Path) -> np.ndarray:
+    """Memory-map an STL-10 image file.
+
+    Each image is 3 x 96 x 96 uint8, every channel stored column-major (x outer, y inner).
+
+    Args:
+        path: ``*_X.bin`` file.
+
+    Returns:
+        Read-only uint8 array view (N, 3, H, W), upright, backed by the file.
+    """
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0 or size % IMAGE_BYTES:
+        raise ValueError(
+            f"{path}: size {size} bytes is not a positive multiple of {IMAGE_BYTES} "
+            f"(3 x {SIDE} x {SIDE} uint8 per image); the file is truncated or not STL-10"
+        )
+    raw = np.memmap(path, np.uint8, "r", shape=(size // IMAGE_BYTES, 3, SIDE, SIDE))  # (N, C, W, H)
+    return raw.transpose(0, 1, 3, 2)  # column-major storage -> (N, C, H, W)
+
+
+def read_stl_labels(path: str | Path, count: int) -> list[int]:
+    """Read an STL-10 label file (one byte per image, 1..10) as labels 0..9.
+
+    Args:
+        path: ``*_y.bin`` file.
+        count: Number of images in the matching ``*_X.bin``.
+
+    Returns:
+        ``count`` labels in 0..9.
+    """
+    raw = np.fromfile(path, np.uint8)
+    if len(raw) != count:
+        raise ValueError(f"{path}: {len(raw)} bytes, expected {count} (one label byte per image)")
+    if count and (raw.min() < 1 or raw.max() > 10):
+        raise ValueError(f"{path}: labels must lie in 1..10, found {raw.min()}..{raw.max()}")
+    return (raw.astype(np.int64) - 1).tolist()
+
+
+class STL10(ImageDataset):
+    """STL-10 from ``root/stl10_binary`` (96 x 96 RGB; labels 0..9, -1 for unlabeled images).
+
+    Images stay memory-mapped; the dataset pickles without them (workers re-open the files).
+
+    Args:
+        root: Folder containing ``stl10_binary``.
+        split: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or
+            ``"train+unlabeled"`` (105k, the pretraining set: train first).
+        download: Fetch the archive with torchvision if files are missing.
+        transform: Optional callable applied to each PIL image.
+    """
+
+    data_layout = NCHW
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        download: bool = False,
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
+        super().__init__(transform)
+        check_split(split, SPLITS, "stl10")
+        folder = Path(root).expanduser() / "stl10_binary"
+        pairs = [(folder / x, folder / y if y else None) for x, y in _FILES[split]]
+        needed = [p for pair in pairs for p in pair if p is not None]
+        if download and not all(p.is_file() for p in needed):
+            from torchvision import datasets
+
+            datasets.STL10(str(Path(root).expanduser()), split="train", download=True)
+        missing = [str(p) for p in needed if not p.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                f"stl10: missing {missing}; expected {root}/stl10_binary/{{train_X.bin, "
+                "train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}} (download=True fetches it)"
+            )
+        self._paths = [x for x, _ in pairs]
+        self._parts: list[np.ndarray] | None = [open_stl_images(x) for x in self._paths]
+        self.targets: list[int] = []
+        for part, (_, y) in zip(self._parts, pairs):
+            self.targets += read_stl_labels(y, len(part)) if y else [-1] * len(part)
+        self._starts = np.cumsum([0] + [len(p) for p in self._parts[:-1]]).tolist()
+        names = folder / "class_names.txt"
+        self.classes = names.read_text().split() if names.is_file() else []
+
+    @property
+    def data_parts(self) -> list[np.ndarray]:
+        """Memory-mapped uint8 arrays (N_i, 3, H, W), one per file, in index order."""
+        if self._parts is None:
+            self._parts = [open_stl_images(p) for p in self._paths]
+        return self._parts
+
+    @property
+    def data(self) -> np.ndarray:
+        """All images as uint8 (N, 3, H, W); a file-backed view for one file, a copy for two."""
+        parts = self.data_parts
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_parts"] = None  # never pickle memory maps (they would be copied in full)
+        return state
+
+    def load(self, index: int) -> tuple[Image.Image, int]:
+        """Return ``(PIL RGB image 96 x 96, label)`` for one index."""
+        part = bisect.bisect_right(self._starts, index) - 1
+        chw = self.data_parts[part][index - self._starts[part]]  # (3, H, W)
+        return Image.fromarray(np.ascontiguousarray(chw.transpose(1, 2, 0))), self.targets[index]

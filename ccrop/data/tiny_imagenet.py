@@ -1,0 +1,93 @@
+"""Tiny ImageNet (200 classes, 64 px) read from the original unzipped layout, no prep step."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from .base import check_split
+from .folder import FileListDataset, class_samples
+
+URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+LAYOUT = (
+    "root/tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+    "val/val_annotations.txt}"
+)
+
+
+def _base_folder(root: Path, download: bool) -> Path:
+    """``root/tiny-imagenet-200`` (or ``root`` itself if it is that folder), fetched if asked."""
+    for base in (root / "tiny-imagenet-200", root):
+        if (base / "wnids.txt").is_file():
+            return base
+    if download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(URL, str(root))
+        return root / "tiny-imagenet-200"
+    raise FileNotFoundError(
+        f"tiny-imagenet: {root / 'tiny-imagenet-200' / 'wnids.txt'} not found; "
+        f"expected {LAYOUT} (download=True fetches {URL})"
+    )
+
+
+def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:
+    """Parse ``val_annotations.txt`` (``file<TAB>wnid<TAB>x0 y0 x1 y1``) into samples.
+
+    Args:
+        path: The annotation file.
+        label_of: wnid -> label.
+
+    Returns:
+        ``(image path, label)`` pairs in file order.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"tiny-imagenet: {path} not found; expected {LAYOUT}")
+    samples = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 2 or fields[1] not in label_of:
+            raise ValueError(
+                f"{path}:{n}: expected '<file> <wnid from wnids.txt> ...', got {line!r}"
+            )
+        samples.append((str(path.parent / "images" / fields[0]), label_of[fields[1]]))
+    return samples
+
+
+class TinyImageNet(FileListDataset):
+    """Tiny ImageNet, 64 x 64 RGB, labels 0..199 in sorted-wnid order.
+
+    The sorted order matches an ImageFolder over ``train/``, as most prepared copies use.
+
+    Args:
+        root: Folder containing ``tiny-imagenet-200`` (or that folder itself).
+        split: ``"train"`` (100k) or ``"val"`` (10k, labelled); ``"test"`` is an alias of
+            ``"val"`` because the official test images have no labels.
+        download: Fetch and unzip the archive from the Stanford CS231n site if missing.
+        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
+        transform: Optional callable applied to each PIL image.
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        download: bool = False,
+        on_bad_image: str = "error",
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
+        check_split(split, ("train", "val", "test"), "tiny-imagenet")
+        base = _base_folder(Path(root).expanduser(), download)
+        classes = sorted((base / "wnids.txt").read_text().split())
+        label_of = {w: i for i, w in enumerate(classes)}
+        folder = base / ("train" if split == "train" else "val")
+        if split == "train":
+            samples = class_samples(folder, classes, strict=True, sub="images")
+        else:
+            samples = read_val_annotations(folder / "val_annotations.txt", label_of)
+        super().__init__(samples, classes, folder, on_bad_image, transform)
