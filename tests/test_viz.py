@@ -1,0 +1,355 @@
+"""Tests for ccrop.viz: figures are valid, non-flat PNGs; box_grid draws boxes where expected."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from ccrop import viz
+from ccrop.localize import heatmaps_from_features, localize
+
+GREEN = (0, 255, 0)
+MAGENTA = (255, 0, 255)
+
+
+def assert_png(path: Path, min_w: int = 200, min_h: int = 150) -> np.ndarray:
+    """Open ``path`` as a PNG and check it is big enough and not one flat colour; return pixels."""
+    assert path.exists() and path.stat().st_size > 0
+    with Image.open(path) as im:
+        assert im.format == "PNG"
+        assert im.width >= min_w and im.height >= min_h, im.size
+        arr = np.asarray(im.convert("RGB"))
+    colours = np.unique(arr.reshape(-1, 3), axis=0)
+    assert len(colours) > 20, f"only {len(colours)} colours: figure is (nearly) flat"
+    return arr
+
+
+def random_images(n: int, size: int = 32, seed: int = 0) -> list[Image.Image]:
+    rng = np.random.default_rng(seed)
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8))
+            for _ in range(n)]  # fmt: skip
+
+
+def square_image(size: int, rows: tuple[int, int], cols: tuple[int, int]) -> Image.Image:
+    """Black image with one white rectangle rows[0]:rows[1], cols[0]:cols[1]."""
+    arr = np.zeros((size, size, 3), np.uint8)
+    arr[rows[0] : rows[1], cols[0] : cols[1]] = 255
+    return Image.fromarray(arr)
+
+
+class RandomEncoder(torch.nn.Module):
+    """Tiny random-init stand-in for a backbone: (B,3,H,W) -> (B,4,H/4,W/4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 4, stride=4)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.conv(x))
+
+
+class BrightnessEncoder(torch.nn.Module):
+    """Feature map = local mean brightness (so the heatmap is high where the image is bright)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = torch.nn.Parameter(torch.ones(2, 1, 1))
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(x.mean(1, keepdim=True), 4) * self.gain  # (B, 2, H/4, W/4)
+
+
+class ListDataset:
+    """Map-style dataset of (PIL image, label), optionally with ground-truth boxes."""
+
+    def __init__(self, images: list[Image.Image], gt_boxes: torch.Tensor | None = None) -> None:
+        self.images = images
+        if gt_boxes is not None:
+            self.gt_boxes = gt_boxes
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[Image.Image, int]:
+        return self.images[i], i % 2
+
+
+# ----------------------------------------------------------------------------- plot_localization
+
+
+def loc_inputs(n: int = 2, size: int = 32) -> tuple[list[Image.Image], torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    heat = torch.rand(n, size, size, generator=g)
+    boxes = torch.tensor([[0.1, 0.2, 0.7, 0.9], [0.0, 0.0, 1.0, 1.0], [0.4, 0.4, 0.6, 0.5]])[:n]
+    return random_images(n, size), heat, boxes
+
+
+def test_plot_localization_writes_png(tmp_path: Path) -> None:
+    images, heat, boxes = loc_inputs()
+    gt = boxes.flip(0)
+    out = viz.plot_localization(images, heat, boxes, tmp_path / "sub" / "loc.png", gt_boxes=gt)
+    assert out == tmp_path / "sub" / "loc.png"
+    arr = assert_png(out, 800, 300)
+    # the predicted-box colour appears somewhere (boxes are drawn)
+    green = (np.abs(arr.astype(int) - (0, 230, 118)).sum(axis=2) < 40).sum()
+    assert green > 50
+
+
+def test_plot_localization_layout_follows_arguments(tmp_path: Path) -> None:
+    images, heat, boxes = loc_inputs()
+    kw = dict(crops_per_image=2, resized_crops=0)
+    one = assert_png(viz.plot_localization(images[:1], heat[:1], boxes[:1], tmp_path / "a", **kw),
+                     400, 100)  # fmt: skip
+    two = assert_png(viz.plot_localization(images, heat, boxes, tmp_path / "b.png", **kw))
+    wide = assert_png(viz.plot_localization(images[:1], heat[:1], boxes[:1], tmp_path / "c.png",
+                                            crops_per_image=2, resized_crops=1), 400, 100)
+    assert one.shape[1] < wide.shape[1]  # resized crops add columns
+    assert one.shape[0] < two.shape[0]  # one row per image
+    assert (tmp_path / "a.png").exists()  # suffix added
+
+
+def test_plot_localization_seed_controls_crops(tmp_path: Path) -> None:
+    images, heat, boxes = loc_inputs(1)
+    kw = dict(resized_crops=0)
+    a = assert_png(viz.plot_localization(images, heat, boxes, tmp_path / "a.png", seed=1, **kw))
+    b = assert_png(viz.plot_localization(images, heat, boxes, tmp_path / "b.png", seed=1, **kw))
+    c = assert_png(viz.plot_localization(images, heat, boxes, tmp_path / "c.png", seed=2, **kw))
+    assert np.array_equal(a, b)
+    assert a.shape == c.shape and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        dict(heatmaps=torch.rand(3, 32, 32)),  # wrong B
+        dict(heatmaps=torch.rand(32, 32)),  # not (B, H, W)
+        dict(boxes=torch.tensor([[0.5, 0.0, 0.2, 1.0]] * 2)),  # x0 > x1
+        dict(boxes=torch.tensor([[0.1, 0.1, 0.5, 0.5]] * 3)),  # wrong B
+        dict(gt_boxes=torch.full((2, 4), 1.5)),  # outside [0, 1]
+        dict(gt_boxes=torch.tensor([[0.1, 0.1, 0.5, 0.5]])),  # wrong B
+        dict(crops_per_image=0),
+        dict(resized_crops=-1),
+        dict(alpha=0.0),
+        dict(row_labels=["only one"]),
+        dict(images=[]),
+    ],
+)
+def test_plot_localization_rejects_bad_input(tmp_path: Path, change: dict) -> None:
+    images, heat, boxes = loc_inputs()
+    kw = dict(images=images, heatmaps=heat, boxes=boxes, path=tmp_path / "x.png") | change
+    with pytest.raises(ValueError):
+        viz.plot_localization(**kw)
+    assert not (tmp_path / "x.png").exists()
+
+
+# ----------------------------------------------------------------------------- localization_figure
+
+
+def test_localization_figure_random_encoder(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    enc = RandomEncoder().train()
+    ds = ListDataset(random_images(3, 32))
+    out = viz.localization_figure(enc, ds, [0, 1, 2], tmp_path / "loc.png", mean=(0.5,) * 3,
+                                  std=(0.25,) * 3, crops_per_image=2, resized_crops=1)  # fmt: skip
+    assert_png(out, 600, 400)
+    assert enc.training  # train mode restored
+    assert all(p.grad is None for p in enc.parameters())  # no backward pass, no grads
+
+
+def test_localization_figure_boxes_follow_the_encoder(tmp_path, monkeypatch) -> None:
+    captured: dict = {}
+
+    def fake_plot(images, heatmaps, boxes, path, **kw):
+        captured.update(images=images, heat=heatmaps, boxes=boxes, **kw)
+        return Path(path)
+
+    monkeypatch.setattr(viz, "plot_localization", fake_plot)
+    imgs = [square_image(32, (8, 16), (16, 28)), square_image(32, (20, 32), (0, 12))]
+    imgs.append(random_images(1, 32)[0])  # colour noise: its map depends on the normalisation
+    gt = torch.tensor([[0.5, 0.25, 0.875, 0.5], [0.0, 0.625, 0.375, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    enc = BrightnessEncoder().eval()
+    mean, std = torch.tensor([0.4, 0.5, 0.6]), torch.tensor([0.2, 0.3, 0.9])
+    viz.localization_figure(enc, ListDataset(imgs, gt), [1, 0, 2], tmp_path / "x.png",
+                            threshold=0.3, mean=mean.tolist(), std=std.tolist())  # fmt: skip
+    assert not enc.training
+    heat, boxes = captured["heat"], captured["boxes"]
+    assert heat.shape == (3, 32, 32) and heat.min() >= 0 and heat.max() <= 1
+    torch.testing.assert_close(captured["gt_boxes"], gt[[1, 0, 2]])  # dataset.gt_boxes by index
+    assert captured["row_labels"] == ["index 1", "index 0", "index 2"]
+    x = torch.stack([torch.from_numpy(np.asarray(imgs[i])).permute(2, 0, 1) / 255
+                     for i in (1, 0, 2)])  # fmt: skip
+    x = (x - mean[:, None, None]) / std[:, None, None]  # (3, 3, 32, 32) normalised by hand
+    fmap = enc.forward_features(x).detach()
+    torch.testing.assert_close(heat, heatmaps_from_features(fmap, (32, 32))[0])
+    torch.testing.assert_close(boxes, localize(fmap, (32, 32), 0.3)[0])
+    # the box encloses the bright rectangle and is not the whole image
+    g = gt[[1, 0]]
+    b = boxes[:2]
+    assert (b[:, :2] <= g[:, :2] + 1e-6).all() and (b[:, 2:] >= g[:, 2:] - 1e-6).all()
+    assert ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) < 0.6).all()
+
+
+def test_localization_figure_sizes_and_errors(tmp_path: Path) -> None:
+    enc = RandomEncoder()
+    mixed = ListDataset(random_images(1, 32) + random_images(1, 40, seed=1))
+    with pytest.raises(ValueError, match="image_size"):
+        viz.localization_figure(enc, mixed, [0, 1], tmp_path / "a.png")
+    assert_png(viz.localization_figure(enc, mixed, [0, 1], tmp_path / "b.png", image_size=32,
+                                       resized_crops=0), 400, 300)  # fmt: skip
+    with pytest.raises(ValueError, match="indices"):
+        viz.localization_figure(enc, mixed, [2], tmp_path / "c.png")
+    with pytest.raises(ValueError, match="indices"):
+        viz.localization_figure(enc, mixed, [], tmp_path / "c.png")
+    with pytest.raises(ValueError, match="forward_features"):
+        viz.localization_figure(torch.nn.Linear(2, 2), mixed, [0], tmp_path / "c.png")
+    with pytest.raises(ValueError, match="gt_boxes"):
+        viz.localization_figure(enc, mixed, [1], tmp_path / "c.png", gt_boxes=torch.zeros(1, 4))
+
+
+# ----------------------------------------------------------------------------- centre law
+
+
+def test_plot_centre_distribution_writes_png(tmp_path: Path) -> None:
+    out = viz.plot_centre_distribution(tmp_path / "c.png", alphas=(0.1,), n=300, size=64)
+    assert_png(out, 300, 500)
+
+
+@pytest.mark.parametrize("alphas", [(0.0,), (0.6, -1.0), (float("nan"),), ()])
+def test_plot_centre_distribution_rejects_bad_alpha(tmp_path: Path, alphas: tuple) -> None:
+    with pytest.raises(ValueError, match="alpha"):
+        viz.plot_centre_distribution(tmp_path / "c.png", alphas=alphas, n=10)
+
+
+@pytest.mark.parametrize("kw", [dict(box=(0.5, 0.0, 0.2, 1.0)), dict(n=0), dict(size=1)])
+def test_plot_centre_distribution_rejects_bad_args(tmp_path: Path, kw: dict) -> None:
+    with pytest.raises(ValueError):
+        viz.plot_centre_distribution(tmp_path / "c.png", **kw)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.1, 0.6, 1.0, 2.5, 7.0])
+def test_beta_pdf_matches_scipy(alpha: float) -> None:
+    from scipy import stats  # a dev dependency
+
+    u = np.linspace(0.01, 0.99, 41)
+    np.testing.assert_allclose(viz.beta_pdf(u, alpha), stats.beta.pdf(u, alpha, alpha), rtol=1e-9)
+
+
+# ----------------------------------------------------------------------------- box statistics
+
+
+def history(n: int = 4, iou: bool = True) -> list[dict]:
+    rows = []
+    for k in range(n):
+        row = dict(epoch=10 * (k + 1), mean_area=1.0 - 0.1 * k, full_share=0.9 - 0.2 * k,
+                   degenerate=max(0, 3 - k), seconds=1.0, images=100)  # fmt: skip
+        if iou:
+            row["iou_gt"] = 0.3 + 0.1 * k
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("rows", [history(), history(1, iou=False), history()[::-1]])
+def test_plot_box_stats_writes_png(tmp_path: Path, rows: list[dict]) -> None:
+    assert_png(viz.plot_box_stats(rows, tmp_path / "s.png"), 600, 250)
+
+
+@pytest.mark.parametrize(
+    "rows",
+    [[], [dict(epoch=1, mean_area=0.5, full_share=0.1)], [dict(history()[0], mean_area=np.nan)],
+     ["not a dict"]],
+)
+def test_plot_box_stats_rejects_bad_history(tmp_path: Path, rows: list) -> None:
+    with pytest.raises(ValueError, match="history"):
+        viz.plot_box_stats(rows, tmp_path / "s.png")
+
+
+# ----------------------------------------------------------------------------- box_grid
+
+
+def test_box_grid_shape_dtype_and_pixels() -> None:
+    images = torch.zeros(3, 3, 16, 16)
+    boxes = torch.tensor([[0.25, 0.25, 0.75, 0.75], [0.0, 0.0, 1.0, 1.0], [0.5, 0.0, 0.5, 0.5]])
+    grid = viz.box_grid(images, boxes, nrow=3, padding=0)
+    assert grid.shape == (3, 16, 48) and grid.dtype == torch.uint8
+    first = grid[:, :, :16].permute(1, 2, 0)  # (H, W, 3) of image 0
+    assert tuple(first[4, 4].tolist()) == GREEN and tuple(first[11, 11].tolist()) == GREEN
+    assert tuple(first[4, 8].tolist()) == GREEN  # top edge
+    assert first[8, 8].sum() == 0 and first[2, 2].sum() == 0 and first[12, 12].sum() == 0
+    second = grid[:, :, 16:32].permute(1, 2, 0)  # full box: the image border
+    assert tuple(second[0, 0].tolist()) == GREEN and tuple(second[15, 15].tolist()) == GREEN
+    third = grid[:, :, 32:].permute(1, 2, 0)  # zero-width box: a vertical line at x = 8
+    assert tuple(third[0, 8].tolist()) == GREEN and tuple(third[7, 8].tolist()) == GREEN
+    assert third[9, 8].sum() == 0
+
+
+def test_box_grid_gt_upscale_padding_and_gray() -> None:
+    images = torch.full((2, 1, 8, 8), 0.5)
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5]] * 2)
+    gt = torch.tensor([[0.5, 0.5, 1.0, 1.0]] * 2)
+    grid = viz.box_grid(images, boxes, gt_boxes=gt, nrow=1, upscale=2, padding=2)
+    assert grid.shape == (3, 2 * (16 + 2) + 2, 16 + 4)  # two rows of 16x16 images
+    img = grid[:, 2:18, 2:18].permute(1, 2, 0)  # first image, (16, 16, 3)
+    assert tuple(img[0, 0].tolist()) == GREEN and tuple(img[7, 7].tolist()) == GREEN
+    assert tuple(img[8, 8].tolist()) == MAGENTA and tuple(img[15, 15].tolist()) == MAGENTA
+    assert tuple(img[4, 12].tolist()) == (128, 128, 128)  # untouched grey pixel
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0.0, 1.0), min_size=4, max_size=4), st.integers(4, 24))
+def test_box_grid_draws_only_on_the_box_outline(coords: list[float], side: int) -> None:
+    x0, x1 = sorted(coords[:2])
+    y0, y1 = sorted(coords[2:])
+    box = torch.tensor([[x0, y0, x1, y1]])  # float32, as stored everywhere
+    x0, y0, x1, y1 = (float(v) for v in box[0])
+    grid = viz.box_grid(torch.zeros(1, 3, side, side), box, padding=0)
+    green = (grid.permute(1, 2, 0) == torch.tensor(GREEN, dtype=torch.uint8)).all(dim=2)
+    ys, xs = torch.nonzero(green, as_tuple=True)
+    assert ys.numel() > 0
+    # first / last pixel column and row of the extent [x0*W, x1*W), kept inside the image
+    lo_x, lo_y = min(int(x0 * side), side - 1), min(int(y0 * side), side - 1)
+    hi_x = max(min(int(np.ceil(x1 * side)) - 1, side - 1), lo_x)
+    hi_y = max(min(int(np.ceil(y1 * side)) - 1, side - 1), lo_y)
+    assert green[lo_y, lo_x] and green[hi_y, hi_x]  # both corners drawn
+    assert xs.min() == lo_x and xs.max() == hi_x and ys.min() == lo_y and ys.max() == hi_y
+    on_edge = (xs == lo_x) | (xs == hi_x) | (ys == lo_y) | (ys == hi_y)
+    assert on_edge.all()  # width 1: nothing inside the box is painted
+
+
+@pytest.mark.parametrize(
+    "images, boxes",
+    [
+        (torch.zeros(3, 16, 16), torch.zeros(1, 4)),  # not 4-D
+        (torch.zeros(1, 2, 16, 16), torch.zeros(1, 4)),  # 2 channels
+        (torch.zeros(2, 3, 16, 16), torch.zeros(1, 4)),  # B mismatch
+        (torch.zeros(1, 3, 16, 16), torch.tensor([[0.6, 0.0, 0.5, 1.0]])),  # x0 > x1
+    ],
+)
+def test_box_grid_rejects_bad_input(images: torch.Tensor, boxes: torch.Tensor) -> None:
+    with pytest.raises(ValueError):
+        viz.box_grid(images, boxes)
+
+
+def test_plot_knn_curves(tmp_path):
+    import json
+
+    from ccrop.viz import plot_knn_curves
+
+    for name, accs in (("a", [20.0, 30.0]), ("b", [25.0, 40.0])):
+        run = tmp_path / name
+        run.mkdir()
+        lines = [json.dumps({"event": "epoch", "epoch": e + 1, "knn_top1": a})
+                 for e, a in enumerate(accs)]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (run / "summary.json").write_text(json.dumps({"epochs": 3, "knn_top1": accs[-1] + 5}))
+    out = plot_knn_curves([tmp_path / "a", tmp_path / "b"], tmp_path / "knn.png")
+    img = Image.open(out)
+    assert img.size[0] > 300 and len(img.getcolors(1 << 20)) > 20
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plot_knn_curves([tmp_path / "missing"], tmp_path / "x.png")
