@@ -1,0 +1,420 @@
+"""Tests of the batched view path: each op against torchvision, parameters, and GPUViews."""
+
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms.functional as TF
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+from scipy import stats
+
+from ccrop.boxes import BoxStore
+from ccrop.crop import sample_crop_params_batch
+from ccrop.data.views import RECIPES, Recipe, build_crop
+from ccrop.gpu_views import (
+    GPUViews,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    augment,
+    color_jitter,
+    crop_resize,
+    gaussian_blur,
+    grayscale,
+    hflip,
+    normalize,
+    resize_weights,
+    sample_view_params,
+    solarize,
+)
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def smooth_images(n: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
+    """(n, 3, h, w) uint8 smooth random colour images (interpolated 4x4 noise)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(n, 3, 4, 4, generator=g)
+    x = torch.nn.functional.interpolate(base, size=(h, w), mode="bilinear", align_corners=False)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def rand_float(n: int, h: int = 12, w: int = 10, seed: int = 0) -> torch.Tensor:
+    """(n, 3, h, w) float images in [0, 1] with grey pixels and channel ties mixed in."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, 256, (n, 3, h, w), generator=g).float() / 255  # uint8 grid: many ties
+    x[:, :, 0] = x[:, :1, 0]  # a grey row
+    x[:, 1, 1] = x[:, 0, 1]  # r == g
+    x[:, 2, 2] = x[:, 1, 2]  # g == b
+    return x
+
+
+def per_sample(op, x: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    return torch.stack([op(x[i], float(factors[i])) for i in range(x.shape[0])])
+
+
+# ----------------------------------------------------------------------------- crop + resize
+
+
+@pytest.mark.parametrize("size", [32, 20, 57])
+def test_crop_resize_matches_torchvision_antialiased(size):
+    imgs = smooth_images(6, 32, 40)
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(6, 1)
+    params = sample_crop_params_batch(32, 40, boxes, scale=(0.08, 1.0), full_box_guard=1e-12,
+                                      generator=torch.Generator().manual_seed(size))
+    out = crop_resize(imgs, torch.arange(6), params, size)
+    assert out.shape == (6, 3, size, size) and out.dtype == torch.float32
+    for i in range(6):
+        t, l, h, w = params[i].tolist()
+        ref = TF.resized_crop(imgs[i].float() / 255, t, l, h, w, [size, size], antialias=True)
+        assert torch.allclose(out[i], ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 16])
+def test_crop_resize_close_to_pil(size):
+    imgs = smooth_images(8, 32, 32, seed=1)
+    params = torch.tensor([[0, 0, 32, 32], [3, 5, 14, 17], [10, 0, 22, 19], [0, 9, 32, 23],
+                           [7, 7, 9, 12], [1, 2, 30, 25], [20, 20, 12, 12], [0, 0, 1, 1]])
+    out = crop_resize(imgs, torch.arange(8), params, size)
+    for i in range(8):
+        t, l, h, w = params[i].tolist()
+        pil = Image.fromarray(imgs[i].permute(1, 2, 0).numpy())
+        ref = np.asarray(TF.resized_crop(pil, t, l, h, w, [size, size])).copy()
+        ref = torch.from_numpy(ref).permute(2, 0, 1).float() / 255
+        assert (out[i] - ref).abs().mean() < 1 / 255  # PIL rounds to uint8 (twice)
+        assert (out[i] - ref).abs().max() < 3 / 255
+
+
+def test_resize_weights_rows_sum_to_one_and_stay_in_crop():
+    start, length = torch.tensor([0, 5, 17]), torch.tensor([32, 3, 15])
+    w = resize_weights(start, length, 32, 8)  # downscale, upscale, mild downscale
+    assert torch.allclose(w.sum(-1), torch.ones(3, 8))
+    cols = torch.arange(32)
+    for b in range(3):
+        outside = (cols < start[b]) | (cols >= start[b] + length[b])
+        assert (w[b][:, outside] == 0).all()
+        assert (w[b][:, ~outside].sum(0) > 0).all()  # every crop pixel is used
+
+
+def test_crop_resize_full_crop_same_size_is_identity():
+    imgs = smooth_images(3, 16, 16)
+    params = torch.tensor([[0, 0, 16, 16]]).repeat(3, 1)
+    out = crop_resize(imgs, torch.arange(3), params, 16)
+    assert torch.allclose(out, imgs.float() / 255, atol=1e-6, rtol=0)
+
+
+def test_crop_resize_shares_sources_and_flips():
+    imgs = smooth_images(4, 24, 24)
+    src = torch.tensor([2, 2, 0, 2])
+    params = torch.tensor([[1, 2, 20, 18], [1, 2, 20, 18], [0, 0, 24, 24], [1, 2, 20, 18]])
+    flip = torch.tensor([False, True, True, False])
+    out = crop_resize(imgs, src, params, 16, flip=flip)
+    plain = crop_resize(imgs, src, params, 16)
+    assert torch.equal(out[0], out[3])  # same source and params: same view
+    assert torch.allclose(out[1], out[0].flip(-1), atol=1e-6)
+    assert torch.allclose(out, hflip(plain, flip), atol=1e-6)
+    assert imgs.shape == (4, 3, 24, 24)  # the dataset itself is untouched
+
+
+def test_crop_resize_broadcasts_gray_and_accepts_float():
+    gray = smooth_images(2, 16, 16)[:, :1]
+    params = torch.tensor([[2, 2, 10, 12], [0, 0, 16, 16]])
+    out = crop_resize(gray, torch.arange(2), params, 8)
+    assert out.shape == (2, 3, 8, 8)
+    assert torch.equal(out[:, 0], out[:, 2])
+    out_f = crop_resize(gray.float() / 255, torch.arange(2), params, 8)
+    assert torch.allclose(out, out_f, atol=1e-6)
+
+
+def test_crop_resize_rejects_bad_shapes():
+    with pytest.raises(ValueError, match="images"):
+        crop_resize(torch.zeros(2, 4, 8, 8), torch.arange(2), torch.zeros(2, 4).long(), 4)
+    with pytest.raises(ValueError, match="params"):
+        crop_resize(torch.zeros(2, 3, 8, 8), torch.arange(2), torch.zeros(3, 4).long(), 4)
+
+
+# ----------------------------------------------------------------------------- colour ops
+
+
+@pytest.mark.parametrize("op,ref", [(adjust_brightness, TF.adjust_brightness),
+                                    (adjust_contrast, TF.adjust_contrast),
+                                    (adjust_saturation, TF.adjust_saturation)])
+def test_blend_ops_match_torchvision(op, ref):
+    x = rand_float(6)
+    f = torch.tensor([0.0, 0.6, 1.0, 1.2, 1.4, 2.5])
+    assert torch.allclose(op(x, f), per_sample(ref, x, f), atol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31), shift=st.floats(-0.5, 0.5))
+def test_hue_matches_torchvision(seed, shift):
+    x = rand_float(3, seed=seed)
+    f = torch.tensor([shift, -shift, shift / 3])
+    assert torch.allclose(adjust_hue(x, f), per_sample(TF.adjust_hue, x, f), atol=2e-5)
+
+
+def test_hue_zero_shift_is_identity_and_keeps_max_min():
+    x = rand_float(4, seed=3)
+    assert torch.allclose(adjust_hue(x, torch.zeros(4)), x, atol=1e-6)
+    y = adjust_hue(x, torch.full((4,), 0.23))
+    assert torch.allclose(y.amax(1), x.amax(1), atol=1e-6)
+    assert torch.allclose(y.amin(1), x.amin(1), atol=1e-6)
+
+
+def test_inplace_flag():
+    x = rand_float(2)
+    keep = x.clone()
+    adjust_brightness(x, torch.tensor([0.5, 1.5]))
+    assert torch.equal(x, keep)
+    out = adjust_brightness(x, torch.tensor([0.5, 1.5]), inplace=True)
+    assert out.data_ptr() == x.data_ptr() and not torch.equal(x, keep)
+
+
+def reference_jitter(x, order, factors, apply):
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    out = []
+    for i in range(x.shape[0]):
+        img = x[i]
+        if apply[i]:
+            for k in order[i].tolist():
+                img = ops[k](img, float(factors[i, k]))
+        out.append(img)
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_color_jitter_matches_per_sample_torchvision(device):
+    x = rand_float(24, seed=5)
+    p = sample_view_params(24, RECIPES["cifar"], torch.Generator().manual_seed(0))
+    p["jitter"][:3] = False  # some samples certainly skip jitter
+    out = color_jitter(x.to(device), p["order"].to(device), p["factors"].to(device),
+                       p["jitter"].to(device)).cpu()
+    ref = reference_jitter(x, p["order"], p["factors"], p["jitter"])
+    assert torch.allclose(out, ref, atol=1e-4)
+    assert torch.equal(out[~p["jitter"]], x[~p["jitter"]])  # skipped samples bit-exact
+
+
+def test_grayscale_matches_torchvision():
+    x = rand_float(4)
+    apply = torch.tensor([True, False, True, False])
+    out = grayscale(x, apply)
+    ref = TF.rgb_to_grayscale(x, num_output_channels=3)
+    assert torch.allclose(out[apply], ref[apply], atol=1e-6)
+    assert torch.equal(out[~apply], x[~apply])
+
+
+def test_gaussian_blur_matches_torchvision():
+    x = rand_float(4, h=16, w=14)
+    sigma = torch.tensor([0.1, 0.7, 1.5, 2.0])
+    apply = torch.tensor([True, True, False, True])
+    out = gaussian_blur(x, sigma, apply, kernel_size=9)
+    for i in range(4):
+        ref = TF.gaussian_blur(x[i], [9, 9], [float(sigma[i])] * 2) if apply[i] else x[i]
+        assert torch.allclose(out[i], ref, atol=1e-5)
+    assert torch.equal(out[2], x[2])
+    with pytest.raises(ValueError, match="kernel_size"):
+        gaussian_blur(x, sigma, apply, kernel_size=8)
+    with pytest.raises(ValueError, match="kernel_size"):
+        gaussian_blur(x, sigma, apply, kernel_size=29)
+
+
+def test_solarize_hflip_normalize_match_torchvision():
+    x = rand_float(3)
+    apply = torch.tensor([True, False, True])
+    out = solarize(x, apply)
+    assert torch.equal(out[0], TF.solarize(x[0], 128 / 255)) and torch.equal(out[1], x[1])
+    flip = torch.tensor([False, True, True])
+    assert torch.equal(hflip(x, flip)[1], TF.hflip(x[1])) and torch.equal(hflip(x, flip)[0], x[0])
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    assert torch.allclose(normalize(x, mean, std), TF.normalize(x, mean, std), atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- parameters
+
+
+def test_sample_view_params_distributions():
+    n = 20000
+    recipe = Recipe(flip_p=0.5, jitter=(0.4, 0.3, 0.9, 0.1), jitter_p=0.8, gray_p=0.2,
+                    blur_p=0.5, solarize_p=0.1)
+    p = sample_view_params(n, recipe, torch.Generator().manual_seed(0))
+    for key, prob in [("flip", 0.5), ("jitter", 0.8), ("gray", 0.2), ("blur", 0.5),
+                      ("solarize", 0.1)]:
+        assert p[key].dtype == torch.bool and p[key].shape == (n,)
+        assert abs(p[key].float().mean().item() - prob) < 5 * math.sqrt(prob * (1 - prob) / n)
+    assert torch.equal(p["order"].sort(dim=1).values, torch.arange(4).expand(n, 4))
+    codes = (p["order"] * torch.tensor([64, 16, 4, 1])).sum(1)
+    counts = torch.bincount(codes, minlength=256)[torch.bincount(codes, minlength=256) > 0]
+    assert counts.numel() == 24  # every permutation, uniformly
+    assert stats.chisquare(counts.numpy()).pvalue > 1e-3
+    f = p["factors"]
+    lo, hi = torch.tensor([0.6, 0.7, 0.1, -0.1]), torch.tensor([1.4, 1.3, 1.9, 0.1])
+    assert (f >= lo).all() and (f <= hi).all()
+    assert (f.min(0).values < lo + 0.01).all() and (f.max(0).values > hi - 0.01).all()
+    assert p["sigma"].min() >= 0.1 and p["sigma"].max() <= 2.0
+
+
+def test_sample_view_params_reproducible():
+    a = sample_view_params(50, RECIPES["imagenet"], torch.Generator().manual_seed(3))
+    b = sample_view_params(50, RECIPES["imagenet"], torch.Generator().manual_seed(3))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_augment_skips_zero_probability_ops():
+    x = rand_float(5)
+    recipe = Recipe(flip_p=0, jitter_p=0, gray_p=0, blur_p=0, solarize_p=0)
+    p = sample_view_params(5, RECIPES["imagenet"], torch.Generator().manual_seed(0))
+    assert torch.equal(augment(x, p, recipe, 3), x)
+
+
+# ----------------------------------------------------------------------------- GPUViews
+
+
+def make_views(**kw) -> GPUViews:
+    imgs = kw.pop("images", smooth_images(16, 24, 24))
+    return GPUViews(imgs, **kw)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_views_shapes_range_and_reproducibility(device):
+    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+    v = make_views(mean=mean, std=std, size=16, num_views=3, recipe="imagenet", device=device)
+    idx = torch.tensor([0, 5, 5, 15], device=device)
+    out = v(idx, torch.Generator(device).manual_seed(0))
+    assert len(out) == 3 and all(t.shape == (4, 3, 16, 16) for t in out)
+    lo = (0 - torch.tensor(mean)) / torch.tensor(std)
+    hi = (1 - torch.tensor(mean)) / torch.tensor(std)
+    for t in out:
+        t = t.cpu()
+        assert t.dtype == torch.float32 and torch.isfinite(t).all()
+        assert (t >= lo.view(1, 3, 1, 1) - 1e-5).all() and (t <= hi.view(1, 3, 1, 1) + 1e-5).all()
+    again = v(idx, torch.Generator(device).manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(out, again))
+    assert not torch.equal(out[0], out[1])  # views are independent draws
+
+
+def test_identity_views_equal_eval_batch():
+    recipe = Recipe(flip_p=0, jitter_p=0, gray_p=0)
+    v = make_views(recipe=recipe, scale=(1.0, 1.0), ratio=(1.0, 1.0), mean=(0.3, 0.4, 0.5))
+    idx = torch.tensor([3, 1, 4])
+    ev = v.eval_batch(idx)
+    ref = TF.normalize(v.images[idx].float() / 255, (0.3, 0.4, 0.5), (0.5, 0.5, 0.5))
+    assert torch.allclose(ev, ref, atol=1e-6)
+    for view in v(idx):
+        assert torch.allclose(view, ev, atol=1e-5)
+
+
+def test_out_dtype_and_channels_last():
+    v = make_views(out_dtype=torch.bfloat16, channels_last=True)
+    a, b = v(torch.arange(4))
+    assert a.dtype == torch.bfloat16 and a.is_contiguous(memory_format=torch.channels_last)
+    assert b.is_contiguous(memory_format=torch.channels_last)
+    assert v.eval_batch(torch.arange(2)).dtype == torch.bfloat16
+
+
+def crop_centres(v: GPUViews, n: int, seed: int = 0) -> torch.Tensor:
+    """(n, 2) float64 normalised (x, y) crop centres of image 0."""
+    p = v.crop_params(torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(seed))
+    p, (h, w) = p.double(), v.image_size  # float64 like the Python path: exact ties for KS
+    return torch.stack([(p[:, 1] + p[:, 3] / 2) / w, (p[:, 0] + p[:, 2] / 2) / h], 1)
+
+
+def test_sync_boxes_moves_crops():
+    store = BoxStore(16)
+    v = make_views(images=smooth_images(16, 64, 64), store=store, alpha=0.5, scale=(0.05, 0.1))
+    c_full = crop_centres(v, 4000)
+    store.update(torch.tensor([0]), torch.tensor([[0.0, 0.0, 0.3, 0.3]]))
+    assert torch.allclose(crop_centres(v, 4000), c_full)  # not synced yet
+    v.sync_boxes(store)
+    c_box = crop_centres(v, 4000)
+    assert (c_box < 0.35).float().mean() > 0.95 and (c_full < 0.35).float().mean() < 0.5
+    with pytest.raises(ValueError, match="store"):
+        v.sync_boxes(BoxStore(3))
+
+
+@pytest.mark.parametrize("kind", ["ccrop", "simccrop", "rcrop"])
+def test_crop_kinds_follow_build_crop(kind):
+    store = BoxStore(4)
+    store.update(torch.arange(4), torch.tensor([[0.5, 0.1, 0.9, 0.4]]).repeat(4, 1))
+    kw = dict(scale=(0.1, 0.5), alpha=0.3, full_box_guard=0.95)
+    v = make_views(images=smooth_images(4, 40, 48), store=store, crop=kind, **kw)
+    gpu = crop_centres(v, 4000).numpy()
+    crop = build_crop(kind, 16, **kw)
+    rng = random.Random(0)
+    cpu = []
+    for _ in range(4000):  # the box is ignored by simccrop and rcrop
+        t, l, h, w = crop.get_params(40, 48, (0.5, 0.1, 0.9, 0.4), rng)
+        cpu.append(((l + w / 2) / 48, (t + h / 2) / 40))
+    cpu = np.array(cpu)
+    for axis in range(2):
+        assert stats.ks_2samp(gpu[:, axis], cpu[:, axis]).pvalue > 1e-3
+
+
+def test_epoch_batches():
+    v = make_views(images=smooth_images(23, 8, 8))
+    g = torch.Generator().manual_seed(0)
+    batches = list(v.epoch_batches(5, generator=g))
+    assert len(batches) == 4 == v.num_batches(5) and all(b.shape == (5,) for b in batches)
+    seen = torch.cat(batches)
+    assert seen.unique().numel() == 20
+    full = torch.cat(list(v.epoch_batches(5, shuffle=False, drop_last=False)))
+    assert torch.equal(full, torch.arange(23)) and v.num_batches(5, drop_last=False) == 5
+    ranks = [torch.cat(list(v.epoch_batches(3, generator=torch.Generator().manual_seed(1),
+                                            rank=r, world_size=2))) for r in range(2)]
+    assert ranks[0].numel() == ranks[1].numel() == 9
+    assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
+    with pytest.raises(ValueError, match="batch_size"):
+        next(v.epoch_batches(0))
+    with pytest.raises(ValueError, match="rank"):
+        next(v.epoch_batches(2, rank=2, world_size=2))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"images": torch.zeros(4, 3, 8, 8)}, "uint8"),
+    ({"images": torch.zeros(4, 4, 8, 8, dtype=torch.uint8)}, "images"),
+    ({"images": torch.zeros(0, 3, 8, 8, dtype=torch.uint8)}, "at least one"),
+    ({"crop": "random"}, "crop"),
+    ({"recipe": "mnist"}, "recipe"),
+    ({"recipe": Recipe(gray_p=1.5)}, "gray_p"),
+    ({"recipe": Recipe(jitter=(0.4, 0.4, 0.4, 0.7))}, "jitter"),
+    ({"size": 0}, "size"),
+    ({"num_views": 0}, "num_views"),
+    ({"scale": (0.5, 0.2)}, "scale"),
+    ({"alpha": 0.0}, "alpha"),
+    ({"full_box_guard": 1.5}, "full_box_guard"),
+    ({"std": (0.5, 0.0, 0.5)}, "std"),
+    ({"mean": (0.5, 0.5)}, "mean"),
+    ({"out_dtype": torch.int32}, "out_dtype"),
+    ({"blur_kernel_size": 4}, "blur_kernel_size"),
+    ({"store": BoxStore(3)}, "store"),
+])
+def test_constructor_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_views(**kwargs)
+
+
+def test_call_validates_indices():
+    v = make_views()
+    with pytest.raises(ValueError, match="indices"):
+        v(torch.zeros(2, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="int64"):
+        v(torch.zeros(2, dtype=torch.int32))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_matches_cpu_for_fixed_params():
+    imgs = smooth_images(8, 32, 32)
+    p = sample_view_params(16, RECIPES["imagenet"], torch.Generator().manual_seed(0))
+    crops = sample_crop_params_batch(32, 32, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(16, 1))
+    src = torch.arange(16) % 8
+
+    def run(dev):
+        q = {k: t.to(dev) for k, t in p.items()}
+        x = crop_resize(imgs.to(dev), src.to(dev), crops.to(dev), 24, flip=q["flip"])
+        return augment(x, q, RECIPES["imagenet"], 13).cpu()
+
+    assert torch.allclose(run("cpu"), run("cuda"), atol=1e-4)
