@@ -78,14 +78,16 @@ def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
     return out
 
 
-def bench_step(cfg: Config, device: torch.device, steps: int) -> dict[str, float]:
-    """Training-step ms: fp32, bf16 + channels_last (CUDA), + torch.compile (CUDA)."""
+def bench_step(cfg: Config, device: torch.device, steps: int,
+               compiled: bool = True) -> dict[str, float]:
+    """Training-step ms: fp32, bf16 + channels_last (CUDA), + torch.compile (CUDA, optional)."""
     from .build import build_model, build_optimizer
 
     variants = [("fp32", False, False, False)]
     if device.type == "cuda":
-        variants += [("bf16_channels_last", True, True, False),
-                     ("bf16_channels_last_compiled", True, True, True)]
+        variants.append(("bf16_channels_last", True, True, False))
+        if compiled:
+            variants.append(("bf16_channels_last_compiled", True, True, True))
     out: dict[str, float] = {}
     size = cfg.data.image_size or 32
     b = cfg.data.batch_size
@@ -148,7 +150,8 @@ def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
                 "localization_s": loc_s, "localization_images": loc["images"]}
 
 
-def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20) -> dict[str, Any]:
+def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20,
+              compiled: bool = True) -> dict[str, Any]:
     """All benchmarks of ``cfg``; returns a JSON-ready dict."""
     from .build import build_data, resolve_device
 
@@ -164,7 +167,7 @@ def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20) -> dict[str, A
                                          "batch_size": cfg.data.batch_size},
                               "environment": environment(device)}
     result["views"] = bench_views(cfg, data, store, device)
-    result["step"] = bench_step(cfg, device, steps)
+    result["step"] = bench_step(cfg, device, steps, compiled)
     result["epoch"] = bench_epoch(cfg, epoch_steps)
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -1,7 +1,9 @@
 """Command line: ``ccrop pretrain | knn | linear | boxes | viz | compare | bench``.
 
 Bad input (config, paths, checkpoints, datasets) prints one ``ccrop: error: ...`` line and
-exits with code 2 before any work starts; nothing already written is touched.
+exits with code 2 before any work starts; nothing already written is touched. A write failure
+during a run (disk full, permissions) also prints one line and exits with code 2, keeping the
+previous checkpoints; a non-finite loss exits with code 1 (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--out", help="write the JSON here too")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
     return parser
 
 
@@ -74,11 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     try:
         handlers[args.command](args)
-    except (ConfigError, CheckpointError, FileNotFoundError, NotADirectoryError) as err:
-        print(f"ccrop: error: {err}", file=sys.stderr)
+    except (ConfigError, CheckpointError, OSError) as err:  # OSError: disk full, permissions
+        print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except ValueError as err:  # bad data or arguments found while building
-        print(f"ccrop: error: {err}", file=sys.stderr)
+        print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ccrop: interrupted", file=sys.stderr)
@@ -91,6 +94,16 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         raise
     return 0
+
+
+def _one_line(err: BaseException) -> str:
+    """The error as one line; an error re-raised from a DataLoader worker (whose message holds
+    the worker's traceback) becomes its last line plus the worker that raised it."""
+    text = str(err).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1 and "Traceback" in text:
+        return f"{lines[-1].split(': ', 1)[-1]} ({lines[0].rstrip('.')})"
+    return " ".join(ln.strip() for ln in lines) or type(err).__name__
 
 
 # ----------------------------------------------------------------------------- commands
@@ -280,7 +293,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_bench
 
     cfg = _config(args)
-    result = run_bench(cfg, steps=args.steps)
+    result = run_bench(cfg, steps=args.steps, compiled=not args.no_compile)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

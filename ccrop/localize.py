@@ -42,6 +42,30 @@ def _check_fmap(fmap: torch.Tensor) -> None:
         raise ValueError(f"fmap must be a (B, C, h, w) tensor, got {shape}")
 
 
+def _normalised_maps(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Channel sum and per-image min-max at feature resolution: (B,C,h,w) -> (B,h,w), (B,) bad.
+
+    Degenerate maps (NaN/inf, or constant) come back as zeros with ``bad`` set.
+    """
+    heat = fmap.float().sum(dim=1)  # (B, h, w)
+    finite = torch.isfinite(heat).flatten(1).all(dim=1)  # (B,)
+    heat = torch.where(finite[:, None, None], heat, torch.zeros_like(heat))
+    lo = heat.amin(dim=(1, 2), keepdim=True)  # (B, 1, 1)
+    span = heat.amax(dim=(1, 2), keepdim=True) - lo
+    flat = span[:, 0, 0] <= 1e-12 * heat.abs().amax(dim=(1, 2)).clamp_min(1.0)
+    bad = ~finite | flat
+    heat = (heat - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(bad[:, None, None], torch.zeros_like(heat), heat.clamp(0, 1)), bad
+
+
+def _upsample(heat: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
+    """Bilinear (align_corners=False) upsampling (B,h,w) -> (B,H,W); stays in [0, 1]."""
+    H, W = int(image_size[0]), int(image_size[1])
+    if H < 1 or W < 1:
+        raise ValueError(f"image_size must be >= 1 pixel per side, got {tuple(image_size)}")
+    return F.interpolate(heat[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+
+
 def heatmaps_from_features(
     fmap: torch.Tensor, image_size: tuple[int, int]
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -56,26 +80,17 @@ def heatmaps_from_features(
         where the map had NaN/inf or was constant (its heat is then all zeros).
     """
     _check_fmap(fmap)
-    H, W = int(image_size[0]), int(image_size[1])
-    if H < 1 or W < 1:
-        raise ValueError(f"image_size must be >= 1 pixel per side, got {tuple(image_size)}")
-    heat = fmap.float().sum(dim=1)  # (B, h, w)
-    finite = torch.isfinite(heat).flatten(1).all(dim=1)  # (B,)
-    heat = torch.where(finite[:, None, None], heat, torch.zeros_like(heat))
-    lo = heat.amin(dim=(1, 2), keepdim=True)  # (B, 1, 1)
-    span = heat.amax(dim=(1, 2), keepdim=True) - lo
-    flat = span[:, 0, 0] <= 1e-12 * heat.abs().amax(dim=(1, 2)).clamp_min(1.0)
-    heat = (heat - lo) / torch.where(span > 0, span, torch.ones_like(span))
-    heat = F.interpolate(heat[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
-    degenerate = ~finite | flat
-    heat = torch.where(degenerate[:, None, None], torch.zeros_like(heat), heat.clamp(0, 1))
-    return heat, degenerate
+    heat, bad = _normalised_maps(fmap)
+    return _upsample(heat, image_size), bad
 
 
 def boxes_from_heatmaps(
     heat: torch.Tensor, threshold: float = 0.1, mode: str = "fixed"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Tight boxes around heatmap pixels above a threshold.
+
+    A row (column) holds a kept pixel iff its maximum exceeds the level, so the box comes from
+    two max-projections of the map; no mask of the full map is built.
 
     Args:
         heat: (B, H, W) heatmaps in [0, 1].
@@ -94,19 +109,23 @@ def boxes_from_heatmaps(
         level = torch.quantile(heat.flatten(1), float(threshold), dim=1)  # (B,)
     else:
         level = torch.full((B,), float(threshold), device=heat.device)
-    mask = heat > level[:, None, None]  # (B, H, W)
-    rows = mask.any(dim=2)  # (B, H)
-    cols = mask.any(dim=1)  # (B, W)
+    rows = heat.amax(dim=2) > level[:, None]  # (B, H) row holds a kept pixel
+    cols = heat.amax(dim=1) > level[:, None]  # (B, W)
+    return _extent(rows, cols)
+
+
+def _extent(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Box from row/column occupancy (B,H), (B,W) -> normalised (B, 4), empty (B,)."""
+    H, W = rows.shape[1], cols.shape[1]
     empty = ~rows.any(dim=1)  # (B,)
     y0 = rows.to(torch.int8).argmax(dim=1)  # first kept row
     y1 = H - rows.flip(1).to(torch.int8).argmax(dim=1)  # one past the last kept row
     x0 = cols.to(torch.int8).argmax(dim=1)
     x1 = W - cols.flip(1).to(torch.int8).argmax(dim=1)
-    scale = torch.tensor([W, H, W, H], device=heat.device, dtype=torch.float32)
+    scale = torch.tensor([W, H, W, H], device=rows.device, dtype=torch.float32)
     boxes = torch.stack([x0, y0, x1, y1], dim=1).float() / scale  # (B, 4)
-    full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=heat.device)
-    boxes = torch.where(empty[:, None], full, boxes)
-    return boxes, empty
+    full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=rows.device)
+    return torch.where(empty[:, None], full, boxes), empty
 
 
 def localize(
@@ -124,9 +143,7 @@ def localize(
     """
     heat, bad = heatmaps_from_features(fmap, image_size)
     boxes, empty = boxes_from_heatmaps(heat, threshold, mode)
-    full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=boxes.device)
-    degenerate = bad | empty
-    return torch.where(degenerate[:, None], full, boxes), degenerate
+    return boxes, bad | empty
 
 
 def boxes_from_features(

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Prepared GPU check (issue: speed). One H100/H200, well under 8 minutes. Writes JSON to $OUT.
+#   1. SimCLR + ContrastiveCrop, ResNet-18 (width 64), 50k synthetic 32x32 images, 20 epochs,
+#      GPU view path (bf16, channels_last, fused SGD): seconds per epoch, box updates, kNN.
+#   2. The same run on the CPU view path (PIL in DataLoader workers).
+#   3. `ccrop bench` of the GPU-path config: views/s (PIL vs batched CPU vs batched GPU), step ms
+#      (fp32 vs bf16+channels_last [vs compiled]), epoch split data/step/localization, peak memory.
+#   4. benchmarks/bench_crop.py --device cuda (batched vs per-image localization on the GPU).
+# Usage: OUT=some/dir bash benchmarks/gpu_check.sh   (N, EPOCHS, WORKERS, EXTRA override sizes)
+set -u
+OUT=${OUT:-benchmarks/results/gpu_check}
+mkdir -p "$OUT"
+if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+N=${N:-50000}; EPOCHS=${EPOCHS:-20}; WORKERS=${WORKERS:-14}; EXTRA=${EXTRA:-}
+COMMON="data.dataset=synthetic data.dataset_kwargs.num_images=$N data.batch_size=512
+ model.width=64 method.name=simclr crop.kind=ccrop crop.alpha=0.1 crop.warmup_epochs=5
+ crop.loc_interval=5 crop.loc_batch_size=1024 train.epochs=$EPOCHS train.knn_every=0
+ train.progress=false train.tensorboard=false train.amp=true train.channels_last=true
+ optim.fused=true data.num_workers=$WORKERS $EXTRA"
+(nvidia-smi -L || true; python3 -c "import torch; print('torch', torch.__version__)") \
+  2>&1 | tee "$OUT/log.txt"
+stage() {  # name, timeout, command...
+  local name=$1 limit=$2; shift 2
+  local t0=$(date +%s)
+  echo "== $name" | tee -a "$OUT/log.txt"
+  timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
+  echo "== $name: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
+}
+stage train_gpu 170 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu train.out_dir=/tmp/gc_gpu
+stage train_cpu 230 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
+stage bench 120 python3 -m ccrop.cli bench $COMMON data.pipeline=gpu --steps 20 --no-compile \
+  --out "$OUT/bench_gpu.json"
+stage bench_crop 60 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
+  --out "$OUT/bench_crop_cuda.json"
+python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OUT/gpu_check.json" \
+  2>&1 | tee -a "$OUT/log.txt"
