@@ -30,11 +30,12 @@ stage() {  # name, timeout, command...
   timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
   echo "== $name: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
 }
-stage train_gpu 170 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu train.out_dir=/tmp/gc_gpu
-stage train_cpu 230 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
-stage bench 120 python3 -m ccrop.cli bench $COMMON data.pipeline=gpu --steps 20 --no-compile \
+stage train_gpu 140 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu train.out_dir=/tmp/gc_gpu
+python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OUT/gpu_check.json" >/dev/null 2>&1
+stage train_cpu 200 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
+stage bench 100 python3 -m ccrop.cli bench $COMMON data.pipeline=gpu --steps 20 --no-compile \
   --out "$OUT/bench_gpu.json"
-stage bench_crop 60 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
+stage bench_crop 40 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
   --out "$OUT/bench_crop_cuda.json"
 python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OUT/gpu_check.json" \
   2>&1 | tee -a "$OUT/log.txt"
