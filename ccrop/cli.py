@@ -259,11 +259,10 @@ def cmd_viz(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     n = max(1, min(args.num, len(data.train)))
     idx = torch.linspace(0, len(data.train) - 1, n).long().tolist()
-    gt = None if data.gt_boxes is None else data.gt_boxes[idx]
     paths = [viz.localization_figure(backbone, data.train, idx, out / "localization.png",
                                      threshold=cfg.crop.threshold, mode=cfg.crop.threshold_mode,
-                                     device=device, mean=data.mean, std=data.std, gt_boxes=gt,
-                                     alpha=cfg.crop.alpha),
+                                     device=device, mean=data.mean, std=data.std,
+                                     gt_boxes=data.gt_boxes, alpha=cfg.crop.alpha),
              viz.plot_centre_distribution(out / "centre_distribution.png")]
     for p in paths:
         print(p)

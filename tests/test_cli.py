@@ -1,0 +1,87 @@
+"""End-to-end tests of the ``ccrop`` command line on a tiny synthetic run."""
+
+import json
+
+import pytest
+
+from ccrop.cli import main
+
+TINY = ["data.dataset_kwargs.num_images=48", "data.batch_size=16", "data.num_workers=0",
+        "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
+        "train.knn_every=0", "train.tensorboard=false", "train.progress=false",
+        "method.params.proj_hidden=32", "method.params.proj_dim=16", "crop.loc_batch_size=32",
+        "crop.threshold_mode=quantile", "crop.threshold=0.5"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    assert main(["pretrain", *TINY, f"train.out_dir={out}"]) == 0
+    return out
+
+
+def test_pretrain_writes_a_complete_run_folder(run_dir, capsys):
+    for name in ("config.yaml", "metrics.jsonl", "results.jsonl", "summary.json"):
+        assert (run_dir / name).is_file(), name
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["box_updates"] == [1]
+    assert 0 <= summary["knn_top1"] <= 100 and 0 < summary["box_iou_gt"] <= 1
+    results = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
+    assert results[-1]["protocol"] == "knn" and results[-1]["epoch"] == 2
+
+
+def test_eval_commands_on_a_checkpoint(run_dir, tmp_path, capsys):
+    ckpt = str(run_dir / "checkpoints" / "ckpt-epoch00002.pt")
+    assert main(["knn", "--checkpoint", ckpt]) == 0
+    assert main(["linear", "--checkpoint", ckpt, "--fast"]) == 0
+    assert main(["linear", "--checkpoint", ckpt, "--epochs", "1"]) == 0
+    assert main(["boxes", "--checkpoint", ckpt, "--out", str(tmp_path / "b.pt")]) == 0
+    assert main(["viz", "--checkpoint", ckpt, "--out", str(tmp_path / "fig"), "--num", "2"]) == 0
+    assert (tmp_path / "fig" / "localization.png").stat().st_size > 1000
+    assert main(["compare", str(run_dir), "--out", str(tmp_path / "knn.png")]) == 0
+    protocols = [json.loads(x)["protocol"] for x in
+                 (run_dir / "results.jsonl").read_text().splitlines()]
+    assert protocols[-3:] == ["knn", "linear-fast (cached features, no augmentation)", "linear"]
+    lines = capsys.readouterr().out.splitlines()
+    stats = json.loads(next(x for x in lines if x.startswith('{"seconds"')))
+    assert stats["images"] == 48 and "iou_gt" in stats
+
+
+def test_bench_runs_on_a_tiny_config(tmp_path):
+    out = tmp_path / "bench.json"
+    assert main(["bench", *TINY, f"train.out_dir={tmp_path}", "--steps", "1", "--out",
+                 str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["views"]["pil_views_per_s"] > 0 and result["views"]["batched_cpu_views_per_s"] > 0
+    assert result["step"]["step_ms_fp32"] > 0
+    assert result["epoch"]["localization_images"] == 48
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train.epochz=3"], "train.epochz"),
+    (["crop.alpha=0"], "crop.alpha"),
+    (["crop.threshold=1.5"], "crop.threshold"),
+    (["crop.warmup_epochs=9"], "crop.warmup_epochs"),
+    (["data.batch_size=4096"], "data.batch_size"),
+    (["data.dataset=nope"], "data.dataset"),
+    (["train.epochs=abc"], "train.epochs"),
+])
+def test_bad_input_exits_2_with_one_clear_line(tmp_path, capsys, args, needle):
+    code = main(["pretrain", *TINY, f"train.out_dir={tmp_path / 'x'}", *args])
+    err = capsys.readouterr().err
+    assert code == 2 and needle in err and "Traceback" not in err
+    assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_existing_run_is_not_overwritten(run_dir, capsys):
+    before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert main(["pretrain", *TINY, f"train.out_dir={run_dir}"]) == 2
+    assert "--resume auto" in capsys.readouterr().err
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
+
+
+def test_missing_config_and_checkpoint(tmp_path, capsys):
+    assert main(["pretrain", "--config", str(tmp_path / "none.yaml")]) == 2
+    assert "none.yaml" in capsys.readouterr().err
+    assert main(["knn", "--checkpoint", str(tmp_path / "none.pt")]) == 2
+    assert "none.pt" in capsys.readouterr().err
