@@ -160,8 +160,10 @@ def build_source(cfg: Config, data: RunData, store: BoxStore, device: torch.devi
     if d.pipeline == "gpu":
         from .data.sources import GPUSource
 
+        small = DATASET_INFO[d.dataset].get("small", True)
+        decode = None if small else round(data.image_size * 256 / 224)  # e.g. 224 -> 256
         return GPUSource(data.train, store, spec, d.batch_size, cfg.train.seed, device,
-                         c.loc_batch_size)
+                         c.loc_batch_size, decode, d.num_workers)
     return CPUSource(data.train, store, spec, d.batch_size, d.num_workers, d.persistent_workers,
                      cfg.train.seed, device, c.loc_batch_size)
 

@@ -114,8 +114,15 @@ def _config(args: argparse.Namespace, base: list[str] | None = None):
 
     overrides = list(base or []) + list(args.overrides)
     if args.config is None and base is None:
-        overrides = DEMO_OVERRIDES + overrides
+        overrides = demo_overrides(overrides) + overrides
     return load_config(args.config, overrides)
+
+
+def demo_overrides(user: list[str]) -> list[str]:
+    """The demo preset under the user's overrides; its synthetic-only dataset arguments are
+    dropped when the user picks another dataset."""
+    other = any(o.startswith("data.dataset=") and o != "data.dataset=synthetic" for o in user)
+    return [o for o in DEMO_OVERRIDES if not (other and o.startswith("data.dataset_kwargs."))]
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -155,7 +162,7 @@ def _trained(args: argparse.Namespace):
 
     state = None if args.checkpoint is None else load_checkpoint(args.checkpoint)
     if state is None:
-        demo = DEMO_OVERRIDES if args.config is None else []
+        demo = demo_overrides(list(args.overrides)) if args.config is None else []
         cfg = load_config(args.config, demo + list(args.overrides))
     else:  # the checkpoint's own config, then the file and overrides given here
         cfg = load_config(args.config, list(args.overrides), base=state["config"])

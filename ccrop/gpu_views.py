@@ -478,7 +478,8 @@ class GPUViews:
 
     Args:
         images: (N, 3, H, W) uint8 dataset (e.g. from ``ccrop.data.dataset_to_uint8``); (N, 1, H, W)
-            is broadcast to RGB.
+            is broadcast to RGB. An int N instead means no resident images: batches decoded
+            elsewhere (folder datasets) are augmented with ``views_of``.
         store: ``BoxStore`` of N boxes (read for ``crop="ccrop"``); None = full-image boxes.
         recipe: ``Recipe`` or a name in ``ccrop.data.views.RECIPES``.
         crop: ``"ccrop"`` (store boxes), ``"simccrop"`` (fixed centre box, no guard) or
@@ -512,10 +513,16 @@ class GPUViews:
         device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
         channels_last: bool = False, blur_kernel_size: int | None = None,
     ) -> None:
-        images = _check_images(images)
+        resident = not isinstance(images, int)
+        if resident:
+            images = _check_images(images)
+        elif images < 1:
+            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor or N >= 1, got {images}")
         if crop not in CROPS:
             raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
         self.scale, self.ratio = check_crop_args(scale, ratio, alpha, full_box_guard)
+        if size is None and not resident:
+            raise ValueError("size is required when images is a count (no resident images)")
         self.size = int(images.shape[-2] if size is None else size)
         if self.size < 1:
             raise ValueError(f"size must be >= 1, got {size}")
@@ -523,8 +530,11 @@ class GPUViews:
             raise ValueError(f"num_views must be >= 1, got {num_views}")
         if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
             raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-        self.device = torch.device(device) if device is not None else images.device
-        self.images = images.to(self.device)  # (N, C, H, W) uint8
+        if device is None:
+            device = images.device if resident else "cpu"
+        self.device = torch.device(device)
+        self.images = images.to(self.device) if resident else None  # (N, C, H, W) uint8
+        self._n = images.shape[0] if resident else int(images)
         self.recipe, self.crop = check_recipe(recipe), crop
         self.alpha = 1.0 if crop == "rcrop" else float(alpha)
         guards = {"ccrop": full_box_guard, "simccrop": None, "rcrop": RCROP_GUARD}
@@ -550,7 +560,7 @@ class GPUViews:
         return int(k)
 
     def __len__(self) -> int:
-        return self.images.shape[0]
+        return self._n
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -572,14 +582,15 @@ class GPUViews:
             raise ValueError(f"indices must be int64, got {indices.dtype}")
         return indices.to(self.device, non_blocking=True)
 
-    def crop_params(self, src: torch.Tensor,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
-        """Crop rectangles of dataset indices ``src`` (B,): (B, 4) int64 ``(top, left, h, w)``."""
+    def crop_params(self, src: torch.Tensor, generator: torch.Generator | None = None,
+                    image_size: tuple[int, int] | None = None) -> torch.Tensor:
+        """Crop rectangles of dataset indices ``src`` (B,): (B, 4) int64 ``(top, left, h, w)``
+        in images of ``image_size`` (default the resident images' size)."""
         if self.crop == "ccrop":
             boxes = self.boxes.index_select(0, src)  # (B, 4)
         else:
             boxes = self._fixed_box.expand(src.shape[0], 4)
-        h, w = self.image_size
+        h, w = image_size or self.image_size
         return sample_crop_params_batch(h, w, boxes, self.scale, self.ratio, self.alpha,
                                         generator, self.full_box_guard)
 
@@ -594,16 +605,45 @@ class GPUViews:
         Returns:
             V tensors (B, 3, S, S), normalised, ``out_dtype``.
         """
+        if self.images is None:
+            raise ValueError("no resident images: use views_of(batch, indices)")
         idx = self._check_indices(indices)
-        src = idx.repeat(self.num_views)  # (V*B,) view-major: view v is src[v*B:(v+1)*B]
-        params = self.crop_params(src, generator)  # (V*B, 4)
+        return self._views(self.images, idx, idx, generator)
+
+    def views_of(self, batch: torch.Tensor, indices: torch.Tensor,
+                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """V augmented views of a decoded batch (folder datasets: DataLoader workers decode).
+
+        Boxes are read by dataset index and are normalised, so they apply to the decoded size.
+
+        Args:
+            batch: (B, C, H0, W0) uint8 images on any device (moved to ``self.device``).
+            indices: (B,) int64 dataset indices of the batch's images.
+            generator: optional ``torch.Generator`` on the device.
+
+        Returns:
+            V tensors (B, 3, S, S), normalised, ``out_dtype``.
+        """
+        batch = _check_images(batch).to(self.device, non_blocking=True)
+        idx = self._check_indices(indices)
+        rows = torch.arange(batch.shape[0], device=self.device)
+        return self._views(batch, rows, idx, generator)
+
+    def _views(self, images: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor,
+               generator: torch.Generator | None) -> list[torch.Tensor]:
+        """Views of ``images[rows]`` with the boxes of dataset indices ``idx`` (both (B,))."""
+        v = self.num_views
+        src, rows = idx.repeat(v), rows.repeat(v)  # (V*B,) view-major: view k is [k*B:(k+1)*B]
+        params = self.crop_params(src, generator, tuple(images.shape[-2:]))  # (V*B, 4)
         vp = sample_view_params(src.shape[0], self.recipe, generator, self.device)
-        x = crop_resize(self.images, src, params, self.size, flip=vp["flip"])  # (V*B, 3, S, S)
+        x = crop_resize(images, rows, params, self.size, flip=vp["flip"])  # (V*B, 3, S, S)
         x = augment(x, vp, self.recipe, self.blur_kernel_size, inplace=True)
         return list(self._finish(x).split(idx.shape[0]))
 
     def eval_batch(self, indices: torch.Tensor) -> torch.Tensor:
         """Un-augmented normalised images (localization pass, kNN): (B,) -> (B, 3, H, W)."""
+        if self.images is None:
+            raise ValueError("no resident images: eval_batch needs images held on the device")
         idx = self._check_indices(indices)
         x = self.images.index_select(0, idx).expand(-1, 3, -1, -1)  # (B, 3, H, W) uint8
         return self._finish(x.to(torch.float32, memory_format=torch.contiguous_format).div_(255))
@@ -653,7 +693,7 @@ class GPUViews:
             yield order[start:start + batch_size]
 
     def __repr__(self) -> str:
-        h, w = self.image_size
+        h, w = self.image_size if self.images is not None else (0, 0)
         return (f"{type(self).__name__}(n={len(self)}, image={h}x{w}, size={self.size}, "
                 f"crop={self.crop!r}, alpha={self.alpha}, guard={self.full_box_guard}, "
                 f"views={self.num_views}, device={self.device})")

@@ -107,29 +107,61 @@ def eval_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batc
     return DataLoader(ds, batch_size, shuffle=False, num_workers=num_workers)
 
 
-class GPUSource:
-    """Batched views on the device: the dataset is held there as uint8 (``ccrop.gpu_views``).
+class DecodedImages(Dataset):
+    """``index -> (index, uint8 (3, S0, S0))``: decode and resize only, for device augmentation."""
 
-    Shuffling and augmentation draw from a device generator seeded by ``(seed, epoch)``, so a
-    resumed run sees the same batches. During warm-up a second view maker with the plain RRC law
-    (sharing the same image tensor) is used.
+    def __init__(self, base: Dataset, size: int) -> None:
+        self.base, self.size = base, int(size)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+        import numpy as np
+        from PIL import Image
+
+        from .boxed import unpack_item
+        from .images import to_rgb
+
+        img = to_rgb(unpack_item(self.base[index])[0])
+        if img.size != (self.size, self.size):
+            img = img.resize((self.size, self.size), Image.BILINEAR)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (S0, S0, 3)
+        return int(index), arr.permute(2, 0, 1).contiguous()
+
+
+class GPUSource:
+    """Batched views on the device (``ccrop.gpu_views``).
+
+    Small datasets are held on the device as uint8 (``resident``); folder datasets are decoded
+    and resized to ``decode_size`` by DataLoader workers and the uint8 batches are augmented on
+    the device (boxes are normalised, so they apply to the resized image). Shuffling and
+    augmentation draw from generators seeded by ``(seed, epoch)``, so a resumed run sees the
+    same batches. During warm-up a second view maker with the plain RRC law is used.
 
     Args:
-        base: map-style dataset (converted once with ``ccrop.data.dataset_to_uint8``).
+        base: map-style dataset.
         store: the box store (copied to the device after each update).
         spec: view specification.
         batch_size: global batch size (split evenly across ranks).
         seed: shuffling and augmentation seed.
         device: where the data and views live.
         loc_batch_size: batch size of the localization pass.
+        decode_size: None = resident dataset; else the side workers decode folder images to.
+        num_workers: DataLoader workers (folder datasets).
     """
 
     def __init__(self, base: Dataset, store: BoxStore, spec: ViewSpec, batch_size: int,
-                 seed: int, device: torch.device, loc_batch_size: int = 512) -> None:
+                 seed: int, device: torch.device, loc_batch_size: int = 512,
+                 decode_size: int | None = None, num_workers: int = 4) -> None:
         from ..gpu_views import GPUViews
         from .tensors import dataset_to_uint8
 
-        images = dataset_to_uint8(base, image_size=spec.loc_size).to(device)  # (N, 3, H, W)
+        if decode_size is None:
+            images: torch.Tensor | int = dataset_to_uint8(base, image_size=spec.loc_size)
+            images = images.to(device)  # (N, 3, H, W) uint8, resident
+        else:
+            images = len(base)
         kw = dict(recipe=spec.recipe, size=spec.size, mean=spec.mean, std=spec.std,
                   scale=spec.scale, ratio=spec.ratio, alpha=spec.alpha,
                   full_box_guard=spec.full_box_guard, device=device)
@@ -138,26 +170,47 @@ class GPUSource:
         self.device, self.seed, self.loc_batch_size = device, seed, loc_batch_size
         self.per_rank = max(1, batch_size // dist.get_world_size())
         self.epoch, self.use_boxes = 0, True
+        self.loader = self.sampler = self.loc_loader = None
+        if decode_size is not None:
+            ds = DecodedImages(base, decode_size)
+            self.sampler = _sampler(ds, True, seed, drop_last=True)
+            self.loader = DataLoader(ds, self.per_rank, sampler=self.sampler, drop_last=True,
+                                     num_workers=num_workers, pin_memory=device.type == "cuda",
+                                     persistent_workers=num_workers > 0)
+            loc_ds = IndexedImages(base, EvalTransform(spec.mean, spec.std, spec.loc_size))
+            self.loc_loader = DataLoader(loc_ds, loc_batch_size, num_workers=num_workers,
+                                         sampler=_sampler(loc_ds, False, 0, False))
 
     def __len__(self) -> int:
+        if self.loader is not None:
+            return len(self.loader)
         return self.views.num_batches(self.per_rank, True, dist.get_world_size())
 
     def set_epoch(self, epoch: int, use_boxes: bool) -> None:
         """Select the epoch's seed and the crop law (boxes or warm-up RRC)."""
         self.epoch, self.use_boxes = int(epoch), bool(use_boxes)
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation
         aug = torch.Generator(device=self.device)
         aug.manual_seed((self.seed * 1_000_003 + self.epoch) * 131 + dist.get_rank() + 1)
         maker = self.views if self.use_boxes else self.plain
+        if self.loader is not None:
+            for idx, batch in self.loader:
+                yield idx, maker.views_of(batch, idx, aug)
+            return
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation
         for idx in self.views.epoch_batches(self.per_rank, True, gen, True, dist.get_rank(),
                                             dist.get_world_size()):
             yield idx, maker(idx, aug)
 
     def loc_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Un-augmented ``(indices, images)`` of this rank's shard, straight from the device."""
+        """Un-augmented ``(indices, images)`` of this rank's shard."""
+        if self.loc_loader is not None:
+            yield from self.loc_loader
+            return
         n, world, rank = len(self.views), dist.get_world_size(), dist.get_rank()
         padded = -(-n // world) * world  # equal shard sizes for all_gather; repeats are harmless
         shard = (torch.arange(padded, device=self.device) % n)[rank::world]
