@@ -80,6 +80,26 @@ def test_existing_run_is_not_overwritten(run_dir, capsys):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
+def test_checkpoint_of_another_architecture_names_the_keys(run_dir, capsys):
+    ckpt = str(run_dir / "checkpoints" / "ckpt-epoch00002.pt")
+    assert main(["knn", "--checkpoint", ckpt, "model.width=16"]) == 2
+    err = capsys.readouterr().err
+    assert "shape mismatch" in err and "conv1.weight" in err and "Traceback" not in err
+
+
+def test_tensorboard_scalars_and_box_grid(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb_run"
+    args = [a for a in TINY if a != "train.tensorboard=false"]
+    assert main(["pretrain", *args, "train.tensorboard=true", f"train.out_dir={out}"]) == 0
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    assert {"train/loss", "boxes/mean_area", "boxes/full_share", "boxes/iou_gt"} <= set(
+        acc.Tags()["scalars"])
+    assert "boxes/grid" in acc.Tags()["images"]
+
+
 def test_missing_config_and_checkpoint(tmp_path, capsys):
     assert main(["pretrain", "--config", str(tmp_path / "none.yaml")]) == 2
     assert "none.yaml" in capsys.readouterr().err
