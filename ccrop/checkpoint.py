@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and builtins: ``model`` (the method's state dict, including
 MoCo's queue and BYOL's target), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``boxes``,
 ``rng`` (python, numpy, torch, CUDA states), ``config`` (plain dict) and ``history``.
-Loading never unpickles arbitrary objects, so a crafted file cannot run code.
+Loading never unpickles arbitrary objects, so a crafted file cannot run code, and checks the
+zip CRC-32 of every member, so a damaged byte is reported instead of loading wrong weights.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import random
 import re
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -47,10 +49,15 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` atomically: temp file, flush + fsync, load test, rename, fsync folder.
 
     If anything fails (disk full, interrupted), the previous file at ``path`` is untouched and
-    the temp file is removed.
+    the temp file is removed (a temp file left by a killed process is removed by the next
+    ``prune_checkpoints``).
 
     Returns:
         The final path.
+
+    Raises:
+        CheckpointError: the file could not be written, synced or read back (e.g. disk full),
+            naming ``path``; earlier checkpoints are untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -62,6 +69,11 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
             os.fsync(fh.fileno())
         load_checkpoint(tmp)  # load test: never rename a file that cannot be read back
         os.replace(tmp, path)
+    except Exception as err:  # OSError (ENOSPC, EIO), torch's RuntimeError on a short write
+        tmp.unlink(missing_ok=True)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {first}; earlier "
+                              "checkpoints are untouched") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -73,12 +85,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     """Load a checkpoint safely (``weights_only=True``: no code in the file is executed).
 
     Raises:
-        CheckpointError: missing, truncated, corrupt or unsafe file, naming the path.
+        CheckpointError: missing, truncated, corrupt (bad CRC-32) or unsafe file, naming the
+            path.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
+        _check_crc(path)
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -87,6 +101,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(state, dict) or "model" not in state:
         raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint (no 'model')")
     return state
+
+
+def _check_crc(path: Path) -> None:
+    """Verify the CRC-32 of every member torch wrote (``torch.load`` does not: a flipped byte in
+    a tensor would load silently). Raises ``zipfile.BadZipFile`` naming the damaged member."""
+    if not zipfile.is_zipfile(path):
+        return  # not a zip at all: torch.load reports it
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if info.CRC == 0:  # written with torch.serialization.set_crc32_options(False)
+                continue
+            with zf.open(info) as member:
+                while member.read(1 << 22):  # BadZipFile("Bad CRC-32 ...") at the end
+                    pass
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -109,10 +137,16 @@ def latest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] 
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints; returns the deleted paths."""
+    """Delete all but the newest ``keep_last`` checkpoints, and temp files that killed writers
+    left behind (other process ids); returns the deleted checkpoint paths."""
     old = list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []
     for p in old:
         p.unlink(missing_ok=True)
+    folder = Path(run_dir) / "checkpoints"
+    if folder.is_dir():
+        for p in folder.glob(".ckpt-epoch*.pt.tmp-*"):
+            if not p.name.endswith(f".tmp-{os.getpid()}"):
+                p.unlink(missing_ok=True)
     return old
 
 

@@ -22,6 +22,7 @@ from torch import nn
 from . import dist
 from .boxes import BoxStore, box_iou
 from .checkpoint import (
+    CheckpointError,
     ckpt_path,
     latest_valid_checkpoint,
     prune_checkpoints,
@@ -241,12 +242,17 @@ def resume(run: Run, target: str) -> bool:
         found = latest_valid_checkpoint(run.run_dir)
         if found is None:
             return False
-        _, state = found
+        where, state = found
     else:
-        state = load_checkpoint(target)
-    run.method.load_state_dict(state["model"])
-    run.optimizer.load_state_dict(state["optimizer"])
-    run.store.load_state_dict(state["boxes"])
+        where, state = target, load_checkpoint(target)
+    try:
+        run.method.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.store.load_state_dict(state["boxes"])
+    except (KeyError, RuntimeError, ValueError) as err:  # another model, method or dataset
+        detail = " ".join(ln.strip() for ln in str(err).splitlines()[:2])[:300] or repr(err)
+        raise CheckpointError(f"checkpoint {str(where)!r} does not fit this config: "
+                              f"{detail}") from None
     run.epoch, run.step = int(state["epoch"]), int(state["step"])
     run.history = list(state.get("history", []))
     run.skipped_steps = int(state.get("skipped_steps", 0))

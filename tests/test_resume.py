@@ -1,0 +1,356 @@
+"""Kill-and-resume and checkpoint guarantees (docs/reliability.md, items 1 and 2).
+
+A tiny MoCo run (queue, key encoder, boxes, optimizer and RNG state all live in the checkpoint) is
+killed with SIGKILL at random moments, inside a box update and inside a checkpoint write, and
+resumed with ``--resume auto``; its final state must equal an uninterrupted run's bit for bit.
+"""
+
+import io
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import ccrop.checkpoint as ckpt_mod
+import ccrop.engine as engine
+from ccrop import cli
+from ccrop.build import build_run
+from ccrop.checkpoint import (
+    CheckpointError,
+    ckpt_path,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+)
+from ccrop.config import load_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:.*the whole image:UserWarning")
+
+EPOCHS = 10
+TINY = [
+    "data.dataset=synthetic", "data.dataset_kwargs.num_images=32",
+    "data.dataset_kwargs.image_size=16", "data.image_size=16", "data.batch_size=16",
+    "data.num_workers=0", "model.width=4", "method.name=moco", "method.params.queue_size=64",
+    f"train.epochs={EPOCHS}", "crop.warmup_epochs=1", "crop.loc_interval=1",
+    "crop.loc_batch_size=32", "train.knn_every=0", "train.tensorboard=false",
+    "train.progress=false",
+]  # fmt: skip
+SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+
+
+class Killed(BaseException):
+    """Stands in for SIGKILL inside this process: no ``except Exception`` catches it and the run
+    is abandoned (``finally`` blocks still run; the subprocess test covers a real SIGKILL)."""
+
+
+def overrides(out: Path, *extra: str) -> list[str]:
+    return [*TINY, f"train.out_dir={out}", *extra]
+
+
+def tiny(out: Path, *extra: str):
+    return load_config(None, overrides(out, *extra))
+
+
+def final_state(run_dir: Path) -> dict:
+    found = latest_valid_checkpoint(run_dir)
+    assert found is not None, f"no checkpoint in {run_dir}"
+    return found[1]
+
+
+def newest_epoch(run_dir: Path) -> int:
+    names = [p.name for p in list_checkpoints(run_dir)]
+    return max((int(re.findall(r"\d+", n)[0]) for n in names), default=0)
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Weights (incl. MoCo queue and key encoder), boxes, optimizer, counters, RNG, history."""
+    assert a["epoch"] == b["epoch"] == EPOCHS and a["step"] == b["step"]
+    assert a["model"].keys() == b["model"].keys() and "queue" in a["model"]
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert torch.equal(a["boxes"]["boxes"], b["boxes"]["boxes"])
+    assert torch.equal(a["boxes"]["version"], b["boxes"]["version"])
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys() and len(sa) > 0
+    for k in sa:
+        assert torch.equal(sa[k]["momentum_buffer"], sb[k]["momentum_buffer"]), k
+    assert torch.equal(a["rng"]["torch"], b["rng"]["torch"])
+    assert a["rng"]["python"] == b["rng"]["python"]
+    assert torch.equal(a["rng"]["numpy"][1], b["rng"]["numpy"][1])
+
+    def story(state: dict) -> list[tuple]:
+        keys = ("event", "epoch", "step", "loss", "mean_area", "degenerate")
+        return [tuple(h.get(k) for k in keys) for h in state["history"]]
+
+    assert story(a) == story(b) and a["skipped_steps"] == b["skipped_steps"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The intra-op thread count of the killed subprocesses (OMP_NUM_THREADS=1): bit-exact."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> tuple[Path, dict]:
+    """The uninterrupted run every resumed run must equal."""
+    out = tmp_path_factory.mktemp("straight")
+    engine.fit(build_run(tiny(out)))
+    state = final_state(out)
+    full = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    assert not (state["boxes"]["boxes"] == full).all(), "boxes must be non-trivial to compare"
+    return out, state
+
+
+# ----------------------------------------------------------------------------- 1. kill + resume
+
+
+def _kill_at_random_moment(proc: subprocess.Popen, out: Path, rng: random.Random) -> bool:
+    """Wait for two new checkpoints (their gap = one epoch), then SIGKILL at a seeded random
+    moment of the following epoch (a step, the box update, the checkpoint write or the prune).
+
+    Returns:
+        True when the process was still running when killed.
+    """
+    start, deadline = newest_epoch(out), time.monotonic() + 240
+    stamps = []
+    while proc.poll() is None and len(stamps) < 2 and time.monotonic() < deadline:
+        if newest_epoch(out) >= start + len(stamps) + 1:
+            stamps.append(time.monotonic())
+        time.sleep(0.005)
+    if len(stamps) == 2:
+        time.sleep(rng.uniform(0.0, 1.0) * (stamps[1] - stamps[0]))
+    alive = proc.poll() is None
+    proc.kill()  # SIGKILL: no handler, no cleanup
+    proc.wait()
+    return alive
+
+
+def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, reference):
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "ccrop.cli", "pretrain", *overrides(out), "--resume", "auto"]
+    env = {**os.environ, **SUBPROCESS_ENV}
+    rng, kills, metrics = random.Random(2022), 0, b""
+    for attempt in range(3):
+        with open(tmp_path / f"stderr-{attempt}.txt", "wb") as log:
+            proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                    stderr=log)
+            alive = _kill_at_random_moment(proc, out, rng)
+        assert alive, (tmp_path / f"stderr-{attempt}.txt").read_text()[-2000:]
+        kills += 1
+        for path in list_checkpoints(out):  # whatever the moment, no partial file has a real name
+            load_checkpoint(path)
+        now = (out / "metrics.jsonl").read_bytes()
+        assert now.startswith(metrics)  # lines are appended, never rewritten
+        metrics = now
+    assert kills == 3
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (out / "metrics.jsonl").read_bytes().startswith(metrics)
+    assert_same_state(final_state(out), reference[1])
+    assert not list((out / "checkpoints").glob(".*.tmp-*"))  # temp files of killed writers
+
+
+def test_killed_during_box_update_then_resume_is_bit_identical(tmp_path, monkeypatch, reference):
+    out = tmp_path / "run"
+    real, calls = engine.update_boxes, []
+
+    def dies_after_writing_boxes(encoder, loader, store, *args, **kwargs):
+        stats = real(encoder, loader, store, *args, **kwargs)
+        calls.append(store.boxes.clone())
+        if len(calls) == 3:  # boxes of the 4th epoch are in memory, not yet in a checkpoint
+            raise Killed
+        return stats
+
+    monkeypatch.setattr(engine, "update_boxes", dies_after_writing_boxes)
+    with pytest.raises(Killed):
+        engine.fit(build_run(tiny(out)))
+    assert newest_epoch(out) == 3
+    lines_before = (out / "metrics.jsonl").read_bytes()
+    monkeypatch.setattr(engine, "update_boxes", real)
+    resumed = build_run(tiny(out), resume_from="auto")
+    assert resumed.epoch == 3 and torch.equal(resumed.store.boxes, calls[1])  # saved boxes
+    engine.fit(resumed)
+    assert_same_state(final_state(out), reference[1])
+    assert (out / "metrics.jsonl").read_bytes().startswith(lines_before)
+
+
+def test_killed_while_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path, monkeypatch,
+                                                                      reference):
+    out = tmp_path / "run"
+    real_save, seen = torch.save, {}
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf, *args, **kwargs)
+        data = buf.getvalue()
+        if isinstance(obj, dict) and obj.get("epoch") == 5 and "tmp" not in seen:
+            f.write(data[: len(data) // 2])
+            f.flush()
+            seen["tmp"] = Path(f.name)
+            seen["final_exists"] = ckpt_path(out, 5).exists()
+            seen["visible"] = [load_checkpoint(p)["epoch"] for p in list_checkpoints(out)]
+            # what a SIGKILL leaves behind (the in-process stand-in lets the cleanup run)
+            shutil.copy(f.name, str(f.name).rsplit("-", 1)[0] + "-999999")
+            raise Killed
+        f.write(data)
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(Killed):
+        engine.fit(build_run(tiny(out)))
+    assert seen["tmp"].parent == ckpt_path(out, 5).parent and seen["tmp"].name.startswith(".")
+    assert seen["final_exists"] is False and seen["visible"] == [3, 4]
+    assert [p.name for p in list_checkpoints(out)] == ["ckpt-epoch00003.pt", "ckpt-epoch00004.pt"]
+    assert list((out / "checkpoints").glob(".*.tmp-999999"))
+    lines_before = (out / "metrics.jsonl").read_bytes()
+    monkeypatch.setattr(torch, "save", real_save)
+    resumed = build_run(tiny(out), resume_from="auto")
+    assert resumed.epoch == 4
+    engine.fit(resumed)
+    assert_same_state(final_state(out), reference[1])
+    assert not list((out / "checkpoints").glob(".*.tmp-*"))
+    text = (out / "metrics.jsonl").read_bytes()
+    assert text.startswith(lines_before)
+    epochs = [int(re.search(rb'"epoch": (\d+)', ln).group(1)) for ln in text.splitlines()]
+    assert epochs == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]  # epoch 5 trained again after the kill
+
+
+def test_corrupt_newest_checkpoint_of_a_run_is_skipped_on_resume(tmp_path, reference):
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    newest = ckpt_path(out, EPOCHS)
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated (e.g. copied off a full disk)
+    with pytest.warns(UserWarning, match=re.escape(str(newest))):
+        resumed = build_run(tiny(out), resume_from="auto")
+    assert resumed.epoch == EPOCHS - 1
+    engine.fit(resumed)  # trains the last epoch again
+    assert_same_state(final_state(out), reference[1])
+
+
+def test_resume_with_another_model_is_one_clear_error(tmp_path, reference, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(reference[0], out)
+    code = cli.main(["pretrain", *overrides(out, "model.width=8"), "--resume", "auto"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1, err
+    assert "does not fit this config" in err[0] and str(ckpt_path(out, EPOCHS)) in err[0]
+
+
+# ----------------------------------------------------------------------------- 2. checkpoints
+
+
+def test_checkpoint_write_is_temp_fsync_load_test_rename(tmp_path, monkeypatch):
+    events: list[tuple] = []
+    real_fsync, real_replace, real_load = os.fsync, os.replace, ckpt_mod.load_checkpoint
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst)
+
+    def load(path, *args, **kwargs):
+        events.append(("load", str(path)))
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    monkeypatch.setattr(ckpt_mod, "load_checkpoint", load)
+    path = ckpt_path(tmp_path, 1)
+    save_checkpoint({"model": {"w": torch.ones(3)}, "epoch": 1}, path)
+    tmp = events[0][1]
+    assert Path(tmp).parent == path.parent and Path(tmp).name.startswith(f".{path.name}.tmp")
+    assert events == [("fsync", tmp), ("load", tmp), ("replace", tmp, str(path)),
+                      ("fsync", str(path.parent))]
+    assert torch.equal(load_checkpoint(path)["model"]["w"], torch.ones(3))
+
+
+def test_checkpoint_that_does_not_read_back_is_never_renamed(tmp_path, monkeypatch):
+    path = ckpt_path(tmp_path, 1)
+    save_checkpoint({"model": {"w": torch.ones(2)}, "epoch": 1}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(torch, "save", lambda obj, f, *a, **k: f.write(b"PK\x03\x04 broken"))
+    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+        save_checkpoint({"model": {"w": torch.zeros(2)}, "epoch": 1}, path)
+    assert path.read_bytes() == before and os.listdir(path.parent) == [path.name]
+
+
+def _corrupt(path: Path, how: str) -> None:
+    if how == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif how == "empty":
+        path.write_bytes(b"")
+    elif how == "garbage":
+        path.write_bytes(os.urandom(4096))
+    elif how == "flipped":  # same size, bytes changed in the middle (zip CRC check)
+        data = bytearray(path.read_bytes())
+        mid = len(data) // 2
+        data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])
+        path.write_bytes(bytes(data))
+    elif how == "not_ccrop":
+        torch.save([torch.ones(2)], path)
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "garbage", "flipped", "not_ccrop"])
+def test_corrupt_newest_checkpoint_is_reported_and_skipped(tmp_path, how):
+    for epoch in (1, 2, 3):
+        state = {"model": {"w": torch.randn(4096)}, "epoch": epoch}
+        save_checkpoint(state, ckpt_path(tmp_path, epoch))
+    _corrupt(ckpt_path(tmp_path, 3), how)
+    with pytest.warns(UserWarning, match=re.escape(str(ckpt_path(tmp_path, 3)))):
+        path, state = latest_valid_checkpoint(tmp_path)
+    assert path == ckpt_path(tmp_path, 2) and state["epoch"] == 2
+    with pytest.raises(CheckpointError, match=re.escape(str(ckpt_path(tmp_path, 3)))):
+        load_checkpoint(ckpt_path(tmp_path, 3))
+    _corrupt(ckpt_path(tmp_path, 2), how)
+    with pytest.warns(UserWarning):
+        assert latest_valid_checkpoint(tmp_path)[1]["epoch"] == 1
+
+
+def test_keep_last_prunes_old_checkpoints_and_stale_temp_files(tmp_path, reference):
+    names = [p.name for p in list_checkpoints(reference[0])]
+    assert names == [f"ckpt-epoch{e:05d}.pt" for e in (EPOCHS - 1, EPOCHS)]  # default keep_last=2
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    for epoch in range(1, 6):
+        ckpt_path(tmp_path, epoch).write_bytes(b"x")
+    stale = folder / ".ckpt-epoch00006.pt.tmp-999999"
+    own = folder / f".ckpt-epoch00006.pt.tmp-{os.getpid()}"  # being written by this process
+    stale.write_bytes(b"x")
+    own.write_bytes(b"x")
+    deleted = prune_checkpoints(tmp_path, 3)
+    assert [p.name for p in deleted] == ["ckpt-epoch00001.pt", "ckpt-epoch00002.pt"]
+    assert [p.name for p in list_checkpoints(tmp_path)] == [
+        "ckpt-epoch00003.pt", "ckpt-epoch00004.pt", "ckpt-epoch00005.pt"]
+    assert not stale.exists() and own.exists()
+
+
+def test_metrics_lines_are_flushed_every_epoch(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    real, seen = engine.train_epoch, []
+
+    def spy(run, epoch):  # at the start of each epoch, the previous epochs are on disk
+        path = out / "metrics.jsonl"
+        seen.append(path.read_text().splitlines() if path.exists() else [])
+        return real(run, epoch)
+
+    monkeypatch.setattr(engine, "train_epoch", spy)
+    engine.fit(build_run(tiny(out, "train.epochs=3")))
+    assert [len(lines) for lines in seen] == [0, 1, 2]
+    assert seen[2][0] == seen[1][0] and '"epoch": 2' in seen[2][1]
