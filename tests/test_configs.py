@@ -231,7 +231,7 @@ def test_synthetic_matches_demo(path: Path):
     if cfg.crop.kind == "rcrop":
         allowed |= {"crop.kind", "crop.warmup_epochs"}
     assert _diff(cfg, demo) <= allowed
-    assert cfg.data.dataset == "synthetic" and cfg.train.epochs == 12
+    assert cfg.data.dataset == "synthetic" and cfg.train.epochs == 10
 
 
 # ----------------------------------------------------------------------------- README, errors
