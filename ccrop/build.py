@@ -133,12 +133,21 @@ def build_model(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module
         if device.type == "cuda" and cfg.method.name != "moco":  # MoCo relies on shuffle-BN
             method = nn.SyncBatchNorm.convert_sync_batchnorm(method)
         ids = [device.index] if device.type == "cuda" else None
-        # buffers (MoCo queue, BN stats) are kept in step by construction: no per-step broadcast
-        model = nn.parallel.DistributedDataParallel(method, device_ids=ids,
-                                                    broadcast_buffers=False)
+        model = nn.parallel.DistributedDataParallel(method, device_ids=ids, **_no_buffer_sync())
     if cfg.train.compile:
         model = torch.compile(model)
     return method, model
+
+
+def _no_buffer_sync() -> dict[str, bool]:
+    """DDP keyword that syncs buffers (MoCo queue, BN stats) once at wrap time, not every step:
+    they stay in step by construction (all ranks enqueue the same gathered keys)."""
+    import inspect
+
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in params:  # newer torch: still syncs at init
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:

@@ -133,12 +133,13 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
 
     cfg = _config(args)
     dist.init_from_env()
+    main_process = dist.is_main_process()
     try:
         run = build_run(cfg, args.resume)
         summary = fit(run)
     finally:
         dist.cleanup()
-    if dist.is_main_process():
+    if main_process:
         _print_summary(summary, cfg.train.out_dir)
     return summary
 
