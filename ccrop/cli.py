@@ -250,7 +250,8 @@ def cmd_boxes(args: argparse.Namespace) -> None:
         cfg.crop.loc_batch_size, num_workers=cfg.data.num_workers)
     store = BoxStore(len(data.train))
     stats = update_boxes(backbone.forward_features, loader, store, cfg.crop.threshold,
-                         cfg.crop.threshold_mode, device, gt_boxes=data.gt_boxes, progress=True)
+                         cfg.crop.threshold_mode, device, gt_boxes=data.gt_boxes, progress=True,
+                         align=cfg.crop.heatmap_align)
     if args.out:
         torch.save(store.boxes.clone(), args.out)
     print(json.dumps(stats))
@@ -270,7 +271,8 @@ def cmd_viz(args: argparse.Namespace) -> None:
     paths = [viz.localization_figure(backbone, data.train, idx, out / "localization.png",
                                      threshold=cfg.crop.threshold, mode=cfg.crop.threshold_mode,
                                      device=device, mean=data.mean, std=data.std,
-                                     gt_boxes=data.gt_boxes, alpha=cfg.crop.alpha),
+                                     gt_boxes=data.gt_boxes, alpha=cfg.crop.alpha,
+                                     align=cfg.crop.heatmap_align),
              viz.plot_centre_distribution(out / "centre_distribution.png")]
     for p in paths:
         print(p)

@@ -53,6 +53,7 @@ class CropConfig:
     full_box_guard: float | None = 0.95  # None = the paper's exact law
     threshold: float = 0.1  # the paper's k (fixed) or the per-image quantile
     threshold_mode: str = "fixed"  # fixed | quantile
+    heatmap_align: str = "receptive"  # receptive (ccrop) | paper (official placement, see docs)
     warmup_epochs: int = 100  # = epochs gives the RRC baseline
     loc_interval: int = 100
     loc_batch_size: int = 512
@@ -128,6 +129,7 @@ CHOICES = {
     "data.on_bad_image": ("error", "skip"),
     "crop.kind": ("ccrop", "simccrop", "rcrop"),
     "crop.threshold_mode": ("fixed", "quantile"),
+    "crop.heatmap_align": ("receptive", "paper"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.stem": ("cifar", "imagenet"),
     "method.name": ("simclr", "moco", "byol", "simsiam"),

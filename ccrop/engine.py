@@ -174,7 +174,8 @@ def localize_step(run: Run, completed: int) -> dict[str, Any]:
     stats = update_boxes(encoder, run.source.loc_batches(), run.store, cfg.crop.threshold,
                          cfg.crop.threshold_mode, run.device, amp=cfg.train.amp,
                          channels_last=cfg.train.channels_last, gt_boxes=run.data.gt_boxes,
-                         progress=cfg.train.progress and dist.is_main_process())
+                         progress=cfg.train.progress and dist.is_main_process(),
+                         align=cfg.crop.heatmap_align)
     run.source.boxes_updated(run.store)
     stats = {"event": "box_update", "epoch": completed, **stats}
     if stats["full_share"] >= cfg.crop.warn_full_share and dist.is_main_process():

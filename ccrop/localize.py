@@ -26,10 +26,18 @@ from . import dist
 from .boxes import BoxStore, box_area, box_iou
 
 MODES = ("fixed", "quantile")
+#: How feature cells map to pixels when upsampling. ``paper``: cell j covers pixels
+#: [s*j, s*(j+1)) (plain bilinear resize, as the official code). ``receptive``: cell j is centred
+#: on pixel s*j, where ResNet's padded stride-2 convolutions and 1x1 stride-2 shortcuts put it;
+#: the paper's placement shifts every heatmap by (s-1)/2 pixels down and right (3.5 px at
+#: CIFAR's stride 8, 15.5 px at ImageNet's stride 32).
+ALIGNS = ("paper", "receptive")
 FULL_SHARE_AREA = 0.95  # a box at least this large counts as "full image" in the statistics
 
 
-def _check_threshold(threshold: float, mode: str) -> None:
+def _check_threshold(threshold: float, mode: str, align: str = "paper") -> None:
+    if align not in ALIGNS:
+        raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not (0.0 <= float(threshold) < 1.0):
@@ -58,30 +66,51 @@ def _normalised_maps(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(bad[:, None, None], torch.zeros_like(heat), heat.clamp(0, 1)), bad
 
 
-def _upsample(heat: torch.Tensor, image_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear (align_corners=False) upsampling (B,h,w) -> (B,H,W); stays in [0, 1]."""
+def _upsample(heat: torch.Tensor, image_size: tuple[int, int],
+              align: str = "paper") -> torch.Tensor:
+    """Bilinear upsampling (B,h,w) -> (B,H,W) with the cell placement ``align``; stays in [0,1]."""
     H, W = int(image_size[0]), int(image_size[1])
     if H < 1 or W < 1:
         raise ValueError(f"image_size must be >= 1 pixel per side, got {tuple(image_size)}")
-    return F.interpolate(heat[:, None], size=(H, W), mode="bilinear", align_corners=False)[:, 0]
+    if align == "paper":
+        return F.interpolate(heat[:, None], size=(H, W), mode="bilinear",
+                             align_corners=False)[:, 0]
+    out = _lerp_axis(heat, H, dim=1)  # (B, H, w)
+    return _lerp_axis(out, W, dim=2)  # (B, H, W)
+
+
+def _lerp_axis(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
+    """Linear interpolation along ``dim`` to ``size`` samples, output pixel p reading cell
+    coordinate ``p * n / size`` (cell j centred on pixel stride*j), edges clamped."""
+    n = x.shape[dim]
+    pos = (torch.arange(size, device=x.device, dtype=torch.float32) * (n / size)).clamp(
+        max=n - 1)  # (size,) in cell units
+    lo = pos.floor().long()
+    hi = (lo + 1).clamp(max=n - 1)
+    shape = [1, 1, 1]
+    shape[dim] = size
+    frac = (pos - lo).view(shape)
+    return x.index_select(dim, lo) * (1 - frac) + x.index_select(dim, hi) * frac
 
 
 def heatmaps_from_features(
-    fmap: torch.Tensor, image_size: tuple[int, int]
+    fmap: torch.Tensor, image_size: tuple[int, int], align: str = "paper"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Channel-summed, min-max normalised, upsampled heatmaps.
 
     Args:
         fmap: (B, C, h, w) feature map (any float dtype).
         image_size: output ``(H, W)``.
+        align: cell placement, ``"paper"`` or ``"receptive"`` (see ``ALIGNS``).
 
     Returns:
         ``(heat, degenerate)``: heat (B, H, W) float32 in [0, 1]; degenerate (B,) bool, True
         where the map had NaN/inf or was constant (its heat is then all zeros).
     """
     _check_fmap(fmap)
+    _check_threshold(0.0, "fixed", align)
     heat, bad = _normalised_maps(fmap)
-    return _upsample(heat, image_size), bad
+    return _upsample(heat, image_size, align), bad
 
 
 def boxes_from_heatmaps(
@@ -129,7 +158,8 @@ def _extent(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch
 
 
 def localize(
-    fmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.1, mode: str = "fixed"
+    fmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.1,
+    mode: str = "fixed", align: str = "paper",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Feature maps to boxes plus a degenerate flag.
 
@@ -137,17 +167,19 @@ def localize(
         fmap: (B, C, h, w) feature map.
         image_size: ``(H, W)`` of the images the map came from.
         threshold, mode: see ``boxes_from_heatmaps``.
+        align: cell placement (see ``ALIGNS``).
 
     Returns:
         ``(boxes (B, 4), degenerate (B,) bool)``; degenerate rows hold the full-image box.
     """
-    heat, bad = heatmaps_from_features(fmap, image_size)
+    heat, bad = heatmaps_from_features(fmap, image_size, align)
     boxes, empty = boxes_from_heatmaps(heat, threshold, mode)
     return boxes, bad | empty
 
 
 def boxes_from_features(
-    fmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.1, mode: str = "fixed"
+    fmap: torch.Tensor, image_size: tuple[int, int], threshold: float = 0.1,
+    mode: str = "fixed", align: str = "paper",
 ) -> torch.Tensor:
     """Boxes of the object in each image from its last feature map (public API).
 
@@ -156,11 +188,12 @@ def boxes_from_features(
         image_size: ``(H, W)`` of the input images.
         threshold: the paper's k in ``fixed`` mode; the per-image quantile in ``quantile`` mode.
         mode: ``"fixed"`` or ``"quantile"``.
+        align: cell placement, ``"paper"`` (default, exact) or ``"receptive"`` (see ``ALIGNS``).
 
     Returns:
         (B, 4) normalised ``(x0, y0, x1, y1)``; degenerate maps give the full image.
     """
-    return localize(fmap, image_size, threshold, mode)[0]
+    return localize(fmap, image_size, threshold, mode, align)[0]
 
 
 def _as_module(encoder: Callable) -> torch.nn.Module | None:
@@ -180,6 +213,7 @@ def update_boxes(
     channels_last: bool = False,
     gt_boxes: torch.Tensor | None = None,
     progress: bool = False,
+    align: str = "paper",
 ) -> dict[str, Any]:
     """Run the encoder over un-augmented images and write one box per image into ``store``.
 
@@ -197,12 +231,13 @@ def update_boxes(
         channels_last: feed channels_last images.
         gt_boxes: optional (N, 4) ground-truth boxes; adds ``iou_gt`` to the statistics.
         progress: show a tqdm bar.
+        align: cell placement of the heatmap (see ``ALIGNS``).
 
     Returns:
         Statistics: ``seconds``, ``images``, ``mean_area``, ``full_share`` (share of boxes with
         area >= 0.95), ``degenerate`` (count), and ``iou_gt`` when ``gt_boxes`` is given.
     """
-    _check_threshold(threshold, mode)
+    _check_threshold(threshold, mode, align)
     start = time.perf_counter()
     module = _as_module(encoder)
     if device is None:
@@ -221,7 +256,7 @@ def update_boxes(
             ctx = torch.autocast(device.type, torch.bfloat16) if amp else nullcontext()
             with ctx:
                 fmap = encoder(images)  # (B, C, h, w)
-            boxes, bad = localize(fmap, images.shape[-2:], threshold, mode)
+            boxes, bad = localize(fmap, images.shape[-2:], threshold, mode, align)
             all_idx.append(indices.to(device))
             all_boxes.append(boxes)
             all_bad.append(bad)

@@ -304,9 +304,12 @@ def localization_figure(
     std: Sequence[float] = IMAGENET_STD,
     gt_boxes: torch.Tensor | None = None,
     image_size: int | None = None,
+    align: str = "paper",
     **kw: Any,
 ) -> Path:
     """Localize ``dataset[indices]`` with ``backbone`` and draw ``plot_localization``.
+
+    ``align`` is the heatmap cell placement (``ccrop.localize.ALIGNS``).
 
     The backbone runs in eval mode without gradients on the un-augmented, normalised images; its
     train/eval state is restored afterwards. Works with random-init and trained encoders.
@@ -346,8 +349,8 @@ def localization_figure(
     finally:
         backbone.train(was_training)
     size = (x.shape[-2], x.shape[-1])
-    heat, _ = heatmaps_from_features(fmap, size)  # (B, H, W)
-    boxes, bad = localize(fmap, size, threshold, mode)  # (B, 4), (B,)
+    heat, _ = heatmaps_from_features(fmap, size, align)  # (B, H, W)
+    boxes, bad = localize(fmap, size, threshold, mode, align)  # (B, 4), (B,)
     gt = _gt_rows(gt_boxes if gt_boxes is not None else getattr(dataset, "gt_boxes", None), idx)
     kw.setdefault("row_labels", [f"index {i}" for i in idx])
     kw.setdefault("title", f"localization: {mode} threshold {threshold:g}")

@@ -137,7 +137,7 @@ def test_paper_box_updates_at_official_epochs(path: Path):
 @pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
 def test_paper_files_use_exact_paper_law(path: Path):
     c = _load(path).crop
-    assert c.full_box_guard is None
+    assert c.full_box_guard is None and c.heatmap_align == "paper"
     assert (c.threshold_mode, c.threshold) == ("fixed", 0.1)
     assert c.scale == [0.2, 1.0]
     assert c.alpha == (0.1 if path.parent.name in SMALL_SETS else 0.6)

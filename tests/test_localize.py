@@ -172,3 +172,41 @@ def test_update_boxes_accepts_bound_method_and_empty_loader_error():
     assert store.version == 1
     with pytest.raises(ValueError, match="no images"):
         update_boxes(enc, [], store)
+
+
+def _strided_sampler():
+    """Three 3x3 stride-2 padded convs with a centre tap: output cell j reads input pixel 8j,
+    the geometry of a ResNet's stride-2 stages."""
+    convs = []
+    for _ in range(3):
+        conv = torch.nn.Conv2d(1, 1, 3, stride=2, padding=1, bias=False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[0, 0, 1, 1] = 1.0
+        convs.append(conv)
+    return torch.nn.Sequential(*convs)
+
+
+@pytest.mark.parametrize("align,expected_shift", [("receptive", 0.0), ("paper", 3.5)])
+def test_heatmap_alignment_matches_strided_receptive_field(align, expected_shift):
+    net = _strided_sampler()
+    img = torch.zeros(1, 1, 32, 32)
+    img[0, 0, 16, 8] = 1.0  # cell (2, 1) of the 4x4 map
+    with torch.no_grad():
+        fmap = net(img)  # (1, 1, 4, 4)
+    assert fmap[0, 0, 2, 1] == 1.0 and fmap.sum() == 1.0
+    heat, _ = heatmaps_from_features(fmap, (32, 32), align=align)
+    # centre of mass of the hot region (where heat > 0.5) along each axis
+    ys, xs = torch.nonzero(heat[0] > 0.5, as_tuple=True)
+    assert float(ys.float().mean()) == pytest.approx(16 + expected_shift, abs=0.51)
+    assert float(xs.float().mean()) == pytest.approx(8 + expected_shift, abs=0.51)
+
+
+def test_receptive_alignment_clamps_at_edges_and_stays_in_range():
+    fmap = torch.rand(3, 5, 7, 7)
+    heat, _ = heatmaps_from_features(fmap, (224, 224), align="receptive")
+    assert heat.shape == (3, 224, 224) and heat.min() >= 0 and heat.max() <= 1
+    boxes = boxes_from_features(fmap, (224, 224), 0.1, align="receptive")
+    assert (boxes >= 0).all() and (boxes <= 1).all()
+    with pytest.raises(ValueError, match="align"):
+        boxes_from_features(fmap, (224, 224), align="middle")
