@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ccrop.losses import byol_loss
-from ccrop.methods.moco import ema_update
+from ccrop.methods.common import ema_update, one_group
 from ccrop.models.heads import mlp
 
 
@@ -102,5 +102,4 @@ class BYOL(nn.Module):
         Returns:
             A list with one parameter group.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+        return one_group(self, lr, weight_decay)

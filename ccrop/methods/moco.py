@@ -10,28 +10,8 @@ from torch import nn
 
 from ccrop import dist
 from ccrop.losses import info_nce_queue
+from ccrop.methods.common import ema_update, one_group
 from ccrop.models.heads import mlp
-
-
-@torch.no_grad()
-def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """In place ``target = momentum * target + (1 - momentum) * online`` over parameters.
-
-    Buffers (BN running statistics) are left alone, as in MoCo and BYOL.
-
-    Args:
-        target: Momentum network, same architecture as ``online``.
-        online: Network trained by the optimizer.
-        momentum: Weight of the old target, in [0, 1].
-
-    Raises:
-        ValueError: The two modules have different numbers of parameters.
-    """
-    t_params, o_params = list(target.parameters()), list(online.parameters())
-    if len(t_params) != len(o_params):
-        raise ValueError("target and online must have the same parameters")
-    torch._foreach_mul_(t_params, momentum)
-    torch._foreach_add_(t_params, o_params, alpha=1.0 - momentum)
 
 
 class MoCo(nn.Module):
@@ -162,5 +142,4 @@ class MoCo(nn.Module):
         Returns:
             A list with one parameter group.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+        return one_group(self, lr, weight_decay)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from ccrop.losses import nt_xent
+from ccrop.methods.common import one_group
 from ccrop.models.heads import mlp
 
 
@@ -68,5 +69,4 @@ class SimCLR(nn.Module):
         Returns:
             One group with all trainable parameters.
         """
-        params = [p for p in self.parameters() if p.requires_grad]
-        return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+        return one_group(self, lr, weight_decay)
