@@ -343,6 +343,10 @@ def finish(run: Run) -> dict[str, Any]:
                                                    gt).mean())
     boxes = [h for h in run.history if h.get("event") == "box_update"]
     summary["box_updates"] = [h["epoch"] for h in boxes]
+    if hasattr(run.data.train, "skipped_paths"):  # folder datasets with on_bad_image=skip
+        skipped = run.data.train.skipped_paths()
+        summary["bad_images_skipped"] = len(skipped)
+        summary["bad_image_paths"] = skipped[:100]
     if dist.is_main_process():
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

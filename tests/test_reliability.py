@@ -4,6 +4,7 @@ malicious checkpoints, and property tests of the crop law, the localization and 
 
 import errno
 import gc
+import json
 import os
 import pickle
 import re
@@ -234,6 +235,8 @@ def test_messy_folder_skip_mode_through_worker_loader_gives_valid_views(messy):
             assert v.shape[1:] == (3, 8, 8) and torch.isfinite(v).all()
         seen += idx.tolist()
     assert sorted(seen) == list(range(len(ds)))
+    # skipped in the workers, counted in the main process (shared-memory mask)
+    assert ds.bad_images == [] and sorted(Path(p).name for p in ds.skipped_paths()) == BAD
 
 
 def test_messy_folder_skip_mode_counts_and_names_each_bad_file(messy, caplog):
@@ -309,6 +312,9 @@ def test_cli_bad_image_skip_mode_trains_and_reports_each_file(messy, tmp_path, c
     assert "c_empty" in logged  # the empty class folder is reported
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == [
         "ckpt-epoch00001.pt", "ckpt-epoch00002.pt"]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["bad_images_skipped"] == len(BAD)
+    assert sorted(Path(p).name for p in summary["bad_image_paths"]) == BAD
 
 
 @pytest.mark.parametrize("layout", ["no_files", "only_empty_class", "all_bad_skip"])

@@ -9,6 +9,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
 from PIL import Image, ImageOps
 
 from .base import ImageDataset
@@ -180,9 +181,15 @@ class FileListDataset(ImageDataset):
         self.on_bad_image = on_bad_image
         self.bad_images: list[str] = []
         self._bad: set[int] = set()
+        # shared with DataLoader workers, so the main process can count every skipped file
+        self.bad_mask = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def skipped_paths(self) -> list[str]:
+        """Paths skipped as unreadable so far, by this process or any DataLoader worker."""
+        return [self.samples[i][0] for i in torch.nonzero(self.bad_mask).flatten().tolist()]
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         """Return ``(PIL RGB image, label)``; in skip mode the next readable item if needed."""
@@ -198,6 +205,7 @@ class FileListDataset(ImageDataset):
                 if self.on_bad_image == "error":
                     raise
                 self._bad.add(i)
+                self.bad_mask[i] = True
                 self.bad_images.append(path)
                 logger.warning("skipping bad image (%d so far): %s", len(self.bad_images), exc)
         raise ValueError(f"no readable image under {self.root}: all {n} files failed to decode")
