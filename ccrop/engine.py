@@ -242,6 +242,12 @@ def resume(run: Run, target: str) -> bool:
     if target == "auto":
         found = latest_valid_checkpoint(run.run_dir)
         if found is None:
+            from .checkpoint import list_checkpoints
+
+            if list_checkpoints(run.run_dir):  # never silently restart over a damaged run
+                raise CheckpointError(
+                    f"no checkpoint in {str(run.run_dir / 'checkpoints')!r} can be read; "
+                    "move them away to start again, or resume from a path")
             return False
         where, state = found
     else:

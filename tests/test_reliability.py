@@ -636,3 +636,13 @@ def test_boxstore_update_with_one_bad_row_writes_nothing(rows, where, fault):
         with pytest.raises(ValueError):
             store.load_state_dict(state)
         assert torch.equal(store.boxes, before) and store.version == version
+
+
+def test_resume_auto_refuses_to_restart_over_only_damaged_checkpoints(tmp_path, capsys):
+    engine.fit(build_run(tiny(tmp_path, "train.epochs=2")))
+    for path in list_checkpoints(tmp_path):
+        path.write_bytes(path.read_bytes()[:100])  # every checkpoint truncated
+    before = {p.name: p.read_bytes() for p in list_checkpoints(tmp_path)}
+    with pytest.raises(CheckpointError, match="can be read"):
+        build_run(tiny(tmp_path, "train.epochs=2"), resume_from="auto")
+    assert {p.name: p.read_bytes() for p in list_checkpoints(tmp_path)} == before
