@@ -170,6 +170,10 @@ def _progress(total: int, desc: str, on: bool):
 def localize_step(run: Run, completed: int) -> dict[str, Any]:
     """Re-localize every training image with the current encoder and log the statistics."""
     cfg = run.cfg
+    # every rank localizes with rank 0's encoder, BN running statistics included (without
+    # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
+    for buf in run.method.backbone.buffers():
+        dist.broadcast(buf)
     encoder = run.method.backbone.forward_features
     stats = update_boxes(encoder, run.source.loc_batches(), run.store, cfg.crop.threshold,
                          cfg.crop.threshold_mode, run.device, amp=cfg.train.amp,
