@@ -9,8 +9,8 @@ import torch
 
 def test_torchrun_two_processes_on_cpu(tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", "29517", "-m", "ccrop.cli", "pretrain",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+           "--nproc_per_node", "2", "-m", "ccrop.cli", "pretrain",
            "data.dataset_kwargs.num_images=66", "data.batch_size=16", "data.num_workers=0",
            "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
            "train.progress=false", "train.tensorboard=false", "crop.threshold_mode=quantile",
