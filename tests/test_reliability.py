@@ -74,14 +74,6 @@ def assert_one_line_error(code: int, err: list[str], *needles: str, exit_code: i
         assert needle in err[0], (needle, err[0])
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- 3. numerics
 
 

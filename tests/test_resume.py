@@ -95,15 +95,6 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert story(a) == story(b) and a["skipped_steps"] == b["skipped_steps"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The intra-op thread count of the killed subprocesses (OMP_NUM_THREADS=1): bit-exact."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> tuple[Path, dict]:
     """The uninterrupted run every resumed run must equal."""
