@@ -103,13 +103,18 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
                    cfg.optim.warmup_epochs)
         _set_lr(run.optimizer, lr, cfg.optim.lr)
         x1, x2 = (_to_input(v, cfg) for v in views)
+        skip_mode = cfg.train.on_nonfinite == "skip_step"
+        # skip mode: keep the buffers (BN statistics, MoCo queue) to undo a bad forward pass
+        saved = [b.detach().clone() for b in method.buffers()] if skip_mode else None
         with _autocast(run.device, cfg.train.amp):
             loss = run.model(x1, x2)["loss"]
         run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         ok = torch.isfinite(loss.detach()) & _grads_finite(params)
-        if cfg.train.on_nonfinite == "skip_step" and not bool(ok):  # opt-in host sync
+        if skip_mode and not bool(ok):  # opt-in host sync
             run.skipped_steps += 1
+            for buf, old in zip(method.buffers(), saved):
+                buf.copy_(old)
         else:
             run.optimizer.step()
             if hasattr(method, "momentum_update"):

@@ -149,6 +149,37 @@ def test_skip_step_skips_and_counts_non_finite_steps(tmp_path, kind):
     assert all(np.isfinite(h["loss"]) for h in run.history if h.get("event") == "epoch")
 
 
+def test_skip_step_restores_buffers_of_the_bad_forward_pass(tmp_path):
+    """A skipped step leaves no trace: BN running statistics and MoCo's queue are restored
+    (a NaN batch would otherwise poison every later step through the queue)."""
+    run = build_run(tiny(tmp_path, "train.on_nonfinite=skip_step", "method.name=moco",
+                         "method.params.queue_size=64", "train.epochs=2",
+                         "crop.warmup_epochs=2"))
+    bufs = []
+
+    class NaNInput(nn.Module):  # second step: NaN images -> NaN keys, NaN BN statistics
+        def __init__(self, model):
+            super().__init__()
+            self.model, self.calls = model, 0
+
+        def forward(self, x1, x2):
+            self.calls += 1
+            bufs.append({k: v.clone() for k, v in run.method.named_buffers()})
+            if self.calls == 2:
+                x1, x2 = x1 * float("nan"), x2 * float("nan")
+            return self.model(x1, x2)
+
+    run.model = NaNInput(run.model)
+    summary = engine.fit(run)
+    assert summary["skipped_steps"] == 1
+    after = dict(run.method.named_buffers())
+    assert all(torch.isfinite(v.float()).all() for v in after.values())
+    assert torch.isfinite(run.method.queue).all()
+    # the step after the skipped one starts from exactly the buffers before it
+    assert len(bufs) == 4 and all(torch.equal(bufs[2][k], bufs[1][k]) for k in bufs[1])
+    assert not all(torch.equal(bufs[1][k], bufs[0][k]) for k in bufs[0])  # good steps move them
+
+
 def test_cli_diverging_run_exits_1_with_one_line(tmp_path, capsys):
     code, err = run_cli(capsys, "pretrain", *overrides(tmp_path / "run", "optim.lr=1e38"))
     assert_one_line_error(code, err, "non-finite loss or gradient", exit_code=1)
