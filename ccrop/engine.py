@@ -40,6 +40,10 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient."""
 
 
+class FullBoxWarning(UserWarning):
+    """Most boxes cover the whole image: ContrastiveCrop degenerates to RandomResizedCrop."""
+
+
 @dataclass
 class Run:
     """The live objects of one pretraining run."""
@@ -191,7 +195,8 @@ def localize_step(run: Run, completed: int) -> dict[str, Any]:
         warnings.warn(
             f"{stats['full_share']:.0%} of boxes cover (almost) the whole image after epoch "
             f"{completed}: ContrastiveCrop does little here. Consider crop.threshold_mode="
-            "quantile or a higher crop.threshold; keep crop.full_box_guard on.", stacklevel=2)
+            "quantile or a higher crop.threshold; keep crop.full_box_guard on.", FullBoxWarning,
+            stacklevel=1)
     _log_boxes(run, stats)
     return stats
 

@@ -126,3 +126,18 @@ def test_extending_epochs_on_resume(tmp_path):
     assert summary["epochs"] == 3
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 3
+
+
+def test_full_box_warning_after_a_degenerate_update_only(tmp_path):
+    with pytest.warns(engine.FullBoxWarning, match="whole image after epoch 2"):
+        summary = engine.fit(build_run(tiny(tmp_path / "k", "crop.threshold=0.0")))
+    assert summary["box_updates"] == [2, 4]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", engine.FullBoxWarning)  # small boxes: no warning
+        engine.fit(build_run(tiny(tmp_path / "q", "crop.threshold_mode=quantile",
+                                  "crop.threshold=0.7")))
+    history = build_run(tiny(tmp_path / "q"), resume_from="auto").history
+    stats = [h for h in history if h.get("event") == "box_update"]
+    assert [h["epoch"] for h in stats] == [2, 4] and all(h["full_share"] < 0.5 for h in stats)

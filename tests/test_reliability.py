@@ -40,7 +40,7 @@ from ccrop.data.views import build_view_transform
 from ccrop.engine import NonFiniteLossError
 from ccrop.localize import boxes_from_features, heatmaps_from_features, localize, update_boxes
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*the whole image:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*the whole image")
 
 TINY = [
     "data.dataset=synthetic", "data.dataset_kwargs.num_images=32",

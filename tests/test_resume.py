@@ -33,7 +33,7 @@ from ccrop.checkpoint import (
 )
 from ccrop.config import load_config
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*the whole image:UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore:.*the whole image")
 
 EPOCHS = 10
 TINY = [
