@@ -64,15 +64,18 @@ class RunData:
             self._eval[name] = _dataset(self.cfg, name)
         return self._eval[name]
 
-    def knn(self, run: Run) -> dict[str, Any]:
-        """kNN monitor (k=200, T=0.1 on L2-normalised backbone features)."""
+    def knn(self, backbone: nn.Module, device: torch.device,
+            progress: bool = False) -> dict[str, Any]:
+        """Weighted kNN (``train.knn_k``, ``train.knn_temperature``) of ``backbone``'s pooled
+        features: eval-train split as the bank, test split as queries. The pretraining monitor
+        and ``ccrop knn`` both call this."""
         from .evaluate.knn import run_knn
 
         d, t = self.cfg.data, self.cfg.train
         loaders = [eval_loader(self.split(s), self.mean, self.std, d.batch_size, d.num_workers,
                                d.loc_image_size) for s in (d.eval_train_split, d.test_split)]
-        return run_knn(run.method.backbone, *loaders, self.num_classes, run.device, t.knn_k,
-                       t.knn_temperature, amp=t.amp, channels_last=t.channels_last)
+        return run_knn(backbone, *loaders, self.num_classes, device, t.knn_k, t.knn_temperature,
+                       amp=t.amp, channels_last=t.channels_last, progress=progress)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""

@@ -196,16 +196,8 @@ def _record(args, cfg, state, result: dict[str, Any]) -> None:
 
 def cmd_knn(args: argparse.Namespace) -> None:
     """kNN accuracy of a checkpoint's backbone on the config's test split."""
-    from .data.sources import eval_loader
-    from .evaluate.knn import run_knn
-
     cfg, backbone, state, data, device = _eval_setup(args)
-    d = cfg.data
-    loaders = [eval_loader(data.split(s), data.mean, data.std, d.batch_size, d.num_workers,
-                           d.loc_image_size) for s in (d.eval_train_split, d.test_split)]
-    res = run_knn(backbone, *loaders, data.num_classes, device, cfg.train.knn_k,
-                  cfg.train.knn_temperature, progress=True)
-    _record(args, cfg, state, res)
+    _record(args, cfg, state, data.knn(backbone, device, progress=True))
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
@@ -240,14 +232,12 @@ def cmd_boxes(args: argparse.Namespace) -> None:
     import torch
 
     from .boxes import BoxStore
-    from .data.boxed import IndexedImages
-    from .data.views import EvalTransform
+    from .data.sources import loc_loader
     from .localize import update_boxes
 
     cfg, backbone, _, data, device = _eval_setup(args)
-    loader = torch.utils.data.DataLoader(
-        IndexedImages(data.train, EvalTransform(data.mean, data.std, cfg.data.loc_image_size)),
-        cfg.crop.loc_batch_size, num_workers=cfg.data.num_workers)
+    loader = loc_loader(data.train, data.mean, data.std, cfg.crop.loc_batch_size,
+                        cfg.data.num_workers, cfg.data.loc_image_size)
     store = BoxStore(len(data.train))
     stats = update_boxes(backbone.forward_features, loader, store, cfg.crop.threshold,
                          cfg.crop.threshold_mode, device, gt_boxes=data.gt_boxes, progress=True,

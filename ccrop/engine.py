@@ -181,11 +181,11 @@ def localize_step(run: Run, completed: int) -> dict[str, Any]:
     cfg = run.cfg
     # every rank localizes with rank 0's encoder, BN running statistics included (without
     # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
-    for buf in run.method.backbone.buffers():
+    encoder = run.method.heatmap_encoder  # each method names its query/online encoder
+    for buf in encoder.buffers():
         dist.broadcast(buf)
-    encoder = run.method.backbone.forward_features
-    stats = update_boxes(encoder, run.source.loc_batches(), run.store, cfg.crop.threshold,
-                         cfg.crop.threshold_mode, run.device, amp=cfg.train.amp,
+    stats = update_boxes(encoder.forward_features, run.source.loc_batches(), run.store,
+                         cfg.crop.threshold, cfg.crop.threshold_mode, run.device, amp=cfg.train.amp,
                          channels_last=cfg.train.channels_last, gt_boxes=run.data.gt_boxes,
                          progress=cfg.train.progress and dist.is_main_process(),
                          align=cfg.crop.heatmap_align)
@@ -304,7 +304,7 @@ def fit(run: Run) -> dict[str, Any]:
         run.epoch = epoch + 1
         if cfg.train.knn_every and run.epoch % cfg.train.knn_every == 0 \
                 and run.epoch < cfg.train.epochs:
-            metrics["knn_top1"] = run.data.knn(run)["top1"]
+            metrics["knn_top1"] = run.data.knn(run.method.backbone, run.device)["top1"]
         _log_epoch(run, metrics)
         if run.epoch % cfg.train.save_every == 0 or run.epoch == cfg.train.epochs:
             save(run)
@@ -347,7 +347,7 @@ def finish(run: Run) -> dict[str, Any]:
     summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
                                "skipped_steps": run.skipped_steps}
     if run.data.num_classes and run.data.has_labels:
-        knn = run.data.knn(run)
+        knn = run.data.knn(run.method.backbone, run.device)
         summary["knn_top1"] = knn["top1"]
         if dist.is_main_process():
             from .evaluate.results import append_result

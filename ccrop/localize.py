@@ -35,9 +35,13 @@ ALIGNS = ("paper", "receptive")
 FULL_SHARE_AREA = 0.95  # a box at least this large counts as "full image" in the statistics
 
 
-def _check_threshold(threshold: float, mode: str, align: str = "paper") -> None:
+def _check_align(align: str) -> None:
     if align not in ALIGNS:
         raise ValueError(f"align must be one of {ALIGNS}, got {align!r}")
+
+
+def _check_threshold(threshold: float, mode: str, align: str = "paper") -> None:
+    _check_align(align)
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not (0.0 <= float(threshold) < 1.0):
@@ -108,7 +112,7 @@ def heatmaps_from_features(
         where the map had NaN/inf or was constant (its heat is then all zeros).
     """
     _check_fmap(fmap)
-    _check_threshold(0.0, "fixed", align)
+    _check_align(align)
     heat, bad = _normalised_maps(fmap)
     return _upsample(heat, image_size, align), bad
 

@@ -71,14 +71,11 @@ class CPUSource:
         self.dataset = BoxedDataset(base, store, build_view_transform(*args), 2, seed, plain)
         self.sampler = _sampler(self.dataset, True, seed, drop_last=True)
         per_rank = max(1, batch_size // dist.get_world_size())
-        self.loader_kw = dict(num_workers=num_workers, pin_memory=device.type == "cuda",
-                              persistent_workers=persistent_workers and num_workers > 0)
         self.loader = DataLoader(self.dataset, per_rank, sampler=self.sampler, drop_last=True,
-                                 **self.loader_kw)
-        loc_ds = IndexedImages(base, EvalTransform(spec.mean, spec.std, spec.loc_size))
-        self.loc_loader = DataLoader(loc_ds, loc_batch_size, sampler=_sampler(loc_ds, False, 0,
-                                     False), num_workers=num_workers,
-                                     pin_memory=device.type == "cuda")
+                                 num_workers=num_workers, pin_memory=device.type == "cuda",
+                                 persistent_workers=persistent_workers and num_workers > 0)
+        self.loc_loader = loc_loader(base, spec.mean, spec.std, loc_batch_size, num_workers,
+                                     spec.loc_size, pin_memory=device.type == "cuda")
 
     def __len__(self) -> int:
         return len(self.loader)
@@ -98,6 +95,15 @@ class CPUSource:
 
     def boxes_updated(self, store: BoxStore) -> None:
         """Nothing to do: workers read the shared-memory store directly."""
+
+
+def loc_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch_size: int,
+               num_workers: int, size: int | None = None, pin_memory: bool = False) -> DataLoader:
+    """Loader of un-augmented ``(indices, images)`` for the localization pass: this rank's shard
+    (padded so every rank gets as many batches; repeats are harmless, boxes go by index)."""
+    ds = IndexedImages(base, EvalTransform(mean, std, size))
+    return DataLoader(ds, batch_size, sampler=_sampler(ds, False, 0, False),
+                      num_workers=num_workers, pin_memory=pin_memory)
 
 
 def eval_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch_size: int,
@@ -177,9 +183,8 @@ class GPUSource:
             self.loader = DataLoader(ds, self.per_rank, sampler=self.sampler, drop_last=True,
                                      num_workers=num_workers, pin_memory=device.type == "cuda",
                                      persistent_workers=num_workers > 0)
-            loc_ds = IndexedImages(base, EvalTransform(spec.mean, spec.std, spec.loc_size))
-            self.loc_loader = DataLoader(loc_ds, loc_batch_size, num_workers=num_workers,
-                                         sampler=_sampler(loc_ds, False, 0, False))
+            self.loc_loader = loc_loader(base, spec.mean, spec.std, loc_batch_size, num_workers,
+                                         spec.loc_size)
 
     def __len__(self) -> int:
         if self.loader is not None:
