@@ -174,8 +174,11 @@ def build_source(cfg: Config, data: RunData, store: BoxStore, device: torch.devi
 
         small = DATASET_INFO[d.dataset].get("small", True)
         decode = None if small else round(data.image_size * 256 / 224)  # e.g. 224 -> 256
+        amp = cfg.train.amp and device.type == "cuda"  # views cast as autocast would
         return GPUSource(data.train, store, spec, d.batch_size, cfg.train.seed, device,
-                         c.loc_batch_size, decode, d.num_workers)
+                         c.loc_batch_size, decode, d.num_workers, chunk=d.gpu_chunk,
+                         out_dtype=torch.bfloat16 if amp else torch.float32,
+                         channels_last=cfg.train.channels_last)
     return CPUSource(data.train, store, spec, d.batch_size, d.num_workers, d.persistent_workers,
                      cfg.train.seed, device, c.loc_batch_size)
 

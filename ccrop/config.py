@@ -35,6 +35,7 @@ class DataConfig:
     std: list[float] | None = None
     recipe: str = "cifar"  # cifar | imagenet (adds blur)
     pipeline: str = "cpu"  # cpu (PIL in DataLoader workers) | gpu (batched on the device)
+    gpu_chunk: int | None = None  # gpu pipeline: batches per view call; None = auto (see docs)
     batch_size: int = 512
     num_workers: int = 2
     persistent_workers: bool = True
@@ -219,6 +220,8 @@ def validate(cfg: Config) -> None:
     _require(c.loc_batch_size >= 1, "crop.loc_batch_size", ">= 1", c.loc_batch_size)
     _require(d.batch_size >= 2, "data.batch_size", ">= 2", d.batch_size)
     _require(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
+    _require(d.gpu_chunk is None or d.gpu_chunk >= 1, "data.gpu_chunk", ">= 1 or null",
+             d.gpu_chunk)
     _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
     for key, v in (("data.mean", d.mean), ("data.std", d.std)):
         _require(v is None or len(v) == 3, key, "3 numbers or null", v)

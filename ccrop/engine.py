@@ -97,6 +97,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     loss_sum = torch.zeros((), device=run.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
     bar = _progress(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress)
+    shown = LossDisplay(run.device)
     t0, data_time, n_img = time.perf_counter(), 0.0, 0
     t_data = time.perf_counter()
     for i, (_, views) in enumerate(run.source):
@@ -123,15 +124,15 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
             run.optimizer.step()
             if hasattr(method, "momentum_update"):
                 method.momentum_update((run.step + 1) / total_steps)
-        first_bad = torch.where((first_bad < 0) & ~ok, torch.tensor(i, device=run.device),
-                                first_bad)
-        loss_sum += torch.where(ok, loss.detach().float(), torch.zeros((), device=run.device))
+        # Python scalars, not torch.tensor(i, device=...): that copy would sync every step
+        first_bad = torch.where((first_bad < 0) & ~ok, i, first_bad)
+        loss_sum += torch.where(ok, loss.detach().float(), 0.0)
         run.step += 1
         n_img += x1.shape[0] * dist.get_world_size()
         if bar is not None:
             bar.update(1)
             if i % 10 == 0:
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{lr:.4g}")
+                bar.set_postfix(loss=shown.update(loss), lr=f"{lr:.4g}")
         t_data = time.perf_counter()
     if bar is not None:
         bar.close()
@@ -142,6 +143,35 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
                                            cfg.optim.min_lr_ratio), "seconds": seconds,
             "data_seconds": data_time, "images_per_s": n_img / max(seconds, 1e-9),
             "steps": steps}
+
+
+class LossDisplay:
+    """The progress bar's loss, read without stalling the device.
+
+    On CUDA the loss is copied to pinned host memory asynchronously and shown once the copy has
+    landed (usually a few steps later); ``float(loss)`` would wait for the whole queue instead.
+    On CPU the value is read directly.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.text = "..."
+        self._host = torch.zeros((), pin_memory=True) if self.cuda else None
+        self._event = torch.cuda.Event() if self.cuda else None
+        self._pending = False
+
+    def update(self, loss: torch.Tensor) -> str:
+        """Queue the scalar ``loss`` (0-dim) and return the newest value that is ready."""
+        if not self.cuda:
+            self.text = f"{float(loss.detach()):.4f}"
+            return self.text
+        if self._pending and self._event.query():
+            self.text, self._pending = f"{float(self._host):.4f}", False
+        if not self._pending:
+            self._host.copy_(loss.detach().float(), non_blocking=True)
+            self._event.record()
+            self._pending = True
+        return self.text
 
 
 def _check_finite(cfg: Config, epoch: int, first_bad: torch.Tensor) -> None:

@@ -222,11 +222,17 @@ def _blend_stage_(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.T
     return _blend_(x, target, f)
 
 
+def _syncs_are_free(device: torch.device) -> bool:
+    """True where a data-dependent shape (``nonzero``) costs nothing: the CPU. On accelerators
+    it is a host sync, which stalls the stream (``ccrop.syncs``)."""
+    return device.type == "cpu"
+
+
 def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     """Hue-shift, in place, the samples with ``sel``. On CPU only those samples are computed
     (a boolean index costs nothing there); on accelerators every sample is computed and picked
     with ``torch.where``, so no host sync happens."""
-    if x.device.type == "cpu":
+    if _syncs_are_free(x.device):
         idx = sel.nonzero().squeeze(1)  # (K,)
         if idx.numel() > 0:
             x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), shift[idx]))

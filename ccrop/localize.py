@@ -155,10 +155,10 @@ def _extent(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch
     y1 = H - rows.flip(1).to(torch.int8).argmax(dim=1)  # one past the last kept row
     x0 = cols.to(torch.int8).argmax(dim=1)
     x1 = W - cols.flip(1).to(torch.int8).argmax(dim=1)
-    scale = torch.tensor([W, H, W, H], device=rows.device, dtype=torch.float32)
-    boxes = torch.stack([x0, y0, x1, y1], dim=1).float() / scale  # (B, 4)
-    full = torch.tensor([0.0, 0.0, 1.0, 1.0], device=rows.device)
-    return torch.where(empty[:, None], full, boxes), empty
+    # Python scalars only: torch.tensor(..., device=...) would be a host sync per batch
+    cols_ = [torch.where(empty, full, v.float() / n)
+             for v, n, full in ((x0, W, 0.0), (y0, H, 0.0), (x1, W, 1.0), (y1, H, 1.0))]
+    return torch.stack(cols_, dim=1), empty  # (B, 4), (B,)
 
 
 def localize(

@@ -70,7 +70,8 @@ def _nt_xent_fp32(
     local = torch.arange(b, device=logits.device) + rank * b  # (B,) own rows among N
     self_idx = torch.cat([local, local + n])  # (2B,) where each anchor sits in candidates
     pos_idx = torch.cat([local + n, local])  # (2B,) the other view of the same image
-    self_mask = F.one_hot(self_idx, 2 * n).bool()  # (2B, 2N)
+    # a comparison, not F.one_hot: one_hot range-checks its input with a host sync
+    self_mask = self_idx[:, None] == torch.arange(2 * n, device=logits.device)  # (2B, 2N)
     return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), pos_idx)
 
 

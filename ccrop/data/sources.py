@@ -136,6 +136,21 @@ class DecodedImages(Dataset):
         return int(index), arr.permute(2, 0, 1).contiguous()
 
 
+#: ``auto_chunk``: at most this many batches, and this many bytes of float32 views, per call.
+AUTO_CHUNK_MAX = 8
+AUTO_CHUNK_BYTES = 256 * 2**20
+
+
+def auto_chunk(device: torch.device, batch_size: int, num_views: int, size: int) -> int:
+    """Batches per batched view call: 1 on CPU (larger calls only lose cache there), else as
+    many as keep the float32 views of one call within ``AUTO_CHUNK_BYTES`` (at most
+    ``AUTO_CHUNK_MAX``): 8 for CIFAR at batch 512, 4 for STL-10 at 256."""
+    if device.type == "cpu":
+        return 1
+    per_batch = batch_size * num_views * 3 * size * size * 4
+    return max(1, min(AUTO_CHUNK_MAX, AUTO_CHUNK_BYTES // per_batch))
+
+
 class GPUSource:
     """Batched views on the device (``ccrop.gpu_views``).
 
@@ -155,11 +170,17 @@ class GPUSource:
         loc_batch_size: batch size of the localization pass.
         decode_size: None = resident dataset; else the side workers decode folder images to.
         num_workers: DataLoader workers (folder datasets).
+        chunk: resident datasets: batches whose views one batched call makes (fewer, larger
+            kernels; the GPU path is launch-bound at CIFAR size). None = ``auto_chunk``.
+        out_dtype: dtype of the views (bfloat16 under bf16 autocast saves the cast).
+        channels_last: views in channels-last memory format.
     """
 
     def __init__(self, base: Dataset, store: BoxStore, spec: ViewSpec, batch_size: int,
                  seed: int, device: torch.device, loc_batch_size: int = 512,
-                 decode_size: int | None = None, num_workers: int = 4) -> None:
+                 decode_size: int | None = None, num_workers: int = 4,
+                 chunk: int | None = None, out_dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False) -> None:
         from ..gpu_views import GPUViews
         from .tensors import dataset_to_uint8
 
@@ -170,11 +191,16 @@ class GPUSource:
             images = len(base)
         kw = dict(recipe=spec.recipe, size=spec.size, mean=spec.mean, std=spec.std,
                   scale=spec.scale, ratio=spec.ratio, alpha=spec.alpha,
-                  full_box_guard=spec.full_box_guard, device=device)
+                  full_box_guard=spec.full_box_guard, device=device, out_dtype=out_dtype,
+                  channels_last=channels_last)
         self.views = GPUViews(images, store, crop=spec.crop, **kw)
         self.plain = GPUViews(images, None, crop="rcrop", **kw)
         self.device, self.seed, self.loc_batch_size = device, seed, loc_batch_size
         self.per_rank = max(1, batch_size // dist.get_world_size())
+        if chunk is not None and int(chunk) < 1:
+            raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
+        self.chunk = auto_chunk(device, self.per_rank, self.views.num_views, spec.size) \
+            if chunk is None else int(chunk)
         self.epoch, self.use_boxes = 0, True
         self.loader = self.sampler = self.loc_loader = None
         if decode_size is not None:
@@ -207,9 +233,14 @@ class GPUSource:
             return
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation
-        for idx in self.views.epoch_batches(self.per_rank, True, gen, True, dist.get_rank(),
-                                            dist.get_world_size()):
-            yield idx, maker(idx, aug)
+        batches = list(self.views.epoch_batches(self.per_rank, True, gen, True, dist.get_rank(),
+                                                dist.get_world_size()))  # device slices
+        for start in range(0, len(batches), self.chunk):
+            group = batches[start:start + self.chunk]
+            views = maker(torch.cat(group), aug)  # V x (len(group) * B, 3, S, S)
+            for j, idx in enumerate(group):
+                rows = slice(j * self.per_rank, (j + 1) * self.per_rank)
+                yield idx, [v[rows] for v in views]
 
     def loc_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Un-augmented ``(indices, images)`` of this rank's shard."""

@@ -1,0 +1,87 @@
+"""Find the ops that would stall a CUDA stream (host syncs), on any device, CPU included.
+
+A host sync makes Python wait until the GPU has finished everything queued so far; one per
+training step empties the queue every step, and the GPU idles while the next step is
+dispatched. ``SyncSpy`` records, through PyTorch's dispatcher, every op that synchronises on
+CUDA, so tests on a CPU-only machine can prove the training step has none:
+
+* ``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``int(t)``, ``bool(t)``, ``if t:``;
+* ``aten.nonzero`` / ``masked_select`` / boolean-mask indexing: output size depends on data;
+* ``aten.lift_fresh``: ``torch.tensor(python_value, device=...)`` and ``torch.as_tensor`` of
+  Python data, a pageable host-to-device copy followed by a stream synchronise on CUDA.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import Counter
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+#: Ops that synchronise with the host on CUDA, whatever their arguments.
+SYNC_OPS = frozenset({
+    "aten._local_scalar_dense.default",
+    "aten.nonzero.default",
+    "aten.nonzero_static.default",
+    "aten.masked_select.default",
+    "aten.lift_fresh.default",
+    "aten.unique_dim.default",
+    "aten._unique2.default",
+    "aten.repeat_interleave.Tensor",
+})
+#: Ops that synchronise when one of their index arguments is a boolean mask.
+MASK_INDEX_OPS = frozenset({"aten.index.Tensor", "aten.index_put_.default",
+                            "aten.index_put.default", "aten._index_put_impl_.default"})
+
+
+def _has_bool_index(args: tuple[Any, ...]) -> bool:
+    indices = args[1] if len(args) > 1 else ()
+    return any(isinstance(t, torch.Tensor) and t.dtype == torch.bool for t in indices or ())
+
+
+class SyncSpy(TorchDispatchMode):
+    """Context manager counting would-be host syncs, with where each one came from.
+
+    Example:
+        >>> with SyncSpy() as spy:
+        ...     loss = model(x).sum(); loss.backward()
+        >>> assert spy.count == 0, spy.report()
+
+    Attributes:
+        events: list of ``(op name, "file:line in function")`` in call order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        name = str(func)
+        if name in SYNC_OPS or (name in MASK_INDEX_OPS and _has_bool_index(args)):
+            self.events.append((name, _caller()))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def count(self) -> int:
+        """Number of would-be syncs seen."""
+        return len(self.events)
+
+    def by_site(self) -> Counter:
+        """``Counter`` of ``(op, site)`` pairs."""
+        return Counter(self.events)
+
+    def report(self) -> str:
+        """One line per distinct op and call site, most frequent first."""
+        lines = [f"{n:5d} x {op} at {site}" for (op, site), n in self.by_site().most_common()]
+        return "\n".join(lines) or "no host syncs"
+
+
+def _caller() -> str:
+    """The innermost stack frame outside torch and this module."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        f = frame.filename.replace("\\", "/")
+        if "/torch/" not in f and not f.endswith("/ccrop/syncs.py"):
+            return f"{f.rsplit('/', 2)[-2]}/{f.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
+    return "?"
