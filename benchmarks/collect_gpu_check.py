@@ -1,7 +1,7 @@
 """Summarise the two gpu_check.sh training runs into one JSON (epoch seconds, kNN, ratios)."""
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -19,8 +19,20 @@ def load(run: Path) -> dict:
 
 
 def main() -> None:
-    gpu, cpu = load(Path(sys.argv[1])), load(Path(sys.argv[2]))
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("gpu_run")
+    p.add_argument("cpu_run")
+    p.add_argument("out")
+    p.add_argument("--compiled", help="run folder of the GPU path with train.compile=true")
+    args = p.parse_args()
+    gpu, cpu = load(Path(args.gpu_run)), load(Path(args.cpu_run))
     out = {"gpu_path": gpu, "cpu_path": cpu}
+    if args.compiled:
+        comp = load(Path(args.compiled))
+        out["gpu_path_compiled"] = comp
+        out["median_epoch_s_gpu_compiled"] = comp["median_epoch_s_after_first"]
+        if comp["median_epoch_s_after_first"]:
+            out["speedup_vs_official_66s_compiled"] = 66.0 / comp["median_epoch_s_after_first"]
     if gpu["median_epoch_s_after_first"] and cpu["median_epoch_s_after_first"]:
         out["cpu_over_gpu_epoch_time"] = (cpu["median_epoch_s_after_first"]
                                           / gpu["median_epoch_s_after_first"])
@@ -29,7 +41,7 @@ def main() -> None:
         s = run["summary"]
         out[f"knn_{name}"] = s.get("knn_top1")
         out[f"box_iou_{name}"] = s.get("box_iou_gt")
-    Path(sys.argv[3]).write_text(json.dumps(out, indent=2) + "\n")
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if not k.endswith("_path")}, indent=2))
 
 

@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Prepared GPU check (issue: speed). One H100/H200, well under 8 minutes. Writes JSON to $OUT.
+# Prepared GPU check (issue: speed). One H100/H200, under 8 minutes. Writes JSON to $OUT.
 #   1. SimCLR + ContrastiveCrop, ResNet-18 (width 64), 50k synthetic 32x32 images, 20 epochs,
 #      GPU view path (bf16, channels_last, fused SGD): seconds per epoch, box updates, kNN.
-#   2. The same run on the CPU view path (PIL in DataLoader workers).
-#   3. `ccrop bench` of the GPU-path config: views/s (PIL vs batched CPU vs batched GPU), step ms
-#      (fp32 vs bf16+channels_last [vs compiled]), epoch split data/step/localization, peak memory.
-#   4. benchmarks/bench_crop.py --device cuda (batched vs per-image localization on the GPU).
-# Usage: OUT=some/dir bash benchmarks/gpu_check.sh   (N, EPOCHS, WORKERS, EXTRA override sizes)
+#   2. `ccrop bench` of the GPU-path config: views/s (PIL vs batched CPU vs batched GPU, chunked),
+#      step ms (fp32 vs bf16+channels_last), epoch split, host syncs per step, peak memory.
+#   3. The GPU-path run again with train.compile=true (CEPOCHS epochs; compile time excluded
+#      from the median by the first-epoch rule).
+#   4. The 20-epoch run on the CPU view path (PIL in DataLoader workers): ratio and kNN.
+#   5. benchmarks/bench_crop.py --device cuda (batched vs per-image localization on the GPU).
+# Stages run in order of importance; each has its own time limit (sum 470 s).
+# Usage: OUT=some/dir bash benchmarks/gpu_check.sh   (N, EPOCHS, CEPOCHS, WORKERS, EXTRA override)
 set -u
 OUT=${OUT:-benchmarks/results/gpu_check}
 mkdir -p "$OUT"
@@ -15,7 +18,8 @@ if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
     --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-N=${N:-50000}; EPOCHS=${EPOCHS:-20}; WORKERS=${WORKERS:-14}; EXTRA=${EXTRA:-}
+N=${N:-50000}; EPOCHS=${EPOCHS:-20}; CEPOCHS=${CEPOCHS:-8}; WORKERS=${WORKERS:-14}
+EXTRA=${EXTRA:-}
 COMMON="data.dataset=synthetic data.dataset_kwargs.num_images=$N data.batch_size=512
  model.width=64 method.name=simclr crop.kind=ccrop crop.alpha=0.1 crop.warmup_epochs=5
  crop.loc_interval=5 crop.loc_batch_size=1024 train.epochs=$EPOCHS train.knn_every=0
@@ -30,12 +34,18 @@ stage() {  # name, timeout, command...
   timeout "$limit" "$@" >>"$OUT/log.txt" 2>&1
   echo "== $name: exit $? after $(( $(date +%s) - t0 )) s" | tee -a "$OUT/log.txt"
 }
-stage train_gpu 140 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu train.out_dir=/tmp/gc_gpu
-python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OUT/gpu_check.json" >/dev/null 2>&1
-stage train_cpu 200 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
-stage bench 100 python3 -m ccrop.cli bench $COMMON data.pipeline=gpu --steps 20 --no-compile \
+stage train_gpu 110 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu train.out_dir=/tmp/gc_gpu
+collect() { python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OUT/gpu_check.json" \
+  --compiled /tmp/gc_gpu_compiled; }
+collect >/dev/null 2>&1
+stage bench 60 python3 -m ccrop.cli bench $COMMON data.pipeline=gpu --steps 20 --no-compile \
   --out "$OUT/bench_gpu.json"
-stage bench_crop 40 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
+stage train_gpu_compiled 130 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu \
+  train.compile=true train.epochs=$CEPOCHS crop.warmup_epochs=2 crop.loc_interval=3 \
+  train.out_dir=/tmp/gc_gpu_compiled
+collect >/dev/null 2>&1
+stage train_cpu 140 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
+collect >/dev/null 2>&1
+stage bench_crop 30 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
   --out "$OUT/bench_crop_cuda.json"
-python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OUT/gpu_check.json" \
-  2>&1 | tee -a "$OUT/log.txt"
+collect 2>&1 | tee -a "$OUT/log.txt"

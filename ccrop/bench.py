@@ -67,15 +67,63 @@ def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
         for img, box in zip(images, boxes):
             tf(img, box, rng)
 
-    out = {"pil_views_per_s": m / _timed(pil, torch.device("cpu"), 1)}
+    out: dict[str, Any] = {"pil_views_per_s": m / _timed(pil, torch.device("cpu"), 1)}
     for where in ["cpu"] + (["cuda"] if device.type == "cuda" else []):
         dev = torch.device(where) if where == "cpu" else device
-        src = GPUSource(data.train, store, spec, d.batch_size, 0, dev)
+        src = GPUSource(data.train, store, spec, d.batch_size, 0, dev, chunk=d.gpu_chunk)
         idx = torch.arange(min(d.batch_size, len(data.train)), device=dev)
         sec = _timed(lambda s=src, i=idx: s.views(i), dev, 5)
         out[f"batched_{where}_views_per_s"] = 2 * idx.numel() / sec
+        if src.chunk > 1:  # the engine's call: views of `chunk` batches at once
+            big = torch.arange(min(d.batch_size * src.chunk, len(data.train)), device=dev)
+            sec = _timed(lambda s=src, i=big: s.views(i), dev, 5)
+            out[f"batched_{where}_views_per_s_chunk{src.chunk}"] = 2 * big.numel() / sec
     out["batched_cpu_over_pil"] = out["batched_cpu_views_per_s"] / out["pil_views_per_s"]
+    out["ops_per_view_call"] = _ops_per_call(data, store, spec, d.batch_size)
     return out
+
+
+def _ops_per_call(data: Any, store: BoxStore, spec: Any, batch_size: int) -> int:
+    """Ops (~ kernel launches) one batched view call dispatches on the accelerator code path,
+    whatever its batch: the GPU path at CIFAR size is bound by their launch cost."""
+    from .data.sources import GPUSource
+    from .gpu_views import accelerator_paths
+    from .syncs import SyncSpy
+
+    src = GPUSource(data.train, store, spec, batch_size, 0, torch.device("cpu"))
+    idx = torch.arange(min(batch_size, len(data.train)))
+    with accelerator_paths(), SyncSpy() as spy:
+        src.views(idx)
+    return spy.ops
+
+
+def bench_syncs(cfg: Config, steps: int = 2) -> dict[str, float]:
+    """Host syncs per training step of the real engine loop, counted with ``SyncSpy`` on the
+    accelerator code paths (on CPU too): 0 means the device queue never drains mid-epoch.
+    DataLoader work runs in at least one worker process, outside the count (it never touches
+    the device)."""
+    import tempfile
+    from dataclasses import replace
+
+    from .build import build_run
+    from .engine import train_epoch
+    from .gpu_views import accelerator_paths
+    from .syncs import SyncSpy
+
+    counts, done = [], []
+    with tempfile.TemporaryDirectory() as tmp, accelerator_paths():
+        for n in (1, 1 + steps):
+            c = replace(cfg, train=replace(cfg.train, out_dir=tmp, max_steps_per_epoch=n,
+                                           progress=False, tensorboard=False, compile=False),
+                        data=replace(cfg.data, num_workers=max(1, cfg.data.num_workers),
+                                     persistent_workers=False))
+            run = build_run(c)
+            with SyncSpy() as spy:
+                done.append(train_epoch(run, 0)["steps"])
+            counts.append(spy.count)
+    per_step = (counts[1] - counts[0]) / max(1, done[1] - done[0])
+    return {"host_syncs_per_step": per_step, "host_syncs_per_epoch": counts[0] - per_step,
+            "sites": spy.report().splitlines()}
 
 
 def bench_step(cfg: Config, device: torch.device, steps: int,
@@ -169,6 +217,7 @@ def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20,
     result["views"] = bench_views(cfg, data, store, device)
     result["step"] = bench_step(cfg, device, steps, compiled)
     result["epoch"] = bench_epoch(cfg, epoch_steps)
+    result["syncs"] = bench_syncs(cfg)
     if device.type == "cuda":
         result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     return result

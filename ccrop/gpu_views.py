@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -222,10 +223,24 @@ def _blend_stage_(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.T
     return _blend_(x, target, f)
 
 
+_FORCE_ACCELERATOR_PATHS = False
+
+
 def _syncs_are_free(device: torch.device) -> bool:
     """True where a data-dependent shape (``nonzero``) costs nothing: the CPU. On accelerators
     it is a host sync, which stalls the stream (``ccrop.syncs``)."""
-    return device.type == "cpu"
+    return device.type == "cpu" and not _FORCE_ACCELERATOR_PATHS
+
+
+@contextmanager
+def accelerator_paths() -> Iterator[None]:
+    """Take the sync-free code paths meant for accelerators on CPU too (sync audits on CPU)."""
+    global _FORCE_ACCELERATOR_PATHS
+    before, _FORCE_ACCELERATOR_PATHS = _FORCE_ACCELERATOR_PATHS, True
+    try:
+        yield
+    finally:
+        _FORCE_ACCELERATOR_PATHS = before
 
 
 def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

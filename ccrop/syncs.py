@@ -51,13 +51,16 @@ class SyncSpy(TorchDispatchMode):
 
     Attributes:
         events: list of ``(op name, "file:line in function")`` in call order.
+        ops: number of ops dispatched (roughly the kernels a GPU would launch).
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[tuple[str, str]] = []
+        self.ops = 0  # every dispatched op: a device-independent count of kernel launches
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+        self.ops += 1
         name = str(func)
         if name in SYNC_OPS or (name in MASK_INDEX_OPS and _has_bool_index(args)):
             self.events.append((name, _caller()))

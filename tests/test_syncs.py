@@ -61,9 +61,11 @@ def _tiny(tmp_path, *extra):
 
 
 @pytest.fixture
-def accelerator_paths(monkeypatch):
+def accelerator_paths():
     """Run the code paths meant for accelerators on CPU (no data-dependent shapes)."""
-    monkeypatch.setattr(gpu_views, "_syncs_are_free", lambda device: False)
+    with gpu_views.accelerator_paths():
+        yield
+    assert gpu_views._syncs_are_free(torch.device("cpu"))  # restored
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
