@@ -34,6 +34,7 @@ from .config import Config, ConfigError, save_config, to_dict
 from .crop import CENTER_BOX
 from .localize import update_boxes
 from .schedule import box_update_epochs, lr_at, uses_boxes
+from .syncs import LossDisplay
 
 
 class NonFiniteLossError(RuntimeError):
@@ -143,35 +144,6 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
                                            cfg.optim.min_lr_ratio), "seconds": seconds,
             "data_seconds": data_time, "images_per_s": n_img / max(seconds, 1e-9),
             "steps": steps}
-
-
-class LossDisplay:
-    """The progress bar's loss, read without stalling the device.
-
-    On CUDA the loss is copied to pinned host memory asynchronously and shown once the copy has
-    landed (usually a few steps later); ``float(loss)`` would wait for the whole queue instead.
-    On CPU the value is read directly.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.text = "..."
-        self._host = torch.zeros((), pin_memory=True) if self.cuda else None
-        self._event = torch.cuda.Event() if self.cuda else None
-        self._pending = False
-
-    def update(self, loss: torch.Tensor) -> str:
-        """Queue the scalar ``loss`` (0-dim) and return the newest value that is ready."""
-        if not self.cuda:
-            self.text = f"{float(loss.detach()):.4f}"
-            return self.text
-        if self._pending and self._event.query():
-            self.text, self._pending = f"{float(self._host):.4f}", False
-        if not self._pending:
-            self._host.copy_(loss.detach().float(), non_blocking=True)
-            self._event.record()
-            self._pending = True
-        return self.text
 
 
 def _check_finite(cfg: Config, epoch: int, first_bad: torch.Tensor) -> None:

@@ -1,4 +1,4 @@
-"""Find the ops that would stall a CUDA stream (host syncs), on any device, CPU included.
+"""Host syncs: find the ops that would stall a CUDA stream (on any device), and avoid them.
 
 A host sync makes Python wait until the GPU has finished everything queued so far; one per
 training step empties the queue every step, and the GPU idles while the next step is
@@ -88,3 +88,32 @@ def _caller() -> str:
         if "/torch/" not in f and not f.endswith("/ccrop/syncs.py"):
             return f"{f.rsplit('/', 2)[-2]}/{f.rsplit('/', 1)[-1]}:{frame.lineno} in {frame.name}"
     return "?"
+
+
+class LossDisplay:
+    """The progress bar's loss, read without stalling the device.
+
+    On CUDA the loss is copied to pinned host memory asynchronously and shown once the copy has
+    landed (usually a few steps later); ``float(loss)`` would wait for the whole queue instead.
+    On CPU the value is read directly.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.text = "..."
+        self._host = torch.zeros((), pin_memory=True) if self.cuda else None
+        self._event = torch.cuda.Event() if self.cuda else None
+        self._pending = False
+
+    def update(self, loss: torch.Tensor) -> str:
+        """Queue the scalar ``loss`` (0-dim) and return the newest value that is ready."""
+        if not self.cuda:
+            self.text = f"{float(loss.detach()):.4f}"
+            return self.text
+        if self._pending and self._event.query():
+            self.text, self._pending = f"{float(self._host):.4f}", False
+        if not self._pending:
+            self._host.copy_(loss.detach().float(), non_blocking=True)
+            self._event.record()
+            self._pending = True
+        return self.text

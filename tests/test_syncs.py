@@ -172,3 +172,27 @@ def test_gpu_chunk_config_key_is_validated(tmp_path):
 
     with pytest.raises(ConfigError, match="data.gpu_chunk"):
         _tiny(tmp_path, "data.gpu_chunk=0")
+
+
+def test_linear_protocol_epoch_syncs_once_not_per_step():
+    from ccrop.evaluate.linear import _train_epoch
+
+    backbone = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 6))
+    clf = torch.nn.Linear(6, 3)
+    opt = torch.optim.SGD(clf.parameters(), lr=0.1)
+    opts = {"desc": "t", "progress": False, "amp": False, "channels_last": False}
+    counts = []
+    for n in (1, 5):
+        loader = [(torch.randn(8, 3, 2, 2), torch.randint(0, 3, (8,))) for _ in range(n)]
+        with SyncSpy() as spy:
+            out = _train_epoch(backbone, clf, loader, opt, torch.device("cpu"), opts)
+        counts.append(spy.count)
+        assert 0 <= out["train_top1"] <= 100
+    assert counts[0] == counts[1] == 2, spy.report()
+
+
+def test_loss_display_shows_the_value_on_cpu():
+    from ccrop.syncs import LossDisplay
+
+    shown = LossDisplay(torch.device("cpu"))
+    assert shown.update(torch.tensor(1.23456)) == "1.2346"

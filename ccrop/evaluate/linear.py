@@ -22,6 +22,7 @@ from ccrop.evaluate.features import (
     split_batch,
     top1_percent,
 )
+from ccrop.syncs import LossDisplay
 
 __all__ = [
     "FAST_PROBE_PROTOCOL",
@@ -193,10 +194,14 @@ def _train_epoch(
     """One epoch of classifier training on frozen features; returns mean loss and train top-1."""
     backbone.eval()  # BN keeps its running statistics, every epoch
     classifier.train()
-    loss_sum, correct, seen = 0.0, 0, 0
+    # tallies stay on the device and are read once: no host sync per step
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    shown = LossDisplay(device)
     bar = tqdm(loader, desc=opts["desc"], leave=False, disable=not opts["progress"],
                dynamic_ncols=True)
-    for batch in bar:
+    for i, batch in enumerate(bar):
         images, labels = split_batch(batch)
         labels = labels.to(device, non_blocking=True)  # (B,)
         feats = _frozen_features(backbone, images, device, opts["amp"], opts["channels_last"])
@@ -205,13 +210,14 @@ def _train_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        loss_sum += loss.item() * labels.numel()
-        correct += int((logits.argmax(1) == labels).sum())
+        loss_sum += loss.detach() * labels.numel()
+        correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}")
+        if opts["progress"] and i % 10 == 0:
+            bar.set_postfix(loss=shown.update(loss))
     if seen == 0:
         raise ValueError("train_loader: yielded no batches; expected at least one")
-    return {"train_loss": loss_sum / seen, "train_top1": 100.0 * correct / seen}
+    return {"train_loss": float(loss_sum) / seen, "train_top1": 100.0 * int(correct) / seen}
 
 
 @torch.no_grad()
