@@ -170,12 +170,13 @@ def _variant(cfg: Config, amp: bool, channels_last: bool, compile_: bool) -> Con
 
 
 def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
-    """A (possibly capped) epoch of the real engine: data / step / localization seconds."""
+    """A (possibly capped) epoch of the real engine: data / step / localization / checkpoint
+    seconds (data and step scaled from the measured steps to the full epoch)."""
     import tempfile
     from dataclasses import replace
 
     from .build import build_run
-    from .engine import localize_step, train_epoch
+    from .engine import localize_step, save, train_epoch
 
     with tempfile.TemporaryDirectory() as tmp:
         c = replace(cfg, train=replace(cfg.train, out_dir=tmp, max_steps_per_epoch=max_steps,
@@ -190,12 +191,16 @@ def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
         loc = localize_step(run, 1)
         _sync(run.device)
         loc_s = time.perf_counter() - t
+        t = time.perf_counter()
+        save(run)  # what train.save_every adds per saved epoch (write, fsync, read-back test)
+        save_s = time.perf_counter() - t
         steps, full = metrics["steps"], len(run.source)
         return {"epoch_steps_measured": steps, "epoch_steps_full": full,
                 "epoch_data_s": metrics["data_seconds"] * full / steps,
                 "epoch_step_s": (metrics["seconds"] - metrics["data_seconds"]) * full / steps,
                 "epoch_total_s": metrics["seconds"] * full / steps,
-                "localization_s": loc_s, "localization_images": loc["images"]}
+                "localization_s": loc_s, "localization_images": loc["images"],
+                "checkpoint_s": save_s}
 
 
 def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20,

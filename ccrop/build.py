@@ -72,10 +72,15 @@ class RunData:
         from .evaluate.knn import run_knn
 
         d, t = self.cfg.data, self.cfg.train
+        shard = dist.is_dist()  # each rank embeds its share; all see the whole bank
+        if shard:  # rank 0's BN statistics, as in the saved checkpoint
+            for buf in backbone.buffers():
+                dist.broadcast(buf)
         loaders = [eval_loader(self.split(s), self.mean, self.std, d.batch_size, d.num_workers,
-                               d.loc_image_size) for s in (d.eval_train_split, d.test_split)]
+                               d.loc_image_size, shard) for s in (d.eval_train_split, d.test_split)]
         return run_knn(backbone, *loaders, self.num_classes, device, t.knn_k, t.knn_temperature,
-                       amp=t.amp, channels_last=t.channels_last, progress=progress)
+                       amp=t.amp, channels_last=t.channels_last, progress=progress,
+                       gather=shard)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""

@@ -234,9 +234,79 @@ def _gamma(alpha: float, n: int, generator: torch.Generator | None, device: Any,
     return torch.exp(torch.log(g) + torch.log(boost.clamp_min(1e-300)) / alpha)
 
 
+def _fallback_batch(height: torch.Tensor, width: torch.Tensor,
+                    ratio: tuple[float, float]) -> tuple[torch.Tensor, ...]:
+    """Tensor twin of ``_fallback`` for per-sample sizes, without host syncs.
+
+    Args:
+        height: (B,) float64 image heights (whole numbers >= 1).
+        width: (B,) float64 image widths.
+        ratio: aspect ratio (w/h) range.
+
+    Returns:
+        ``(top, left, h, w)``: four (B,) float64 tensors of whole numbers, the same values
+        ``_fallback`` gives for each sample (Python ``round`` and ``torch.round`` both round
+        half to even).
+    """
+    in_ratio = width / height  # (B,)
+    tall_h = torch.minimum(height, torch.round(width / ratio[0]).clamp_min(1.0))
+    wide_w = torch.minimum(width, torch.round(height * ratio[1]).clamp_min(1.0))
+    h = torch.where(in_ratio < ratio[0], tall_h, height)  # too tall: clamp the height
+    w = torch.where(in_ratio > ratio[1], wide_w, width)  # too wide: clamp the width
+    return torch.floor((height - h) / 2), torch.floor((width - w) / 2), h, w
+
+
+def _batch_sizes(height: int | torch.Tensor, width: int | torch.Tensor, b: int,
+                 device: torch.device) -> tuple[Any, Any]:
+    """Image sizes of a batch: two Python ints (shared by the batch) or, as soon as one of them
+    is a tensor, two (B,) float64 tensors on ``device`` (values not checked: a host sync)."""
+    if not isinstance(height, torch.Tensor) and not isinstance(width, torch.Tensor):
+        return height, width
+    out = []
+    for name, v in (("height", height), ("width", width)):
+        if not isinstance(v, torch.Tensor):
+            out.append(torch.full((b,), float(v), dtype=torch.float64, device=device))
+            continue
+        if tuple(v.shape) != (b,) or v.is_floating_point() or v.dtype == torch.bool:
+            raise ValueError(f"{name} must be an int or a ({b},) integer tensor (one size per "
+                             f"box), got {v.dtype} of shape {tuple(v.shape)}")
+        out.append(v.to(device, torch.float64, non_blocking=True))
+    return out[0], out[1]
+
+
+def _try_sizes(height: Any, width: Any, b: int, scale: tuple[float, float],
+               ratio: tuple[float, float], kw: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    """The ``MAX_TRIES`` tries of every sample at once.
+
+    Args:
+        height: int (shared) or (B,) float64 heights.
+        width: int or (B,) float64 widths.
+        b: batch size B.
+        scale, ratio: as in ``sample_crop_params``.
+        kw: ``generator``, ``device`` and ``dtype`` (float64) of the draws.
+
+    Returns:
+        ``(h, w, ok)``: (B,) float64 size of each sample's first fitting try and (B,) bool,
+        False where no try fits.
+    """
+    if isinstance(height, torch.Tensor):
+        height, width = height[:, None], width[:, None]  # (B, 1)
+        area = height * width
+    else:
+        area = float(height * width)
+    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
+    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = torch.exp(log_r + math.log(ratio[0]))
+    w = torch.round(torch.sqrt(area * s * aspect))  # (B, T); round-half-even like Python round
+    h = torch.round(torch.sqrt(area * s / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (B, T)
+    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)  # (B, 1) first fitting try
+    return h.gather(1, first)[:, 0], w.gather(1, first)[:, 0], fits.any(dim=1)
+
+
 def sample_crop_params_batch(
-    height: int,
-    width: int,
+    height: int | torch.Tensor,
+    width: int | torch.Tensor,
     boxes: torch.Tensor,
     scale: tuple[float, float] = (0.2, 1.0),
     ratio: tuple[float, float] = (3 / 4, 4 / 3),
@@ -247,32 +317,26 @@ def sample_crop_params_batch(
     """Vectorised twin of ``sample_crop_params``: one crop per box, same law, no Python loop.
 
     The 10 tries run in parallel; each sample takes its first fitting try (else the centre-crop
-    fallback). Works on any device; the output lives on ``boxes.device``.
+    fallback). Works on any device without host syncs; the output lives on ``boxes.device``.
+    Per-sample sizes (tensors) give each sample the law of its own image; a batch whose tensor
+    sizes are all equal gives the same crops as the int sizes with the same generator state.
 
     Args:
-        height: image height H (all images of the batch share it).
-        width: image width W.
-        boxes: (B, 4) normalised ``(x0, y0, x1, y1)`` boxes.
+        height: image height H: an int shared by the batch, or a (B,) integer tensor of
+            per-sample heights (>= 1, not checked: that would need a host sync).
+        width: image width W: an int or a (B,) integer tensor.
+        boxes: (B, 4) normalised ``(x0, y0, x1, y1)`` boxes, relative to each sample's image.
         scale, ratio, alpha, full_box_guard: as in ``sample_crop_params``.
         generator: optional ``torch.Generator`` on ``boxes.device``.
 
     Returns:
-        (B, 4) int64 tensor of ``(top, left, h, w)``.
+        (B, 4) int64 tensor of ``(top, left, h, w)``, each crop inside its own ``H x W`` image.
     """
     dev = boxes.device
     b = boxes.shape[0]
-    area = float(height * width)
+    height, width = _batch_sizes(height, width, b, dev)  # ints, or (B,) float64
     kw = dict(generator=generator, device=dev, dtype=torch.float64)
-    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
-    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
-    aspect = torch.exp(log_r + math.log(ratio[0]))
-    w = torch.round(torch.sqrt(area * s * aspect))  # (B, T); round-half-even like Python round
-    h = torch.round(torch.sqrt(area * s / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (B, T)
-    first = torch.argmax(fits.to(torch.int8), dim=1)  # (B,) first fitting try
-    ok = fits.any(dim=1)
-    h = h.gather(1, first[:, None])[:, 0]  # (B,)
-    w = w.gather(1, first[:, None])[:, 0]
+    h, w, ok = _try_sizes(height, width, b, scale, ratio, kw)  # (B,), (B,), (B,) bool
     bx = boxes.to(torch.float64)
     u = sample_beta(alpha, (b, 2), generator, dev).to(torch.float64)  # (B, 2) for (y, x)
     cy = (bx[:, 1] + (bx[:, 3] - bx[:, 1]) * u[:, 0]) * height
@@ -286,9 +350,11 @@ def sample_crop_params_batch(
         top, left = torch.where(full, uy, top), torch.where(full, ux, left)
     top = torch.minimum(top.clamp_min(0), height - h)
     left = torch.minimum(left.clamp_min(0), width - w)
-    # fallback (centre crop) from Python scalars: no host-to-device copy, no sync
-    cols = [torch.where(ok, col, float(fb)) for col, fb in
-            zip((top, left, h, w), _fallback(height, width, ratio))]
+    if isinstance(height, torch.Tensor):
+        fallback: tuple[Any, ...] = _fallback_batch(height, width, ratio)
+    else:  # Python scalars: no host-to-device copy, no sync
+        fallback = tuple(float(v) for v in _fallback(height, width, ratio))
+    cols = [torch.where(ok, col, fb) for col, fb in zip((top, left, h, w), fallback)]
     return torch.stack(cols, dim=1).to(torch.int64)  # (B, 4)
 
 

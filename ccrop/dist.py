@@ -98,6 +98,31 @@ def all_gather(t: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, dim=0)  # (W*B, ...)
 
 
+def gather_shards(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Reassemble per-rank results of an unshuffled ``DistributedSampler`` in dataset order.
+
+    Such a sampler pads the N items to ``W * P`` by repeating the first ones and gives rank r the
+    padded positions ``r, r + W, r + 2W, ...``; this gathers every rank's P rows, puts each row
+    at its padded position and drops the padding.
+
+    Args:
+        t: (P, ...) this rank's rows in sampler order (on the process group's device).
+        n: N, the dataset length.
+
+    Returns:
+        (N, ...) rows in dataset order; ``t`` itself in a single process.
+    """
+    world = get_world_size()
+    if world == 1:
+        return t
+    per = t.shape[0]
+    g = all_gather(t)  # (W*P, ...) rank-major
+    rank = torch.arange(world, device=g.device).repeat_interleave(per)  # (W*P,)
+    slot = torch.arange(per, device=g.device).repeat(world)  # (W*P,)
+    order = torch.argsort(slot * world + rank)  # rows by padded position
+    return g.index_select(0, order[:n])
+
+
 def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
     """Mean of a tensor over ranks (a new tensor; ``t`` is not modified).
 

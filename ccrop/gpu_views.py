@@ -482,6 +482,16 @@ def _check_images(images: Any) -> torch.Tensor:
     return images
 
 
+def _check_extents(extents: Any, b: int) -> torch.Tensor:
+    """Validate the (B, 2) integer ``(h, w)`` valid regions of a batch (shape and dtype only)."""
+    ok = isinstance(extents, torch.Tensor) and tuple(extents.shape) == (b, 2)
+    if not ok or extents.is_floating_point() or extents.dtype == torch.bool:
+        got = f"{extents.dtype} {tuple(extents.shape)}" if isinstance(extents, torch.Tensor) \
+            else type(extents).__name__
+        raise ValueError(f"extents must be a ({b}, 2) integer tensor of (h, w), got {got}")
+    return extents
+
+
 def _check_stats(values: Sequence[float], name: str, positive: bool) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
     if t.numel() != 3 or not torch.isfinite(t).all() or (positive and (t <= 0).any()):
@@ -604,14 +614,26 @@ class GPUViews:
         return indices.to(self.device, non_blocking=True)
 
     def crop_params(self, src: torch.Tensor, generator: torch.Generator | None = None,
-                    image_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Crop rectangles of dataset indices ``src`` (B,): (B, 4) int64 ``(top, left, h, w)``
-        in images of ``image_size`` (default the resident images' size)."""
+                    image_size: tuple[int, int] | torch.Tensor | None = None) -> torch.Tensor:
+        """Crop rectangles for the boxes of dataset indices ``src``.
+
+        Args:
+            src: (B,) int64 dataset indices on the device.
+            generator: optional ``torch.Generator`` on the device.
+            image_size: ``(H, W)`` shared by the batch (default: the resident images' size),
+                or a (B, 2) integer tensor of per-sample ``(h, w)`` valid regions.
+
+        Returns:
+            (B, 4) int64 ``(top, left, h, w)``, each inside its own image or valid region.
+        """
         if self.crop == "ccrop":
             boxes = self.boxes.index_select(0, src)  # (B, 4)
         else:
             boxes = self._fixed_box.expand(src.shape[0], 4)
-        h, w = image_size or self.image_size
+        if isinstance(image_size, torch.Tensor):
+            h, w = image_size[:, 0], image_size[:, 1]  # (B,) each
+        else:
+            h, w = image_size or self.image_size
         return sample_crop_params_batch(h, w, boxes, self.scale, self.ratio, self.alpha,
                                         generator, self.full_box_guard)
 
@@ -632,30 +654,43 @@ class GPUViews:
         return self._views(self.images, idx, idx, generator)
 
     def views_of(self, batch: torch.Tensor, indices: torch.Tensor,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
+                 generator: torch.Generator | None = None,
+                 extents: torch.Tensor | None = None) -> list[torch.Tensor]:
         """V augmented views of a decoded batch (folder datasets: DataLoader workers decode).
 
         Boxes are read by dataset index and are normalised, so they apply to the decoded size.
+        With ``extents`` each image is the top-left ``h x w`` region of its canvas (the rest is
+        padding): crops are sampled inside that region, boxes are relative to it, and the
+        padding is never read (``crop_resize`` weights vanish outside each crop).
 
         Args:
-            batch: (B, C, H0, W0) uint8 images on any device (moved to ``self.device``).
+            batch: (B, C, H0, W0) uint8 images (canvases) on any device (moved to
+                ``self.device``).
             indices: (B,) int64 dataset indices of the batch's images.
             generator: optional ``torch.Generator`` on the device.
+            extents: optional (B, 2) int64 ``(h, w)`` valid region of each canvas, with
+                ``1 <= h <= H0`` and ``1 <= w <= W0`` (not checked: a host sync);
+                None = the whole ``H0 x W0`` canvas.
 
         Returns:
             V tensors (B, 3, S, S), normalised, ``out_dtype``.
         """
         batch = _check_images(batch).to(self.device, non_blocking=True)
         idx = self._check_indices(indices)
+        if extents is not None:
+            extents = _check_extents(extents, batch.shape[0]).to(self.device, non_blocking=True)
         rows = torch.arange(batch.shape[0], device=self.device)
-        return self._views(batch, rows, idx, generator)
+        return self._views(batch, rows, idx, generator, extents)
 
     def _views(self, images: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor,
-               generator: torch.Generator | None) -> list[torch.Tensor]:
-        """Views of ``images[rows]`` with the boxes of dataset indices ``idx`` (both (B,))."""
+               generator: torch.Generator | None,
+               extents: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Views of ``images[rows]`` with the boxes of dataset indices ``idx`` (both (B,)),
+        cropped inside the (B, 2) ``extents`` if given."""
         v = self.num_views
         src, rows = idx.repeat(v), rows.repeat(v)  # (V*B,) view-major: view k is [k*B:(k+1)*B]
-        params = self.crop_params(src, generator, tuple(images.shape[-2:]))  # (V*B, 4)
+        size = tuple(images.shape[-2:]) if extents is None else extents.repeat(v, 1)  # (V*B, 2)
+        params = self.crop_params(src, generator, size)  # (V*B, 4)
         vp = sample_view_params(src.shape[0], self.recipe, generator, self.device)
         x = crop_resize(images, rows, params, self.size, flip=vp["flip"])  # (V*B, 3, S, S)
         x = augment(x, vp, self.recipe, self.blur_kernel_size, inplace=True)

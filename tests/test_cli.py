@@ -54,7 +54,7 @@ def test_bench_runs_on_a_tiny_config(tmp_path):
     result = json.loads(out.read_text())
     assert result["views"]["pil_views_per_s"] > 0 and result["views"]["batched_cpu_views_per_s"] > 0
     assert result["step"]["step_ms_fp32"] > 0
-    assert result["epoch"]["localization_images"] == 48
+    assert result["epoch"]["localization_images"] == 48 and result["epoch"]["checkpoint_s"] > 0
     assert result["syncs"]["host_syncs_per_step"] == 0, result["syncs"]["sites"]
     # per epoch: the loss and finiteness reads, and the DataLoader's seed draw (a CPU tensor)
     assert 0 < result["syncs"]["host_syncs_per_epoch"] <= 3

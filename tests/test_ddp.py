@@ -27,6 +27,22 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     ddp_boxes = torch.load(out / "checkpoints" / "ckpt-epoch00002.pt",
                            weights_only=True)["boxes"]["boxes"]
     assert torch.allclose(ddp_boxes, _one_process_boxes(out), atol=1e-6)
+    # the final kNN: each rank embedded half of the bank and queries with rank 0's BN
+    # statistics; gathered in order, it equals a one-process kNN of the saved weights
+    assert abs(summary["knn_top1"] - _one_process_knn(out)) < 1e-6
+
+
+def _one_process_knn(out):
+    from ccrop.build import build_data
+    from ccrop.checkpoint import load_backbone_state, load_checkpoint
+    from ccrop.config import load_config
+    from ccrop.models import build_backbone
+
+    cfg = load_config(out / "config.yaml")
+    backbone = build_backbone(cfg.model.arch, stem=cfg.model.stem, width=cfg.model.width)
+    load_backbone_state(backbone, load_checkpoint(out / "checkpoints" / "ckpt-epoch00002.pt")[
+        "model"])
+    return build_data(cfg).knn(backbone, torch.device("cpu"))["top1"]
 
 
 def _one_process_boxes(out):

@@ -21,6 +21,7 @@ def test_single_process_helpers_are_identity() -> None:
     assert dist.all_reduce_mean(t) is t
     assert dist.broadcast(t) is t
     assert dist.gather_with_grad(t) is t
+    assert dist.gather_shards(t, 3) is t
     dist.barrier()
     dist.cleanup()
 
@@ -83,6 +84,17 @@ def _check_moco_shuffle_bn(rank: int, world: int, b: int = 4) -> None:
     assert moco.queue_ptr.item() == world * b
 
 
+def _check_gather_shards(rank: int, world: int) -> None:
+    """Shards of an unshuffled DistributedSampler (padded) come back in dataset order."""
+    from torch.utils.data import DistributedSampler
+
+    for n in (7, 8, 1):  # padded (7 -> 8), exact, fewer items than ranks
+        values = torch.arange(n) * 10  # item i's result is 10 * i
+        mine = list(DistributedSampler(range(n), world, rank, shuffle=False))
+        out = dist.gather_shards(values[mine][:, None].float(), n)  # (N, 1)
+        torch.testing.assert_close(out[:, 0], values.float())
+
+
 def _worker(rank: int, world: int, init_file: str) -> None:
     torch.set_num_threads(1)  # before any op: a forked child must not reuse the parent's pool
     tdist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
@@ -90,6 +102,7 @@ def _worker(rank: int, world: int, init_file: str) -> None:
         _check_collectives(rank, world)
         _check_nt_xent(rank, world)
         _check_moco_shuffle_bn(rank, world)
+        _check_gather_shards(rank, world)
     finally:
         dist.cleanup()
 

@@ -405,6 +405,83 @@ def test_call_validates_indices():
         v(torch.zeros(2, dtype=torch.int32))
 
 
+# ----------------------------------------------------------------------------- folder canvases
+
+
+def canvases(extents, side: int = 20, pad: int = 0, seed: int = 0) -> torch.Tensor:
+    """(B, 3, side, side) uint8: smooth images in the top-left (h, w) of each, ``pad`` elsewhere."""
+    out = torch.full((len(extents), 3, side, side), pad, dtype=torch.uint8)
+    for i, (h, w) in enumerate(extents):
+        out[i, :, :h, :w] = smooth_images(1, h, w, seed=seed + i)[0]
+    return out
+
+
+EXTENTS = [(20, 15), (15, 20), (20, 20), (4, 20), (1, 1), (12, 9)]
+
+
+def folder_views(**kw) -> GPUViews:
+    store = BoxStore(6)
+    store.update(torch.arange(6), torch.tensor([[0.1, 0.2, 0.8, 0.7]]).repeat(6, 1))
+    kw.setdefault("recipe", "imagenet")
+    return GPUViews(6, store, size=12, **kw)
+
+
+@pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])
+def test_views_of_with_extents_shapes_and_crops_inside_regions(crop):
+    v = folder_views(crop=crop, num_views=3)
+    hw = torch.tensor(EXTENTS)  # (B, 2)
+    idx = torch.tensor([5, 0, 3, 2, 1, 4])
+    out = v.views_of(canvases(EXTENTS), idx, torch.Generator().manual_seed(0), extents=hw)
+    assert len(out) == 3 and all(t.shape == (6, 3, 12, 12) and torch.isfinite(t).all()
+                                 for t in out)
+    p = v.crop_params(idx.repeat(50), torch.Generator().manual_seed(1), hw.repeat(50, 1))
+    top, left, h, w = p.unbind(1)  # (300,) each
+    assert (h >= 1).all() and (w >= 1).all() and (top >= 0).all() and (left >= 0).all()
+    assert (top + h <= hw[:, 0].repeat(50)).all() and (left + w <= hw[:, 1].repeat(50)).all()
+    assert (top + h == 20).any()  # crops do reach the edge of the larger regions
+
+
+@pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
+def test_views_of_never_reads_the_padding(recipe):
+    v = folder_views(recipe=recipe)
+    hw, idx = torch.tensor(EXTENTS), torch.arange(6)
+
+    def run(pad, extents):
+        g = torch.Generator().manual_seed(4)
+        return v.views_of(canvases(EXTENTS, pad=pad), idx, g, extents=extents)
+
+    for a, b in zip(run(0, hw), run(255, hw)):
+        assert torch.equal(a, b)
+    # without extents the crops cover the padding, so the padding value shows: the check bites
+    assert not all(torch.equal(a, b) for a, b in zip(run(0, None), run(255, None)))
+
+
+def test_views_of_a_canvas_equal_views_of_the_bare_image():
+    """One image of 20 x 13 in a 24 x 24 canvas gives the views of the 20 x 13 image itself."""
+    v = folder_views()
+    bare = smooth_images(1, 20, 13, seed=9)
+    canvas = torch.full((1, 3, 24, 24), 77, dtype=torch.uint8)
+    canvas[:, :, :20, :13] = bare
+    idx = torch.tensor([2])
+    ref = v.views_of(bare, idx, torch.Generator().manual_seed(8))
+    got = v.views_of(canvas, idx, torch.Generator().manual_seed(8),
+                     extents=torch.tensor([[20, 13]]))
+    for a, b in zip(got, ref):
+        assert torch.allclose(a, b, atol=1e-5)
+    full = v.views_of(canvas, idx, torch.Generator().manual_seed(8),
+                      extents=torch.tensor([[24, 24]]))  # whole canvas = no extents
+    for a, b in zip(full, v.views_of(canvas, idx, torch.Generator().manual_seed(8))):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("extents", [
+    torch.tensor([[4, 4]]), torch.ones(2, 3, dtype=torch.long), torch.ones(2, 2), [[4, 4]] * 2,
+])
+def test_views_of_validates_extents(extents):
+    with pytest.raises(ValueError, match="extents"):
+        folder_views().views_of(canvases([(4, 4)] * 2), torch.arange(2), extents=extents)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu_for_fixed_params():
     imgs = smooth_images(8, 32, 32)

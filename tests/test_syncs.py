@@ -110,6 +110,22 @@ def test_view_generation_has_no_host_sync(accelerator_paths, recipe, crop):
     assert spy.count == 0, spy.report()
 
 
+@pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])
+def test_folder_views_with_extents_have_no_host_sync(accelerator_paths, crop):
+    """Decoded folder canvases with per-sample valid regions: per-sample crop law, no sync."""
+    canvases = torch.randint(0, 256, (8, 3, 21, 21), dtype=torch.uint8)  # (B, 3, M, M)
+    hw = torch.tensor([[16, 21], [21, 16], [16, 16], [3, 21], [21, 2], [1, 1], [9, 12],
+                       [21, 21]])  # (B, 2) valid (h, w)
+    views = gpu_views.GPUViews(8, BoxStore(8), recipe="imagenet", crop=crop, size=16,
+                               out_dtype=torch.bfloat16, channels_last=True)
+    g = torch.Generator().manual_seed(0)
+    with SyncSpy() as spy:
+        out = views.views_of(canvases, torch.arange(8), g, extents=hw)
+        views.crop_params(torch.arange(8), g, hw)
+    assert spy.count == 0, spy.report()
+    assert [v.shape for v in out] == [(8, 3, 16, 16)] * 2
+
+
 def test_box_update_syncs_once_per_update_not_per_batch(tmp_path):
     run = build_run(_tiny(tmp_path))
     counts = []

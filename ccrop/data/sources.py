@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from numbers import Integral
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -107,22 +108,68 @@ def loc_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch
 
 
 def eval_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch_size: int,
-                num_workers: int, size: int | None = None) -> DataLoader:
-    """Loader of ``(images, labels)`` without augmentation for kNN/linear feature extraction."""
+                num_workers: int, size: int | None = None, shard: bool = False) -> DataLoader:
+    """Loader of ``(images, labels)`` without augmentation for kNN/linear feature extraction.
+
+    ``shard``: this rank's share only (unshuffled ``DistributedSampler``, padded to equal
+    shares); ``ccrop.dist.gather_shards`` puts the ranks' results back in dataset order.
+    """
     ds = LabeledImages(base, EvalTransform(mean, std, size))
-    return DataLoader(ds, batch_size, shuffle=False, num_workers=num_workers)
+    sampler = _sampler(ds, False, 0, drop_last=False) if shard else None
+    return DataLoader(ds, batch_size, shuffle=False, sampler=sampler, num_workers=num_workers)
+
+
+def fit_size(height: int, width: int, size: int, max_side: int) -> tuple[int, int]:
+    """Aspect-preserving target size: the shorter side becomes ``size`` unless the longer side
+    would then exceed ``max_side``, in which case the longer side becomes ``max_side``.
+
+    Args:
+        height: image height (>= 1).
+        width: image width (>= 1).
+        size: target short side (>= 1).
+        max_side: cap on the long side (>= ``size``).
+
+    Returns:
+        ``(h, w)`` with ``1 <= h, w <= max_side`` and ``min(h, w) <= size``.
+    """
+    short, long = min(height, width), max(height, width)
+    new_short, new_long = size, round(long * size / short)
+    if new_long > max_side:  # too elongated: the long side sets the scale
+        new_long = max_side
+        new_short = min(size, max(1, round(short * max_side / long)))
+    return (new_short, new_long) if height <= width else (new_long, new_short)
 
 
 class DecodedImages(Dataset):
-    """``index -> (index, uint8 (3, S0, S0))``: decode and resize only, for device augmentation."""
+    """``index -> (index, canvas, hw)``: decode and resize only, for device augmentation.
 
-    def __init__(self, base: Dataset, size: int) -> None:
-        self.base, self.size = base, int(size)
+    Each image keeps its aspect ratio (``fit_size``: short side ``size``, long side at most
+    ``max_side``) and is pasted top-left into a zero ``max_side x max_side`` canvas, so that
+    batches stack; ``hw`` tells the device path the valid region (``GPUViews.views_of``).
+
+    Args:
+        base: map-style dataset of ``(image, label)``.
+        size: short side S0 of the decoded images (>= 1).
+        max_side: canvas side M, the cap on the long side (>= size); default
+            ``round(size * 4 / 3)``.
+
+    Returns (per item):
+        ``(index, canvas (3, M, M) uint8, hw (2,) int64 = (h, w))``.
+    """
+
+    def __init__(self, base: Dataset, size: int, max_side: int | None = None) -> None:
+        if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
+            raise ValueError(f"size must be an int >= 1, got {size!r}")
+        if max_side is None:
+            max_side = round(size * 4 / 3)
+        if isinstance(max_side, bool) or not isinstance(max_side, Integral) or max_side < size:
+            raise ValueError(f"max_side must be an int >= size ({size}), got {max_side!r}")
+        self.base, self.size, self.max_side = base, int(size), int(max_side)
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         import numpy as np
         from PIL import Image
 
@@ -130,10 +177,13 @@ class DecodedImages(Dataset):
         from .images import to_rgb
 
         img = to_rgb(unpack_item(self.base[index])[0])
-        if img.size != (self.size, self.size):
-            img = img.resize((self.size, self.size), Image.BILINEAR)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (S0, S0, 3)
-        return int(index), arr.permute(2, 0, 1).contiguous()
+        h, w = fit_size(img.height, img.width, self.size, self.max_side)
+        if img.size != (w, h):
+            img = img.resize((w, h), Image.BILINEAR)
+        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (h, w, 3)
+        canvas = torch.zeros((3, self.max_side, self.max_side), dtype=torch.uint8)  # (3, M, M)
+        canvas[:, :h, :w] = arr.permute(2, 0, 1)
+        return int(index), canvas, torch.tensor([h, w], dtype=torch.int64)
 
 
 #: ``auto_chunk``: at most this many batches, and this many bytes of float32 views, per call.
@@ -155,10 +205,12 @@ class GPUSource:
     """Batched views on the device (``ccrop.gpu_views``).
 
     Small datasets are held on the device as uint8 (``resident``); folder datasets are decoded
-    and resized to ``decode_size`` by DataLoader workers and the uint8 batches are augmented on
-    the device (boxes are normalised, so they apply to the resized image). Shuffling and
-    augmentation draw from generators seeded by ``(seed, epoch)``, so a resumed run sees the
-    same batches. During warm-up a second view maker with the plain RRC law is used.
+    by DataLoader workers to a short side of ``decode_size`` (aspect ratio kept, long side at
+    most 4/3 of it, top-left in a square canvas: ``DecodedImages``) and the uint8 batches are
+    augmented on the device, each crop inside its image's valid region (boxes are normalised,
+    so they apply to the resized image). Shuffling and augmentation draw from generators seeded
+    by ``(seed, epoch)``, so a resumed run sees the same batches. During warm-up a second view
+    maker with the plain RRC law is used.
 
     Args:
         base: map-style dataset.
@@ -168,7 +220,8 @@ class GPUSource:
         seed: shuffling and augmentation seed.
         device: where the data and views live.
         loc_batch_size: batch size of the localization pass.
-        decode_size: None = resident dataset; else the side workers decode folder images to.
+        decode_size: None = resident dataset; else the short side workers decode folder
+            images to.
         num_workers: DataLoader workers (folder datasets).
         chunk: resident datasets: batches whose views one batched call makes (fewer, larger
             kernels; the GPU path is launch-bound at CIFAR size). None = ``auto_chunk``.
@@ -228,8 +281,8 @@ class GPUSource:
         aug.manual_seed((self.seed * 1_000_003 + self.epoch) * 131 + dist.get_rank() + 1)
         maker = self.views if self.use_boxes else self.plain
         if self.loader is not None:
-            for idx, batch in self.loader:
-                yield idx, maker.views_of(batch, idx, aug)
+            for idx, batch, hw in self.loader:  # (B,), (B, 3, M, M) canvases, (B, 2)
+                yield idx, maker.views_of(batch, idx, aug, extents=hw)
             return
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation

@@ -145,13 +145,13 @@ def extract_features(
                 raise ValueError(
                     f"backbone: forward must return pooled (B,D) features, got {tuple(out.shape)}"
                 )
-            feats.append(out.float().cpu())
+            feats.append(out.float())  # stays on the device: one transfer at the end
             labels.append(target)
     finally:
         backbone.train(was_training)
     if not feats:
         raise ValueError("loader: yielded no batches; expected at least one")
-    return torch.cat(feats), torch.cat(labels)  # (N,D), (N,)
+    return torch.cat(feats).cpu(), torch.cat(labels)  # (N,D), (N,)
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, name: str) -> None:

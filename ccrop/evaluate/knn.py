@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ccrop import dist
 from ccrop.evaluate.features import (
     check_feature_bank,
     check_labels,
@@ -134,6 +135,7 @@ def run_knn(
     channels_last: bool = False,
     progress: bool = False,
     chunk: int = 1024,
+    gather: bool = False,
 ) -> dict[str, Any]:
     """kNN protocol end to end: extract train/test features, then weighted kNN top-1.
 
@@ -152,6 +154,8 @@ def run_knn(
         channels_last: feed channels-last inputs.
         progress: show tqdm bars.
         chunk: test rows per batched search step.
+        gather: the loaders hold this rank's share (``eval_loader(..., shard=True)``); the
+            features of all ranks are gathered in dataset order before the search.
 
     Returns:
         {"protocol": "knn", "k": k, "temperature": temperature, "top1": accuracy in percent,
@@ -165,6 +169,11 @@ def run_knn(
     test_feats, test_labels = extract_features(
         backbone, test_loader, device, amp=amp, channels_last=channels_last, progress=progress
     )
+    if gather:
+        train_feats, train_labels, test_feats, test_labels = (
+            dist.gather_shards(t.to(device), len(loader.dataset)).cpu() for t, loader in (
+                (train_feats, train_loader), (train_labels, train_loader),
+                (test_feats, test_loader), (test_labels, test_loader)))
     top1 = knn_accuracy(
         train_feats.to(device), train_labels.to(device), test_feats, test_labels,
         num_classes, k, temperature, chunk,

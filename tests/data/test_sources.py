@@ -3,11 +3,13 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from ccrop.cli import main
 from ccrop.config import load_config
-from ccrop.data.sources import DecodedImages
+from ccrop.data.sources import DecodedImages, fit_size
 
 
 @pytest.fixture
@@ -25,12 +27,69 @@ def folder(tmp_path):
     return tmp_path
 
 
-def test_decoded_images_are_uint8_of_fixed_size(folder):
+def test_decoded_images_are_uint8_canvases_with_their_valid_region(folder):
     from ccrop.data import build_dataset
 
-    ds = DecodedImages(build_dataset("imagefolder", str(folder), "train"), 24)
-    i, img = ds[3]
-    assert i == 3 and img.dtype == torch.uint8 and img.shape == (3, 24, 24)
+    base = build_dataset("imagefolder", str(folder), "train")
+    ds = DecodedImages(base, 24)
+    i, img, hw = ds[3]
+    assert i == 3 and img.dtype == torch.uint8 and img.shape == (3, 32, 32)  # 32 = 24 * 4 / 3
+    assert hw.dtype == torch.int64 and hw.shape == (2,)
+    w0, h0 = base[3][0].size
+    assert tuple(hw.tolist()) == fit_size(h0, w0, 24, 32) and min(hw.tolist()) <= 24
+
+
+def _colour_images(sizes):
+    """A list dataset of ``(PIL image, label)`` with random colours, one per ``(h, w)``."""
+    rng = np.random.default_rng(1)
+    return [(Image.fromarray(rng.integers(1, 255, (h, w, 3), dtype=np.uint8)), 0)
+            for h, w in sizes]
+
+
+@pytest.mark.parametrize("hw,expected", [
+    ((40, 32), (30, 24)),  # portrait: short side 24, long side 30 <= 32
+    ((32, 40), (24, 30)),  # landscape
+    ((50, 50), (24, 24)),  # square, as the old square resize
+    ((10, 100), (3, 32)),  # very wide: long side capped at 32, short side 3
+    ((100, 10), (32, 3)),  # very tall
+    ((3, 4), (24, 32)),  # tiny: upscaled to the rule (4/3 exactly fits the canvas)
+    ((1, 1000), (1, 32)),  # a line keeps at least one pixel
+])
+def test_decoded_images_keep_aspect_ratio_top_left(hw, expected):
+    base = _colour_images([hw])
+    _, img, got = DecodedImages(base, 24)[0]
+    h, w = got.tolist()
+    assert (h, w) == expected and img.shape == (3, 32, 32) and img.dtype == torch.uint8
+    ref = base[0][0].resize((w, h), Image.BILINEAR)  # the valid region is the resized image
+    assert torch.equal(img[:, :h, :w], torch.from_numpy(np.array(ref)).permute(2, 0, 1))
+    assert img[:, h:].sum() == 0 and img[:, :, w:].sum() == 0  # zero padding
+    assert img[:, :h, :w].min() > 0  # the image itself (values >= 1) fills the region
+
+
+@settings(max_examples=150, deadline=None)
+@given(h=st.integers(1, 2000), w=st.integers(1, 2000), size=st.integers(1, 300),
+       extra=st.floats(1.0, 3.0))
+def test_fit_size_keeps_the_ratio_within_rounding(h, w, size, extra):
+    cap = max(size, round(size * extra))
+    fh, fw = fit_size(h, w, size, cap)
+    assert 1 <= fh <= cap and 1 <= fw <= cap and min(fh, fw) <= size
+    assert min(fh, fw) == size or max(fh, fw) == cap  # one of the two rules is active
+    assert (fh <= fw) == (h <= w) or fh == fw  # orientation kept
+
+    def rounds_to(side, new, f):
+        return abs(new - side * f) <= 0.5 + 1e-9 or (new == 1 and side * f < 1)
+
+    # one scale for both sides (short side to size, or long side to the cap), rounded
+    assert any(rounds_to(h, fh, f) and rounds_to(w, fw, f)
+               for f in (size / min(h, w), cap / max(h, w)))
+
+
+@pytest.mark.parametrize("kwargs,word", [
+    ({"size": 0}, "size"), ({"size": 2.5}, "size"), ({"size": 24, "max_side": 23}, "max_side"),
+])
+def test_decoded_images_validate_arguments(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        DecodedImages(_colour_images([(4, 4)]), **kwargs)
 
 
 @pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
