@@ -82,19 +82,48 @@ def _set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None
         group["lr"] = base_lr if group.get("fix_lr", False) else lr
 
 
+def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
+                total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step on a batch of view pairs (B, 3, H, W) each.
+
+    Returns:
+        ``(loss, ok)``: the 0-dim loss and a 0-dim bool (loss and gradients finite), both left
+        on the device. With ``on_nonfinite=skip_step`` a bad step is undone (buffers restored,
+        no update) at the cost of one host sync.
+    """
+    method = run.method
+    skip_mode = run.cfg.train.on_nonfinite == "skip_step"
+    # skip mode: keep the buffers (BN statistics, MoCo queue) to undo a bad forward pass
+    saved = [b.detach().clone() for b in method.buffers()] if skip_mode else None
+    with _autocast(run.device, run.cfg.train.amp):
+        loss = run.model(x1, x2)["loss"]
+    run.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    ok = torch.isfinite(loss.detach()) & _grads_finite(params)
+    if skip_mode and not bool(ok):  # opt-in host sync
+        run.skipped_steps += 1
+        for buf, old in zip(method.buffers(), saved):
+            buf.copy_(old)
+    else:
+        run.optimizer.step()
+        if hasattr(method, "momentum_update"):
+            method.momentum_update((run.step + 1) / total_steps)
+    return loss, ok
+
+
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     """Train one epoch; returns mean loss, lr, timings and throughput.
 
     Loss and finiteness are accumulated on the device and read once at the end (and at
     progress-bar refreshes), so the step has no host sync unless ``on_nonfinite=skip_step``.
     """
-    cfg, method = run.cfg, run.method
+    cfg = run.cfg
     run.model.train()
     steps = len(run.source)
     if cfg.train.max_steps_per_epoch:
         steps = min(steps, cfg.train.max_steps_per_epoch)
     total_steps = steps * cfg.train.epochs
-    params = [p for p in method.parameters() if p.requires_grad]
+    params = [p for p in run.method.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=run.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
     bar = _progress(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress)
@@ -109,22 +138,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
                    cfg.optim.warmup_epochs)
         _set_lr(run.optimizer, lr, cfg.optim.lr)
         x1, x2 = (_to_input(v, cfg) for v in views)
-        skip_mode = cfg.train.on_nonfinite == "skip_step"
-        # skip mode: keep the buffers (BN statistics, MoCo queue) to undo a bad forward pass
-        saved = [b.detach().clone() for b in method.buffers()] if skip_mode else None
-        with _autocast(run.device, cfg.train.amp):
-            loss = run.model(x1, x2)["loss"]
-        run.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        ok = torch.isfinite(loss.detach()) & _grads_finite(params)
-        if skip_mode and not bool(ok):  # opt-in host sync
-            run.skipped_steps += 1
-            for buf, old in zip(method.buffers(), saved):
-                buf.copy_(old)
-        else:
-            run.optimizer.step()
-            if hasattr(method, "momentum_update"):
-                method.momentum_update((run.step + 1) / total_steps)
+        loss, ok = _train_step(run, x1, x2, params, total_steps)
         # Python scalars, not torch.tensor(i, device=...): that copy would sync every step
         first_bad = torch.where((first_bad < 0) & ~ok, i, first_bad)
         loss_sum += torch.where(ok, loss.detach().float(), 0.0)
