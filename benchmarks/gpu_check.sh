@@ -4,11 +4,13 @@
 #      GPU view path (bf16, channels_last, fused SGD): seconds per epoch, box updates, kNN.
 #   2. `ccrop bench` of the GPU-path config: views/s (PIL vs batched CPU vs batched GPU, chunked),
 #      step ms (fp32 vs bf16+channels_last), epoch split, host syncs per step, peak memory.
-#   3. The GPU-path run again with train.compile=true (CEPOCHS epochs; compile time excluded
+#   3. benchmarks/cuda_sync_check.py: views + optimizer steps of every method and localization
+#      batches under torch.cuda.set_sync_debug_mode("error") (no host sync may happen).
+#   4. The GPU-path run again with train.compile=true (CEPOCHS epochs; compile time excluded
 #      from the median by the first-epoch rule).
-#   4. The 20-epoch run on the CPU view path (PIL in DataLoader workers): ratio and kNN.
-#   5. benchmarks/bench_crop.py --device cuda (batched vs per-image localization on the GPU).
-# Stages run in order of importance; each has its own time limit (sum 470 s).
+#   5. The 20-epoch run on the CPU view path (PIL in DataLoader workers): ratio and kNN.
+#   6. benchmarks/bench_crop.py --device cuda (batched vs per-image localization on the GPU).
+# Stages run in order of importance; each has its own time limit (sum 475 s).
 # Usage: OUT=some/dir bash benchmarks/gpu_check.sh   (N, EPOCHS, CEPOCHS, WORKERS, EXTRA override)
 set -u
 OUT=${OUT:-benchmarks/results/gpu_check}
@@ -40,12 +42,13 @@ collect() { python3 benchmarks/collect_gpu_check.py /tmp/gc_gpu /tmp/gc_cpu "$OU
 collect >/dev/null 2>&1
 stage bench 60 python3 -m ccrop.cli bench $COMMON data.pipeline=gpu --steps 20 --no-compile \
   --out "$OUT/bench_gpu.json"
-stage train_gpu_compiled 130 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu \
+stage sync_check 40 python3 benchmarks/cuda_sync_check.py --out "$OUT/sync_check.json"
+stage train_gpu_compiled 110 python3 -m ccrop.cli pretrain $COMMON data.pipeline=gpu \
   train.compile=true train.epochs=$CEPOCHS crop.warmup_epochs=2 crop.loc_interval=3 \
   train.out_dir=/tmp/gc_gpu_compiled
 collect >/dev/null 2>&1
-stage train_cpu 140 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
+stage train_cpu 130 python3 -m ccrop.cli pretrain $COMMON data.pipeline=cpu train.out_dir=/tmp/gc_cpu
 collect >/dev/null 2>&1
-stage bench_crop 30 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
+stage bench_crop 25 python3 benchmarks/bench_crop.py --device cuda --seconds 0.4 \
   --out "$OUT/bench_crop_cuda.json"
 collect 2>&1 | tee -a "$OUT/log.txt"

@@ -112,12 +112,13 @@ def bench_syncs(cfg: Config, steps: int = 2) -> dict[str, float]:
 
     counts, done = [], []
     with tempfile.TemporaryDirectory() as tmp, accelerator_paths():
+        c = replace(cfg, train=replace(cfg.train, out_dir=tmp, progress=False,
+                                       tensorboard=False, compile=False),
+                    data=replace(cfg.data, num_workers=max(1, cfg.data.num_workers),
+                                 persistent_workers=False))
+        run = build_run(c)
         for n in (1, 1 + steps):
-            c = replace(cfg, train=replace(cfg.train, out_dir=tmp, max_steps_per_epoch=n,
-                                           progress=False, tensorboard=False, compile=False),
-                        data=replace(cfg.data, num_workers=max(1, cfg.data.num_workers),
-                                     persistent_workers=False))
-            run = build_run(c)
+            run.cfg.train.max_steps_per_epoch = n
             with SyncSpy() as spy:
                 done.append(train_epoch(run, 0)["steps"])
             counts.append(spy.count)
