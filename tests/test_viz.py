@@ -353,3 +353,17 @@ def test_plot_knn_curves(tmp_path):
     assert img.size[0] > 300 and len(img.getcolors(1 << 20)) > 20
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_knn_curves([tmp_path / "missing"], tmp_path / "x.png")
+
+
+def test_plot_epoch_times_writes_a_png_and_rejects_bad_input(tmp_path):
+    from ccrop.viz import plot_epoch_times
+
+    out = plot_epoch_times({"official": 66.0, "cpu path": 4.3, "gpu path": 3.1},
+                           tmp_path / "speed", "title", reference="official", target=2.5)
+    assert out.suffix == ".png" and out.stat().st_size > 5000
+    with pytest.raises(ValueError, match="times"):
+        plot_epoch_times({}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="> 0"):
+        plot_epoch_times({"a": 0.0}, tmp_path / "x.png")
+    with pytest.raises(ValueError, match="reference"):
+        plot_epoch_times({"a": 1.0}, tmp_path / "x.png", reference="b")
