@@ -54,6 +54,7 @@ class RunData:
     gt_boxes: torch.Tensor | None
     has_labels: bool
     _eval: dict[str, Any] = field(default_factory=dict)
+    _device: dict[tuple, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> Any:
         """A dataset split, built once (the pretraining split is reused)."""
@@ -76,11 +77,47 @@ class RunData:
         if shard:  # rank 0's BN statistics, as in the saved checkpoint
             for buf in backbone.buffers():
                 dist.broadcast(buf)
-        loaders = [eval_loader(self.split(s), self.mean, self.std, d.batch_size, d.num_workers,
-                               d.loc_image_size, shard) for s in (d.eval_train_split, d.test_split)]
+        loaders = [self.eval_batches(s, device, shard=shard)
+                   for s in (d.eval_train_split, d.test_split)]
         return run_knn(backbone, *loaders, self.num_classes, device, t.knn_k, t.knn_temperature,
                        amp=t.amp, channels_last=t.channels_last, progress=progress,
                        gather=shard)
+
+    @property
+    def on_device(self) -> bool:
+        """Evaluation batches are made on the device: ``data.pipeline=gpu`` on a small set."""
+        d = self.cfg.data
+        return d.pipeline == "gpu" and DATASET_INFO[d.dataset].get("small", True)
+
+    def eval_batches(self, split: str, device: torch.device, train: bool = False,
+                     shard: bool = False) -> Any:
+        """``(images, labels)`` batches of a split for the evaluation protocols.
+
+        With ``on_device`` a ``DeviceLabeledBatches`` (the split held on the device, plain ones
+        cached), else a DataLoader of PIL transforms: ``train`` gives the linear protocol's
+        augmentation (RandomResizedCrop(0.08, 1) + flip), otherwise un-augmented images.
+        """
+        d = self.cfg.data
+        if self.on_device:
+            from .data.sources import DeviceLabeledBatches
+
+            key = (split, str(device), train, shard)
+            if key not in self._device:
+                self._device[key] = DeviceLabeledBatches(
+                    self.split(split), self.mean, self.std, d.batch_size, device, train=train,
+                    seed=self.cfg.train.seed, size=d.loc_image_size, shard=shard)
+            return self._device[key]
+        if not train:
+            return eval_loader(self.split(split), self.mean, self.std, d.batch_size,
+                               d.num_workers, d.loc_image_size, shard)
+        from torch.utils.data import DataLoader
+
+        from .data.boxed import LabeledImages
+        from .evaluate.linear import linear_train_transform
+
+        tf = linear_train_transform(self.image_size, self.mean, self.std)
+        return DataLoader(LabeledImages(self.split(split), tf), d.batch_size, shuffle=True,
+                          num_workers=d.num_workers, drop_last=False)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""

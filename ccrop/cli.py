@@ -201,29 +201,25 @@ def cmd_knn(args: argparse.Namespace) -> None:
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
-    """Linear evaluation: the official protocol, or ``--fast`` on cached features."""
-    from torch.utils.data import DataLoader
+    """Linear evaluation: the official protocol, or ``--fast`` on cached features.
 
-    from .data.boxed import LabeledImages
-    from .data.sources import eval_loader
-    from .evaluate.linear import linear_train_transform, run_fast_probe, run_linear
+    With ``data.pipeline=gpu`` on a small dataset the images stay on the device and the
+    protocol's augmentation is batched there (``DeviceLabeledBatches``).
+    """
+    from .evaluate.linear import run_fast_probe, run_linear
 
     cfg, backbone, state, data, device = _eval_setup(args)
-    d = cfg.data
-    test = eval_loader(data.split(d.test_split), data.mean, data.std, d.batch_size,
-                       d.num_workers, d.loc_image_size)
+    d, t = cfg.data, cfg.train
+    test = data.eval_batches(d.test_split, device)
+    speed = dict(amp=t.amp, channels_last=t.channels_last, progress=True)
     if args.fast:
-        train = eval_loader(data.split(d.eval_train_split), data.mean, data.std, d.batch_size,
-                            d.num_workers, d.loc_image_size)
-        res = run_fast_probe(backbone, train, test, data.num_classes, device, progress=True)
+        train = data.eval_batches(d.eval_train_split, device)
+        res = run_fast_probe(backbone, train, test, data.num_classes, device, **speed)
     else:
-        imagenet = d.recipe == "imagenet"
-        lr = args.lr if args.lr is not None else (30.0 if imagenet else 10.0)
-        tf = linear_train_transform(data.image_size, data.mean, data.std)
-        train = DataLoader(LabeledImages(data.split(d.eval_train_split), tf), d.batch_size,
-                           shuffle=True, num_workers=d.num_workers, drop_last=False)
+        lr = args.lr if args.lr is not None else (30.0 if d.recipe == "imagenet" else 10.0)
+        train = data.eval_batches(d.eval_train_split, device, train=True)
         res = run_linear(backbone, train, test, data.num_classes, device, epochs=args.epochs,
-                         lr=lr, progress=True)
+                         lr=lr, **speed)
     _record(args, cfg, state, res)
 
 

@@ -47,6 +47,24 @@ def test_eval_commands_on_a_checkpoint(run_dir, tmp_path, capsys):
     assert stats["images"] == 48 and "iou_gt" in stats
 
 
+def test_eval_protocols_agree_on_both_pipelines(run_dir, capsys):
+    """kNN and the fast probe see the same un-augmented images on the device path (equal
+    results); the official protocol runs there with batched augmentation."""
+    ckpt = str(run_dir / "checkpoints" / "ckpt-epoch00002.pt")
+    out = {}
+    for pipe in ("cpu", "gpu"):
+        capsys.readouterr()
+        assert main(["knn", "--checkpoint", ckpt, f"data.pipeline={pipe}"]) == 0
+        assert main(["linear", "--checkpoint", ckpt, "--fast", f"data.pipeline={pipe}"]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        out[pipe] = [json.loads(x)["top1"] for x in lines if x.startswith("{")]
+    assert out["cpu"][0] == pytest.approx(out["gpu"][0], abs=1e-6)  # kNN
+    assert out["cpu"][1] == pytest.approx(out["gpu"][1], abs=2.5)  # probe: float noise only
+    assert main(["linear", "--checkpoint", ckpt, "--epochs", "2", "data.pipeline=gpu"]) == 0
+    rec = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert rec["protocol"] == "linear" and len(rec["history"]) == 2
+
+
 def test_bench_runs_on_a_tiny_config(tmp_path):
     out = tmp_path / "bench.json"
     assert main(["bench", *TINY, f"train.out_dir={tmp_path}", "--steps", "1", "--out",

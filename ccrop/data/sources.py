@@ -7,7 +7,8 @@ Two paths, one interface (the engine never knows which made a batch):
 - ``GPUSource``: the dataset is held on the device as uint8 and both views of a batch come from
   one batched crop-and-resize (``ccrop.gpu_views``), crop parameters sampled with the same law.
 
-Both also serve the un-augmented images of the localization pass and of the kNN monitor.
+Both also serve the un-augmented images of the localization pass. ``DeviceLabeledBatches``
+serves the evaluation protocols (kNN, linear) on the same GPU path.
 """
 
 from __future__ import annotations
@@ -310,3 +311,77 @@ class GPUSource:
     def boxes_updated(self, store: BoxStore) -> None:
         """Copy the updated boxes to the device."""
         self.views.sync_boxes(store)
+
+
+class DeviceLabeledBatches:
+    """``(images, labels)`` batches made on the device from a resident small dataset.
+
+    The GPU path of the evaluation protocols: with ``train`` the linear protocol's augmentation
+    (RandomResizedCrop(``scale``) + horizontal flip, batched with ``ccrop.gpu_views``, a new
+    shuffle and new draws at every iteration, seeded by ``(seed, pass)``), else the
+    un-augmented normalised images in dataset order (kNN bank and queries, linear test set).
+    A drop-in for the DataLoaders of ``ccrop.evaluate`` (``len``, ``dataset``, iteration).
+
+    Args:
+        base: map-style dataset of ``(image, label)`` with images of one size (or ``size``).
+        mean: per-channel normalisation mean.
+        std: per-channel normalisation std.
+        batch_size: images per batch (the last batch may be shorter).
+        device: where images, labels and batches live.
+        train: augmented, shuffled batches (linear training) or plain ones.
+        seed: shuffling and augmentation seed (``train``).
+        scale: RandomResizedCrop area range (``train``).
+        size: side the images are resized to once (default: native).
+        shard: plain batches of this rank's share only, padded as an unshuffled
+            ``DistributedSampler`` pads (``ccrop.dist.gather_shards`` restores the order).
+    """
+
+    def __init__(self, base: Dataset, mean: Sequence[float], std: Sequence[float],
+                 batch_size: int, device: torch.device, train: bool = False, seed: int = 0,
+                 scale: Sequence[float] = (0.08, 1.0), size: int | None = None,
+                 shard: bool = False) -> None:
+        from ..gpu_views import GPUViews
+        from .tensors import dataset_labels, dataset_to_uint8
+        from .views import Recipe
+
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if train and shard:
+            raise ValueError("shard is for plain (evaluation) batches, not train=True")
+        self.dataset, self.device = base, torch.device(device)
+        self.batch_size, self.train, self.seed, self.shard = int(batch_size), train, seed, shard
+        images = dataset_to_uint8(base, image_size=size).to(self.device)  # (N, 3, H, W)
+        self.labels = dataset_labels(base).to(self.device)  # (N,)
+        flip_only = Recipe(flip_p=0.5, jitter_p=0.0, gray_p=0.0)
+        self.views = GPUViews(images, None, recipe=flip_only, crop="rcrop", mean=mean, std=std,
+                              scale=scale, num_views=1, device=self.device)
+        self._passes = 0
+
+    def _share(self) -> torch.Tensor:
+        """Plain order: all indices, or this rank's padded share (``shard``)."""
+        n = len(self.views)
+        if not self.shard:
+            return torch.arange(n, device=self.device)
+        world = dist.get_world_size()
+        padded = -(-n // world) * world
+        return (torch.arange(padded, device=self.device) % n)[dist.get_rank()::world]
+
+    def __len__(self) -> int:
+        n = len(self.views)
+        per_rank = -(-n // dist.get_world_size()) if self.shard else n
+        return -(-per_rank // self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield ``(images (B, 3, S, S), labels (B,))`` on the device."""
+        gen = None
+        if self.train:
+            gen = torch.Generator(device=self.device)
+            gen.manual_seed(self.seed * 1_000_003 + self._passes)
+            order = torch.randperm(len(self.views), generator=gen, device=self.device)
+        else:
+            order = self._share()  # (M,)
+        self._passes += 1
+        for start in range(0, order.shape[0], self.batch_size):
+            idx = order[start:start + self.batch_size]
+            images = self.views(idx, gen)[0] if self.train else self.views.eval_batch(idx)
+            yield images, self.labels[idx]

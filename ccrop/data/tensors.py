@@ -165,3 +165,21 @@ def dataset_to_uint8(
         if size is None or tuple(native) == size:
             return _from_arrays(parts, layout, progress)
     return _from_items(dataset, size, progress, num_workers)
+
+
+def dataset_labels(dataset: Any) -> torch.Tensor:
+    """All labels of a dataset as one tensor, in dataset order.
+
+    Reads ``dataset.targets`` when it has one (every ccrop dataset does); otherwise loads every
+    item once and takes its label.
+
+    Args:
+        dataset: map-style dataset of ``(image, label)`` (label -1 where there is none).
+
+    Returns:
+        (N,) int64.
+    """
+    targets = getattr(dataset, "targets", None)
+    if targets is None or len(targets) != len(dataset):
+        targets = [int(dataset[i][-1]) for i in range(len(dataset))]
+    return torch.as_tensor(np.asarray(targets, dtype=np.int64))

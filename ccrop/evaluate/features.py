@@ -61,9 +61,10 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for backbone forwards.
+    """Mixed-precision context for backbone forwards, the engine's rule (``train.amp``).
 
-    bfloat16 on CPU and on GPUs that support it, float16 otherwise; a no-op when `amp` is False.
+    On CUDA: bfloat16 where supported, float16 otherwise. A no-op when `amp` is False and on
+    other devices (``train.amp`` means bf16 autocast on CUDA; CPU runs stay float32).
 
     Args:
         device: device the forward runs on.
@@ -72,7 +73,7 @@ def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractCont
     Returns:
         A context manager.
     """
-    if not amp:
+    if not amp or device.type != "cuda":
         return contextlib.nullcontext()
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.autocast(device_type="cuda", dtype=torch.float16)
@@ -151,7 +152,7 @@ def extract_features(
         backbone.train(was_training)
     if not feats:
         raise ValueError("loader: yielded no batches; expected at least one")
-    return torch.cat(feats).cpu(), torch.cat(labels)  # (N,D), (N,)
+    return torch.cat(feats).cpu(), torch.cat(labels).cpu()  # (N,D), (N,)
 
 
 def check_labels(labels: torch.Tensor, num_classes: int, name: str) -> None:
