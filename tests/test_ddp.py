@@ -4,17 +4,19 @@ import json
 import subprocess
 import sys
 
+import pytest
 import torch
 
 
-def test_torchrun_two_processes_on_cpu(tmp_path):
+@pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
+def test_torchrun_two_processes_on_cpu(tmp_path, pipeline):
     out = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
            "--nproc_per_node", "2", "-m", "ccrop.cli", "pretrain",
            "data.dataset_kwargs.num_images=66", "data.batch_size=16", "data.num_workers=0",
            "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
            "train.progress=false", "train.tensorboard=false", "crop.threshold_mode=quantile",
-           "crop.threshold=0.5", f"train.out_dir={out}"]
+           "crop.threshold=0.5", f"data.pipeline={pipeline}", f"train.out_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.count("run folder:") == 1  # printed by rank 0 only
