@@ -1,4 +1,4 @@
-"""Command line: ``ccrop pretrain | knn | linear | boxes | viz | compare | bench``.
+"""Command line: ``ccrop pretrain | knn | linear | boxes | viz | compare | bench | configs``.
 
 Bad input (config, paths, checkpoints, datasets) prints one ``ccrop: error: ...`` line and
 exits with code 2 before any work starts; nothing already written is touched. A write failure
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="write the JSON here too")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
+    sub.add_parser("configs", help="list the packaged paper configs (usable as --config NAME)")
     return parser
 
 
@@ -73,10 +75,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
         "pretrain": cmd_pretrain, "knn": cmd_knn, "linear": cmd_linear, "boxes": cmd_boxes,
-        "viz": cmd_viz, "compare": cmd_compare, "bench": cmd_bench,
+        "viz": cmd_viz, "compare": cmd_compare, "bench": cmd_bench, "configs": cmd_configs,
     }
     try:
         handlers[args.command](args)
+    except BrokenPipeError:  # output piped into `head` and the like: not an error
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silence the exit-time flush)
+        return 0
     except (ConfigError, CheckpointError, OSError) as err:  # OSError: disk full, permissions
         print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
         return 2
@@ -294,6 +299,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(text + "\n")
     print(text)
+
+
+def cmd_configs(args: argparse.Namespace) -> None:
+    """Print every packaged config with the first line of its description."""
+    from .config import PACKAGED_CONFIGS, packaged_configs
+
+    names = packaged_configs()
+    width = max((len(n) for n in names), default=0)
+    for name in names:
+        first = (PACKAGED_CONFIGS / name).read_text().splitlines()[:1] or [""]
+        print(f"{name:<{width}}  {first[0].lstrip('# ').strip()}")
+    print(f"\n{len(names)} configs in {PACKAGED_CONFIGS}; use e.g. "
+          f"`ccrop pretrain --config {names[0] if names else 'NAME'}`")
 
 
 if __name__ == "__main__":

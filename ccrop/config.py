@@ -156,7 +156,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if base is not None:
             cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
         if path is not None:
-            cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
+            cfg = OmegaConf.merge(cfg, _read_yaml(resolve_config_path(path)))
         for item in overrides or []:
             if "=" not in item:
                 raise ConfigError(f"override {item!r} must look like key=value")
@@ -166,6 +166,38 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
     return out
+
+
+#: The paper configs shipped inside the package (``ccrop/configs`` links to ``configs/``).
+PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def resolve_config_path(path: str | Path) -> Path:
+    """A config file: ``path`` itself if it exists, else the packaged config of that name.
+
+    So ``cifar10/simclr_ccrop.yaml`` and ``configs/cifar10/simclr_ccrop.yaml`` work from any
+    folder after ``pip install ccrop`` (the ``.yaml`` suffix may be left out).
+
+    Raises:
+        ConfigError: neither exists; the message names the path and where packaged configs are.
+    """
+    p = Path(path)
+    if p.is_file():
+        return p
+    rel = Path(*p.parts[1:]) if p.parts[:1] == ("configs",) else p
+    for cand in (PACKAGED_CONFIGS / rel, PACKAGED_CONFIGS / rel.with_suffix(".yaml")):
+        if not p.is_absolute() and cand.is_file():
+            return cand
+    raise ConfigError(f"config file {str(path)!r} does not exist (nor as a packaged config; "
+                      "`ccrop configs` lists them)")
+
+
+def packaged_configs() -> list[str]:
+    """Names of the packaged paper configs (``dataset/setting.yaml``), bases excluded."""
+    if not PACKAGED_CONFIGS.is_dir():
+        return []
+    return sorted(str(f.relative_to(PACKAGED_CONFIGS)) for f in PACKAGED_CONFIGS.rglob("*.yaml")
+                  if not f.name.startswith("_"))
 
 
 def _read_yaml(path: Path, depth: int = 0) -> DictConfig:

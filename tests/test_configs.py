@@ -264,3 +264,45 @@ def test_leaf_with_unknown_key_fails(tmp_path: Path):
     leaf.write_text(f"_base_: {base}\noptim:\n  learning_rate: 0.1\n")
     with pytest.raises(ConfigError, match="learning_rate"):
         load_config(leaf)
+
+
+# ----------------------------------------------------------------------------- packaged configs
+
+
+def test_every_config_ships_in_the_package():
+    """The wheel's package-data globs (pyproject) reach two folder levels: every file must."""
+    from ccrop.config import PACKAGED_CONFIGS, packaged_configs
+
+    assert PACKAGED_CONFIGS.resolve() == CONFIG_DIR
+    assert all(len(p.relative_to(CONFIG_DIR).parts) <= 2 for p in ALL_FILES)
+    assert packaged_configs() == _ids(LEAF_FILES)
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    assert '"configs/*.yaml", "configs/*/*.yaml"' in text
+
+
+@pytest.mark.parametrize("name", ["cifar10/simclr_ccrop.yaml", "configs/cifar10/simclr_ccrop.yaml",
+                                  "cifar10/simclr_ccrop"])
+def test_config_names_resolve_from_any_folder(tmp_path, monkeypatch, name):
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the packaged file is used
+    assert _flat(load_config(name)) == _flat(_load(CONFIG_DIR / "cifar10" / "simclr_ccrop.yaml"))
+
+
+def test_a_local_file_wins_over_a_packaged_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cifar10").mkdir()
+    (tmp_path / "cifar10" / "simclr_ccrop.yaml").write_text("train: {seed: 7}\n")
+    cfg = load_config("cifar10/simclr_ccrop.yaml")
+    assert cfg.train.seed == 7 and cfg.data.dataset == "synthetic"  # not the packaged file
+
+
+def test_missing_config_names_the_path_and_the_listing_command(tmp_path, monkeypatch, capsys):
+    from ccrop.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ConfigError, match="cifar10/nope.yaml.*ccrop configs"):
+        load_config("cifar10/nope.yaml")
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+    assert main(["configs"]) == 0
+    out = capsys.readouterr().out
+    assert "cifar10/simclr_ccrop.yaml" in out and f"{len(LEAF_FILES)} configs" in out

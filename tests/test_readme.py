@@ -49,3 +49,15 @@ def test_standalone_example_runs():
     assert scope["view"].size == (32, 32) and scope["boxes"].shape == (2, 4)
     top, left, h, w = scope["top"], scope["left"], scope["h"], scope["w"]
     assert top >= 0 and top + h <= 30 and left >= 0 and left + w <= 40
+
+
+def test_every_config_named_in_the_docs_loads():
+    from ccrop.config import load_config
+
+    root = Path(__file__).resolve().parents[1]
+    docs = [root / "README.md", root / "configs" / "README.md",
+            *sorted((root / "docs").glob("*.md"))]
+    names = {m for doc in docs for m in re.findall(r"--config ([\w./-]+\.yaml)", doc.read_text())}
+    assert len(names) >= 4
+    for name in sorted(names):
+        load_config(root / name if (root / name).exists() else name)  # raises if missing
