@@ -105,7 +105,8 @@ class RunData:
             if key not in self._device:
                 self._device[key] = DeviceLabeledBatches(
                     self.split(split), self.mean, self.std, d.batch_size, device, train=train,
-                    seed=self.cfg.train.seed, size=d.loc_image_size, shard=shard)
+                    seed=self.cfg.train.seed, size=d.loc_image_size, shard=shard,
+                    num_workers=d.num_workers)
             return self._device[key]
         if not train:
             return eval_loader(self.split(split), self.mean, self.std, d.batch_size,

@@ -239,7 +239,9 @@ class GPUSource:
         from .tensors import dataset_to_uint8
 
         if decode_size is None:
-            images: torch.Tensor | int = dataset_to_uint8(base, image_size=spec.loc_size)
+            images: torch.Tensor | int = dataset_to_uint8(  # decoded once, in parallel
+                base, image_size=spec.loc_size, progress=dist.is_main_process(),
+                num_workers=num_workers)
             images = images.to(device)  # (N, 3, H, W) uint8, resident
         else:
             images = len(base)
@@ -334,12 +336,14 @@ class DeviceLabeledBatches:
         size: side the images are resized to once (default: native).
         shard: plain batches of this rank's share only, padded as an unshuffled
             ``DistributedSampler`` pads (``ccrop.dist.gather_shards`` restores the order).
+        num_workers: processes decoding image files once at construction (folder-backed
+            sets such as Tiny ImageNet; array-backed sets are copied directly).
     """
 
     def __init__(self, base: Dataset, mean: Sequence[float], std: Sequence[float],
                  batch_size: int, device: torch.device, train: bool = False, seed: int = 0,
                  scale: Sequence[float] = (0.08, 1.0), size: int | None = None,
-                 shard: bool = False) -> None:
+                 shard: bool = False, num_workers: int = 0) -> None:
         from ..gpu_views import GPUViews
         from .tensors import dataset_labels, dataset_to_uint8
         from .views import Recipe
@@ -350,7 +354,8 @@ class DeviceLabeledBatches:
             raise ValueError("shard is for plain (evaluation) batches, not train=True")
         self.dataset, self.device = base, torch.device(device)
         self.batch_size, self.train, self.seed, self.shard = int(batch_size), train, seed, shard
-        images = dataset_to_uint8(base, image_size=size).to(self.device)  # (N, 3, H, W)
+        images = dataset_to_uint8(base, image_size=size, progress=dist.is_main_process(),
+                                  num_workers=num_workers).to(self.device)  # (N, 3, H, W)
         self.labels = dataset_labels(base).to(self.device)  # (N,)
         flip_only = Recipe(flip_p=0.5, jitter_p=0.0, gray_p=0.0)
         self.views = GPUViews(images, None, recipe=flip_only, crop="rcrop", mean=mean, std=std,
