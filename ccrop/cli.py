@@ -152,11 +152,16 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
 def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
     lines = [f"run folder: {out_dir}"]
     if "knn_top1" in summary:
-        lines.append(f"kNN top-1 (k=200, T=0.1, protocol 'knn'): {summary['knn_top1']:.2f}%")
+        lines.append(f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']}, "
+                     f"protocol 'knn'): {summary['knn_top1']:.2f}%")
     if "box_iou_gt" in summary:
         lines.append(f"box IoU vs ground truth: {summary['box_iou_gt']:.3f} (full-image boxes: "
                      f"{summary['full_box_iou_gt']:.3f}); box updates after epochs "
                      f"{summary['box_updates']}")
+    t = summary.get("time")
+    if t:
+        lines.append(f"time: {summary['epochs']} epochs trained in {t['train_s']:.1f} s (median "
+                     f"epoch {t['median_epoch_s']:.2f} s), box updates {t['box_update_s']:.1f} s")
     print("\n".join(lines))
 
 

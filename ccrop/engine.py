@@ -358,6 +358,20 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         os.fsync(fh.fileno())
 
 
+def _time_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds spent training and re-localizing, over every epoch of the run (resumes too).
+
+    ``median_epoch_s`` leaves out the first epoch (start-up, compilation, cuDNN autotuning)
+    when there are others.
+    """
+    secs = [h["seconds"] for h in history if h.get("event") == "epoch"]
+    steady = sorted(secs[1:] or secs)
+    return {"train_s": float(sum(secs)),
+            "median_epoch_s": float(steady[len(steady) // 2]) if steady else 0.0,
+            "box_update_s": float(sum(h["seconds"] for h in history
+                                      if h.get("event") == "box_update"))}
+
+
 def finish(run: Run) -> dict[str, Any]:
     """Final kNN accuracy and box IoU against ground truth (when the dataset has it)."""
     summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
@@ -365,6 +379,7 @@ def finish(run: Run) -> dict[str, Any]:
     if run.data.num_classes and run.data.has_labels:
         knn = run.data.knn(run.method.backbone, run.device)
         summary["knn_top1"] = knn["top1"]
+        summary["knn_k"], summary["knn_temperature"] = knn["k"], knn["temperature"]
         if dist.is_main_process():
             from .evaluate.results import append_result
 
@@ -379,6 +394,7 @@ def finish(run: Run) -> dict[str, Any]:
                                                    gt).mean())
     boxes = [h for h in run.history if h.get("event") == "box_update"]
     summary["box_updates"] = [h["epoch"] for h in boxes]
+    summary["time"] = _time_summary(run.history)
     if hasattr(run.data.train, "skipped_paths"):  # folder datasets with on_bad_image=skip
         skipped = run.data.train.skipped_paths()
         summary["bad_images_skipped"] = len(skipped)

@@ -26,6 +26,9 @@ def test_pretrain_writes_a_complete_run_folder(run_dir, capsys):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["epochs"] == 2 and summary["box_updates"] == [1]
     assert 0 <= summary["knn_top1"] <= 100 and 0 < summary["box_iou_gt"] <= 1
+    assert summary["knn_k"] == 200 and summary["knn_temperature"] == 0.1
+    t = summary["time"]
+    assert 0 < t["median_epoch_s"] <= t["train_s"] and t["box_update_s"] > 0
     results = [json.loads(x) for x in (run_dir / "results.jsonl").read_text().splitlines()]
     assert results[-1]["protocol"] == "knn" and results[-1]["epoch"] == 2
 

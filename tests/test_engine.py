@@ -141,3 +141,14 @@ def test_full_box_warning_after_a_degenerate_update_only(tmp_path):
     history = build_run(tiny(tmp_path / "q"), resume_from="auto").history
     stats = [h for h in history if h.get("event") == "box_update"]
     assert [h["epoch"] for h in stats] == [2, 4] and all(h["full_share"] < 0.5 for h in stats)
+
+
+def test_time_summary_skips_the_first_epoch_in_the_median():
+    history = [{"event": "epoch", "seconds": 9.0}, {"event": "box_update", "seconds": 0.5},
+               {"event": "epoch", "seconds": 3.0}, {"event": "epoch", "seconds": 1.0},
+               {"event": "epoch", "seconds": 2.0}]
+    t = engine._time_summary(history)
+    assert t == {"train_s": 15.0, "median_epoch_s": 2.0, "box_update_s": 0.5}
+    assert engine._time_summary([{"event": "epoch", "seconds": 4.0}])["median_epoch_s"] == 4.0
+    assert engine._time_summary([])["train_s"] == 0.0
+
