@@ -55,6 +55,8 @@ class RunData:
     has_labels: bool
     _eval: dict[str, Any] = field(default_factory=dict)
     _device: dict[tuple, Any] = field(default_factory=dict)
+    #: splits the GPU view source already holds on the device, shared by ``eval_batches``
+    resident: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def split(self, name: str) -> Any:
         """A dataset split, built once (the pretraining split is reused)."""
@@ -106,7 +108,7 @@ class RunData:
                 self._device[key] = DeviceLabeledBatches(
                     self.split(split), self.mean, self.std, d.batch_size, device, train=train,
                     seed=self.cfg.train.seed, size=d.loc_image_size, shard=shard,
-                    num_workers=d.num_workers)
+                    num_workers=d.num_workers, images=self._resident(split, device))
             return self._device[key]
         if not train:
             return eval_loader(self.split(split), self.mean, self.std, d.batch_size,
@@ -119,6 +121,11 @@ class RunData:
         tf = linear_train_transform(self.image_size, self.mean, self.std)
         return DataLoader(LabeledImages(self.split(split), tf), d.batch_size, shuffle=True,
                           num_workers=d.num_workers, drop_last=False)
+
+    def _resident(self, split: str, device: torch.device) -> torch.Tensor | None:
+        """The view source's device copy of ``split`` (same size rule), if it is on ``device``."""
+        images = self.resident.get(split)
+        return images if images is not None and images.device == torch.device(device) else None
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""
@@ -218,10 +225,13 @@ def build_source(cfg: Config, data: RunData, store: BoxStore, device: torch.devi
         small = DATASET_INFO[d.dataset].get("small", True)
         decode = None if small else round(data.image_size * 256 / 224)  # e.g. 224 -> 256
         amp = cfg.train.amp and device.type == "cuda"  # views cast as autocast would
-        return GPUSource(data.train, store, spec, d.batch_size, cfg.train.seed, device,
-                         c.loc_batch_size, decode, d.num_workers, chunk=d.gpu_chunk,
-                         out_dtype=torch.bfloat16 if amp else torch.float32,
-                         channels_last=cfg.train.channels_last)
+        source = GPUSource(data.train, store, spec, d.batch_size, cfg.train.seed, device,
+                           c.loc_batch_size, decode, d.num_workers, chunk=d.gpu_chunk,
+                           out_dtype=torch.bfloat16 if amp else torch.float32,
+                           channels_last=cfg.train.channels_last)
+        if source.views.images is not None:  # the kNN monitor reuses it, not a second copy
+            data.resident[d.train_split] = source.views.images
+        return source
     return CPUSource(data.train, store, spec, d.batch_size, d.num_workers, d.persistent_workers,
                      cfg.train.seed, device, c.loc_batch_size)
 

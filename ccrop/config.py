@@ -184,10 +184,11 @@ def resolve_config_path(path: str | Path) -> Path:
     p = Path(path)
     if p.is_file():
         return p
-    rel = Path(*p.parts[1:]) if p.parts[:1] == ("configs",) else p
-    for cand in (PACKAGED_CONFIGS / rel, PACKAGED_CONFIGS / rel.with_suffix(".yaml")):
-        if not p.is_absolute() and cand.is_file():
-            return cand
+    if not p.is_absolute():
+        rel = Path(*p.parts[1:]) if p.parts[:1] == ("configs",) else p
+        for cand in (PACKAGED_CONFIGS / rel, PACKAGED_CONFIGS / rel.with_suffix(".yaml")):
+            if cand.is_file():
+                return cand
     raise ConfigError(f"config file {str(path)!r} does not exist (nor as a packaged config; "
                       "`ccrop configs` lists them)")
 

@@ -187,6 +187,19 @@ class DecodedImages(Dataset):
         return int(index), canvas, torch.tensor([h, w], dtype=torch.int64)
 
 
+def padded_share(n: int, device: torch.device) -> torch.Tensor:
+    """This rank's indices of ``0..n-1`` as an unshuffled ``DistributedSampler`` deals them:
+    padded to a multiple of the world size by repeating the first indices, so every rank gets
+    ``ceil(n / world)`` (equal sizes for ``all_gather``; ``dist.gather_shards`` undoes it).
+
+    Returns:
+        (ceil(n / world),) int64 on ``device``; ``0..n-1`` in a single process.
+    """
+    world = dist.get_world_size()
+    padded = -(-n // world) * world
+    return (torch.arange(padded, device=device) % n)[dist.get_rank()::world]
+
+
 #: ``auto_chunk``: at most this many batches, and this many bytes of float32 views, per call.
 AUTO_CHUNK_MAX = 8
 AUTO_CHUNK_BYTES = 256 * 2**20
@@ -303,9 +316,7 @@ class GPUSource:
         if self.loc_loader is not None:
             yield from self.loc_loader
             return
-        n, world, rank = len(self.views), dist.get_world_size(), dist.get_rank()
-        padded = -(-n // world) * world  # equal shard sizes for all_gather; repeats are harmless
-        shard = (torch.arange(padded, device=self.device) % n)[rank::world]
+        shard = padded_share(len(self.views), self.device)  # repeats are harmless: by index
         for start in range(0, shard.shape[0], self.loc_batch_size):
             idx = shard[start:start + self.loc_batch_size]
             yield idx, self.views.eval_batch(idx)
@@ -338,12 +349,15 @@ class DeviceLabeledBatches:
             ``DistributedSampler`` pads (``ccrop.dist.gather_shards`` restores the order).
         num_workers: processes decoding image files once at construction (folder-backed
             sets such as Tiny ImageNet; array-backed sets are copied directly).
+        images: the split already held on ``device`` as (N, 3, H, W) uint8 (the GPU source's
+            resident copy), used instead of decoding it again.
     """
 
     def __init__(self, base: Dataset, mean: Sequence[float], std: Sequence[float],
                  batch_size: int, device: torch.device, train: bool = False, seed: int = 0,
                  scale: Sequence[float] = (0.08, 1.0), size: int | None = None,
-                 shard: bool = False, num_workers: int = 0) -> None:
+                 shard: bool = False, num_workers: int = 0,
+                 images: torch.Tensor | None = None) -> None:
         from ..gpu_views import GPUViews
         from .tensors import dataset_labels, dataset_to_uint8
         from .views import Recipe
@@ -354,22 +368,14 @@ class DeviceLabeledBatches:
             raise ValueError("shard is for plain (evaluation) batches, not train=True")
         self.dataset, self.device = base, torch.device(device)
         self.batch_size, self.train, self.seed, self.shard = int(batch_size), train, seed, shard
-        images = dataset_to_uint8(base, image_size=size, progress=dist.is_main_process(),
-                                  num_workers=num_workers).to(self.device)  # (N, 3, H, W)
+        if images is None:
+            images = dataset_to_uint8(base, image_size=size, progress=dist.is_main_process(),
+                                      num_workers=num_workers).to(self.device)  # (N, 3, H, W)
         self.labels = dataset_labels(base).to(self.device)  # (N,)
         flip_only = Recipe(flip_p=0.5, jitter_p=0.0, gray_p=0.0)
         self.views = GPUViews(images, None, recipe=flip_only, crop="rcrop", mean=mean, std=std,
                               scale=scale, num_views=1, device=self.device)
         self._passes = 0
-
-    def _share(self) -> torch.Tensor:
-        """Plain order: all indices, or this rank's padded share (``shard``)."""
-        n = len(self.views)
-        if not self.shard:
-            return torch.arange(n, device=self.device)
-        world = dist.get_world_size()
-        padded = -(-n // world) * world
-        return (torch.arange(padded, device=self.device) % n)[dist.get_rank()::world]
 
     def __len__(self) -> int:
         n = len(self.views)
@@ -383,8 +389,10 @@ class DeviceLabeledBatches:
             gen = torch.Generator(device=self.device)
             gen.manual_seed(self.seed * 1_000_003 + self._passes)
             order = torch.randperm(len(self.views), generator=gen, device=self.device)
+        elif self.shard:
+            order = padded_share(len(self.views), self.device)  # (ceil(N / world),)
         else:
-            order = self._share()  # (M,)
+            order = torch.arange(len(self.views), device=self.device)  # (N,)
         self._passes += 1
         for start in range(0, order.shape[0], self.batch_size):
             idx = order[start:start + self.batch_size]

@@ -172,3 +172,22 @@ def test_bad_arguments_are_rejected(ds):
         DeviceLabeledBatches(ds, MEAN, STD, 0, "cpu")
     with pytest.raises(ValueError, match="shard"):
         DeviceLabeledBatches(ds, MEAN, STD, 4, "cpu", train=True, shard=True)
+
+
+def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
+    from ccrop.build import build_run
+
+    cfg = load_config(None, [
+        "data.dataset=synthetic", "data.dataset_kwargs.num_images=40", "data.batch_size=8",
+        "data.num_workers=0", "data.pipeline=gpu", "model.width=8", "train.epochs=1",
+        "crop.warmup_epochs=0", "train.tensorboard=false", "train.progress=false",
+        f"train.out_dir={tmp_path}"])
+    run = build_run(cfg)
+    bank = run.data.eval_batches(cfg.data.eval_train_split, run.device)
+    assert bank.views.images.data_ptr() == run.source.views.images.data_ptr()  # one copy
+    test = run.data.eval_batches(cfg.data.test_split, run.device)
+    assert test.views.images.data_ptr() != run.source.views.images.data_ptr()
+    ref = eval_loader(run.data.train, run.data.mean, run.data.std, 8, 0)
+    for (x, y), (xr, yr) in zip(bank, ref):  # the shared copy gives the eval images
+        assert torch.equal(y, yr.long())
+        torch.testing.assert_close(x, xr, atol=1e-6, rtol=0)
