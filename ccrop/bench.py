@@ -16,6 +16,7 @@ import torch
 
 from .boxes import BoxStore
 from .config import Config
+from .engine import compiler_error_summary, is_compiler_error
 
 
 def _sync(device: torch.device) -> None:
@@ -158,7 +159,13 @@ def bench_step(cfg: Config, device: torch.device, steps: int,
             opt.step()
 
         if comp:
-            step()  # compile outside the timing
+            try:
+                step()  # compile outside the timing
+            except Exception as err:
+                if not is_compiler_error(err):
+                    raise
+                out[f"step_error_{name}"] = compiler_error_summary(err)
+                continue
         out[f"step_ms_{name}"] = 1000 * _timed(step, device, steps)
     return out
 

@@ -45,6 +45,10 @@ class FullBoxWarning(UserWarning):
     """Most boxes cover the whole image: ContrastiveCrop degenerates to RandomResizedCrop."""
 
 
+class CompileFailedWarning(UserWarning):
+    """``train.compile=true`` but the compiler failed; the run continues without compiling."""
+
+
 @dataclass
 class Run:
     """The live objects of one pretraining run."""
@@ -63,6 +67,7 @@ class Run:
     step: int = 0  # global optimizer steps
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
+    compile_checked: bool = False  # a compiled model's first step has run (or fell back)
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -111,6 +116,61 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
     return loss, ok
 
 
+def _first_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
+                total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_train_step``, guarded the first time a ``torch.compile``d model runs.
+
+    Compiling happens in this step (the forward graph now, the backward graph at the first
+    ``backward``). If the compiler fails (e.g. a Triton bug, or no C++ toolchain), the buffers
+    (BN statistics, MoCo queue) are restored, a ``CompileFailedWarning`` names the error, and
+    this and every later step run eagerly: the run goes on as if ``train.compile=false``.
+    """
+    run.compile_checked = True
+    if not run.cfg.train.compile:
+        return _train_step(run, x1, x2, params, total_steps)
+    saved = [b.detach().clone() for b in run.method.buffers()]
+    try:
+        return _train_step(run, x1, x2, params, total_steps)
+    except Exception as err:
+        if not is_compiler_error(err):
+            raise
+        for buf, old in zip(run.method.buffers(), saved):
+            buf.copy_(old)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.model = getattr(run.model, "_orig_mod", run.model)
+        warnings.warn(CompileFailedWarning(
+            f"train.compile=true, but torch.compile failed ({compiler_error_summary(err)}); "
+            "training continues without compiling"), stacklevel=2)
+        return _train_step(run, x1, x2, params, total_steps)
+
+
+def is_compiler_error(err: BaseException) -> bool:
+    """Whether ``err`` came from torch.compile's stack. Dynamo wraps forward-graph failures in
+    its own exceptions; a backward graph compiled lazily raises the compiler's raw error, which
+    is recognised by the compiler frames in its traceback."""
+    import torch._dynamo
+
+    if isinstance(err, torch._dynamo.exc.TorchDynamoException):
+        return True
+    parts = ("torch/_inductor/", "torch/_dynamo/", "torch/_functorch/", "/triton/")
+    tb = err.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if any(p in name for p in parts):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def compiler_error_summary(err: BaseException) -> str:
+    """One line for a long compiler error: its type, first and last lines, without the
+    ``TORCHDYNAMO_VERBOSE`` hints torch appends."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()
+             and not ln.strip().startswith(("Set TORCHDYNAMO", "For even more developer"))]
+    parts = [type(err).__name__] + lines[:1] + lines[-1:]
+    return " | ".join(dict.fromkeys(p[:200] for p in parts))
+
+
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     """Train one epoch; returns mean loss, lr, timings and throughput.
 
@@ -138,7 +198,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
                    cfg.optim.warmup_epochs)
         _set_lr(run.optimizer, lr, cfg.optim.lr)
         x1, x2 = (_to_input(v, cfg) for v in views)
-        loss, ok = _train_step(run, x1, x2, params, total_steps)
+        step = _train_step if run.compile_checked else _first_step
+        loss, ok = step(run, x1, x2, params, total_steps)
         # Python scalars, not torch.tensor(i, device=...): that copy would sync every step
         first_bad = torch.where((first_bad < 0) & ~ok, i, first_bad)
         loss_sum += torch.where(ok, loss.detach().float(), 0.0)
@@ -375,7 +436,9 @@ def _time_summary(history: list[dict[str, Any]]) -> dict[str, float]:
 def finish(run: Run) -> dict[str, Any]:
     """Final kNN accuracy and box IoU against ground truth (when the dataset has it)."""
     summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
-                               "skipped_steps": run.skipped_steps}
+                               "skipped_steps": run.skipped_steps,
+                               # False after a compiler failure fell back to eager
+                               "compiled": hasattr(run.model, "_orig_mod")}
     if run.data.num_classes and run.data.has_labels:
         knn = run.data.knn(run.method.backbone, run.device)
         summary["knn_top1"] = knn["top1"]

@@ -61,6 +61,9 @@ def _nt_xent_fp32(
     b = z1.shape[0]
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     anchors = torch.cat([z1, z2])  # (2B, D)
+    # each anchor's positive logit straight from the pair: no target gather, no cross_entropy
+    # (Triton 3.6 failed to compile the fused nll_loss kernel that cross_entropy became)
+    pos = (anchors * torch.cat([z2, z1])).sum(dim=1) / temperature  # (2B,)
     rank, world = (dist.get_rank(), dist.get_world_size()) if gather else (0, 1)
     if world > 1:
         z1, z2 = dist.gather_with_grad(z1), dist.gather_with_grad(z2)  # (W*B, D) each
@@ -69,10 +72,10 @@ def _nt_xent_fp32(
     logits = anchors @ candidates.T / temperature  # (2B, 2N)
     local = torch.arange(b, device=logits.device) + rank * b  # (B,) own rows among N
     self_idx = torch.cat([local, local + n])  # (2B,) where each anchor sits in candidates
-    pos_idx = torch.cat([local + n, local])  # (2B,) the other view of the same image
     # a comparison, not F.one_hot: one_hot range-checks its input with a host sync
     self_mask = self_idx[:, None] == torch.arange(2 * n, device=logits.device)  # (2B, 2N)
-    return F.cross_entropy(logits.masked_fill(self_mask, float("-inf")), pos_idx)
+    # cross entropy with the positive as target: log-sum-exp over all but self, minus positive
+    return (torch.logsumexp(logits.masked_fill(self_mask, float("-inf")), dim=1) - pos).mean()
 
 
 def moco_logits(
@@ -116,9 +119,8 @@ def info_nce_queue(
         Scalar loss, mean over the B queries.
     """
     logits = moco_logits(q, k, queue, temperature)  # (B, 1+K), float32
-    labels = torch.zeros(q.shape[0], dtype=torch.long, device=q.device)
-    with _no_autocast(logits):
-        return F.cross_entropy(logits, labels)
+    with _no_autocast(logits):  # cross entropy with target 0, without the nll_loss kernel
+        return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

@@ -67,6 +67,20 @@ def test_nt_xent_lower_for_equal_views(seed: int) -> None:
     assert nt_xent(z, z, 0.5) < nt_xent(z, _randn(seed + 100, 16, 32), 0.5)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_nt_xent_gradient_matches_cross_entropy_form(seed: int) -> None:
+    """Gradients equal those of the textbook form: cross entropy of the self-masked logits with
+    the other view as target, in float64."""
+    z1, z2 = _randn(seed, 6, 8).requires_grad_(), _randn(seed + 1, 6, 8).requires_grad_()
+    nt_xent(z1, z2, 0.2).backward()
+    r1, r2 = z1.detach().double().requires_grad_(), z2.detach().double().requires_grad_()
+    z = F.normalize(torch.cat([r1, r2]), dim=1)
+    logits = (z @ z.T / 0.2).masked_fill(torch.eye(12, dtype=torch.bool), float("-inf"))
+    F.cross_entropy(logits, (torch.arange(12) + 6) % 12).backward()
+    torch.testing.assert_close(z1.grad, r1.grad.float(), rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(z2.grad, r2.grad.float(), rtol=1e-4, atol=1e-6)
+
+
 def test_nt_xent_gradient_finite() -> None:
     z1 = _randn(0, 4, 8).requires_grad_()
     z2 = _randn(1, 4, 8).requires_grad_()

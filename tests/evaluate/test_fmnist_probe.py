@@ -32,10 +32,12 @@ def test_fast_probe_trained_beats_random_on_fashion_mnist():
     random_init = run_fast_probe(backbone, probe_train, probe_test, 10, "cpu")["top1"]
 
     method = build_method("simclr", backbone, proj_hidden=128, proj_dim=64)
-    opt = torch.optim.SGD(method.parameters(), 0.5, momentum=0.9, weight_decay=1e-4)
+    # lr 0.2 x 6 epochs: gains of 5.9-14.0 points over seeds 0-5; 3 epochs at lr 0.5 were
+    # chaotic (gains of 0.2-8.9, so a float-rounding change could flip the test)
+    opt = torch.optim.SGD(method.parameters(), 0.2, momentum=0.9, weight_decay=1e-4)
     views = build_view_transform("cifar", "rcrop", 32, info["mean"], info["std"])
     ds = BoxedDataset(train, BoxStore(len(train)), views, seed=0)
-    for epoch in range(3):
+    for epoch in range(6):
         ds.set_epoch(epoch)
         for _, (x1, x2), _ in DataLoader(ds, 128, shuffle=True, drop_last=True):
             loss = method(x1, x2)["loss"]
@@ -45,5 +47,5 @@ def test_fast_probe_trained_beats_random_on_fashion_mnist():
     trained = run_fast_probe(backbone, probe_train, probe_test, 10, "cpu")
     assert trained["protocol"].startswith("linear-fast")
     print(f"fast probe on Fashion-MNIST: random init {random_init:.2f}%, "
-          f"3 SimCLR epochs {trained['top1']:.2f}%")
+          f"6 SimCLR epochs {trained['top1']:.2f}%")
     assert 10 + 20 < random_init < trained["top1"] - 2
