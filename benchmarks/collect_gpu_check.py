@@ -30,8 +30,10 @@ def main() -> None:
     if args.compiled:
         comp = load(Path(args.compiled))
         out["gpu_path_compiled"] = comp
+        # False when the compiler failed and the run fell back to eager (CompileFailedWarning)
+        out["gpu_compiled_really_compiled"] = comp["summary"].get("compiled")
         out["median_epoch_s_gpu_compiled"] = comp["median_epoch_s_after_first"]
-        if comp["median_epoch_s_after_first"]:
+        if comp["median_epoch_s_after_first"] and comp["summary"].get("compiled"):
             out["speedup_vs_official_66s_compiled"] = 66.0 / comp["median_epoch_s_after_first"]
     if gpu["median_epoch_s_after_first"] and cpu["median_epoch_s_after_first"]:
         out["cpu_over_gpu_epoch_time"] = (cpu["median_epoch_s_after_first"]

@@ -99,7 +99,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: bool = False  # bf16 autocast on CUDA
     channels_last: bool = False
-    compile: bool = False
+    compile: bool = False  # torch.compile the model; falls back to eager if the compiler fails
     out_dir: str = "runs/default"
     save_every: int = 1  # epochs between checkpoints
     keep_last: int = 2
