@@ -12,8 +12,9 @@ from ccrop.config import load_config
 def _cfg(tmp_path, method: str, *extra: str):
     # CPU even where CUDA exists: the comparisons are bit for bit, and cuDNN's backward is not
     # deterministic, so two CUDA runs differ in the last bits (seen on an H100)
-    return load_config(None, ["train.device=cpu",
-        "data.dataset=synthetic", "data.dataset_kwargs.num_images=48", "data.batch_size=16",
+    return load_config(None, [
+        "train.device=cpu", "data.dataset=synthetic", "data.dataset_kwargs.num_images=48",
+        "data.batch_size=16",
         "data.num_workers=0", "model.width=8", "train.epochs=2", "crop.warmup_epochs=1",
         "crop.loc_interval=1", "train.knn_every=0", "train.tensorboard=false",
         "train.progress=false", "train.max_steps_per_epoch=2", f"method.name={method}",
