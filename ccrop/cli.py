@@ -137,7 +137,10 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from .engine import fit
 
     cfg = _config(args)
-    dist.init_from_env()
+    try:
+        dist.init_from_env(cfg.train.device)
+    except ValueError as err:  # more ranks than GPUs: a launch mistake, reported like bad config
+        raise ConfigError(str(err)) from None
     main_process = dist.is_main_process()
     try:
         run = build_run(cfg, args.resume)

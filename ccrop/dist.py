@@ -177,22 +177,35 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
     return _GatherWithGrad.apply(t)
 
 
-def init_from_env() -> bool:
+def init_from_env(device: str = "auto") -> bool:
     """Initialise the process group from torchrun's environment variables.
 
-    Uses NCCL when CUDA is available (and sets this process's device to ``LOCAL_RANK``),
-    otherwise Gloo. Does nothing when ``RANK``, ``WORLD_SIZE`` or ``LOCAL_RANK`` is unset.
+    Uses NCCL when this run trains on CUDA (``device`` not ``cpu`` and CUDA available; each
+    process takes the GPU ``LOCAL_RANK``), otherwise Gloo. Does nothing when ``RANK``,
+    ``WORLD_SIZE`` or ``LOCAL_RANK`` is unset.
+
+    Args:
+        device: the run's ``train.device`` (``auto``, ``cpu``, ``cuda``...).
 
     Returns:
         True if running distributed (initialised here or before), False for a single process.
+
+    Raises:
+        ValueError: more processes on this node than CUDA devices.
     """
     if is_dist():
         return True
     if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
         return False
-    use_cuda = torch.cuda.is_available()
+    use_cuda = device != "cpu" and torch.cuda.is_available()
     if use_cuda:
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        local, count = int(os.environ["LOCAL_RANK"]), torch.cuda.device_count()
+        if local >= count:
+            raise ValueError(
+                f"torchrun started a process with LOCAL_RANK={local}, but this machine has "
+                f"{count} CUDA device(s): use --nproc_per_node {count} (one process per GPU), "
+                "or train.device=cpu for processes on the CPU")
+        torch.cuda.set_device(local)
     tdist.init_process_group(backend="nccl" if use_cuda else "gloo", init_method="env://")
     return True
 

@@ -16,6 +16,7 @@ def test_torchrun_two_processes_on_cpu(tmp_path, pipeline):
            "data.dataset_kwargs.num_images=66", "data.batch_size=16", "data.num_workers=0",
            "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
            "train.progress=false", "train.tensorboard=false", "crop.threshold_mode=quantile",
+           "train.device=cpu",
            "crop.threshold=0.5", f"data.pipeline={pipeline}", f"train.out_dir={out}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]

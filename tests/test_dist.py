@@ -2,6 +2,7 @@
 
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as tdist
 import torch.multiprocessing as mp
@@ -108,7 +109,54 @@ def _worker(rank: int, world: int, init_file: str) -> None:
 
 
 def test_two_gloo_ranks(tmp_path: Path) -> None:
-    # fork: the children reuse the parent's imports (spawn re-imports torch, ~5 s per child).
+    # fork: the children reuse the parent's imports (spawn re-imports torch, ~5 s per child);
+    # but once CUDA autograd has run in this process (a GPU machine), a forked child cannot
+    # use autograd, so spawn then
+    method = "spawn" if torch.cuda.is_initialized() else "fork"
     mp.start_processes(
-        _worker, args=(2, str(tmp_path / "pg_init")), nprocs=2, join=True, start_method="fork"
+        _worker, args=(2, str(tmp_path / "pg_init")), nprocs=2, join=True, start_method=method
     )
+
+
+@pytest.mark.parametrize("device,gpus,local_rank,backend", [
+    ("auto", 0, "1", "gloo"),  # no CUDA
+    ("cpu", 2, "1", "gloo"),  # CUDA present, but the run is on the CPU
+    ("auto", 2, "1", "nccl"),
+    ("cuda", 2, "0", "nccl"),
+])
+def test_init_from_env_picks_the_backend_of_the_run_device(monkeypatch, device, gpus,
+                                                           local_rank, backend):
+    seen = {}
+    monkeypatch.setenv("RANK", local_rank)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", local_rank)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda i: seen.setdefault("gpu", i))
+    monkeypatch.setattr(tdist, "init_process_group",
+                        lambda backend, init_method: seen.setdefault("backend", backend))
+    assert dist.init_from_env(device)
+    assert seen["backend"] == backend
+    assert seen.get("gpu") == (int(local_rank) if backend == "nccl" else None)
+
+
+def test_init_from_env_more_ranks_than_gpus_names_the_fix(monkeypatch):
+    for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(tdist, "init_process_group", lambda **kw: pytest.fail("initialised"))
+    with pytest.raises(ValueError, match=r"LOCAL_RANK=1.*1 CUDA device.*--nproc_per_node 1"):
+        dist.init_from_env("auto")
+
+
+def test_cli_pretrain_with_more_ranks_than_gpus_exits_2(monkeypatch, capsys, tmp_path):
+    from ccrop import cli
+
+    for key, value in (("RANK", "1"), ("WORLD_SIZE", "2"), ("LOCAL_RANK", "1")):
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cli.main(["pretrain", f"train.out_dir={tmp_path / 'run'}"]) == 2
+    assert "--nproc_per_node 1" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # nothing written

@@ -10,7 +10,9 @@ from ccrop.methods import METHODS
 
 
 def tiny(tmp_path, *extra):
+    # CPU even where CUDA exists: resume tests compare bit for bit (cuDNN is not deterministic)
     return load_config(None, [
+        "train.device=cpu",
         "data.dataset=synthetic", "data.dataset_kwargs.num_images=48", "data.batch_size=16",
         "data.num_workers=0", "model.width=8", "train.epochs=5", "crop.warmup_epochs=1",
         "crop.loc_interval=2", "train.knn_every=0", "train.tensorboard=false",

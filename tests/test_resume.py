@@ -42,7 +42,7 @@ TINY = [
     "data.num_workers=0", "model.width=4", "method.name=moco", "method.params.queue_size=64",
     f"train.epochs={EPOCHS}", "crop.warmup_epochs=1", "crop.loc_interval=1",
     "crop.loc_batch_size=32", "train.knn_every=0", "train.tensorboard=false",
-    "train.progress=false",
+    "train.progress=false", "train.device=cpu",  # bit-exact resume is a CPU guarantee
 ]  # fmt: skip
 SUBPROCESS_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
 

@@ -104,7 +104,7 @@ def test_folder_pretraining_on_both_paths(folder, tmp_path, pipeline):
             "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
             "crop.threshold_mode=quantile", "crop.threshold=0.5", "train.progress=false",
             "train.tensorboard=false", "method.params.proj_hidden=16",
-            "method.params.proj_dim=8", f"train.out_dir={out}"]
+            "method.params.proj_dim=8", "train.device=cpu", f"train.out_dir={out}"]
     assert main(args) == 0
     from ccrop.checkpoint import latest_valid_checkpoint
 
@@ -181,7 +181,7 @@ def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
         "data.dataset=synthetic", "data.dataset_kwargs.num_images=40", "data.batch_size=8",
         "data.num_workers=0", "data.pipeline=gpu", "model.width=8", "train.epochs=1",
         "crop.warmup_epochs=0", "train.tensorboard=false", "train.progress=false",
-        f"train.out_dir={tmp_path}"])
+        "train.device=cpu", f"train.out_dir={tmp_path}"])
     run = build_run(cfg)
     bank = run.data.eval_batches(cfg.data.eval_train_split, run.device)
     assert bank.views.images.data_ptr() == run.source.views.images.data_ptr()  # one copy
