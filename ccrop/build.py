@@ -236,18 +236,54 @@ def build_source(cfg: Config, data: RunData, store: BoxStore, device: torch.devi
                      cfg.train.seed, device, c.loc_batch_size)
 
 
+def dataset_paths(dataset: Any) -> list[str] | None:
+    """Image file paths of a folder dataset in index order, or None (array datasets)."""
+    samples = getattr(dataset, "samples", None)
+    return None if samples is None else [str(p) for p, _ in samples]
+
+
+def given_boxes(cfg: Config, data: RunData) -> torch.Tensor | None:
+    """The boxes of ``crop.box_source`` oracle or ``file:PATH`` (N, 4), or None for heatmap.
+
+    Raises:
+        ConfigError: oracle on a dataset without true boxes; a bad box file (names the row).
+    """
+    source = cfg.crop.box_source
+    if source == "heatmap" or cfg.crop.kind != "ccrop":
+        return None
+    if source == "oracle":
+        if data.gt_boxes is None:
+            raise ConfigError(
+                f"crop.box_source=oracle needs a dataset with true boxes (synthetic, "
+                f"fashion-mnist-cluttered); data.dataset {cfg.data.dataset!r} has none")
+        return data.gt_boxes.clone()
+    from .box_files import read_boxes
+
+    path = source[len("file:"):]
+    try:
+        boxes, missing = read_boxes(path, len(data.train), dataset_paths(data.train))
+    except ValueError as err:
+        raise ConfigError(f"crop.box_source: {err}") from None
+    if missing and dist.is_main_process():
+        warnings.warn(f"crop.box_source: {path!r} has no box for {missing} of {len(data.train)} "
+                      "images; they get the full image (plain RandomResizedCrop)", stacklevel=2)
+    return boxes
+
+
 def build_run(cfg: Config, resume_from: str | None = None) -> Run:
     """Everything a run needs, restored from a checkpoint when ``resume_from`` is given."""
     run_dir = Path(cfg.train.out_dir)
-    if dist.is_main_process():
-        check_run_dir(run_dir, resuming=resume_from is not None)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     data = build_data(cfg)
     store = BoxStore(len(data.train))
     method, model = build_model(cfg, device)
+    boxes = given_boxes(cfg, data)
+    if dist.is_main_process():  # after the checks above: a bad config leaves no folder
+        check_run_dir(run_dir, resuming=resume_from is not None)
     run = Run(cfg, device, run_dir, method, model, build_optimizer(cfg, method), store,
-              build_source(cfg, data, store, device), data, writer=_writer(cfg, run_dir))
+              build_source(cfg, data, store, device), data, writer=_writer(cfg, run_dir),
+              given_boxes=boxes)
     if resume_from is not None and not resume(run, resume_from) and resume_from != "auto":
         raise ConfigError(f"--resume {resume_from!r}: no checkpoint found")
     save_run_config(run)

@@ -54,13 +54,24 @@ def _parser() -> argparse.ArgumentParser:
             q.add_argument("--epochs", type=int, default=100)
             q.add_argument("--lr", type=float, default=None, help="default 10 (30 for imagenet)")
         if name == "boxes":
-            q.add_argument("--out", help="write the boxes (N,4) tensor to this .pt file")
+            q.add_argument("--out", help="export the boxes: .csv (index[,path],x0,y0,x1,y1), "
+                           ".json (COCO-style) or .pt; read back with crop.box_source=file:PATH")
         if name == "viz":
             q.add_argument("--out", default="figures", help="output folder")
             q.add_argument("--num", type=int, default=6, help="images in the heatmap figure")
-    p = sub.add_parser("compare", help="table (and kNN curve figure) of several run folders")
-    p.add_argument("runs", nargs="+", help="run folders")
-    p.add_argument("--out", help="PNG of kNN accuracy per epoch")
+    p = sub.add_parser("ab", help="seeded A/B of named arms: train, then the compare table")
+    _add_config_args(p)
+    p.add_argument("--arms", default="rcrop,ccrop",
+                   help="comma list, first = baseline: built-ins rcrop, ccrop, simccrop, oracle, "
+                        "ccrop-paper, or custom name:key=value,key=value (default rcrop,ccrop)")
+    p.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list like 0,1,2")
+    p.add_argument("--out", default="runs/ab", help="A/B folder: <out>/<arm>/seed<s>, ab.md")
+    p.add_argument("--linear-fast", action="store_true",
+                   help="also the cached-feature linear probe of each run (a column)")
+    p = sub.add_parser("compare", help="A/B table (and kNN band figure) of run or A/B folders")
+    p.add_argument("runs", nargs="+", help="run folders or A/B folders; the first arm is the "
+                                           "baseline of the paired differences")
+    p.add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per arm)")
     p = sub.add_parser("bench", help="speed benchmarks (JSON)")
     _add_config_args(p)
     p.add_argument("--out", help="write the JSON here too")
@@ -75,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
         "pretrain": cmd_pretrain, "knn": cmd_knn, "linear": cmd_linear, "boxes": cmd_boxes,
-        "viz": cmd_viz, "compare": cmd_compare, "bench": cmd_bench, "configs": cmd_configs,
+        "viz": cmd_viz, "ab": cmd_ab, "compare": cmd_compare, "bench": cmd_bench,
+        "configs": cmd_configs,
     }
     try:
         handlers[args.command](args)
@@ -237,23 +249,45 @@ def cmd_linear(args: argparse.Namespace) -> None:
 
 
 def cmd_boxes(args: argparse.Namespace) -> None:
-    """Localize every training image with the checkpoint's encoder; print the statistics."""
-    import torch
-
+    """Localize every training image with the checkpoint's encoder; print the statistics and
+    optionally export the boxes (``--out`` .csv, COCO-style .json or .pt, with image paths
+    when the dataset has them; ``crop.box_source=file:PATH`` reads them back)."""
+    from .box_files import check_output_path, write_boxes
     from .boxes import BoxStore
+    from .build import dataset_paths
     from .data.sources import loc_loader
-    from .localize import update_boxes
+    from .localize import feature_fn, update_boxes
 
+    out = check_output_path(args.out) if args.out else None  # before the pass, not after
     cfg, backbone, _, data, device = _eval_setup(args)
     loader = loc_loader(data.train, data.mean, data.std, cfg.crop.loc_batch_size,
                         cfg.data.num_workers, cfg.data.loc_image_size)
     store = BoxStore(len(data.train))
-    stats = update_boxes(backbone.forward_features, loader, store, cfg.crop.threshold,
-                         cfg.crop.threshold_mode, device, gt_boxes=data.gt_boxes, progress=True,
-                         align=cfg.crop.heatmap_align)
-    if args.out:
-        torch.save(store.boxes.clone(), args.out)
+    stats = update_boxes(feature_fn(backbone, cfg.crop.heatmap_stages), loader, store,
+                         device=device, gt_boxes=data.gt_boxes, progress=True,
+                         **cfg.crop.box_rule())
+    if out is not None:
+        paths = dataset_paths(data.train)
+        stats["out"] = str(write_boxes(out, store.boxes.clone(), paths,
+                                       _image_sizes(data.train, paths)))
     print(json.dumps(stats))
+
+
+def _image_sizes(dataset: Any, paths: list[str] | None) -> list[tuple[int, int]] | None:
+    """(h, w) of every image for a COCO-style export: file headers of a folder dataset, else
+    the first image's size for all (array datasets hold one size)."""
+    if paths is not None:
+        from PIL import Image
+
+        sizes = []
+        for path in paths:
+            with Image.open(path) as img:  # reads the header only
+                sizes.append((img.height, img.width))
+        return sizes
+    first = dataset[0][0]
+    if not hasattr(first, "height"):
+        return None
+    return [(first.height, first.width)] * len(dataset)
 
 
 def cmd_viz(args: argparse.Namespace) -> None:
@@ -271,29 +305,48 @@ def cmd_viz(args: argparse.Namespace) -> None:
                                      threshold=cfg.crop.threshold, mode=cfg.crop.threshold_mode,
                                      device=device, mean=data.mean, std=data.std,
                                      gt_boxes=data.gt_boxes, alpha=cfg.crop.alpha,
-                                     align=cfg.crop.heatmap_align),
+                                     align=cfg.crop.heatmap_align, region=cfg.crop.box_region,
+                                     stages=cfg.crop.heatmap_stages),
              viz.plot_centre_distribution(out / "centre_distribution.png")]
     for p in paths:
         print(p)
 
 
-def cmd_compare(args: argparse.Namespace) -> None:
-    """Print one row per run: final kNN, box IoU, updates; optional kNN-per-epoch figure."""
-    rows = []
-    for run in args.runs:
-        path = Path(run) / "summary.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"{str(path)!r} not found: is {run!r} a finished ccrop run?")
-        summary = json.loads(path.read_text())
-        rows.append((run, summary))
-        iou = summary.get("box_iou_gt")
-        print(f"{run:40s} kNN {summary.get('knn_top1', float('nan')):6.2f}%  "
-              f"box IoU {'-' if iou is None else f'{iou:.3f}'}  "
-              f"epochs {summary.get('epochs')}  box updates {summary.get('box_updates')}")
-    if args.out:
-        from .viz import plot_knn_curves
+def cmd_ab(args: argparse.Namespace) -> dict[str, Any] | None:
+    """Train every arm on every seed (resumable), then print the compare table (``ab.md``)."""
+    from . import dist
+    from .ab import parse_arms, parse_seeds, report, run_ab
 
-        print(plot_knn_curves([r for r, _ in rows], args.out))
+    arms, seeds = parse_arms(args.arms), parse_seeds(args.seeds)
+    overrides = list(args.overrides)
+    if args.config is None:  # the demo preset, exactly as `ccrop pretrain`
+        overrides = demo_overrides(overrides) + overrides
+    try:
+        dist.init_from_env(_config(args).train.device)
+    except ValueError as err:  # more ranks than GPUs: a launch mistake, reported like bad config
+        raise ConfigError(str(err)) from None
+    try:
+        groups = run_ab(args.config, overrides, arms, seeds, args.out,
+                        linear_fast=args.linear_fast)
+        main_process = dist.is_main_process()
+    finally:
+        dist.cleanup()
+    if not main_process:
+        return None
+    markdown, data = report(groups, args.out)
+    print(f"\n{markdown}\nwritten: {Path(args.out) / 'ab.md'}, ab.json, ab_knn.png")
+    return data
+
+
+def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
+    """The A/B table of run folders grouped by arm (first = baseline); optional band figure."""
+    from .ab import collect_groups, plot_bands, report
+
+    markdown, data = report(collect_groups(args.runs))
+    print(markdown, end="")
+    if args.out:
+        print(plot_bands(data, args.out))
+    return data
 
 
 def cmd_bench(args: argparse.Namespace) -> None:

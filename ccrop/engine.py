@@ -32,7 +32,7 @@ from .checkpoint import (
 )
 from .config import Config, ConfigError, save_config, to_dict
 from .crop import CENTER_BOX
-from .localize import update_boxes
+from .localize import box_stats, feature_fn, update_boxes
 from .schedule import box_update_epochs, lr_at, uses_boxes
 from .syncs import LossDisplay
 
@@ -68,6 +68,7 @@ class Run:
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
     compile_checked: bool = False  # a compiled model's first step has run (or fell back)
+    given_boxes: torch.Tensor | None = None  # (N, 4) crop.box_source oracle/file: no encoder
 
 
 # ----------------------------------------------------------------------------- one epoch
@@ -254,28 +255,47 @@ def _progress(total: int, desc: str, on: bool):
 
 
 def localize_step(run: Run, completed: int) -> dict[str, Any]:
-    """Re-localize every training image with the current encoder and log the statistics."""
+    """Re-localize every training image with the current encoder and log the statistics.
+
+    With ``crop.box_source`` oracle or file the given boxes are written instead (no encoder
+    pass), on the same schedule.
+    """
     cfg = run.cfg
-    # every rank localizes with rank 0's encoder, BN running statistics included (without
-    # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
-    encoder = run.method.heatmap_encoder  # each method names its query/online encoder
-    for buf in encoder.buffers():
-        dist.broadcast(buf)
-    stats = update_boxes(encoder.forward_features, run.source.loc_batches(), run.store,
-                         cfg.crop.threshold, cfg.crop.threshold_mode, run.device, amp=cfg.train.amp,
-                         channels_last=cfg.train.channels_last, gt_boxes=run.data.gt_boxes,
-                         progress=cfg.train.progress and dist.is_main_process(),
-                         align=cfg.crop.heatmap_align)
+    if run.given_boxes is not None:
+        stats = _write_given_boxes(run)
+    else:
+        # every rank localizes with rank 0's encoder, BN running statistics included (without
+        # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
+        encoder = run.method.heatmap_encoder  # each method names its query/online encoder
+        for buf in encoder.buffers():
+            dist.broadcast(buf)
+        stats = update_boxes(feature_fn(encoder, cfg.crop.heatmap_stages),
+                             run.source.loc_batches(), run.store, device=run.device,
+                             amp=cfg.train.amp, channels_last=cfg.train.channels_last,
+                             gt_boxes=run.data.gt_boxes,
+                             progress=cfg.train.progress and dist.is_main_process(),
+                             **cfg.crop.box_rule())
     run.source.boxes_updated(run.store)
     stats = {"event": "box_update", "epoch": completed, **stats}
     if stats["full_share"] >= cfg.crop.warn_full_share and dist.is_main_process():
+        advice = (f"the boxes of crop.box_source={cfg.crop.box_source} are that large"
+                  if run.given_boxes is not None else "consider crop.threshold_mode=otsu with "
+                  "crop.box_region=peak, or a higher crop.threshold; keep crop.full_box_guard on")
         warnings.warn(
             f"{stats['full_share']:.0%} of boxes cover (almost) the whole image after epoch "
-            f"{completed}: ContrastiveCrop does little here. Consider crop.threshold_mode="
-            "quantile or a higher crop.threshold; keep crop.full_box_guard on.", FullBoxWarning,
+            f"{completed}: ContrastiveCrop does little here ({advice}).", FullBoxWarning,
             stacklevel=1)
     _log_boxes(run, stats)
     return stats
+
+
+def _write_given_boxes(run: Run) -> dict[str, Any]:
+    """Write ``run.given_boxes`` (oracle or file) into the store; the usual statistics."""
+    start = time.perf_counter()
+    idx = torch.arange(len(run.store))
+    run.store.update(idx, run.given_boxes)
+    return box_stats(run.store, idx, torch.zeros(len(idx), dtype=torch.bool),
+                     run.data.gt_boxes, time.perf_counter() - start)
 
 
 def _log_boxes(run: Run, stats: dict[str, Any]) -> None:

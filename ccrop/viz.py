@@ -35,7 +35,7 @@ from .crop import (
 )
 from .data.boxed import unpack_item
 from .data.images import to_rgb
-from .localize import FULL_SHARE_AREA, heatmaps_from_features, localize
+from .localize import FULL_SHARE_AREA, feature_fn, heatmaps_from_features, localize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -306,11 +306,15 @@ def localization_figure(
     gt_boxes: torch.Tensor | None = None,
     image_size: int | None = None,
     align: str = "paper",
+    region: str = "extent",
+    stages: Sequence[int] | None = None,
     **kw: Any,
 ) -> Path:
     """Localize ``dataset[indices]`` with ``backbone`` and draw ``plot_localization``.
 
-    ``align`` is the heatmap cell placement (``ccrop.localize.ALIGNS``).
+    ``align`` is the heatmap cell placement (``ccrop.localize.ALIGNS``), ``region`` the box
+    region (``ccrop.localize.REGIONS``), ``stages`` the backbone stages of the heatmap (None:
+    the last map, ``forward_features``).
 
     The backbone runs in eval mode without gradients on the un-augmented, normalised images; its
     train/eval state is restored afterwards. Works with random-init and trained encoders.
@@ -321,7 +325,8 @@ def localization_figure(
         indices: dataset indices to show (one row each; keep it to a handful).
         path: output file.
         threshold: the paper's k (``fixed``) or the per-image quantile (``quantile``).
-        mode: ``"fixed"`` or ``"quantile"`` (see ``ccrop.localize.boxes_from_heatmaps``).
+        mode: ``"fixed"``, ``"quantile"`` or ``"otsu"`` (see
+            ``ccrop.localize.boxes_from_heatmaps``).
         device: where to run; default the backbone's parameter device (else CPU).
         mean: per-channel normalisation mean (ImageNet by default; pass the dataset's).
         std: per-channel normalisation std.
@@ -338,6 +343,7 @@ def localization_figure(
         raise ValueError("indices must name at least one dataset index")
     if not callable(getattr(backbone, "forward_features", None)):
         raise ValueError("backbone must have a forward_features(x) -> (B, C, h, w) method")
+    features = feature_fn(backbone, stages)
     pics = _load_images(dataset, idx, image_size)
     x = _batch(pics, mean, std)  # (B, 3, H, W)
     if device is None:
@@ -346,15 +352,17 @@ def localization_figure(
     was_training = backbone.training
     backbone.eval()
     try:
-        fmap = backbone.forward_features(x.to(device)).float()  # (B, C, h, w)
+        with torch.no_grad():
+            fmap = features(x.to(device))  # (B, C, h, w) or a list of stage maps
     finally:
         backbone.train(was_training)
     size = (x.shape[-2], x.shape[-1])
     heat, _ = heatmaps_from_features(fmap, size, align)  # (B, H, W)
-    boxes, bad = localize(fmap, size, threshold, mode, align)  # (B, 4), (B,)
+    boxes, bad = localize(fmap, size, threshold, mode, align, region)  # (B, 4), (B,)
     gt = _gt_rows(gt_boxes if gt_boxes is not None else getattr(dataset, "gt_boxes", None), idx)
     kw.setdefault("row_labels", [f"index {i}" for i in idx])
-    kw.setdefault("title", f"localization: {mode} threshold {threshold:g}")
+    rule = f"{mode} threshold {threshold:g}" if mode != "otsu" else "Otsu threshold"
+    kw.setdefault("title", f"localization: {rule}, {region} box")
     return plot_localization(pics, heat.cpu(), boxes.cpu(), path, gt_boxes=gt,
                              degenerate=bad.cpu(), **kw)  # fmt: skip
 
@@ -695,4 +703,58 @@ def plot_epoch_times(times: Mapping[str, float], path: str | Path, title: str = 
     ax.set_xlabel("seconds per epoch (log scale)")
     fig.suptitle(textwrap.fill(title, 90), fontsize=9)
     ax.grid(alpha=0.3, axis="x")
+    return _save(fig, path)
+
+
+def _knn_band(ax: Axes, label: str, curves: Sequence[Sequence[Sequence[float]]],
+              dodge: float) -> None:
+    """One arm of ``plot_knn_bands``: mean line over seeds, min–max band (error bar if 1 epoch)."""
+    by_epoch: dict[float, list[float]] = {}
+    for curve in curves:
+        for epoch, top1 in curve:
+            by_epoch.setdefault(float(epoch), []).append(float(top1))
+    if not by_epoch:
+        return
+    xs = np.array(sorted(by_epoch))
+    mean = np.array([np.mean(by_epoch[x]) for x in xs])
+    lo = np.array([min(by_epoch[x]) for x in xs])
+    hi = np.array([max(by_epoch[x]) for x in xs])
+    (line,) = ax.plot(xs, mean, marker="o", label=label)
+    ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    if len(xs) == 1:  # a band of one epoch has no width: the range as a (dodged) error bar
+        line.set_xdata(xs + dodge)
+        ax.errorbar(xs + dodge, mean, yerr=[mean - lo, hi - mean], color=line.get_color(),
+                    capsize=5)
+
+
+def plot_knn_bands(groups: Mapping[str, Sequence[Sequence[Sequence[float]]]],
+                   path: str | Path) -> Path:
+    """kNN top-1 per epoch of an A/B, one band per arm: mean across seeds, min–max shaded.
+
+    Args:
+        groups: ``{arm: [curve per seed]}`` in legend order; a curve is a sequence of
+            ``(epoch, top1 %)`` points (the monitor epochs of ``metrics.jsonl`` and the final
+            value of ``summary.json``). An epoch only some seeds reached averages those seeds.
+        path: output PNG.
+
+    Returns:
+        The path written.
+    """
+    fig = _figure(7, 4.5)
+    ax = fig.add_subplot(1, 1, 1)
+    k = len(groups)
+    for i, (arm, curves) in enumerate(groups.items()):
+        _knn_band(ax, f"{arm} (n={len(curves)})", curves, 0.08 * (i - (k - 1) / 2))
+    xs = [x for line in ax.lines for x in line.get_xdata()]
+    if xs and max(xs) - min(xs) < 1:  # one epoch: keep the axis readable
+        ax.set_xlim(round(float(np.mean(xs))) - 1, round(float(np.mean(xs))) + 1)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("kNN top-1 (%)  [protocol: knn]")
+    ax.set_title("kNN accuracy during pretraining: mean across seeds, min–max band")
+    ax.grid(alpha=0.3)
+    if ax.lines:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no kNN values", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)

@@ -132,7 +132,8 @@ def test_extending_epochs_on_resume(tmp_path):
 
 def test_full_box_warning_after_a_degenerate_update_only(tmp_path):
     with pytest.warns(engine.FullBoxWarning, match="whole image after epoch 2"):
-        summary = engine.fit(build_run(tiny(tmp_path / "k", "crop.threshold=0.0")))
+        summary = engine.fit(build_run(tiny(tmp_path / "k", "crop.threshold_mode=fixed",
+                                            "crop.box_region=extent", "crop.threshold=0.0")))
     assert summary["box_updates"] == [2, 4]
     import warnings
 

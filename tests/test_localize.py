@@ -96,14 +96,15 @@ def test_quantile_mode_adapts_to_flat_maps():
     st.integers(1, 6),
     st.integers(1, 40),
     st.floats(0, 0.99),
-    st.sampled_from(["fixed", "quantile"]),
+    st.sampled_from(["fixed", "quantile", "otsu"]),
+    st.sampled_from(["extent", "peak"]),
     st.integers(0, 10**6),
 )
-def test_boxes_always_valid(b, h, w, size, k, mode, seed):
+def test_boxes_always_valid(b, h, w, size, k, mode, region, seed):
     g = torch.Generator().manual_seed(seed)
     fmap = torch.randn(b, 3, h, w, generator=g) * 10 ** torch.randint(-8, 8, (1,), generator=g)
     fmap[torch.rand(fmap.shape, generator=g) < 0.05] = float("nan")
-    boxes = boxes_from_features(fmap, (size, size + 3), k, mode)
+    boxes = boxes_from_features(fmap, (size, size + 3), k, mode, region=region)
     assert boxes.shape == (b, 4) and torch.isfinite(boxes).all()
     assert (boxes >= 0).all() and (boxes <= 1).all()
     assert (boxes[:, 0] < boxes[:, 2]).all() and (boxes[:, 1] < boxes[:, 3]).all()
@@ -114,7 +115,8 @@ def test_boxes_always_valid(b, h, w, size, k, mode, seed):
     [
         ({"threshold": 1.0}, "threshold"),
         ({"threshold": -0.1}, "threshold"),
-        ({"mode": "otsu"}, "mode"),
+        ({"mode": "adaptive"}, "mode"),
+        ({"region": "largest"}, "region"),
     ],
 )
 def test_bad_threshold_and_mode(kwargs, word):
@@ -210,3 +212,90 @@ def test_receptive_alignment_clamps_at_edges_and_stays_in_range():
     assert (boxes >= 0).all() and (boxes <= 1).all()
     with pytest.raises(ValueError, match="align"):
         boxes_from_features(fmap, (224, 224), align="middle")
+
+
+# ----------------------------------------------------------------------------- ccrop's rules
+
+
+def test_otsu_level_splits_a_two_level_map_between_its_levels():
+    # 30% of pixels at 0.8 (+ small noise), the rest at 0.2: Otsu's level lies between the modes
+    g = torch.Generator().manual_seed(0)
+    heat = torch.full((3, 20, 20), 0.2) + 0.02 * torch.rand(3, 20, 20, generator=g)
+    heat[:, :6, :] += 0.6
+    from ccrop.localize import otsu_levels
+
+    level = otsu_levels(heat)
+    assert ((level >= 0.2) & (level < 0.8)).all()  # the top of the lower class
+    assert ((heat > level[:, None, None]).float().mean(dim=(1, 2)) == 0.3).all()
+
+
+def test_otsu_matches_brute_force_between_class_variance():
+    from ccrop.localize import otsu_levels
+
+    heat = torch.rand(5, 7, 9, generator=torch.Generator().manual_seed(1))
+    level = otsu_levels(heat)
+    def score(v, t):
+        hi = v > t
+        if hi.all() or not hi.any():
+            return -1.0
+        w1 = hi.float().mean()
+        return float(w1 * (1 - w1) * (v[hi].mean() - v[~hi].mean()) ** 2)
+
+    for b in range(5):
+        v = heat[b].flatten()
+        best = max(score(v, t) for t in v.unique())
+        assert score(v, level[b]) == pytest.approx(best, rel=1e-5)
+
+
+def test_peak_region_keeps_the_blob_holding_the_maximum():
+    # two hot cells far apart on an 8x8 map; the left one is hotter
+    fmap = torch.zeros(1, 2, 8, 8)
+    fmap[:, :, 3:5, 0:2] = 1.0
+    fmap[:, :, 3:5, 6:8] = 0.7
+    extent = boxes_from_features(fmap, (32, 32), 0.3, region="extent")[0]
+    peak = boxes_from_features(fmap, (32, 32), 0.3, region="peak")[0]
+    assert extent[0] == 0 and extent[2] == 1  # both blobs: the whole width
+    assert peak[0] == 0 and peak[2] < 0.4  # the left blob alone
+    assert peak[1] == extent[1] and peak[3] == extent[3]
+
+
+def test_peak_component_on_a_coarse_grid_for_large_images():
+    from ccrop.localize import PEAK_GRID, peak_component
+
+    size = 4 * PEAK_GRID  # pooled by 4
+    heat = torch.zeros(1, size, size)
+    heat[0, 10:30, 10:30] = 1.0
+    heat[0, 80:100, 80:100] = 0.9
+    mask = heat > 0.5
+    comp = peak_component(mask, heat)
+    assert comp[0, 10:30, 10:30].all() and not comp[0, 80:, 80:].any()
+    assert comp.sum() == 400
+
+
+def test_several_stage_maps_average_their_heatmaps():
+    a = blob(4, 4, 0, 1, 0, 1, c=2)  # hot top-left cell
+    b = blob(8, 8, 6, 8, 6, 8, c=5)  # hot bottom-right at twice the resolution
+    heat_a, _ = heatmaps_from_features(a, (32, 32))
+    heat_b, _ = heatmaps_from_features(b, (32, 32))
+    both, bad = heatmaps_from_features([a, b], (32, 32))
+    mixed = heat_a + heat_b
+    mixed = (mixed - mixed.min()) / (mixed.max() - mixed.min())
+    assert torch.allclose(both, mixed, atol=1e-6) and not bad.any()
+    with pytest.raises(ValueError, match="agree in B"):
+        heatmaps_from_features([a, torch.zeros(2, 1, 4, 4)], (32, 32))
+
+
+def test_feature_fn_selects_resnet_stages():
+    from ccrop.localize import feature_fn
+    from ccrop.models import build_backbone
+
+    net = build_backbone(width=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert feature_fn(net, None) == net.forward_features
+    assert feature_fn(net, [4]) == net.forward_features
+    maps = feature_fn(net, (3, 4))(x)
+    assert [tuple(m.shape) for m in maps] == [(2, 16, 8, 8), (2, 32, 4, 4)]
+    assert torch.equal(maps[1], net.forward_features(x))
+    assert feature_fn(net, (3,)).__self__ is net  # update_boxes finds the module
+    with pytest.raises(ValueError, match="stage_maps"):
+        feature_fn(torch.nn.Conv2d(3, 3, 1), (3,))

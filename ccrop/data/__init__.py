@@ -3,6 +3,7 @@
 from .base import ArrayDataset, ImageDataset
 from .boxed import BoxedDataset
 from .cifar import CIFAR10, CIFAR100
+from .cluttered import ClutteredFashionMNIST
 from .fashion_mnist import FashionMNIST
 from .folder import BadImageError, FileListDataset, ImageFolder, UnlabeledFolder, load_rgb
 from .registry import DATASET_INFO, build_dataset
@@ -21,6 +22,7 @@ __all__ = [
     "BoxedDataset",
     "CIFAR10",
     "CIFAR100",
+    "ClutteredFashionMNIST",
     "FashionMNIST",
     "FileListDataset",
     "ImageDataset",

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset
 
 from .base import check_split
 from .cifar import CIFAR10, CIFAR100
+from .cluttered import ClutteredFashionMNIST
 from .fashion_mnist import FashionMNIST
 from .folder import ImageFolder, UnlabeledFolder
 from .stl10 import SPLITS as STL10_SPLITS
@@ -40,6 +41,10 @@ DATASET_INFO: dict[str, dict[str, Any]] = {
     "unlabeled-folder": _info(_IMAGENET_MEAN, _IMAGENET_STD, 224, 0, False),
     # measured on the 60k training images zero-padded to 32 px (the default pad_to=32)
     "fashion-mnist": _info((0.2190,) * 3, (0.3318,) * 3, 32, 10, True),
+    # measured on ClutteredFashionMNIST(split="train", image_size=32, seed=0), pixels in [0, 1]
+    "fashion-mnist-cluttered": _info(
+        (0.4035, 0.4043, 0.4036), (0.2018, 0.2025, 0.2023), 32, 10, True
+    ),
     # measured on SyntheticObjects(50000, 32, seed=0)
     "synthetic": _info((0.3515, 0.3416, 0.3449), (0.1830, 0.1747, 0.1786), 32, 10, True),
 }
@@ -88,6 +93,10 @@ _REGISTRY: dict[str, _Entry] = {
         _unlabeled, ("train", "unlabeled", "val", "test"), downloadable=False
     ),
     "fashion-mnist": _Entry(FashionMNIST, ("train", "test"), needs_root=False),
+    # reads the fashion-mnist files (system copies or root, downloadable); val is carved from train
+    "fashion-mnist-cluttered": _Entry(
+        ClutteredFashionMNIST, ("train", "val", "test"), needs_root=False
+    ),
     "synthetic": _Entry(_synthetic, ("train", "test"), needs_root=False, downloadable=False),
 }
 
@@ -104,13 +113,16 @@ def build_dataset(
     Args:
         name: One of ``DATASET_INFO``: cifar10, cifar100, stl10, tiny-imagenet, imagefolder,
             imagenet (= imagefolder), imagenet200 (needs ``class_list=``), unlabeled-folder,
-            fashion-mnist, synthetic.
-        root: Data folder; optional for fashion-mnist (system copies) and unused by synthetic.
+            fashion-mnist, fashion-mnist-cluttered, synthetic.
+        root: Data folder; optional for fashion-mnist and fashion-mnist-cluttered (system
+            copies) and unused by synthetic.
         split: ``train``, ``test``, ``val``, ``unlabeled`` or ``train+unlabeled``, as the
             dataset supports (the error lists them).
-        download: Fetch missing files (cifar10/100, stl10, tiny-imagenet, fashion-mnist).
+        download: Fetch missing files (cifar10/100, stl10, tiny-imagenet, fashion-mnist,
+            fashion-mnist-cluttered).
         **kwargs: Passed to the reader, e.g. ``on_bad_image``, ``class_list``, ``pad_to``,
-            ``transform``, or ``num_images``/``image_size``/``num_classes``/``seed`` (synthetic).
+            ``transform``, or ``num_images``/``image_size``/``num_classes``/``seed`` (synthetic;
+            fashion-mnist-cluttered takes ``num_images``/``image_size``/``seed``).
 
     Returns:
         Map-style dataset with ``targets`` (list[int]) and ``classes``.

@@ -101,6 +101,9 @@ class ResNet(nn.Module):
             elif isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
+    #: stages (layer1..layer4); ``stage_maps`` numbers them from 1
+    num_stages = 4
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Last convolutional map (layer4 output, before pooling); used for heatmaps.
 
@@ -110,11 +113,32 @@ class ResNet(nn.Module):
         Returns:
             Feature map (B, C, h, w) with C = ``feat_dim``; h = H/8 (cifar) or H/32 (imagenet).
         """
+        return self.stage_maps(x, (4,))[0]
+
+    def stage_maps(self, x: torch.Tensor, stages: tuple[int, ...] = (4,)) -> list[torch.Tensor]:
+        """Output maps of the given stages (1 = layer1 ... 4 = layer4), for heatmaps.
+
+        Only the stages up to the deepest one asked for are run.
+
+        Args:
+            x: Images (B, 3, H, W).
+            stages: 1-based stage numbers, e.g. ``(3,)`` or ``(3, 4)``.
+
+        Returns:
+            One map per requested stage, in the order asked: stage s is
+            (B, width * 2^(s-1) * expansion, H / 2^(s-1), W / 2^(s-1)) with the cifar stem
+            (a further /4 with the imagenet stem).
+        """
+        if not stages or any(s not in (1, 2, 3, 4) for s in stages):
+            raise ValueError(f"stages must be numbers in 1..4, got {tuple(stages)}")
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer1(x)
-        x = self.layer2(x)
-        x = self.layer3(x)
-        return self.layer4(x)
+        out = {}
+        for s, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
+            if s > max(stages):
+                break
+            x = layer(x)
+            out[s] = x
+        return [out[s] for s in stages]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled features.
