@@ -173,6 +173,8 @@ def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
         lines.append(f"box IoU vs ground truth: {summary['box_iou_gt']:.3f} (full-image boxes: "
                      f"{summary['full_box_iou_gt']:.3f}); box updates after epochs "
                      f"{summary['box_updates']}")
+    if "box_figure" in summary:
+        lines.append(f"boxes, heatmaps and crops after the last update: {summary['box_figure']}")
     t = summary.get("time")
     if t:
         lines.append(f"time: {summary['epochs']} epochs trained in {t['train_s']:.1f} s (median "

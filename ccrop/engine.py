@@ -285,8 +285,33 @@ def localize_step(run: Run, completed: int) -> dict[str, Any]:
             f"{stats['full_share']:.0%} of boxes cover (almost) the whole image after epoch "
             f"{completed}: ContrastiveCrop does little here ({advice}).", FullBoxWarning,
             stacklevel=1)
+    figure = _box_figure(run, completed)
+    if figure is not None:
+        stats["figure"] = str(figure)
     _log_boxes(run, stats)
     return stats
+
+
+def _box_figure(run: Run, completed: int) -> Path | None:
+    """Draw the localization figure of six training images (as ``ccrop viz``) into
+    ``<run>/figures/``; main process, heatmap boxes only. A failure warns, never stops."""
+    if not dist.is_main_process() or run.given_boxes is not None:
+        return None
+    from .viz import localization_figure
+
+    c, n = run.cfg.crop, len(run.data.train)
+    idx = torch.linspace(0, n - 1, min(6, n)).long().tolist()
+    path = run.run_dir / "figures" / f"localization-epoch{completed:04d}.png"
+    try:
+        path.parent.mkdir(exist_ok=True)
+        return localization_figure(
+            run.method.heatmap_encoder, run.data.train, idx, path, device=run.device,
+            mean=run.data.mean, std=run.data.std, gt_boxes=run.data.gt_boxes,
+            image_size=run.cfg.data.loc_image_size, stages=c.heatmap_stages, alpha=c.alpha,
+            scale=tuple(c.scale), full_box_guard=c.full_box_guard, **c.box_rule())
+    except Exception as err:  # a figure must never stop training
+        warnings.warn(f"could not draw the localization figure: {err}", stacklevel=2)
+        return None
 
 
 def _write_given_boxes(run: Run) -> dict[str, Any]:
@@ -477,6 +502,9 @@ def finish(run: Run) -> dict[str, Any]:
                                                    gt).mean())
     boxes = [h for h in run.history if h.get("event") == "box_update"]
     summary["box_updates"] = [h["epoch"] for h in boxes]
+    figures = [h["figure"] for h in boxes if h.get("figure")]
+    if figures:
+        summary["box_figure"] = figures[-1]
     summary["time"] = _time_summary(run.history)
     if hasattr(run.data.train, "skipped_paths"):  # folder datasets with on_bad_image=skip
         skipped = run.data.train.skipped_paths()

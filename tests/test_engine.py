@@ -1,5 +1,7 @@
 """Tests of the engine: localization schedule, learning, exact resume."""
 
+import json
+
 import pytest
 import torch
 
@@ -155,3 +157,23 @@ def test_time_summary_skips_the_first_epoch_in_the_median():
     assert engine._time_summary([{"event": "epoch", "seconds": 4.0}])["median_epoch_s"] == 4.0
     assert engine._time_summary([])["train_s"] == 0.0
 
+
+
+def test_each_box_update_draws_the_localization_figure(tmp_path, capsys):
+    from ccrop.cli import main
+
+    out = tmp_path / "run"
+    args = ["pretrain", "train.device=cpu", "data.dataset_kwargs.num_images=48",
+            "data.batch_size=16", "data.num_workers=0", "model.width=4", "train.epochs=3",
+            "crop.warmup_epochs=1", "crop.loc_interval=1", "train.knn_every=0",
+            "train.tensorboard=false", "train.progress=false", f"train.out_dir={out}"]
+    assert main(args) == 0
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert figures == ["localization-epoch0001.png", "localization-epoch0002.png"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["box_figure"] == str(out / "figures" / "localization-epoch0002.png")
+    assert summary["box_figure"] in capsys.readouterr().out
+    from PIL import Image
+
+    with Image.open(summary["box_figure"]) as img:
+        assert img.width > 300 and img.height > 300

@@ -97,7 +97,8 @@ _REGISTRY: dict[str, _Entry] = {
     "fashion-mnist-cluttered": _Entry(
         ClutteredFashionMNIST, ("train", "val", "test"), needs_root=False
     ),
-    "synthetic": _Entry(_synthetic, ("train", "test"), needs_root=False, downloadable=False),
+    "synthetic": _Entry(_synthetic, ("train", "val", "test"), needs_root=False,
+                        downloadable=False),
 }
 
 

@@ -23,7 +23,7 @@ SHAPES = (
     "disc", "square", "triangle", "ring", "cross", "diamond", "star", "bar", "ellipse", "L-shape"
 )  # fmt: skip
 _ELONGATED = (SHAPES.index("bar"), SHAPES.index("ellipse"))
-_SPLIT_STREAM = {"train": 0, "test": 1}  # independent seed streams per split
+_SPLIT_STREAM = {"train": 0, "test": 1, "val": 2}  # independent seed streams per split
 _BLOBS = 4  # distractor blobs per image
 _CHUNK_PIXELS = 1 << 21  # images rendered together: bounds float32 temporaries (~25 MB each)
 
@@ -238,7 +238,8 @@ class SyntheticObjects(ArrayDataset):
         image_size: Side H = W in pixels (>= 8).
         num_classes: Number of shape classes, 1..10 (first ``num_classes`` of ``SHAPES``).
         seed: Random seed; the same seed gives identical bytes.
-        split: ``"train"`` or ``"test"`` (an independent stream: test != train for one seed).
+        split: ``"train"``, ``"val"`` (for choosing settings) or ``"test"``: independent
+            streams of the same law, so the splits differ for one seed.
         transform: Optional callable applied to each PIL image.
     """
 

@@ -26,7 +26,7 @@ def test_unknown_name_lists_allowed():
 
 @pytest.mark.parametrize(
     "name,split",
-    [("cifar10", "unlabeled"), ("stl10", "val"), ("tiny-imagenet", "x"), ("synthetic", "val")],
+    [("cifar10", "unlabeled"), ("stl10", "val"), ("tiny-imagenet", "x"), ("synthetic", "nope")],
 )
 def test_bad_split_lists_allowed(name, split):
     with pytest.raises(ValueError, match=f"split='{split}'.*{name}.*allowed"):

@@ -63,8 +63,11 @@ def test_same_seed_same_bytes_other_seed_or_split_differs():
     assert a.targets == b.targets
     assert not np.array_equal(a.data, SyntheticObjects(64, 32, seed=2).data)
     test = SyntheticObjects(64, 32, seed=1, split="test")
-    assert not np.array_equal(a.data, test.data)
-    assert not torch.equal(a.gt_boxes, test.gt_boxes)
+    val = SyntheticObjects(64, 32, seed=1, split="val")
+    for other in (test, val):
+        assert not np.array_equal(a.data, other.data)
+        assert not torch.equal(a.gt_boxes, other.gt_boxes)
+    assert not np.array_equal(val.data, test.data)
 
 
 def test_colour_hints_the_class_but_shape_is_needed(small):
@@ -92,7 +95,7 @@ def test_build_dataset_passes_kwargs():
 
 
 @pytest.mark.parametrize(
-    "kw", [dict(num_images=0), dict(image_size=4), dict(num_classes=11), dict(split="val")]
+    "kw", [dict(num_images=0), dict(image_size=4), dict(num_classes=11), dict(split="valid")]
 )
 def test_bad_arguments(kw):
     with pytest.raises(ValueError, match=next(iter(kw))):
