@@ -50,15 +50,15 @@ def environment(device: torch.device) -> dict[str, Any]:
 def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
                 n: int = 2048) -> dict[str, float]:
     """Views/s of the PIL path (one process, one core) vs the batched path (CPU and device)."""
+    from .crop import CropPlan
     from .data.images import to_rgb
     from .data.sources import GPUSource, ViewSpec
     from .data.views import build_view_transform
 
     c, d = cfg.crop, cfg.data
-    spec = ViewSpec(d.recipe, c.kind, data.image_size, data.mean, data.std, c.scale, c.ratio,
-                    c.alpha, c.full_box_guard, d.loc_image_size)
-    tf = build_view_transform(spec.recipe, spec.crop, spec.size, spec.mean, spec.std,
-                              spec.scale, spec.ratio, spec.alpha, spec.full_box_guard)
+    spec = ViewSpec(d.recipe, CropPlan.from_config(c), data.image_size, data.mean, data.std,
+                    d.loc_image_size)
+    tf = build_view_transform(spec.recipe, spec.plan, spec.size, spec.mean, spec.std)
     m = min(n, len(data.train))
     images = [to_rgb(data.train[i][0]) for i in range(m)]
     boxes = store.boxes[:m].tolist()

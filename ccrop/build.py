@@ -15,6 +15,7 @@ from torch import nn
 from . import dist
 from .boxes import BoxStore
 from .config import Config, ConfigError
+from .crop import CropPlan
 from .data import DATASET_INFO, build_dataset
 from .data.sources import CPUSource, ViewSpec, eval_loader
 from .engine import Run, check_run_dir, resume, save_run_config
@@ -69,7 +70,7 @@ class RunData:
 
     def knn(self, backbone: nn.Module, device: torch.device,
             progress: bool = False) -> dict[str, Any]:
-        """Weighted kNN (``train.knn_k``, ``train.knn_temperature``) of ``backbone``'s pooled
+        """Weighted kNN (``eval.knn_k``, ``eval.knn_temperature``) of ``backbone``'s pooled
         features: eval-train split as the bank, test split as queries. The pretraining monitor
         and ``ccrop knn`` both call this."""
         from .evaluate.knn import run_knn
@@ -81,7 +82,8 @@ class RunData:
                 dist.broadcast(buf)
         loaders = [self.eval_batches(s, device, shard=shard)
                    for s in (d.eval_train_split, d.test_split)]
-        return run_knn(backbone, *loaders, self.num_classes, device, t.knn_k, t.knn_temperature,
+        e = self.cfg.eval
+        return run_knn(backbone, *loaders, self.num_classes, device, e.knn_k, e.knn_temperature,
                        amp=t.amp, channels_last=t.channels_last, progress=progress,
                        gather=shard)
 
@@ -92,35 +94,52 @@ class RunData:
         return d.pipeline == "gpu" and DATASET_INFO[d.dataset].get("small", True)
 
     def eval_batches(self, split: str, device: torch.device, train: bool = False,
-                     shard: bool = False) -> Any:
+                     shard: bool = False, batch_size: int | None = None) -> Any:
         """``(images, labels)`` batches of a split for the evaluation protocols.
 
         With ``on_device`` a ``DeviceLabeledBatches`` (the split held on the device, plain ones
         cached), else a DataLoader of PIL transforms: ``train`` gives the linear protocol's
-        augmentation (RandomResizedCrop(0.08, 1) + flip), otherwise un-augmented images.
+        augmentation (RandomResizedCrop(0.08, 1) + flip), otherwise ``eval_transform``.
+        ``batch_size`` defaults to ``data.batch_size``.
         """
         d = self.cfg.data
+        batch_size = batch_size or d.batch_size
         if self.on_device:
             from .data.sources import DeviceLabeledBatches
 
-            key = (split, str(device), train, shard)
+            key = (split, str(device), train, shard, batch_size)
             if key not in self._device:
                 self._device[key] = DeviceLabeledBatches(
-                    self.split(split), self.mean, self.std, d.batch_size, device, train=train,
+                    self.split(split), self.mean, self.std, batch_size, device, train=train,
                     seed=self.cfg.train.seed, size=d.loc_image_size, shard=shard,
                     num_workers=d.num_workers, images=self._resident(split, device))
             return self._device[key]
         if not train:
-            return eval_loader(self.split(split), self.mean, self.std, d.batch_size,
-                               d.num_workers, d.loc_image_size, shard)
+            return eval_loader(self.split(split), self.eval_transform(), batch_size,
+                               d.num_workers, shard)
         from torch.utils.data import DataLoader
 
         from .data.boxed import LabeledImages
         from .evaluate.linear import linear_train_transform
 
         tf = linear_train_transform(self.image_size, self.mean, self.std)
-        return DataLoader(LabeledImages(self.split(split), tf), d.batch_size, shuffle=True,
+        return DataLoader(LabeledImages(self.split(split), tf), batch_size, shuffle=True,
                           num_workers=d.num_workers, drop_last=False)
+
+    def eval_transform(self) -> Any:
+        """Un-augmented input of kNN and the linear test set. Small sets: the native size
+        (``data.loc_image_size`` if set). Others (ImageNet, folders): the standard protocol,
+        the short side resized to ``S * 256 / 224`` then a centre ``S`` crop (S = 224: Resize(256)
+        + CenterCrop(224)). Localization keeps the official square resize (``loc_loader``)."""
+        d = self.cfg.data
+        if DATASET_INFO[d.dataset].get("small", True):
+            from .data.views import EvalTransform
+
+            return EvalTransform(self.mean, self.std, d.loc_image_size)
+        from .evaluate.linear import eval_transform
+
+        return eval_transform(self.image_size, self.mean, self.std,
+                              resize=round(self.image_size * 256 / 224))
 
     def _resident(self, split: str, device: torch.device) -> torch.Tensor | None:
         """The view source's device copy of ``split`` (same size rule), if it is on ``device``."""
@@ -217,8 +236,8 @@ def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
 def build_source(cfg: Config, data: RunData, store: BoxStore, device: torch.device) -> Any:
     """The view source of ``data.pipeline`` (cpu: DataLoader workers; gpu: batched on device)."""
     c, d = cfg.crop, cfg.data
-    spec = ViewSpec(d.recipe, c.kind, data.image_size, data.mean, data.std, c.scale, c.ratio,
-                    c.alpha, c.full_box_guard, d.loc_image_size)
+    spec = ViewSpec(d.recipe, CropPlan.from_config(c), data.image_size, data.mean, data.std,
+                    d.loc_image_size)
     if d.pipeline == "gpu":
         from .data.sources import GPUSource
 
@@ -249,7 +268,7 @@ def given_boxes(cfg: Config, data: RunData) -> torch.Tensor | None:
         ConfigError: oracle on a dataset without true boxes; a bad box file (names the row).
     """
     source = cfg.crop.box_source
-    if source == "heatmap" or cfg.crop.kind != "ccrop":
+    if source == "heatmap" or not CropPlan.from_config(cfg.crop).localizes:
         return None
     if source == "oracle":
         if data.gt_boxes is None:

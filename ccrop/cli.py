@@ -51,8 +51,10 @@ def _parser() -> argparse.ArgumentParser:
         if name == "linear":
             q.add_argument("--fast", action="store_true",
                            help="cached-feature probe (protocol 'linear-fast'), minutes not hours")
-            q.add_argument("--epochs", type=int, default=100)
-            q.add_argument("--lr", type=float, default=None, help="default 10 (30 for imagenet)")
+            q.epilog = ("protocol settings are config keys, e.g. eval.linear_epochs=100 "
+                        "eval.linear_lr=10 (default 10; 30 with data.recipe=imagenet) "
+                        "eval.linear_milestones=[60,80] eval.linear_batch_size=256 "
+                        "eval.linear_weight_decay=0")
         if name == "boxes":
             q.add_argument("--out", help="export the boxes: .csv (index[,path],x0,y0,x1,y1), "
                            ".json (COCO-style) or .pt; read back with crop.box_source=file:PATH")
@@ -69,9 +71,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--linear-fast", action="store_true",
                    help="also the cached-feature linear probe of each run (a column)")
     p = sub.add_parser("compare", help="A/B table (and kNN band figure) of run or A/B folders")
-    p.add_argument("runs", nargs="+", help="run folders or A/B folders; the first arm is the "
+    p.add_argument("runs", nargs="*", help="run folders or A/B folders; the first arm is the "
                                            "baseline of the paired differences")
-    p.add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per arm)")
+    p.add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per arm); "
+                                 "with --paper: the markdown file to write")
+    p.add_argument("--paper", action="store_true",
+                   help="the paper-reproduction table (docs/reproduce.md) with 'ours' filled "
+                        "from the finished runs given")
     p = sub.add_parser("bench", help="speed benchmarks (JSON)")
     _add_config_args(p)
     p.add_argument("--out", help="write the JSON here too")
@@ -156,6 +162,10 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     main_process = dist.is_main_process()
     try:
         run = build_run(cfg, args.resume)
+        if main_process:
+            from .reproduce import write_command
+
+            write_command(run.run_dir, args.config, list(args.overrides), ["ccrop", *sys.argv[1:]])
         summary = fit(run)
     finally:
         dist.cleanup()
@@ -239,14 +249,17 @@ def cmd_linear(args: argparse.Namespace) -> None:
     d, t = cfg.data, cfg.train
     test = data.eval_batches(d.test_split, device)
     speed = dict(amp=t.amp, channels_last=t.channels_last, progress=True)
+    e = cfg.eval
     if args.fast:
         train = data.eval_batches(d.eval_train_split, device)
         res = run_fast_probe(backbone, train, test, data.num_classes, device, **speed)
     else:
-        lr = args.lr if args.lr is not None else (30.0 if d.recipe == "imagenet" else 10.0)
-        train = data.eval_batches(d.eval_train_split, device, train=True)
-        res = run_linear(backbone, train, test, data.num_classes, device, epochs=args.epochs,
-                         lr=lr, **speed)
+        train = data.eval_batches(d.eval_train_split, device, train=True,
+                                  batch_size=e.linear_batch_size)
+        res = run_linear(backbone, train, test, data.num_classes, device,
+                         epochs=e.linear_epochs, lr=e.linear_lr_or_default(d.recipe),
+                         weight_decay=e.linear_weight_decay, milestones=e.linear_milestones,
+                         **speed)
     _record(args, cfg, state, res)
 
 
@@ -303,12 +316,11 @@ def cmd_viz(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     n = max(1, min(args.num, len(data.train)))
     idx = torch.linspace(0, len(data.train) - 1, n).long().tolist()
-    paths = [viz.localization_figure(backbone, data.train, idx, out / "localization.png",
-                                     threshold=cfg.crop.threshold, mode=cfg.crop.threshold_mode,
-                                     device=device, mean=data.mean, std=data.std,
-                                     gt_boxes=data.gt_boxes, alpha=cfg.crop.alpha,
-                                     align=cfg.crop.heatmap_align, region=cfg.crop.box_region,
-                                     stages=cfg.crop.heatmap_stages),
+    paths = [viz.config_localization_figure(cfg.crop, backbone, data.train, idx,
+                                            out / "localization.png", device=device,
+                                            mean=data.mean, std=data.std,
+                                            gt_boxes=data.gt_boxes,
+                                            image_size=cfg.data.loc_image_size),
              viz.plot_centre_distribution(out / "centre_distribution.png")]
     for p in paths:
         print(p)
@@ -344,6 +356,16 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     """The A/B table of run folders grouped by arm (first = baseline); optional band figure."""
     from .ab import collect_groups, plot_bands, report
 
+    if args.paper:
+        from .reproduce import reproduce_table
+
+        table = reproduce_table(args.runs)
+        if args.out:
+            Path(args.out).write_text(table)
+        print(table, end="")
+        return {"table": table}
+    if not args.runs:
+        raise ConfigError("ccrop compare needs at least one run folder (or --paper)")
     markdown, data = report(collect_groups(args.runs))
     print(markdown, end="")
     if args.out:

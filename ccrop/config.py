@@ -52,6 +52,7 @@ class CropConfig:
     scale: list[float] = field(default_factory=lambda: [0.2, 1.0])
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     full_box_guard: float | None = 0.95  # None = the paper's exact law
+    placement: str = "paper"  # paper (centre in box, then shift) | official (clamp first)
     # localization: ccrop's defaults were chosen by box IoU on validation splits
     # (docs/results.md); the paper configs set stages [4], fixed 0.1, extent, paper
     box_source: str = "heatmap"  # heatmap (the paper) | oracle (dataset's true boxes) | file:PATH
@@ -114,12 +115,30 @@ class TrainConfig:
     save_every: int = 1  # epochs between checkpoints
     keep_last: int = 2
     knn_every: int = 0  # epochs between kNN monitors; 0 = only at the end
-    knn_k: int = 200
-    knn_temperature: float = 0.1
     on_nonfinite: str = "stop"  # stop | skip_step
     tensorboard: bool = True
     progress: bool = True
     max_steps_per_epoch: int | None = None  # for smoke tests and benchmarks
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation protocols: kNN (monitor and ``ccrop knn``) and ``ccrop linear``."""
+
+    knn_k: int = 200
+    knn_temperature: float = 0.1
+    linear_epochs: int = 100
+    linear_lr: float | None = None  # None: 10 (batch 512, small sets), 30 (imagenet recipe)
+    # lr x0.1 at these epochs; None: 60% and 80% of linear_epochs (60, 80 at 100 epochs)
+    linear_milestones: list[int] | None = None
+    linear_batch_size: int | None = None  # None: data.batch_size
+    linear_weight_decay: float = 0.0
+
+    def linear_lr_or_default(self, recipe: str) -> float:
+        """``linear_lr``, else the official lr of the recipe (30 imagenet, 10 otherwise)."""
+        if self.linear_lr is not None:
+            return self.linear_lr
+        return 30.0 if recipe == "imagenet" else 10.0
 
 
 @dataclass
@@ -132,6 +151,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
 
 CHOICES = {
@@ -139,6 +159,7 @@ CHOICES = {
     "data.pipeline": ("cpu", "gpu"),
     "data.on_bad_image": ("error", "skip"),
     "crop.kind": ("ccrop", "simccrop", "rcrop"),
+    "crop.placement": ("paper", "official"),
     "crop.threshold_mode": ("fixed", "quantile", "otsu"),
     "crop.box_region": ("extent", "peak"),
     "crop.heatmap_align": ("receptive", "paper"),
@@ -165,7 +186,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = OmegaConf.structured(Config)
     try:
         if base is not None:
-            cfg = OmegaConf.merge(cfg, OmegaConf.create(base))
+            cfg = OmegaConf.merge(cfg, OmegaConf.create(upgrade_config_dict(base)))
         if path is not None:
             cfg = OmegaConf.merge(cfg, _read_yaml(resolve_config_path(path)))
         for item in overrides or []:
@@ -176,6 +197,35 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         raise ConfigError(_omegaconf_message(err)) from None
     out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
+    return out
+
+
+#: Localization settings added after the first release; a saved config without them was
+#: trained with these values (the paper's rule), not with today's defaults.
+_BEFORE_LOCALIZATION_OPTIONS = {"heatmap_stages": [4], "box_region": "extent",
+                                "placement": "paper", "box_source": "heatmap"}
+
+
+def upgrade_config_dict(saved: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (checkpoint or run folder) in today's layout, meaning what it meant.
+
+    ``train.knn_k``/``train.knn_temperature`` moved to ``eval.*``; crop settings added since
+    (heatmap stages, box region, placement, box source) get the values the run used then.
+
+    Args:
+        saved: a plain nested dict as ``to_dict`` wrote it.
+
+    Returns:
+        A new dict; ``saved`` is not modified.
+    """
+    out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
+    train, crop = out.get("train"), out.get("crop")
+    if isinstance(train, dict):
+        moved = {k: train.pop(k) for k in ("knn_k", "knn_temperature") if k in train}
+        if moved:
+            out["eval"] = {**moved, **dict(out.get("eval") or {})}
+    if isinstance(crop, dict) and "heatmap_stages" not in crop:
+        out["crop"] = {**_BEFORE_LOCALIZATION_OPTIONS, **crop}
     return out
 
 
@@ -287,12 +337,27 @@ def validate(cfg: Config) -> None:
     _require(t.save_every >= 1, "train.save_every", ">= 1", t.save_every)
     _require(t.keep_last >= 1, "train.keep_last", ">= 1", t.keep_last)
     _require(t.knn_every >= 0, "train.knn_every", ">= 0", t.knn_every)
-    _require(t.knn_k >= 1, "train.knn_k", ">= 1", t.knn_k)
-    _require(t.knn_temperature > 0, "train.knn_temperature", "> 0", t.knn_temperature)
+    _validate_eval(cfg.eval)
     _require(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
              "train.max_steps_per_epoch", ">= 1 or null", t.max_steps_per_epoch)
     _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
              "train.device", "auto, cpu, cuda or cuda:N", t.device)
+
+
+def _validate_eval(e: EvalConfig) -> None:
+    _require(e.knn_k >= 1, "eval.knn_k", ">= 1", e.knn_k)
+    _require(e.knn_temperature > 0, "eval.knn_temperature", "> 0", e.knn_temperature)
+    _require(e.linear_epochs >= 1, "eval.linear_epochs", ">= 1", e.linear_epochs)
+    _require(e.linear_lr is None or e.linear_lr > 0, "eval.linear_lr", "> 0 or null",
+             e.linear_lr)
+    m = e.linear_milestones
+    _require(m is None or (list(m) == sorted(m) and all(0 < v < e.linear_epochs for v in m)),
+             "eval.linear_milestones",
+             f"increasing epochs in (0, eval.linear_epochs={e.linear_epochs}) or null", m)
+    _require(e.linear_batch_size is None or e.linear_batch_size >= 1,
+             "eval.linear_batch_size", ">= 1 or null", e.linear_batch_size)
+    _require(e.linear_weight_decay >= 0, "eval.linear_weight_decay", ">= 0",
+             e.linear_weight_decay)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

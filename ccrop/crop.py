@@ -10,10 +10,16 @@ The law (Peng et al., CVPR 2022, Sec. 3.3 "center-suppressed sampling"):
 3. the crop is shifted to lie fully inside the image (it may extend past the box);
 4. after 10 failed tries: a centre crop of the whole image (aspect ratio clamped to ``ratio``).
 
-Difference from the official code, on purpose: it clamps the admissible range of the top-left
-corner to the image first and draws the Beta sample inside the clamped range; we draw the centre
-inside the box and then shift, as the paper and DESIGN.md state. The two agree whenever the box
-edge is at least half a crop away from the image edge.
+Placement of the crop (``PLACEMENTS``): ``paper`` is steps 2-3 above, as the paper states it;
+``official`` is the official code's law, which produced the paper's numbers: the admissible range
+of the top-left corner, ``[int(H*y0) - h//2, int(H*y1) - h//2]`` (same for x), is clamped to
+``[0, H-h]`` first and ``top = lo + int((hi - lo) * u)`` is drawn inside it. The two agree
+whenever the box edge is at least half a crop away from the image edge. ``uniform`` is
+RandomResizedCrop's (top-left uniform over all positions), used by ``rcrop`` and by the guard.
+
+``CropPlan`` holds one crop law (kind, scale, ratio, alpha, guard, placement), built once from the
+config and used by the per-sample transforms, the batched GPU sampler and the schedule: the only
+place that branches on the crop kind.
 
 Degenerate-box guard (ccrop's own default, off in the paper-reproduction configs): when a box
 covers at least ``full_box_guard`` of the image area, the top-left corner is drawn uniformly as
@@ -29,6 +35,7 @@ from __future__ import annotations
 import math
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -39,6 +46,8 @@ Box = tuple[float, float, float, float]
 FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
 CENTER_BOX: Box = (0.25, 0.25, 0.75, 0.75)
 MAX_TRIES = 10
+KINDS = ("ccrop", "simccrop", "rcrop")
+PLACEMENTS = ("paper", "official")  # of a box's crop; "uniform" is RandomResizedCrop's
 
 
 # ----------------------------------------------------------------------------- validation
@@ -139,6 +148,14 @@ def _place(lo: float, hi: float, extent: int, size: int, u: float) -> int:
     return min(max(start, 0), extent - size)
 
 
+def _place_official(lo: float, hi: float, extent: int, size: int, u: float) -> int:
+    """The official code's top/left pixel: the range ``[int(extent*lo) - size//2,
+    int(extent*hi) - size//2]`` clamped into ``[0, extent - size]``, then ``a + int((b-a)*u)``."""
+    a = min(max(int(extent * lo) - size // 2, 0), extent - size)
+    b = min(max(int(extent * hi) - size // 2, 0), extent - size)
+    return a + int((b - a) * u)
+
+
 def sample_crop_params(
     height: int,
     width: int,
@@ -148,6 +165,7 @@ def sample_crop_params(
     alpha: float = 0.6,
     generator: torch.Generator | random.Random | None = None,
     full_box_guard: float | None = None,
+    placement: str = "paper",
 ) -> tuple[int, int, int, int]:
     """Sample one ContrastiveCrop rectangle (arguments assumed validated; see the module doc).
 
@@ -160,6 +178,7 @@ def sample_crop_params(
         alpha: Beta(alpha, alpha) concentration of the centre inside the box.
         generator: randomness source (see ``as_rng``).
         full_box_guard: box area share at or above which the centre is uniform (RRC); None = off.
+        placement: ``"paper"``, ``"official"`` or ``"uniform"`` (see the module docstring).
 
     Returns:
         ``(top, left, h, w)`` integers with ``0 <= top``, ``top + h <= H``, ``0 <= left``,
@@ -169,7 +188,9 @@ def sample_crop_params(
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
     x0, y0, x1, y1 = box
-    uniform = full_box_guard is not None and (x1 - x0) * (y1 - y0) >= full_box_guard
+    uniform = placement == "uniform" or (
+        full_box_guard is not None and (x1 - x0) * (y1 - y0) >= full_box_guard)
+    place = _place_official if placement == "official" else _place
     for _ in range(MAX_TRIES):
         target = area * rng.uniform(scale[0], scale[1])
         aspect = math.exp(rng.uniform(log_lo, log_hi))
@@ -178,8 +199,8 @@ def sample_crop_params(
         if 0 < w <= width and 0 < h <= height:
             if uniform:  # RandomResizedCrop: top-left uniform over all positions
                 return rng.randint(0, height - h), rng.randint(0, width - w), h, w
-            top = _place(y0, y1, height, h, rng.betavariate(alpha, alpha))
-            left = _place(x0, x1, width, w, rng.betavariate(alpha, alpha))
+            top = place(y0, y1, height, h, rng.betavariate(alpha, alpha))
+            left = place(x0, x1, width, w, rng.betavariate(alpha, alpha))
             return top, left, h, w
     return _fallback(height, width, ratio)
 
@@ -304,6 +325,23 @@ def _try_sizes(height: Any, width: Any, b: int, scale: tuple[float, float],
     return h.gather(1, first)[:, 0], w.gather(1, first)[:, 0], fits.any(dim=1)
 
 
+def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size: torch.Tensor,
+                 u: torch.Tensor) -> torch.Tensor:
+    """``_place`` for (B,) float64 tensors (before the shift into the image, done by the
+    caller): ``floor(centre - size / 2 + 0.5)`` with ``centre = (lo + (hi - lo) * u) * extent``."""
+    return torch.floor((lo + (hi - lo) * u) * extent - size / 2 + 0.5)
+
+
+def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size: torch.Tensor,
+                          u: torch.Tensor) -> torch.Tensor:
+    """``_place_official`` for (B,) float64 tensors; ``extent`` an int or (B,) float64."""
+    last = extent - size  # (B,) largest admissible top/left
+    half = torch.floor(size / 2)
+    a = torch.minimum((torch.floor(lo * extent) - half).clamp_min(0), last)
+    b = torch.minimum((torch.floor(hi * extent) - half).clamp_min(0), last)
+    return a + torch.floor((b - a) * u)
+
+
 def sample_crop_params_batch(
     height: int | torch.Tensor,
     width: int | torch.Tensor,
@@ -313,6 +351,7 @@ def sample_crop_params_batch(
     alpha: float = 0.6,
     generator: torch.Generator | None = None,
     full_box_guard: float | None = None,
+    placement: str = "paper",
 ) -> torch.Tensor:
     """Vectorised twin of ``sample_crop_params``: one crop per box, same law, no Python loop.
 
@@ -326,7 +365,7 @@ def sample_crop_params_batch(
             per-sample heights (>= 1, not checked: that would need a host sync).
         width: image width W: an int or a (B,) integer tensor.
         boxes: (B, 4) normalised ``(x0, y0, x1, y1)`` boxes, relative to each sample's image.
-        scale, ratio, alpha, full_box_guard: as in ``sample_crop_params``.
+        scale, ratio, alpha, full_box_guard, placement: as in ``sample_crop_params``.
         generator: optional ``torch.Generator`` on ``boxes.device``.
 
     Returns:
@@ -339,12 +378,13 @@ def sample_crop_params_batch(
     h, w, ok = _try_sizes(height, width, b, scale, ratio, kw)  # (B,), (B,), (B,) bool
     bx = boxes.to(torch.float64)
     u = sample_beta(alpha, (b, 2), generator, dev).to(torch.float64)  # (B, 2) for (y, x)
-    cy = (bx[:, 1] + (bx[:, 3] - bx[:, 1]) * u[:, 0]) * height
-    cx = (bx[:, 0] + (bx[:, 2] - bx[:, 0]) * u[:, 1]) * width
-    top = torch.floor(cy - h / 2 + 0.5)
-    left = torch.floor(cx - w / 2 + 0.5)
-    if full_box_guard is not None:
-        full = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1]) >= full_box_guard
+    place = _place_official_batch if placement == "official" else _place_batch
+    top = place(bx[:, 1], bx[:, 3], height, h, u[:, 0])
+    left = place(bx[:, 0], bx[:, 2], width, w, u[:, 1])
+    if full_box_guard is not None or placement == "uniform":
+        full = (bx[:, 2] - bx[:, 0]) * (bx[:, 3] - bx[:, 1]) >= (full_box_guard or 0.0)
+        if placement == "uniform":
+            full = torch.ones_like(full)
         uy = torch.floor(torch.rand(b, **kw) * (height - h + 1))
         ux = torch.floor(torch.rand(b, **kw) * (width - w + 1))
         top, left = torch.where(full, uy, top), torch.where(full, ux, left)
@@ -356,6 +396,98 @@ def sample_crop_params_batch(
         fallback = tuple(float(v) for v in _fallback(height, width, ratio))
     cols = [torch.where(ok, col, fb) for col, fb in zip((top, left, h, w), fallback)]
     return torch.stack(cols, dim=1).to(torch.int64)  # (B, 4)
+
+
+# ----------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class CropPlan:
+    """One crop law, built once (``from_config``) and shared by every path that draws crops.
+
+    Args:
+        kind: ``"ccrop"`` (boxes from the store: ContrastiveCrop), ``"simccrop"`` (the fixed
+            centre box ``CENTER_BOX``, no guard) or ``"rcrop"`` (RandomResizedCrop).
+        scale: area fraction range of the whole image.
+        ratio: aspect ratio (w/h) range.
+        alpha: Beta(alpha, alpha) concentration of the crop centre in the box.
+        full_box_guard: ccrop only: box area share from which the position is uniform (RRC);
+            None = the paper's law.
+        placement: ``"paper"`` (centre in the box, then shifted inside the image) or
+            ``"official"`` (the official code's clamp-first law); see the module docstring.
+    """
+
+    kind: str = "ccrop"
+    scale: tuple[float, float] = (0.2, 1.0)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    alpha: float = 0.6
+    full_box_guard: float | None = 0.95
+    placement: str = "paper"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"crop kind must be one of {KINDS}, got {self.kind!r}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+        scale, ratio = check_crop_args(self.scale, self.ratio, self.alpha, self.full_box_guard)
+        object.__setattr__(self, "scale", scale)
+        object.__setattr__(self, "ratio", ratio)
+        object.__setattr__(self, "alpha", float(self.alpha))
+
+    @classmethod
+    def from_config(cls, crop: Any) -> CropPlan:
+        """The plan of a ``CropConfig`` (``cfg.crop``)."""
+        return cls(crop.kind, tuple(crop.scale), tuple(crop.ratio), crop.alpha,
+                   crop.full_box_guard, crop.placement)
+
+    @property
+    def localizes(self) -> bool:
+        """Whether boxes come from localization (or a given box source) into the store."""
+        return self.kind == "ccrop"
+
+    @property
+    def fixed_box(self) -> Box:
+        """The box of every image when the store is not read: centre (simccrop) or full."""
+        return CENTER_BOX if self.kind == "simccrop" else FULL_BOX
+
+    def uses_boxes(self, epoch: int, warmup_epochs: int) -> bool:
+        """Whether 0-based ``epoch`` draws from this law (else the warm-up law, ``plain``):
+        ccrop from the end of warm-up on, simccrop always, rcrop never."""
+        if self.kind == "rcrop":
+            return False
+        return self.kind == "simccrop" or epoch >= warmup_epochs
+
+    def plain(self) -> CropPlan:
+        """The warm-up law: RandomResizedCrop with this plan's scale and ratio."""
+        return CropPlan("rcrop", self.scale, self.ratio, 1.0, None)
+
+    def _law(self) -> tuple[float | None, str]:
+        """``(guard, placement)`` handed to the samplers."""
+        if self.kind == "rcrop":
+            return None, "uniform"
+        return (self.full_box_guard if self.kind == "ccrop" else None), self.placement
+
+    def sample(self, height: int, width: int, box: Box = FULL_BOX,
+               generator: torch.Generator | random.Random | None = None
+               ) -> tuple[int, int, int, int]:
+        """One crop ``(top, left, h, w)`` (``sample_crop_params``); ``box`` is read by ccrop
+        only (validated by the caller)."""
+        guard, placement = self._law()
+        box = box if self.kind == "ccrop" else self.fixed_box
+        return sample_crop_params(height, width, box, self.scale, self.ratio, self.alpha,
+                                  generator, guard, placement)
+
+    def sample_batch(self, height: int | torch.Tensor, width: int | torch.Tensor,
+                     boxes: torch.Tensor, generator: torch.Generator | None = None
+                     ) -> torch.Tensor:
+        """(B, 4) int64 crops for (B, 4) ``boxes`` (``sample_crop_params_batch``); the boxes
+        are replaced by ``fixed_box`` unless the kind is ccrop."""
+        guard, placement = self._law()
+        if self.kind != "ccrop":  # fills from Python scalars: no host-to-device copy
+            boxes = torch.stack([torch.full(boxes.shape[:1], v, device=boxes.device)
+                                 for v in self.fixed_box], dim=1)  # (B, 4)
+        return sample_crop_params_batch(height, width, boxes, self.scale, self.ratio,
+                                        self.alpha, generator, guard, placement)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -386,6 +518,11 @@ class ContrastiveCrop:
         full_box_guard: box area share at or above which the centre is uniform as in RRC
             (ccrop default 0.95; None reproduces the paper exactly).
         interpolation: resize interpolation.
+        placement: ``"paper"`` (centre in the box, then shifted into the image) or
+            ``"official"`` (the official code's clamp-first law; module docstring).
+
+    The law lives in ``self.plan`` (a ``CropPlan``); ``from_plan`` builds the transform of any
+    plan (ContrastiveCrop, SimCCrop or RandomResizedCrop).
 
     Example:
         >>> crop = ContrastiveCrop(size=32, alpha=0.6)
@@ -400,12 +537,26 @@ class ContrastiveCrop:
         alpha: float = 0.6,
         full_box_guard: float | None = 0.95,
         interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR,
+        placement: str = "paper",
     ) -> None:
         self.size = _check_size(size)
-        self.scale, self.ratio = check_crop_args(scale, ratio, alpha, full_box_guard)
-        self.alpha = float(alpha)
-        self.full_box_guard = None if full_box_guard is None else float(full_box_guard)
+        self.plan = CropPlan("ccrop", tuple(scale), tuple(ratio), alpha, full_box_guard,
+                             placement)
         self.interpolation = interpolation
+
+    @classmethod
+    def from_plan(cls, plan: CropPlan, size: int | Sequence[int],
+                  interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR
+                  ) -> ContrastiveCrop:
+        """The crop transform of ``plan`` (any kind) with output ``size``."""
+        crop = cls.__new__(cls)
+        crop.size, crop.plan, crop.interpolation = _check_size(size), plan, interpolation
+        return crop
+
+    scale = property(lambda self: self.plan.scale, doc="area fraction range")
+    ratio = property(lambda self: self.plan.ratio, doc="aspect ratio range")
+    alpha = property(lambda self: self.plan.alpha, doc="Beta concentration")
+    full_box_guard = property(lambda self: self.plan._law()[0], doc="guard in effect (or None)")
 
     def get_params(
         self, height: int, width: int, box: Any = FULL_BOX,
@@ -416,15 +567,13 @@ class ContrastiveCrop:
         Args:
             height: image height (>= 1).
             width: image width (>= 1).
-            box: normalised ``(x0, y0, x1, y1)``.
+            box: normalised ``(x0, y0, x1, y1)``; ignored by SimCCrop and RandomResizedCrop.
             generator: optional ``torch.Generator`` or ``random.Random`` for reproducibility.
         """
         if int(height) < 1 or int(width) < 1:
             raise ValueError(f"height and width must be >= 1 pixel, got {height}x{width}")
-        return sample_crop_params(
-            int(height), int(width), check_box(box), self.scale, self.ratio, self.alpha,
-            generator, self.full_box_guard,
-        )
+        box = check_box(box) if self.plan.kind == "ccrop" else self.plan.fixed_box
+        return self.plan.sample(int(height), int(width), box, generator)
 
     def __call__(self, img: Image.Image | torch.Tensor, box: Any = FULL_BOX,
                  generator: torch.Generator | random.Random | None = None):
@@ -444,9 +593,10 @@ class ContrastiveCrop:
                                antialias=True)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}(size={self.size}, scale={self.scale}, ratio="
-                f"{tuple(round(r, 4) for r in self.ratio)}, alpha={self.alpha}, "
-                f"full_box_guard={self.full_box_guard})")
+        p = self.plan
+        return (f"{type(self).__name__}(size={self.size}, kind={p.kind!r}, scale={p.scale}, "
+                f"ratio={tuple(round(r, 4) for r in p.ratio)}, alpha={p.alpha}, "
+                f"full_box_guard={self.full_box_guard}, placement={p.placement!r})")
 
 
 class SimCCrop(ContrastiveCrop):
@@ -458,13 +608,10 @@ class SimCCrop(ContrastiveCrop):
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), alpha: float = 0.6,
-                 interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR) -> None:
-        super().__init__(size, scale, ratio, alpha, None, interpolation)
-
-    def get_params(self, height: int, width: int, box: Any = None,
-                   generator: torch.Generator | random.Random | None = None):
-        """As ``ContrastiveCrop.get_params`` with the box fixed to the image centre."""
-        return super().get_params(height, width, CENTER_BOX, generator)
+                 interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR,
+                 placement: str = "paper") -> None:
+        self.size, self.interpolation = _check_size(size), interpolation
+        self.plan = CropPlan("simccrop", tuple(scale), tuple(ratio), alpha, None, placement)
 
 
 class RandomResizedCrop(ContrastiveCrop):
@@ -474,12 +621,8 @@ class RandomResizedCrop(ContrastiveCrop):
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3),
                  interpolation: TF.InterpolationMode = TF.InterpolationMode.BILINEAR) -> None:
-        super().__init__(size, scale, ratio, 1.0, 0.0 + 1e-12, interpolation)
-
-    def get_params(self, height: int, width: int, box: Any = None,
-                   generator: torch.Generator | random.Random | None = None):
-        """As ``ContrastiveCrop.get_params`` with a full box and a uniform top-left corner."""
-        return super().get_params(height, width, FULL_BOX, generator)
+        self.size, self.interpolation = _check_size(size), interpolation
+        self.plan = CropPlan("rcrop", tuple(scale), tuple(ratio), 1.0, None)
 
 
 def _check_size(size: int | Sequence[int]) -> tuple[int, int]:

@@ -31,9 +31,9 @@ from .checkpoint import (
     set_rng_state,
 )
 from .config import Config, ConfigError, save_config, to_dict
-from .crop import CENTER_BOX
+from .crop import CropPlan
 from .localize import box_stats, feature_fn, update_boxes
-from .schedule import box_update_epochs, lr_at, uses_boxes
+from .schedule import box_update_epochs, lr_at
 from .syncs import LossDisplay
 
 
@@ -216,8 +216,10 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     _check_finite(cfg, epoch, first_bad)
     seconds = time.perf_counter() - t0
     loss_mean = float(dist.all_reduce_mean(loss_sum)) / max(1, steps)
-    return {"loss": loss_mean, "lr": lr_at(epoch, 0, 1, cfg.optim.lr, cfg.train.epochs,
-                                           cfg.optim.min_lr_ratio), "seconds": seconds,
+    # the lr the optimizer used last (warm-up ramps it per step; otherwise constant per epoch)
+    used = next((g["lr"] for g in run.optimizer.param_groups if not g.get("fix_lr")),
+                cfg.optim.lr)
+    return {"loss": loss_mean, "lr": used, "seconds": seconds,
             "data_seconds": data_time, "images_per_s": n_img / max(seconds, 1e-9),
             "steps": steps}
 
@@ -297,18 +299,17 @@ def _box_figure(run: Run, completed: int) -> Path | None:
     ``<run>/figures/``; main process, heatmap boxes only. A failure warns, never stops."""
     if not dist.is_main_process() or run.given_boxes is not None:
         return None
-    from .viz import localization_figure
+    from .viz import config_localization_figure
 
-    c, n = run.cfg.crop, len(run.data.train)
+    n = len(run.data.train)
     idx = torch.linspace(0, n - 1, min(6, n)).long().tolist()
     path = run.run_dir / "figures" / f"localization-epoch{completed:04d}.png"
     try:
         path.parent.mkdir(exist_ok=True)
-        return localization_figure(
-            run.method.heatmap_encoder, run.data.train, idx, path, device=run.device,
-            mean=run.data.mean, std=run.data.std, gt_boxes=run.data.gt_boxes,
-            image_size=run.cfg.data.loc_image_size, stages=c.heatmap_stages, alpha=c.alpha,
-            scale=tuple(c.scale), full_box_guard=c.full_box_guard, **c.box_rule())
+        return config_localization_figure(
+            run.cfg.crop, run.method.heatmap_encoder, run.data.train, idx, path,
+            device=run.device, mean=run.data.mean, std=run.data.std,
+            gt_boxes=run.data.gt_boxes, image_size=run.cfg.data.loc_image_size)
     except Exception as err:  # a figure must never stop training
         warnings.warn(f"could not draw the localization figure: {err}", stacklevel=2)
         return None
@@ -412,16 +413,17 @@ def resume(run: Run, target: str) -> bool:
 def fit(run: Run) -> dict[str, Any]:
     """Train from ``run.epoch`` to ``cfg.train.epochs`` with boxes, monitors and checkpoints."""
     cfg = run.cfg
+    plan = CropPlan.from_config(cfg.crop)
     updates = set(box_update_epochs(cfg.train.epochs, cfg.crop.warmup_epochs,
-                                    cfg.crop.loc_interval, cfg.crop.kind))
-    if cfg.crop.kind == "simccrop" and run.epoch == 0:
-        run.store.fill(CENTER_BOX)
+                                    cfg.crop.loc_interval, plan.localizes))
+    if not plan.localizes and run.epoch == 0:  # the store shows the box in use
+        run.store.fill(plan.fixed_box)
         run.source.boxes_updated(run.store)
     while run.epoch < cfg.train.epochs:
         epoch = run.epoch
         if epoch in updates and not _updated_at(run, epoch):
             run.history.append(localize_step(run, epoch))
-        run.source.set_epoch(epoch, uses_boxes(epoch, cfg.crop.warmup_epochs, cfg.crop.kind))
+        run.source.set_epoch(epoch, plan.uses_boxes(epoch, cfg.crop.warmup_epochs))
         metrics = train_epoch(run, epoch)
         run.epoch = epoch + 1
         if cfg.train.knn_every and run.epoch % cfg.train.knn_every == 0 \

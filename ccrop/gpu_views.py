@@ -20,15 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from .boxes import BoxStore
-from .crop import CENTER_BOX, FULL_BOX, check_crop_args, sample_crop_params_batch
-from .data.views import CROPS, RECIPES, Recipe
+from .crop import CropPlan
+from .data.views import RECIPES, Recipe
 
 #: ITU-R 601 luma weights as torchvision's ``rgb_to_grayscale`` uses them.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
 #: PIL ``solarize(img, 128)`` inverts uint8 pixels >= 128.
 SOLARIZE_THRESHOLD = 128 / 255
-#: RandomResizedCrop as ``ccrop.crop.RandomResizedCrop`` builds it: full box, guard always on.
-RCROP_GUARD = 1e-12
 
 
 # ----------------------------------------------------------------------------- crop + resize
@@ -511,17 +509,13 @@ class GPUViews:
         images: (N, 3, H, W) uint8 dataset (e.g. from ``ccrop.data.dataset_to_uint8``); (N, 1, H, W)
             is broadcast to RGB. An int N instead means no resident images: batches decoded
             elsewhere (folder datasets) are augmented with ``views_of``.
-        store: ``BoxStore`` of N boxes (read for ``crop="ccrop"``); None = full-image boxes.
+        store: ``BoxStore`` of N boxes (read by a ccrop plan); None = the plan's fixed box.
         recipe: ``Recipe`` or a name in ``ccrop.data.views.RECIPES``.
-        crop: ``"ccrop"`` (store boxes), ``"simccrop"`` (fixed centre box, no guard) or
-            ``"rcrop"`` (RandomResizedCrop: uniform top-left), as ``ccrop.data.views.build_crop``.
+        plan: the crop law (``ccrop.crop.CropPlan``: ContrastiveCrop, SimCCrop or RRC), the
+            same object the per-sample transforms use.
         size: output side S (default H).
         mean: per-channel normalisation mean.
         std: per-channel normalisation std (> 0).
-        scale: crop area fraction range.
-        ratio: crop aspect ratio (w/h) range.
-        alpha: Beta(alpha, alpha) concentration of the crop centre in the box.
-        full_box_guard: box area share from which the centre is uniform; None = paper's law.
         num_views: V (>= 1).
         device: where images, boxes and views live (default ``images.device``).
         out_dtype: float32, float16 or bfloat16 views.
@@ -530,28 +524,27 @@ class GPUViews:
             capped below ``2 * S``).
 
     Example:
-        >>> views = GPUViews(images.cuda(), store, recipe="cifar", crop="ccrop", alpha=0.1)
+        >>> views = GPUViews(images.cuda(), store, recipe="cifar", plan=CropPlan(alpha=0.1))
         >>> for idx in views.epoch_batches(512, generator=g):
         ...     v1, v2 = views(idx, generator=g)
     """
 
     def __init__(
         self, images: torch.Tensor, store: BoxStore | None = None, recipe: Recipe | str = "cifar",
-        crop: str = "ccrop", size: int | None = None,
+        plan: CropPlan | None = None, size: int | None = None,
         mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-        scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-        alpha: float = 0.6, full_box_guard: float | None = 0.95, num_views: int = 2,
-        device: torch.device | str | None = None, out_dtype: torch.dtype = torch.float32,
-        channels_last: bool = False, blur_kernel_size: int | None = None,
+        num_views: int = 2, device: torch.device | str | None = None,
+        out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
+        blur_kernel_size: int | None = None,
     ) -> None:
         resident = not isinstance(images, int)
         if resident:
             images = _check_images(images)
         elif images < 1:
             raise ValueError(f"images must be a (N, C, H, W) uint8 tensor or N >= 1, got {images}")
-        if crop not in CROPS:
-            raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-        self.scale, self.ratio = check_crop_args(scale, ratio, alpha, full_box_guard)
+        if plan is not None and not isinstance(plan, CropPlan):
+            raise ValueError(f"plan must be a ccrop.crop.CropPlan, got {type(plan).__name__}")
+        self.plan = plan if plan is not None else CropPlan()
         if size is None and not resident:
             raise ValueError("size is required when images is a count (no resident images)")
         self.size = int(images.shape[-2] if size is None else size)
@@ -566,18 +559,14 @@ class GPUViews:
         self.device = torch.device(device)
         self.images = images.to(self.device) if resident else None  # (N, C, H, W) uint8
         self._n = images.shape[0] if resident else int(images)
-        self.recipe, self.crop = check_recipe(recipe), crop
-        self.alpha = 1.0 if crop == "rcrop" else float(alpha)
-        guards = {"ccrop": full_box_guard, "simccrop": None, "rcrop": RCROP_GUARD}
-        self.full_box_guard = guards[crop]
+        self.recipe = check_recipe(recipe)
         self.num_views, self.out_dtype = int(num_views), out_dtype
         self.channels_last = bool(channels_last)
         self.mean = _check_stats(mean, "mean", False).to(self.device)
         self.std = _check_stats(std, "std", True).to(self.device)
         self.blur_kernel_size = self._kernel_size(blur_kernel_size)
-        fixed = CENTER_BOX if crop == "simccrop" else FULL_BOX
-        self._fixed_box = torch.tensor(fixed, dtype=torch.float32, device=self.device)
-        self.boxes = self._fixed_box.repeat(len(self), 1)  # (N, 4)
+        fixed = torch.tensor(self.plan.fixed_box, dtype=torch.float32, device=self.device)
+        self.boxes = fixed.repeat(len(self), 1)  # (N, 4) the plan reads them if it localizes
         if store is not None:
             self.sync_boxes(store)
 
@@ -626,16 +615,12 @@ class GPUViews:
         Returns:
             (B, 4) int64 ``(top, left, h, w)``, each inside its own image or valid region.
         """
-        if self.crop == "ccrop":
-            boxes = self.boxes.index_select(0, src)  # (B, 4)
-        else:
-            boxes = self._fixed_box.expand(src.shape[0], 4)
+        boxes = self.boxes.index_select(0, src)  # (B, 4)
         if isinstance(image_size, torch.Tensor):
             h, w = image_size[:, 0], image_size[:, 1]  # (B,) each
         else:
             h, w = image_size or self.image_size
-        return sample_crop_params_batch(h, w, boxes, self.scale, self.ratio, self.alpha,
-                                        generator, self.full_box_guard)
+        return self.plan.sample_batch(h, w, boxes, generator)
 
     def __call__(self, indices: torch.Tensor,
                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
@@ -751,5 +736,4 @@ class GPUViews:
     def __repr__(self) -> str:
         h, w = self.image_size if self.images is not None else (0, 0)
         return (f"{type(self).__name__}(n={len(self)}, image={h}x{w}, size={self.size}, "
-                f"crop={self.crop!r}, alpha={self.alpha}, guard={self.full_box_guard}, "
-                f"views={self.num_views}, device={self.device})")
+                f"plan={self.plan}, views={self.num_views}, device={self.device})")

@@ -31,27 +31,20 @@ def lr_at(epoch: int, step: int, steps_per_epoch: int, base_lr: float, epochs: i
 
 
 def box_update_epochs(epochs: int, warmup_epochs: int, loc_interval: int,
-                      kind: str = "ccrop") -> list[int]:
+                      localizes: bool = True) -> list[int]:
     """Completed-epoch counts after which boxes are re-localized (before the next epoch starts).
 
     As in the official code: after epoch ``e`` (1-based count of completed epochs) when
     ``e >= warmup``, ``e % interval == 0`` and ``e != epochs`` (never after the last epoch).
-    ``rcrop`` and ``simccrop`` never localize. ``warmup = epochs`` gives the RRC baseline.
+    ``warmup = epochs`` gives the RRC baseline.
+
+    Args:
+        epochs, warmup_epochs, loc_interval: the run's schedule.
+        localizes: the crop law reads boxes (``CropPlan.localizes``); else no updates.
 
     Returns:
         Sorted list of completed-epoch counts, e.g. ``[100, 200, 300, 400]`` for 500/100/100.
     """
-    if kind != "ccrop":
+    if not localizes:
         return []
     return [e for e in range(1, epochs) if e >= warmup_epochs and e % loc_interval == 0]
-
-
-def uses_boxes(epoch: int, warmup_epochs: int, kind: str = "ccrop") -> bool:
-    """Whether 0-based ``epoch`` samples crops from boxes (else plain RandomResizedCrop).
-
-    ``ccrop``: from the end of warm-up on; ``simccrop``: always (fixed centre box);
-    ``rcrop``: never.
-    """
-    if kind == "rcrop":
-        return False
-    return kind == "simccrop" or epoch >= warmup_epochs

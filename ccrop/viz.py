@@ -198,6 +198,7 @@ def plot_localization(
     resized_crops: int = 2,
     scale: tuple[float, float] = (0.2, 1.0),
     full_box_guard: float | None = 0.95,
+    placement: str = "paper",
     row_labels: Sequence[str] | None = None,
     degenerate: torch.Tensor | None = None,
     title: str | None = None,
@@ -222,6 +223,7 @@ def plot_localization(
         resized_crops: crops of each kind also shown resized (capped at ``crops_per_image``).
         scale: crop area fraction range of both crops.
         full_box_guard: ContrastiveCrop guard (ccrop default 0.95; None = the paper's law).
+        placement: ContrastiveCrop placement, ``"paper"`` or ``"official"`` (``ccrop.crop``).
         row_labels: optional B row labels (e.g. dataset indices).
         degenerate: optional (B,) bool, marks rows whose map was degenerate.
         title: optional figure title (a key to the colours is always shown).
@@ -246,7 +248,7 @@ def plot_localization(
                 alpha=float(alpha), scale=tuple(scale))
     for r, img in enumerate(pics):
         opts["ccrop"] = ContrastiveCrop((img.height, img.width), scale, alpha=alpha,
-                                        full_box_guard=full_box_guard)  # fmt: skip
+                                        full_box_guard=full_box_guard, placement=placement)
         opts["label"] = labels[r]
         _loc_row(axes[r], img, heat[r], pred[r], None if gt is None else gt[r], bad[r], opts)
     key = "green box: predicted" + ("   ·   dashed white: ground truth" if gt is not None else "")
@@ -365,6 +367,23 @@ def localization_figure(
     kw.setdefault("title", f"localization: {rule}, {region} box")
     return plot_localization(pics, heat.cpu(), boxes.cpu(), path, gt_boxes=gt,
                              degenerate=bad.cpu(), **kw)  # fmt: skip
+
+
+def config_localization_figure(crop: Any, backbone: torch.nn.Module, dataset: Any,
+                               indices: Sequence[int], path: str | Path, **kw: Any) -> Path:
+    """``localization_figure`` with every crop and localization setting of a ``CropConfig``
+    (``cfg.crop``): heatmap stages and box rule, alpha, scale, guard and placement. The run's
+    figure after each box update and ``ccrop viz`` both draw through this.
+
+    Args:
+        crop: the run's ``CropConfig``.
+        backbone, dataset, indices, path: as ``localization_figure``.
+        **kw: ``device``, ``mean``, ``std``, ``gt_boxes``, ``image_size`` and the like.
+    """
+    return localization_figure(backbone, dataset, indices, path, stages=crop.heatmap_stages,
+                               alpha=crop.alpha, scale=tuple(crop.scale),
+                               full_box_guard=crop.full_box_guard, placement=crop.placement,
+                               **crop.box_rule(), **kw)
 
 
 # ----------------------------------------------------------------------------- centre law

@@ -37,7 +37,7 @@ def test_eval_commands_on_a_checkpoint(run_dir, tmp_path, capsys):
     ckpt = str(run_dir / "checkpoints" / "ckpt-epoch00002.pt")
     assert main(["knn", "--checkpoint", ckpt]) == 0
     assert main(["linear", "--checkpoint", ckpt, "--fast"]) == 0
-    assert main(["linear", "--checkpoint", ckpt, "--epochs", "1"]) == 0
+    assert main(["linear", "--checkpoint", ckpt, "eval.linear_epochs=1"]) == 0
     assert main(["boxes", "--checkpoint", ckpt, "--out", str(tmp_path / "b.pt")]) == 0
     assert main(["viz", "--checkpoint", ckpt, "--out", str(tmp_path / "fig"), "--num", "2"]) == 0
     assert (tmp_path / "fig" / "localization.png").stat().st_size > 1000
@@ -63,7 +63,7 @@ def test_eval_protocols_agree_on_both_pipelines(run_dir, capsys):
         out[pipe] = [json.loads(x)["top1"] for x in lines if x.startswith("{")]
     assert out["cpu"][0] == pytest.approx(out["gpu"][0], abs=1e-6)  # kNN
     assert out["cpu"][1] == pytest.approx(out["gpu"][1], abs=2.5)  # probe: float noise only
-    assert main(["linear", "--checkpoint", ckpt, "--epochs", "2", "data.pipeline=gpu"]) == 0
+    assert main(["linear", "--checkpoint", ckpt, "eval.linear_epochs=2", "data.pipeline=gpu"]) == 0
     rec = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert rec["protocol"] == "linear" and len(rec["history"]) == 2
 

@@ -177,3 +177,19 @@ def test_each_box_update_draws_the_localization_figure(tmp_path, capsys):
 
     with Image.open(summary["box_figure"]) as img:
         assert img.width > 300 and img.height > 300
+
+
+def test_logged_lr_is_the_one_the_optimizer_used_warmup_included(tmp_path):
+    from ccrop.schedule import lr_at
+
+    run = build_run(tiny(tmp_path, "optim.warmup_epochs=2", "train.epochs=3",
+                         "crop.warmup_epochs=3"))
+    engine.fit(run)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    steps = rows[0]["steps"]
+    o = run.cfg.optim
+    for e, row in enumerate(rows):
+        used = lr_at(e, steps - 1, steps, o.lr, 3, o.min_lr_ratio, o.warmup_epochs)
+        assert row["lr"] == pytest.approx(used)
+    assert rows[0]["lr"] == pytest.approx(lr_at(0, 0, 1, o.lr, 3, o.min_lr_ratio) / 2)  # ramp
+    assert run.optimizer.param_groups[0]["lr"] == pytest.approx(rows[-1]["lr"])

@@ -16,7 +16,13 @@ import torch
 from PIL import Image
 from scipy import stats
 
-from ccrop.crop import CENTER_BOX, FULL_BOX, sample_crop_params, sample_crop_params_batch
+from ccrop.crop import (
+    CENTER_BOX,
+    FULL_BOX,
+    CropPlan,
+    sample_crop_params,
+    sample_crop_params_batch,
+)
 from ccrop.data.views import Recipe, ViewTransform, build_crop
 from ccrop.gpu_views import GPUViews
 
@@ -109,7 +115,7 @@ def pil_stats(images) -> dict[str, np.ndarray]:
 
 
 def gpu_stats(images: torch.Tensor, recipe: Recipe) -> dict[str, np.ndarray]:
-    gv = GPUViews(images, recipe=recipe, crop="rcrop", size=SIZE, mean=NO_NORM[0],
+    gv = GPUViews(images, recipe=recipe, plan=CropPlan("rcrop"), size=SIZE, mean=NO_NORM[0],
                   std=NO_NORM[1], num_views=1)
     idx = torch.arange(N_VIEWS) % N_IMAGES
     return view_stats(gv(idx, torch.Generator().manual_seed(0))[0])

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from ccrop.boxes import BoxStore
-from ccrop.crop import sample_crop_params_batch
+from ccrop.crop import CropPlan, sample_crop_params_batch
 from ccrop.data.views import RECIPES, Recipe, build_crop
 from ccrop.gpu_views import (
     GPUViews,
@@ -274,9 +274,20 @@ def test_augment_skips_zero_probability_ops():
 # ----------------------------------------------------------------------------- GPUViews
 
 
+LAW = ("scale", "ratio", "alpha", "full_box_guard", "placement")
+
+
+def with_plan(kw: dict) -> dict:
+    """Test shorthand: ``crop=`` and the law's keywords become ``plan=CropPlan(...)``."""
+    law = {k: kw.pop(k) for k in LAW if k in kw}
+    if law or "crop" in kw:
+        kw["plan"] = CropPlan(kw.pop("crop", "ccrop"), **law)
+    return kw
+
+
 def make_views(**kw) -> GPUViews:
     imgs = kw.pop("images", smooth_images(16, 24, 24))
-    return GPUViews(imgs, **kw)
+    return GPUViews(imgs, **with_plan(kw))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -423,7 +434,7 @@ def folder_views(**kw) -> GPUViews:
     store = BoxStore(6)
     store.update(torch.arange(6), torch.tensor([[0.1, 0.2, 0.8, 0.7]]).repeat(6, 1))
     kw.setdefault("recipe", "imagenet")
-    return GPUViews(6, store, size=12, **kw)
+    return GPUViews(6, store, size=12, **with_plan(kw))
 
 
 @pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])

@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from ccrop.schedule import box_update_epochs, lr_at, uses_boxes
+from ccrop.crop import CropPlan
+from ccrop.schedule import box_update_epochs, lr_at
 
 
 def test_official_paper_schedule():
@@ -13,14 +14,14 @@ def test_official_paper_schedule():
     assert box_update_epochs(500, 500, 100) == []  # RRC baseline: warm-up = epochs
     assert box_update_epochs(10, 0, 3) == [3, 6, 9]
     assert box_update_epochs(10, 4, 3) == [6, 9]
-    assert box_update_epochs(500, 100, 100, "simccrop") == []
-    assert box_update_epochs(500, 100, 100, "rcrop") == []
+    for kind in ("simccrop", "rcrop"):
+        assert box_update_epochs(500, 100, 100, CropPlan(kind).localizes) == []
 
 
 def test_uses_boxes():
-    assert [uses_boxes(e, 2) for e in range(4)] == [False, False, True, True]
-    assert all(uses_boxes(e, 5, "simccrop") for e in range(5))
-    assert not any(uses_boxes(e, 0, "rcrop") for e in range(5))
+    assert [CropPlan().uses_boxes(e, 2) for e in range(4)] == [False, False, True, True]
+    assert all(CropPlan("simccrop").uses_boxes(e, 5) for e in range(5))
+    assert not any(CropPlan("rcrop").uses_boxes(e, 0) for e in range(5))
 
 
 def test_cosine_per_epoch_to_tenth():

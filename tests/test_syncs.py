@@ -1,5 +1,7 @@
 """Host syncs: the spy finds them, and the training step, views and box update have none."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -8,6 +10,7 @@ import ccrop.gpu_views as gpu_views
 from ccrop.boxes import BoxStore
 from ccrop.build import build_run
 from ccrop.config import load_config
+from ccrop.crop import CropPlan
 from ccrop.data.sources import GPUSource, ViewSpec, auto_chunk
 from ccrop.data.synthetic import SyntheticObjects
 from ccrop.localize import boxes_from_heatmaps
@@ -100,7 +103,7 @@ def test_skip_step_mode_is_the_one_opt_in_sync_per_step(tmp_path, accelerator_pa
 @pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])
 def test_view_generation_has_no_host_sync(accelerator_paths, recipe, crop):
     images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
-    views = gpu_views.GPUViews(images, BoxStore(40), recipe=recipe, crop=crop,
+    views = gpu_views.GPUViews(images, BoxStore(40), recipe=recipe, plan=CropPlan(crop),
                                out_dtype=torch.bfloat16, channels_last=True)
     g = torch.Generator().manual_seed(0)
     with SyncSpy() as spy:
@@ -116,7 +119,7 @@ def test_folder_views_with_extents_have_no_host_sync(accelerator_paths, crop):
     canvases = torch.randint(0, 256, (8, 3, 21, 21), dtype=torch.uint8)  # (B, 3, M, M)
     hw = torch.tensor([[16, 21], [21, 16], [16, 16], [3, 21], [21, 2], [1, 1], [9, 12],
                        [21, 21]])  # (B, 2) valid (h, w)
-    views = gpu_views.GPUViews(8, BoxStore(8), recipe="imagenet", crop=crop, size=16,
+    views = gpu_views.GPUViews(8, BoxStore(8), recipe="imagenet", plan=CropPlan(crop), size=16,
                                out_dtype=torch.bfloat16, channels_last=True)
     g = torch.Generator().manual_seed(0)
     with SyncSpy() as spy:
@@ -150,8 +153,7 @@ def test_heatmap_to_box_has_no_host_sync():
 
 def _source(chunk, recipe="cifar"):
     ds = SyntheticObjects(num_images=70, image_size=16, seed=0)
-    spec = ViewSpec(recipe, "ccrop", 16, (0.5,) * 3, (0.5,) * 3, (0.2, 1.0), (0.75, 4 / 3), 0.6,
-                    0.95)
+    spec = ViewSpec(recipe, CropPlan(), 16, (0.5,) * 3, (0.5,) * 3)
     return GPUSource(ds, BoxStore(70), spec, 16, 0, torch.device("cpu"), chunk=chunk)
 
 
@@ -169,7 +171,7 @@ def test_chunked_views_equal_unchunked_ones_when_augmentation_is_deterministic()
     one, three = _source(1, fixed), _source(3, fixed)
     for src in (one, three):  # crops: the whole image, so the views are the images themselves
         for maker in (src.views, src.plain):
-            maker.scale, maker.ratio = (1.0, 1.0), (1.0, 1.0)
+            maker.plan = dataclasses.replace(maker.plan, scale=(1.0, 1.0), ratio=(1.0, 1.0))
     for (i1, v1), (i3, v3) in zip(one, three):
         assert torch.equal(i1, i3) and torch.equal(v1[0], v3[0]) and torch.equal(v1[1], v3[1])
 

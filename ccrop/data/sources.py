@@ -16,12 +16,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from numbers import Integral
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from .. import dist
 from ..boxes import BoxStore
+from ..crop import CropPlan
 from .boxed import BoxedDataset, IndexedImages, LabeledImages
 from .views import EvalTransform, build_view_transform
 
@@ -31,14 +33,10 @@ class ViewSpec:
     """Everything a source needs to know about the views."""
 
     recipe: str
-    crop: str
+    plan: CropPlan  # the crop law (its warm-up law is plan.plain())
     size: int
     mean: Sequence[float]
     std: Sequence[float]
-    scale: Sequence[float]
-    ratio: Sequence[float]
-    alpha: float
-    full_box_guard: float | None
     loc_size: int | None = None  # localization input side (None: native)
 
 
@@ -67,10 +65,9 @@ class CPUSource:
                  num_workers: int, persistent_workers: bool, seed: int, device: torch.device,
                  loc_batch_size: int = 512) -> None:
         self.device, self.spec = device, spec
-        args = (spec.recipe, spec.crop, spec.size, spec.mean, spec.std, spec.scale, spec.ratio,
-                spec.alpha, spec.full_box_guard)
-        plain = build_view_transform(spec.recipe, "rcrop", *args[2:])
-        self.dataset = BoxedDataset(base, store, build_view_transform(*args), 2, seed, plain)
+        views, plain = (build_view_transform(spec.recipe, plan, spec.size, spec.mean, spec.std)
+                        for plan in (spec.plan, spec.plan.plain()))
+        self.dataset = BoxedDataset(base, store, views, 2, seed, plain)
         self.sampler = _sampler(self.dataset, True, seed, drop_last=True)
         per_rank = max(1, batch_size // dist.get_world_size())
         self.loader = DataLoader(self.dataset, per_rank, sampler=self.sampler, drop_last=True,
@@ -108,14 +105,19 @@ def loc_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch
                       num_workers=num_workers, pin_memory=pin_memory)
 
 
-def eval_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch_size: int,
-                num_workers: int, size: int | None = None, shard: bool = False) -> DataLoader:
+def eval_loader(base: Dataset, transform: Any, batch_size: int, num_workers: int,
+                shard: bool = False) -> DataLoader:
     """Loader of ``(images, labels)`` without augmentation for kNN/linear feature extraction.
 
-    ``shard``: this rank's share only (unshuffled ``DistributedSampler``, padded to equal
-    shares); ``ccrop.dist.gather_shards`` puts the ranks' results back in dataset order.
+    Args:
+        base: map-style dataset of ``(PIL image, label)``.
+        transform: PIL -> (3, H, W) tensor, e.g. ``EvalTransform`` (native size) or
+            ``ccrop.evaluate.linear.eval_transform`` (Resize + CenterCrop, ImageNet).
+        batch_size, num_workers: of the loader.
+        shard: this rank's share only (unshuffled ``DistributedSampler``, padded to equal
+            shares); ``ccrop.dist.gather_shards`` puts the ranks' results back in dataset order.
     """
-    ds = LabeledImages(base, EvalTransform(mean, std, size))
+    ds = LabeledImages(base, transform)
     sampler = _sampler(ds, False, 0, drop_last=False) if shard else None
     return DataLoader(ds, batch_size, shuffle=False, sampler=sampler, num_workers=num_workers)
 
@@ -259,11 +261,9 @@ class GPUSource:
         else:
             images = len(base)
         kw = dict(recipe=spec.recipe, size=spec.size, mean=spec.mean, std=spec.std,
-                  scale=spec.scale, ratio=spec.ratio, alpha=spec.alpha,
-                  full_box_guard=spec.full_box_guard, device=device, out_dtype=out_dtype,
-                  channels_last=channels_last)
-        self.views = GPUViews(images, store, crop=spec.crop, **kw)
-        self.plain = GPUViews(images, None, crop="rcrop", **kw)
+                  device=device, out_dtype=out_dtype, channels_last=channels_last)
+        self.views = GPUViews(images, store, plan=spec.plan, **kw)
+        self.plain = GPUViews(images, None, plan=spec.plan.plain(), **kw)
         self.device, self.seed, self.loc_batch_size = device, seed, loc_batch_size
         self.per_rank = max(1, batch_size // dist.get_world_size())
         if chunk is not None and int(chunk) < 1:
@@ -373,8 +373,9 @@ class DeviceLabeledBatches:
                                       num_workers=num_workers).to(self.device)  # (N, 3, H, W)
         self.labels = dataset_labels(base).to(self.device)  # (N,)
         flip_only = Recipe(flip_p=0.5, jitter_p=0.0, gray_p=0.0)
-        self.views = GPUViews(images, None, recipe=flip_only, crop="rcrop", mean=mean, std=std,
-                              scale=scale, num_views=1, device=self.device)
+        rrc = CropPlan("rcrop", tuple(scale))
+        self.views = GPUViews(images, None, recipe=flip_only, plan=rrc, mean=mean, std=std,
+                              num_views=1, device=self.device)
         self._passes = 0
 
     def __len__(self) -> int:

@@ -18,9 +18,9 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
-from ..crop import CENTER_BOX, FULL_BOX, ContrastiveCrop, RandomResizedCrop, SimCCrop
+from ..crop import CENTER_BOX, FULL_BOX, KINDS, ContrastiveCrop, CropPlan
 
-CROPS = ("ccrop", "simccrop", "rcrop")
+CROPS = KINDS  # the crop kinds (``CropPlan.kind``)
 
 
 @dataclass(frozen=True)
@@ -119,41 +119,39 @@ class EvalTransform:
         return to_normalized_tensor(img, self.mean, self.std)
 
 
-def build_crop(kind: str, size: int, scale: Sequence[float] = (0.2, 1.0),
+def build_crop(kind: str | CropPlan, size: int, scale: Sequence[float] = (0.2, 1.0),
                ratio: Sequence[float] = (3 / 4, 4 / 3), alpha: float = 0.6,
-               full_box_guard: float | None = 0.95) -> ContrastiveCrop:
-    """The crop of a view pipeline: ``ccrop`` (ContrastiveCrop), ``simccrop`` or ``rcrop`` (RRC)."""
-    if kind == "ccrop":
-        return ContrastiveCrop(size, scale, ratio, alpha, full_box_guard)
-    if kind == "simccrop":
-        return SimCCrop(size, scale, ratio, alpha)
-    if kind == "rcrop":
-        return RandomResizedCrop(size, scale, ratio)
-    raise ValueError(f"crop must be one of {CROPS}, got {kind!r}")
+               full_box_guard: float | None = 0.95, placement: str = "paper") -> ContrastiveCrop:
+    """The crop of a view pipeline: a ``CropPlan``, or a kind (``ccrop``: ContrastiveCrop,
+    ``simccrop``: fixed centre box, ``rcrop``: RandomResizedCrop) with the law's arguments."""
+    plan = kind if isinstance(kind, CropPlan) else CropPlan(
+        kind, tuple(scale), tuple(ratio), alpha, full_box_guard, placement)
+    return ContrastiveCrop.from_plan(plan, size)
 
 
 def build_view_transform(
-    recipe: str = "cifar", crop: str = "ccrop", size: int = 32,
+    recipe: str = "cifar", crop: str | CropPlan = "ccrop", size: int = 32,
     mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
     scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
-    alpha: float = 0.6, full_box_guard: float | None = 0.95,
+    alpha: float = 0.6, full_box_guard: float | None = 0.95, placement: str = "paper",
 ) -> ViewTransform:
     """Build the paper's view pipeline with a ContrastiveCrop, SimCCrop or plain RRC crop.
 
     Args:
         recipe: ``"cifar"`` (flip, ColorJitter(0.4,0.4,0.4,0.1) p=0.8, grayscale p=0.2) or
             ``"imagenet"`` (the same plus Gaussian blur p=0.5).
-        crop: ``"ccrop"``, ``"simccrop"`` or ``"rcrop"``.
+        crop: ``"ccrop"``, ``"simccrop"``, ``"rcrop"``, or a ``CropPlan`` (then the law's
+            arguments below are not used).
         size: output side S.
         mean, std: normalisation.
-        scale, ratio, alpha, full_box_guard: crop law (see ``ccrop.crop``).
+        scale, ratio, alpha, full_box_guard, placement: crop law (see ``ccrop.crop``).
 
     Returns:
         A ``ViewTransform`` mapping ``(img, box, rng)`` to a (3, S, S) tensor.
     """
     if recipe not in RECIPES:
         raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
-    return ViewTransform(build_crop(crop, size, scale, ratio, alpha, full_box_guard),
+    return ViewTransform(build_crop(crop, size, scale, ratio, alpha, full_box_guard, placement),
                          RECIPES[recipe], mean, std)
 
 

@@ -49,46 +49,52 @@ FAST_PROBE_PROTOCOL = "linear-fast (cached features, no augmentation)"
 # ----------------------------------------------------------------------------- schedule
 
 
-def linear_milestones(epochs: int) -> tuple[int, int]:
+def linear_milestones(epochs: int, milestones: Sequence[int] | None = None) -> tuple[int, ...]:
     """Epochs at which the linear-protocol lr is divided by 10.
 
-    The official schedule (100 epochs) decays at epochs 60 and 80. For other lengths the
-    milestones scale as fractions 0.6 and 0.8 of `epochs`, rounded down
-    (`epochs * 6 // 10`, `epochs * 8 // 10`), so 100 -> (60, 80) and 10 -> (6, 8).
+    The official schedule (100 epochs) decays at epochs 60 and 80. Without ``milestones`` they
+    scale as fractions 0.6 and 0.8 of `epochs`, rounded down (`epochs * 6 // 10`,
+    `epochs * 8 // 10`), so 100 -> (60, 80) and 10 -> (6, 8).
 
     Args:
         epochs: total number of epochs, >= 1.
+        milestones: explicit increasing epochs in (0, epochs) (``eval.linear_milestones``).
 
     Returns:
-        (first, second) milestone epochs, 0-based.
+        The milestone epochs, 0-based.
     """
     if epochs < 1:
         raise ValueError(f"epochs: must be >= 1, got {epochs}")
-    return epochs * 6 // 10, epochs * 8 // 10
+    if milestones is None:
+        return epochs * 6 // 10, epochs * 8 // 10
+    m = tuple(int(v) for v in milestones)
+    if list(m) != sorted(m) or not all(0 < v < epochs for v in m):
+        raise ValueError(f"milestones: must be increasing epochs in (0, {epochs}), got {m}")
+    return m
 
 
-def linear_lr_at(epoch: int, base_lr: float, epochs: int = 100) -> float:
+def linear_lr_at(epoch: int, base_lr: float, epochs: int = 100,
+                 milestones: Sequence[int] | None = None) -> float:
     """Learning rate of the official linear protocol during 0-based `epoch`.
 
-    Step schedule: `base_lr` before the first milestone, `0.1 * base_lr` until the second,
-    `0.01 * base_lr` afterwards (milestones from `linear_milestones`). With 100 epochs:
-    epochs 0-59 -> base_lr, 60-79 -> base_lr/10, 80-99 -> base_lr/100.
+    Step schedule: `base_lr`, divided by 10 at each milestone (`linear_milestones`). With 100
+    epochs: epochs 0-59 -> base_lr, 60-79 -> base_lr/10, 80-99 -> base_lr/100.
 
     Args:
         epoch: 0-based epoch, in [0, epochs).
         base_lr: initial lr (official: 10 at batch 512, 30 at batch 256 on ImageNet).
         epochs: total number of epochs, >= 1.
+        milestones: explicit milestone epochs (default: 60% and 80% of `epochs`).
 
     Returns:
         The lr for that epoch.
     """
-    first, second = linear_milestones(epochs)
+    steps = linear_milestones(epochs, milestones)
     if not 0 <= epoch < epochs:
         raise ValueError(f"epoch: must be in [0, {epochs}), got {epoch}")
     if base_lr <= 0:
         raise ValueError(f"base_lr: must be > 0, got {base_lr}")
-    decays = int(epoch >= first) + int(epoch >= second)
-    return base_lr * 0.1**decays
+    return base_lr * 0.1 ** sum(epoch >= m for m in steps)
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -286,6 +292,7 @@ def run_linear(
     progress: bool = True,
     eval_every: int = 1,
     log_fn: Callable[[dict[str, Any]], None] | None = None,
+    milestones: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Official linear protocol: a linear layer trained on a frozen backbone.
 
@@ -315,6 +322,7 @@ def run_linear(
         progress: tqdm bar per epoch.
         eval_every: test every this many epochs; the last epoch is always tested.
         log_fn: called with each epoch's record (see "history").
+        milestones: lr x0.1 epochs (default: 60% and 80% of `epochs`, official 60 and 80).
 
     Returns:
         {"protocol": "linear", "top1": top1_last, "top1_last", "top1_best", "best_epoch"
@@ -323,7 +331,7 @@ def run_linear(
     """
     if eval_every < 1:
         raise ValueError(f"eval_every: must be >= 1, got {eval_every}")
-    linear_lr_at(0, lr, epochs)  # validates lr and epochs
+    linear_lr_at(0, lr, epochs, milestones)  # validates lr, epochs and milestones
     device = torch.device(device)
     backbone.to(device)
     classifier = _new_classifier(backbone, num_classes, device)
@@ -335,7 +343,7 @@ def run_linear(
     with _frozen(backbone):
         for epoch in range(epochs):
             for group in optimizer.param_groups:
-                group["lr"] = linear_lr_at(epoch, lr, epochs)
+                group["lr"] = linear_lr_at(epoch, lr, epochs, milestones)
             opts["desc"] = f"linear {epoch + 1}/{epochs}"
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             record.update(_train_epoch(backbone, classifier, train_loader, optimizer, device, opts))

@@ -81,7 +81,8 @@ def test_views_follow_store_box():
 
 def test_recipe_and_crop_choices():
     assert build_view_transform(recipe="imagenet").recipe.blur_p == 0.5
-    assert build_view_transform(crop="rcrop").crop.full_box_guard is not None
+    rrc = build_view_transform(crop="rcrop").crop
+    assert rrc.plan.kind == "rcrop" and rrc.full_box_guard is None  # uniform: no guard needed
     with pytest.raises(ValueError, match="recipe"):
         build_view_transform(recipe="nope")
     with pytest.raises(ValueError, match="crop"):

@@ -13,6 +13,7 @@ from ccrop.cli import main
 from ccrop.config import load_config
 from ccrop.data.sources import DecodedImages, DeviceLabeledBatches, eval_loader, fit_size
 from ccrop.data.synthetic import SyntheticObjects
+from ccrop.data.views import EvalTransform
 
 
 @pytest.fixture
@@ -127,7 +128,7 @@ def ds():
 
 def test_plain_batches_equal_the_pil_eval_loader(ds):
     dev = DeviceLabeledBatches(ds, MEAN, STD, 16, torch.device("cpu"))
-    ref = eval_loader(ds, MEAN, STD, 16, 0)
+    ref = eval_loader(ds, EvalTransform(MEAN, STD), 16, 0)
     assert len(dev) == len(ref) == 4 and len(dev.dataset) == 50
     for (x, y), (xr, yr) in zip(dev, ref):
         assert torch.equal(y, yr.long())
@@ -136,7 +137,7 @@ def test_plain_batches_equal_the_pil_eval_loader(ds):
 
 def test_train_batches_are_a_fresh_augmented_permutation_every_pass(ds):
     dev = DeviceLabeledBatches(ds, MEAN, STD, 16, torch.device("cpu"), train=True, seed=1)
-    assert dev.views.scale == (0.08, 1.0) and dev.views.crop == "rcrop"
+    assert dev.views.plan.scale == (0.08, 1.0) and dev.views.plan.kind == "rcrop"
     labels = torch.as_tensor(ds.targets)
     passes = []
     for _ in range(2):
@@ -187,7 +188,7 @@ def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
     assert bank.views.images.data_ptr() == run.source.views.images.data_ptr()  # one copy
     test = run.data.eval_batches(cfg.data.test_split, run.device)
     assert test.views.images.data_ptr() != run.source.views.images.data_ptr()
-    ref = eval_loader(run.data.train, run.data.mean, run.data.std, 8, 0)
+    ref = eval_loader(run.data.train, EvalTransform(run.data.mean, run.data.std), 8, 0)
     for (x, y), (xr, yr) in zip(bank, ref):  # the shared copy gives the eval images
         assert torch.equal(y, yr.long())
         torch.testing.assert_close(x, xr, atol=1e-6, rtol=0)
