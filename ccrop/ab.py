@@ -29,7 +29,8 @@ BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
     # the paper's localization and law (small-set alpha 0.1, no guard) on the base config
     "ccrop-paper": ("crop.kind=ccrop", "crop.heatmap_stages=[4]", "crop.threshold_mode=fixed",
                     "crop.threshold=0.1", "crop.box_region=extent", "crop.alpha=0.1",
-                    "crop.full_box_guard=null", "crop.heatmap_align=paper"),
+                    "crop.full_box_guard=null", "crop.heatmap_align=paper",
+                    "crop.placement=official"),
 }
 
 ARM_FILE = "ab_arm.json"  # in every run folder of an A/B: arm, seed, overrides
