@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ccrop.engine import compiler_error_summary
+from ccrop.compiling import compiler_error_summary
 from ccrop.losses import byol_loss, info_nce_queue, neg_cosine, nt_xent
 
 

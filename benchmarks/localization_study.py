@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 from ccrop.boxes import box_area, box_iou
+from ccrop.build import config_backbone
 from ccrop.checkpoint import ckpt_path, load_backbone_state, load_checkpoint
 from ccrop.config import load_config
 from ccrop.data import DATASET_INFO, build_dataset
 from ccrop.data.sources import loc_loader
 from ccrop.localize import localize
-from ccrop.models import build_backbone
 
 #: (name, stages, mode, threshold, region, align); the first is the paper's rule
 PAPER = ("paper: layer4, k 0.1, extent", (4,), "fixed", 0.1, "extent", "paper")
@@ -50,14 +50,14 @@ def score(ckpt: Path, split: str, num: int | None) -> dict[str, dict[str, float]
     """IoU with the truth and mean box area of every rule for one checkpoint."""
     state = load_checkpoint(ckpt)
     cfg = load_config(None, base=state["config"])
-    d, m = cfg.data, cfg.model
+    d = cfg.data
     kwargs = dict(d.dataset_kwargs)
     if num is not None:
         kwargs["num_images"] = num
     ds = build_dataset(d.dataset, d.root, split, d.download, **kwargs)
     gt = torch.as_tensor(ds.gt_boxes).float()
     info = DATASET_INFO[d.dataset]
-    backbone = build_backbone(m.arch, stem=m.stem, width=m.width)
+    backbone = config_backbone(cfg)
     load_backbone_state(backbone, state["model"])
     backbone.eval()
     boxes: dict[str, list[torch.Tensor]] = {r[0]: [] for r in rules()}

@@ -662,7 +662,7 @@ def _free_memory() -> None:
 def _linear_fast(cfg: Any, folder: Path, run: Any = None) -> float | None:
     """Fast linear probe of the run's final backbone (``run``'s, else the newest checkpoint's),
     written to ``linear_fast.json`` and ``results.jsonl``; its top-1, None without labels."""
-    from .build import build_data, resolve_device
+    from .build import build_data, build_evaluator, config_backbone, resolve_device
     from .checkpoint import (
         CheckpointError,
         ckpt_path,
@@ -671,7 +671,6 @@ def _linear_fast(cfg: Any, folder: Path, run: Any = None) -> float | None:
     )
     from .evaluate.linear import run_fast_probe
     from .evaluate.results import append_result
-    from .models import build_backbone
 
     if run is not None:
         backbone, data, device, epoch = run.method.backbone, run.data, run.device, run.epoch
@@ -680,15 +679,15 @@ def _linear_fast(cfg: Any, folder: Path, run: Any = None) -> float | None:
         if found is None:
             raise CheckpointError(f"no readable checkpoint in {str(folder / 'checkpoints')!r} "
                                   "for the linear-fast probe")
-        m, device = cfg.model, resolve_device(cfg.train.device)
-        backbone = build_backbone(m.arch, stem=m.stem, width=m.width)
+        device = resolve_device(cfg.train.device)
+        backbone = config_backbone(cfg)
         load_backbone_state(backbone, found[1]["model"])
         backbone, data, epoch = backbone.to(device), build_data(cfg), int(found[1]["epoch"])
     if not (data.num_classes and data.has_labels):
         return None
-    d, t = cfg.data, cfg.train
-    res = run_fast_probe(backbone, data.eval_batches(d.eval_train_split, device),
-                         data.eval_batches(d.test_split, device), data.num_classes, device,
+    d, t, evaluator = cfg.data, cfg.train, build_evaluator(data)
+    res = run_fast_probe(backbone, evaluator.eval_batches(d.eval_train_split, device),
+                         evaluator.eval_batches(d.test_split, device), data.num_classes, device,
                          amp=t.amp, channels_last=t.channels_last)
     rec = {**res, "dataset": d.dataset, "split": d.test_split,
            "checkpoint": str(ckpt_path(folder, epoch)), "epoch": epoch}

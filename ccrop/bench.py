@@ -15,8 +15,9 @@ from typing import Any
 import torch
 
 from .boxes import BoxStore
+from .compiling import compiler_error_summary, is_compiler_error
 from .config import Config
-from .engine import compiler_error_summary, is_compiler_error
+from .runtime import autocast
 
 
 def _sync(device: torch.device) -> None:
@@ -73,11 +74,11 @@ def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
         dev = torch.device(where) if where == "cpu" else device
         src = GPUSource(data.train, store, spec, d.batch_size, 0, dev, chunk=d.gpu_chunk)
         idx = torch.arange(min(d.batch_size, len(data.train)), device=dev)
-        sec = _timed(lambda s=src, i=idx: s.views(i), dev, 5)
+        sec = _timed(lambda s=src, i=idx: s.views_for(i), dev, 5)
         out[f"batched_{where}_views_per_s"] = 2 * idx.numel() / sec
         if src.chunk > 1:  # the engine's call: views of `chunk` batches at once
             big = torch.arange(min(d.batch_size * src.chunk, len(data.train)), device=dev)
-            sec = _timed(lambda s=src, i=big: s.views(i), dev, 5)
+            sec = _timed(lambda s=src, i=big: s.views_for(i), dev, 5)
             out[f"batched_{where}_views_per_s_chunk{src.chunk}"] = 2 * big.numel() / sec
     out["batched_cpu_over_pil"] = out["batched_cpu_views_per_s"] / out["pil_views_per_s"]
     out["ops_per_view_call"] = _ops_per_call(data, store, spec, d.batch_size)
@@ -88,13 +89,13 @@ def _ops_per_call(data: Any, store: BoxStore, spec: Any, batch_size: int) -> int
     """Ops (~ kernel launches) one batched view call dispatches on the accelerator code path,
     whatever its batch: the GPU path at CIFAR size is bound by their launch cost."""
     from .data.sources import GPUSource
-    from .gpu_views import accelerator_paths
     from .syncs import SyncSpy
 
     src = GPUSource(data.train, store, spec, batch_size, 0, torch.device("cpu"))
+    src.use_sync_free_paths()
     idx = torch.arange(min(batch_size, len(data.train)))
-    with accelerator_paths(), SyncSpy() as spy:
-        src.views(idx)
+    with SyncSpy() as spy:
+        src.views_for(idx)
     return spy.ops
 
 
@@ -108,16 +109,17 @@ def bench_syncs(cfg: Config, steps: int = 2) -> dict[str, float]:
 
     from .build import build_run
     from .engine import train_epoch
-    from .gpu_views import accelerator_paths
     from .syncs import SyncSpy
 
     counts, done = [], []
-    with tempfile.TemporaryDirectory() as tmp, accelerator_paths():
+    with tempfile.TemporaryDirectory() as tmp:
         c = replace(cfg, train=replace(cfg.train, out_dir=tmp, progress=False,
                                        tensorboard=False, compile=False),
                     data=replace(cfg.data, num_workers=max(1, cfg.data.num_workers),
                                  persistent_workers=False))
         run = build_run(c)
+        if hasattr(run.source, "use_sync_free_paths"):  # the GPU path: its accelerator code
+            run.source.use_sync_free_paths()
         for n in (1, 1 + steps):
             run.cfg.train.max_steps_per_epoch = n
             with SyncSpy() as spy:
@@ -150,9 +152,7 @@ def bench_step(cfg: Config, device: torch.device, steps: int,
             x1, x2 = (x.contiguous(memory_format=torch.channels_last) for x in (x1, x2))
 
         def step(model=model, opt=opt, x1=x1, x2=x2, amp=amp) -> None:
-            ctx = torch.autocast("cuda", torch.bfloat16) if amp else torch.autocast(
-                device.type, enabled=False)
-            with ctx:
+            with autocast(device, amp):
                 loss = model(x1, x2)["loss"]
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -3,6 +3,8 @@
 A checkpoint is a dict of tensors and builtins: ``model`` (the method's state dict, including
 MoCo's queue and BYOL's target), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``boxes``,
 ``rng`` (python, numpy, torch, CUDA states), ``config`` (plain dict) and ``history``.
+The saved ``rng`` is the state the next epoch starts from, ``seed_rngs(seed, epoch, 0)``: a
+function of (seed, epoch) only, so it is the same whether or not the run was resumed before.
 Loading never unpickles arbitrary objects, so a crafted file cannot run code, and checks the
 zip CRC-32 of every member, so a damaged byte is reported instead of loading wrong weights.
 """
@@ -10,6 +12,7 @@ zip CRC-32 of every member, so a damaged byte is reported instead of loading wro
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import warnings
@@ -84,30 +87,53 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely (``weights_only=True``: no code in the file is executed).
 
+    Only torch's zip format is read (``save_checkpoint`` writes nothing else). torch's warnings
+    are silenced and its advice to load unsafely is never passed on: the one error names the
+    path and what was expected.
+
     Raises:
-        CheckpointError: missing, truncated, corrupt (bad CRC-32) or unsafe file, naming the
-            path.
+        CheckpointError: missing, truncated, corrupt (bad CRC-32), unsafe or foreign file, or
+            one whose ``model`` is not a state dict (names to tensors), naming the path.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
+    if not zipfile.is_zipfile(path):  # the legacy pickle path of torch.load is never taken
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint: not a "
+                              "torch.save zip archive (empty, truncated, text or raw pickle)")
     try:
-        _check_crc(path)
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols and the like
+            warnings.simplefilter("ignore")
+            _check_crc(path)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"checkpoint {str(path)!r} cannot be loaded safely: {first}") from None
-    if not isinstance(state, dict) or "model" not in state:
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint (no 'model')")
+        raise CheckpointError(f"checkpoint {str(path)!r} {_load_failure(err)}") from None
+    model = state.get("model") if isinstance(state, dict) else None
+    if not isinstance(model, dict):
+        what = "no 'model'" if model is None else f"'model' is of type {type(model).__name__}"
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint ({what}; "
+                              "expected a dict holding 'model', a state dict)")
+    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint ('model' "
+                              "must map parameter names to tensors)")
     return state
+
+
+def _load_failure(err: Exception) -> str:
+    """Why ``torch.load`` refused a zip file, as the end of a sentence. torch's own text for a
+    refused pickle recommends ``weights_only=False`` (unsafe), so that text is never shown."""
+    if isinstance(err, pickle.UnpicklingError):
+        return ("is not a ccrop checkpoint: it holds pickled Python objects besides tensors and "
+                "plain types, which are refused unread (a crafted file could run code)")
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    if "weights_only" in first:
+        first = type(err).__name__
+    return f"is damaged or not a ccrop checkpoint: {first.split('. ')[0].rstrip('.')}"
 
 
 def _check_crc(path: Path) -> None:
     """Verify the CRC-32 of every member torch wrote (``torch.load`` does not: a flipped byte in
     a tensor would load silently). Raises ``zipfile.BadZipFile`` naming the damaged member."""
-    if not zipfile.is_zipfile(path):
-        return  # not a zip at all: torch.load reports it
     with zipfile.ZipFile(path) as zf:
         for info in zf.infolist():
             if info.CRC == 0:  # written with torch.serialization.set_crc32_options(False)
@@ -150,6 +176,32 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     return old
 
 
+#: last word of the ``SeedSequence`` entropy of ``seed_rngs``: keeps its streams apart from
+#: other generators seeded from the same (seed, epoch) (views, shuffling)
+_GLOBAL_STREAM = 0x67_6C_6F_62  # "glob"
+
+
+def seed_rngs(seed: int, epoch: int, rank: int = 0) -> None:
+    """Seed python ``random``, numpy and torch (CPU and every CUDA device) for ``epoch``.
+
+    Called at every epoch boundary, so the global streams an epoch draws from depend on
+    ``(seed, epoch, rank)`` only, not on what the process drew before: a resumed process draws
+    extra numbers once (a persistent DataLoader's first iterator takes its ``base_seed`` from
+    the global torch generator; lazily built loaders do too), which would otherwise shift every
+    later draw and every saved ``rng`` state.
+
+    Args:
+        seed: ``train.seed`` (any int; taken modulo 2**64).
+        epoch: completed epochs (>= 0): the epoch about to start.
+        rank: process rank; each rank gets its own streams.
+    """
+    entropy = [seed % 2**64, int(epoch), int(rank), _GLOBAL_STREAM]
+    words = [int(w) for w in np.random.SeedSequence(entropy).generate_state(6)]  # uint32 each
+    random.seed(words[0] << 32 | words[1])
+    np.random.seed(words[2:4])
+    torch.manual_seed(words[4] << 32 | words[5])  # seeds every CUDA device too
+
+
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch and CUDA RNG states as plain types and tensors."""
     py = random.getstate()
@@ -177,12 +229,19 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def load_backbone_state(backbone: torch.nn.Module, model_state: dict[str, torch.Tensor],
-                        prefix: str = "backbone.") -> None:
+                        prefix: str = "backbone.", source: str | Path | None = None) -> None:
     """Load the query/online backbone weights out of a method's state dict.
+
+    Args:
+        source: the checkpoint file the state came from, named in the error.
 
     Raises:
         CheckpointError: naming the missing, unexpected or mis-shaped keys (another architecture).
     """
+    where = "checkpoint" if source is None else f"checkpoint {str(source)!r}"
+    if not isinstance(model_state, dict):
+        raise CheckpointError(f"{where}: expected a state dict (names to tensors) as 'model', "
+                              f"got {type(model_state).__name__}")
     sub = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     own = backbone.state_dict()
     missing = sorted(set(own) - set(sub))
@@ -195,5 +254,5 @@ def load_backbone_state(backbone: torch.nn.Module, model_state: dict[str, torch.
         parts = [f"{name}: {few(keys)}" for name, keys in
                  (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
                  if keys]
-        raise CheckpointError("checkpoint backbone does not match the model; " + "; ".join(parts))
+        raise CheckpointError(f"{where} backbone does not match the model; " + "; ".join(parts))
     backbone.load_state_dict(sub)

@@ -194,30 +194,35 @@ def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
 
 def _trained(args: argparse.Namespace):
     """Config (checkpoint's, with overrides), backbone with the checkpoint's weights, state."""
+    from .build import config_backbone
     from .checkpoint import load_backbone_state, load_checkpoint
     from .config import load_config
-    from .models import build_backbone
 
     state = None if args.checkpoint is None else load_checkpoint(args.checkpoint)
     if state is None:
         demo = demo_overrides(list(args.overrides)) if args.config is None else []
         cfg = load_config(args.config, demo + list(args.overrides))
     else:  # the checkpoint's own config, then the file and overrides given here
-        cfg = load_config(args.config, list(args.overrides), base=state["config"])
-    m = cfg.model
-    backbone = build_backbone(m.arch, stem=m.stem, width=m.width)
+        saved = state.get("config")
+        if not isinstance(saved, dict):  # the model's architecture is unknown without it
+            raise CheckpointError(f"checkpoint {args.checkpoint!r} has no saved run config "
+                                  "('config', a dict: every checkpoint of ccrop pretrain has one)")
+        cfg = load_config(args.config, list(args.overrides), base=saved)
+    backbone = config_backbone(cfg)  # every model key (timm/tv archs, kwargs, image size)
     if state is not None:
-        load_backbone_state(backbone, state["model"])
+        load_backbone_state(backbone, state["model"], source=args.checkpoint)
     return cfg, backbone, state
 
 
 def _eval_setup(args: argparse.Namespace):
-    from .build import build_data, resolve_device
+    """Config, backbone (eval mode, on its device), checkpoint state, the evaluation
+    protocols of the config's data (``Evaluator``; ``.data`` is the ``RunData``), device."""
+    from .build import build_data, build_evaluator, resolve_device
 
     cfg, backbone, state = _trained(args)
     device = resolve_device(cfg.train.device)
-    data = build_data(cfg)
-    return cfg, backbone.to(device).eval(), state, data, device
+    evaluator = build_evaluator(build_data(cfg))
+    return cfg, backbone.to(device).eval(), state, evaluator, device
 
 
 def _record(args, cfg, state, result: dict[str, Any]) -> None:
@@ -233,8 +238,8 @@ def _record(args, cfg, state, result: dict[str, Any]) -> None:
 
 def cmd_knn(args: argparse.Namespace) -> None:
     """kNN accuracy of a checkpoint's backbone on the config's test split."""
-    cfg, backbone, state, data, device = _eval_setup(args)
-    _record(args, cfg, state, data.knn(backbone, device, progress=True))
+    cfg, backbone, state, evaluator, device = _eval_setup(args)
+    _record(args, cfg, state, evaluator.knn(backbone, device, progress=True))
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
@@ -245,18 +250,18 @@ def cmd_linear(args: argparse.Namespace) -> None:
     """
     from .evaluate.linear import run_fast_probe, run_linear
 
-    cfg, backbone, state, data, device = _eval_setup(args)
-    d, t = cfg.data, cfg.train
-    test = data.eval_batches(d.test_split, device)
+    cfg, backbone, state, evaluator, device = _eval_setup(args)
+    d, t, classes = cfg.data, cfg.train, evaluator.data.num_classes
+    test = evaluator.eval_batches(d.test_split, device)
     speed = dict(amp=t.amp, channels_last=t.channels_last, progress=True)
     e = cfg.eval
     if args.fast:
-        train = data.eval_batches(d.eval_train_split, device)
-        res = run_fast_probe(backbone, train, test, data.num_classes, device, **speed)
+        train = evaluator.eval_batches(d.eval_train_split, device)
+        res = run_fast_probe(backbone, train, test, classes, device, **speed)
     else:
-        train = data.eval_batches(d.eval_train_split, device, train=True,
-                                  batch_size=e.linear_batch_size)
-        res = run_linear(backbone, train, test, data.num_classes, device,
+        train = evaluator.eval_batches(d.eval_train_split, device, train=True,
+                                       batch_size=e.linear_batch_size)
+        res = run_linear(backbone, train, test, classes, device,
                          epochs=e.linear_epochs, lr=e.linear_lr_or_default(d.recipe),
                          weight_decay=e.linear_weight_decay, milestones=e.linear_milestones,
                          **speed)
@@ -271,16 +276,16 @@ def cmd_boxes(args: argparse.Namespace) -> None:
     from .boxes import BoxStore
     from .build import dataset_paths
     from .data.sources import loc_loader
-    from .localize import feature_fn, update_boxes
+    from .localize import localize_dataset
 
     out = check_output_path(args.out) if args.out else None  # before the pass, not after
-    cfg, backbone, _, data, device = _eval_setup(args)
+    cfg, backbone, _, evaluator, device = _eval_setup(args)
+    data = evaluator.data
     loader = loc_loader(data.train, data.mean, data.std, cfg.crop.loc_batch_size,
                         cfg.data.num_workers, cfg.data.loc_image_size)
     store = BoxStore(len(data.train))
-    stats = update_boxes(feature_fn(backbone, cfg.crop.heatmap_stages), loader, store,
-                         device=device, gt_boxes=data.gt_boxes, progress=True,
-                         **cfg.crop.box_rule())
+    stats = localize_dataset(cfg.crop, backbone, loader, store, device,
+                             gt_boxes=data.gt_boxes, progress=True)
     if out is not None:
         paths = dataset_paths(data.train)
         stats["out"] = str(write_boxes(out, store.boxes.clone(), paths,
@@ -311,7 +316,8 @@ def cmd_viz(args: argparse.Namespace) -> None:
 
     from . import viz
 
-    cfg, backbone, _, data, device = _eval_setup(args)
+    cfg, backbone, _, evaluator, device = _eval_setup(args)
+    data = evaluator.data
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = max(1, min(args.num, len(data.train)))

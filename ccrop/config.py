@@ -76,9 +76,11 @@ class CropConfig:
 class ModelConfig:
     """Backbone."""
 
-    arch: str = "resnet18"
+    arch: str = "resnet18"  # resnet18|34|50 (ccrop's) | timm:NAME | tv:NAME (ccrop.models.external)
     stem: str = "cifar"  # cifar (3x3, no max-pool) | imagenet
-    width: int = 64
+    width: int = 64  # ccrop's ResNets only; ignored by timm:/tv: archs
+    kwargs: dict[str, Any] = field(default_factory=dict)  # timm:/tv: only, e.g. patch_size: 4
+    vit_heatmap: str = "attention"  # timm ViTs: attention (CLS, measured better) | tokens
 
 
 @dataclass
@@ -154,6 +156,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
 
+#: ``model.arch`` prefixes of external backbones: any timm or torchvision model by name
+ARCH_PREFIXES = ("timm:", "tv:")
+
 CHOICES = {
     "data.recipe": ("cifar", "imagenet"),
     "data.pipeline": ("cpu", "gpu"),
@@ -165,6 +170,7 @@ CHOICES = {
     "crop.heatmap_align": ("receptive", "paper"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.stem": ("cifar", "imagenet"),
+    "model.vit_heatmap": ("attention", "tokens"),
     "method.name": ("simclr", "moco", "byol", "simsiam"),
     "train.on_nonfinite": ("stop", "skip_step"),
 }
@@ -297,7 +303,11 @@ def validate(cfg: Config) -> None:
     for key, allowed in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
-        _require(value in allowed, key, f"one of {allowed}", value)
+        if key == "model.arch" and value.startswith(ARCH_PREFIXES):
+            continue  # any timm / torchvision name; checked in _validate_model and at build
+        _require(value in allowed, key, f"one of {allowed}" + (
+            ", timm:NAME or tv:NAME" if key == "model.arch" else ""), value)
+    _validate_model(cfg.model)
     c, d, o, t = cfg.crop, cfg.data, cfg.optim, cfg.train
     _require(math.isfinite(c.alpha) and c.alpha > 0, "crop.alpha", "> 0", c.alpha)
     _require(len(c.scale) == 2 and 0 < c.scale[0] <= c.scale[1] <= 1, "crop.scale",
@@ -324,10 +334,10 @@ def validate(cfg: Config) -> None:
     _require(d.gpu_chunk is None or d.gpu_chunk >= 1, "data.gpu_chunk", ">= 1 or null",
              d.gpu_chunk)
     _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
-    for key, v in (("data.mean", d.mean), ("data.std", d.std)):
-        _require(v is None or len(v) == 3, key, "3 numbers or null", v)
-    _require(d.std is None or min(d.std) > 0, "data.std", "> 0", d.std)
-    _require(cfg.model.width >= 1, "model.width", ">= 1", cfg.model.width)
+    for key, v in (("data.mean", d.mean), ("data.std", d.std)):  # NaN in any position too
+        _require(v is None or len(v) == 3 and all(math.isfinite(x) for x in v), key,
+                 "3 finite numbers or null", v)
+    _require(d.std is None or all(x > 0 for x in d.std), "data.std", "3 numbers > 0", d.std)
     _require(o.lr > 0, "optim.lr", "> 0", o.lr)
     _require(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
     _require(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
@@ -342,6 +352,18 @@ def validate(cfg: Config) -> None:
              "train.max_steps_per_epoch", ">= 1 or null", t.max_steps_per_epoch)
     _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
              "train.device", "auto, cpu, cuda or cuda:N", t.device)
+
+
+def _validate_model(m: ModelConfig) -> None:
+    _require(m.width >= 1, "model.width", ">= 1", m.width)
+    if not m.arch.startswith(ARCH_PREFIXES):
+        _require(not m.kwargs, "model.kwargs", "empty for ccrop's own ResNets (it is passed to "
+                 "timm:/tv: models)", m.kwargs)
+        return
+    # model.width is ignored here (the demo overrides set it): timm/tv models are sized by
+    # their name or model.kwargs
+    _require(m.arch.split(":", 1)[1].strip() != "", "model.arch",
+             "timm:NAME or tv:NAME with a model name", m.arch)
 
 
 def _validate_eval(e: EvalConfig) -> None:

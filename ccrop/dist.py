@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import torch
 import torch.distributed as tdist
@@ -77,6 +78,16 @@ def broadcast(t: torch.Tensor, src: int = 0) -> torch.Tensor:
     if is_dist():
         tdist.broadcast(t, src=src)
     return t
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (e.g. a chosen file name); ``obj``
+    itself in a single process. Every rank must call it."""
+    if not is_dist():
+        return obj
+    box = [obj]
+    tdist.broadcast_object_list(box, src=src)
+    return box[0]
 
 
 @torch.no_grad()

@@ -12,6 +12,7 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,11 +29,17 @@ from .checkpoint import (
     prune_checkpoints,
     rng_state,
     save_checkpoint,
+    seed_rngs,
     set_rng_state,
 )
+from .compiling import first_compiled_step
 from .config import Config, ConfigError, save_config, to_dict
 from .crop import CropPlan
-from .localize import box_stats, feature_fn, update_boxes
+from .data.run_data import RunData
+from .data.sources import ViewSource
+from .localize import box_stats, localize_dataset
+from .methods import SSLMethod
+from .runtime import autocast, progress
 from .schedule import box_update_epochs, lr_at
 from .syncs import LossDisplay
 
@@ -45,10 +52,6 @@ class FullBoxWarning(UserWarning):
     """Most boxes cover the whole image: ContrastiveCrop degenerates to RandomResizedCrop."""
 
 
-class CompileFailedWarning(UserWarning):
-    """``train.compile=true`` but the compiler failed; the run continues without compiling."""
-
-
 @dataclass
 class Run:
     """The live objects of one pretraining run."""
@@ -56,18 +59,20 @@ class Run:
     cfg: Config
     device: torch.device
     run_dir: Path
-    method: nn.Module  # unwrapped
+    method: SSLMethod  # unwrapped
     model: nn.Module  # method, or DDP(method)
     optimizer: torch.optim.Optimizer
     store: BoxStore
-    source: Any  # CPUSource | GPUSource
-    data: Any  # ccrop.setup.RunData
+    source: ViewSource  # CPUSource | GPUSource
+    data: RunData
+    knn: Callable[[nn.Module], dict[str, Any]] | None = None  # monitor: backbone -> kNN result
     writer: Any = None
     epoch: int = 0  # completed epochs
     step: int = 0  # global optimizer steps
     history: list[dict[str, Any]] = field(default_factory=list)
     skipped_steps: int = 0
     compile_checked: bool = False  # a compiled model's first step has run (or fell back)
+    compiled: bool = False  # the model is torch.compile'd (False again after a fallback)
     given_boxes: torch.Tensor | None = None  # (N, 4) crop.box_source oracle/file: no encoder
 
 
@@ -101,7 +106,7 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
     skip_mode = run.cfg.train.on_nonfinite == "skip_step"
     # skip mode: keep the buffers (BN statistics, MoCo queue) to undo a bad forward pass
     saved = [b.detach().clone() for b in method.buffers()] if skip_mode else None
-    with _autocast(run.device, run.cfg.train.amp):
+    with autocast(run.device, run.cfg.train.amp):
         loss = run.model(x1, x2)["loss"]
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -112,64 +117,24 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
             buf.copy_(old)
     else:
         run.optimizer.step()
-        if hasattr(method, "momentum_update"):
-            method.momentum_update((run.step + 1) / total_steps)
+        method.after_step((run.step + 1) / total_steps)
     return loss, ok
 
 
 def _first_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_train_step``, guarded the first time a ``torch.compile``d model runs.
-
-    Compiling happens in this step (the forward graph now, the backward graph at the first
-    ``backward``). If the compiler fails (e.g. a Triton bug, or no C++ toolchain), the buffers
-    (BN statistics, MoCo queue) are restored, a ``CompileFailedWarning`` names the error, and
-    this and every later step run eagerly: the run goes on as if ``train.compile=false``.
-    """
+    """``_train_step``, guarded the first time a ``torch.compile``d model runs
+    (``ccrop.compiling.first_compiled_step``): a compiler failure falls back to eager."""
     run.compile_checked = True
     if not run.cfg.train.compile:
         return _train_step(run, x1, x2, params, total_steps)
-    saved = [b.detach().clone() for b in run.method.buffers()]
-    try:
-        return _train_step(run, x1, x2, params, total_steps)
-    except Exception as err:
-        if not is_compiler_error(err):
-            raise
-        for buf, old in zip(run.method.buffers(), saved):
-            buf.copy_(old)
+
+    def go_eager() -> None:
         run.optimizer.zero_grad(set_to_none=True)
-        run.model = getattr(run.model, "_orig_mod", run.model)
-        warnings.warn(CompileFailedWarning(
-            f"train.compile=true, but torch.compile failed ({compiler_error_summary(err)}); "
-            "training continues without compiling"), stacklevel=2)
-        return _train_step(run, x1, x2, params, total_steps)
+        run.model, run.compiled = run.model._orig_mod, False  # torch.compile's wrapped module
 
-
-def is_compiler_error(err: BaseException) -> bool:
-    """Whether ``err`` came from torch.compile's stack. Dynamo wraps forward-graph failures in
-    its own exceptions; a backward graph compiled lazily raises the compiler's raw error, which
-    is recognised by the compiler frames in its traceback."""
-    import torch._dynamo
-
-    if isinstance(err, torch._dynamo.exc.TorchDynamoException):
-        return True
-    parts = ("torch/_inductor/", "torch/_dynamo/", "torch/_functorch/", "/triton/")
-    tb = err.__traceback__
-    while tb is not None:
-        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-        if any(p in name for p in parts):
-            return True
-        tb = tb.tb_next
-    return False
-
-
-def compiler_error_summary(err: BaseException) -> str:
-    """One line for a long compiler error: its type, first and last lines, without the
-    ``TORCHDYNAMO_VERBOSE`` hints torch appends."""
-    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()
-             and not ln.strip().startswith(("Set TORCHDYNAMO", "For even more developer"))]
-    parts = [type(err).__name__] + lines[:1] + lines[-1:]
-    return " | ".join(dict.fromkeys(p[:200] for p in parts))
+    return first_compiled_step(lambda: _train_step(run, x1, x2, params, total_steps),
+                               list(run.method.buffers()), go_eager)
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
@@ -187,7 +152,7 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     params = [p for p in run.method.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=run.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
-    bar = _progress(steps, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress)
+    bar = progress(None, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress, steps)
     shown = LossDisplay(run.device)
     t0, data_time, n_img = time.perf_counter(), 0.0, 0
     t_data = time.perf_counter()
@@ -239,20 +204,6 @@ def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
     return x
 
 
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast(device.type, enabled=False)
-
-
-def _progress(total: int, desc: str, on: bool):
-    if not on or not dist.is_main_process():
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
-
 # ----------------------------------------------------------------------------- boxes
 
 
@@ -271,12 +222,10 @@ def localize_step(run: Run, completed: int) -> dict[str, Any]:
         encoder = run.method.heatmap_encoder  # each method names its query/online encoder
         for buf in encoder.buffers():
             dist.broadcast(buf)
-        stats = update_boxes(feature_fn(encoder, cfg.crop.heatmap_stages),
-                             run.source.loc_batches(), run.store, device=run.device,
-                             amp=cfg.train.amp, channels_last=cfg.train.channels_last,
-                             gt_boxes=run.data.gt_boxes,
-                             progress=cfg.train.progress and dist.is_main_process(),
-                             **cfg.crop.box_rule())
+        stats = localize_dataset(cfg.crop, encoder, run.source.loc_batches(), run.store,
+                                 run.device, amp=cfg.train.amp,
+                                 channels_last=cfg.train.channels_last,
+                                 gt_boxes=run.data.gt_boxes, progress=cfg.train.progress)
     run.source.boxes_updated(run.store)
     stats = {"event": "box_update", "epoch": completed, **stats}
     if stats["full_share"] >= cfg.crop.warn_full_share and dist.is_main_process():
@@ -368,6 +317,21 @@ def save(run: Run) -> Path | None:
     return path
 
 
+def _newest_checkpoint(run_dir: Path) -> tuple[str, Any, Any]:
+    """``("path", path, state)`` of the newest readable checkpoint, ``("none", None, None)``
+    for a folder without checkpoints, or ``("error", message, None)`` when checkpoints exist
+    but none reads (a damaged run is never silently restarted)."""
+    found = latest_valid_checkpoint(run_dir)
+    if found is not None:
+        return "path", str(found[0]), found[1]
+    from .checkpoint import list_checkpoints
+
+    if list_checkpoints(run_dir):
+        return ("error", f"no checkpoint in {str(run_dir / 'checkpoints')!r} can be read; "
+                "move them away to start again, or resume from a path", None)
+    return "none", None, None
+
+
 def resume(run: Run, target: str) -> bool:
     """Restore from ``target`` (``auto``: newest valid checkpoint in the run folder, or a path).
 
@@ -377,16 +341,15 @@ def resume(run: Run, target: str) -> bool:
     from .checkpoint import load_checkpoint
 
     if target == "auto":
-        found = latest_valid_checkpoint(run.run_dir)
-        if found is None:
-            from .checkpoint import list_checkpoints
-
-            if list_checkpoints(run.run_dir):  # never silently restart over a damaged run
-                raise CheckpointError(
-                    f"no checkpoint in {str(run.run_dir / 'checkpoints')!r} can be read; "
-                    "move them away to start again, or resume from a path")
+        # rank 0 picks the file and every rank loads that one: ranks that listed the folder
+        # on their own could pick different epochs (a lagging shared file system)
+        found = _newest_checkpoint(run.run_dir) if dist.is_main_process() else None
+        kind, where = dist.broadcast_object(None if found is None else found[:2])
+        if kind == "error":
+            raise CheckpointError(where)
+        if kind == "none":
             return False
-        where, state = found
+        state = found[2] if found is not None else load_checkpoint(where)
     else:
         where, state = target, load_checkpoint(target)
     try:
@@ -419,6 +382,7 @@ def fit(run: Run) -> dict[str, Any]:
     if not plan.localizes and run.epoch == 0:  # the store shows the box in use
         run.store.fill(plan.fixed_box)
         run.source.boxes_updated(run.store)
+    seed_rngs(cfg.train.seed, run.epoch, dist.get_rank())
     while run.epoch < cfg.train.epochs:
         epoch = run.epoch
         if epoch in updates and not _updated_at(run, epoch):
@@ -426,10 +390,14 @@ def fit(run: Run) -> dict[str, Any]:
         run.source.set_epoch(epoch, plan.uses_boxes(epoch, cfg.crop.warmup_epochs))
         metrics = train_epoch(run, epoch)
         run.epoch = epoch + 1
-        if cfg.train.knn_every and run.epoch % cfg.train.knn_every == 0 \
-                and run.epoch < cfg.train.epochs:
-            metrics["knn_top1"] = run.data.knn(run.method.backbone, run.device)["top1"]
+        if run.knn is not None and cfg.train.knn_every \
+                and run.epoch % cfg.train.knn_every == 0 and run.epoch < cfg.train.epochs:
+            metrics["knn_top1"] = run.knn(run.method.backbone)["top1"]
         _log_epoch(run, metrics)
+        # the next epoch's global RNG streams depend on (seed, epoch, rank) only: what a process
+        # drew once (a persistent loader's first iterator) leaves no trace in them or the
+        # checkpoint, so a killed-and-resumed run saves the same checkpoints
+        seed_rngs(cfg.train.seed, run.epoch, dist.get_rank())
         if run.epoch % cfg.train.save_every == 0 or run.epoch == cfg.train.epochs:
             save(run)
     return finish(run)
@@ -485,9 +453,9 @@ def finish(run: Run) -> dict[str, Any]:
     summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
                                "skipped_steps": run.skipped_steps,
                                # False after a compiler failure fell back to eager
-                               "compiled": hasattr(run.model, "_orig_mod")}
-    if run.data.num_classes and run.data.has_labels:
-        knn = run.data.knn(run.method.backbone, run.device)
+                               "compiled": run.compiled}
+    if run.knn is not None:
+        knn = run.knn(run.method.backbone)
         summary["knn_top1"] = knn["top1"]
         summary["knn_k"], summary["knn_temperature"] = knn["k"], knn["temperature"]
         if dist.is_main_process():
@@ -508,8 +476,8 @@ def finish(run: Run) -> dict[str, Any]:
     if figures:
         summary["box_figure"] = figures[-1]
     summary["time"] = _time_summary(run.history)
-    if hasattr(run.data.train, "skipped_paths"):  # folder datasets with on_bad_image=skip
-        skipped = run.data.train.skipped_paths()
+    if run.cfg.data.on_bad_image == "skip":  # folder datasets: which images were left out
+        skipped = run.data.bad_image_paths()
         summary["bad_images_skipped"] = len(skipped)
         summary["bad_image_paths"] = skipped[:100]
     if dist.is_main_process():

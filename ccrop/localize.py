@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import nullcontext
 from typing import Any
 
 import torch
@@ -30,6 +29,8 @@ import torch.nn.functional as F
 
 from . import dist
 from .boxes import BoxStore, box_area, box_iou
+from .runtime import autocast, eval_mode
+from .runtime import progress as progress_bar
 
 MODES = ("fixed", "quantile", "otsu")
 #: ``extent``: the box of every kept pixel (the paper). ``peak``: the box of the kept pixels
@@ -380,7 +381,7 @@ def update_boxes(
         amp: bf16 autocast on CUDA.
         channels_last: feed channels_last images.
         gt_boxes: optional (N, 4) ground-truth boxes; adds ``iou_gt`` to the statistics.
-        progress: show a tqdm bar.
+        progress: show a progress bar (main process).
         align: cell placement of the heatmap (see ``ALIGNS``).
 
     Returns:
@@ -394,25 +395,18 @@ def update_boxes(
         p = next(module.parameters(), None) if module is not None else None
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    was_training = module.training if module is not None else False
-    if module is not None:
-        module.eval()
     all_idx, all_boxes, all_bad = [], [], []
-    try:
-        for indices, images in _maybe_tqdm(loader, progress):
+    with eval_mode(module):
+        for indices, images in progress_bar(loader, "localize", progress):
             images = images.to(device, non_blocking=True)
             if channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            ctx = torch.autocast(device.type, torch.bfloat16) if amp else nullcontext()
-            with ctx:
+            with autocast(device, amp):
                 fmap = encoder(images)  # (B, C, h, w), or a list of stage maps
             boxes, bad = localize(fmap, images.shape[-2:], threshold, mode, align, region)
             all_idx.append(indices.to(device))
             all_boxes.append(boxes)
             all_bad.append(bad)
-    finally:
-        if module is not None:
-            module.train(was_training)
     if not all_idx:
         raise ValueError("loader yielded no images: cannot update boxes")
     idx = dist.all_gather(torch.cat(all_idx))  # (N,) over all ranks
@@ -420,6 +414,25 @@ def update_boxes(
     bad = dist.all_gather(torch.cat(all_bad))
     store.update(idx.cpu(), boxes.cpu())  # the one host transfer
     return box_stats(store, idx.cpu(), bad.cpu(), gt_boxes, time.perf_counter() - start)
+
+
+def localize_dataset(crop: Any, encoder: torch.nn.Module, loader: Iterable, store: BoxStore,
+                     device: torch.device | str | None = None, **kw: Any) -> dict[str, Any]:
+    """``update_boxes`` with every localization setting of a ``CropConfig`` (``cfg.crop``):
+    heatmap stages, threshold and mode, box region, cell alignment. The engine's box update
+    and ``ccrop boxes`` both localize through this.
+
+    Args:
+        crop: the run's ``CropConfig``.
+        encoder: the backbone (``forward_features``; ``stage_maps`` for other stages).
+        loader, store, device: as ``update_boxes``.
+        **kw: ``amp``, ``channels_last``, ``gt_boxes``, ``progress``.
+
+    Returns:
+        ``update_boxes``'s statistics.
+    """
+    return update_boxes(feature_fn(encoder, crop.heatmap_stages), loader, store, device=device,
+                        **crop.box_rule(), **kw)
 
 
 def box_stats(store: BoxStore, idx: torch.Tensor, bad: torch.Tensor,
@@ -439,11 +452,3 @@ def box_stats(store: BoxStore, idx: torch.Tensor, bad: torch.Tensor,
     if gt_boxes is not None:
         stats["iou_gt"] = float(box_iou(boxes, torch.as_tensor(gt_boxes)[uniq].float()).mean())
     return stats
-
-
-def _maybe_tqdm(it: Iterable, on: bool) -> Iterable:
-    if not on:
-        return it
-    from tqdm.auto import tqdm
-
-    return tqdm(it, desc="localize", leave=False, disable=not dist.is_main_process())

@@ -36,6 +36,7 @@ from .crop import (
 from .data.boxed import unpack_item
 from .data.images import to_rgb
 from .localize import FULL_SHARE_AREA, feature_fn, heatmaps_from_features, localize
+from .runtime import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -351,13 +352,8 @@ def localization_figure(
     if device is None:
         p = next(backbone.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    was_training = backbone.training
-    backbone.eval()
-    try:
-        with torch.no_grad():
-            fmap = features(x.to(device))  # (B, C, h, w) or a list of stage maps
-    finally:
-        backbone.train(was_training)
+    with eval_mode(backbone), torch.no_grad():
+        fmap = features(x.to(device))  # (B, C, h, w) or a list of stage maps
     size = (x.shape[-2], x.shape[-1])
     heat, _ = heatmaps_from_features(fmap, size, align)  # (B, H, W)
     boxes, bad = localize(fmap, size, threshold, mode, align, region)  # (B, 4), (B,)

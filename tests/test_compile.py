@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch._dynamo.backends.common import aot_autograd
 
-from ccrop import engine
+from ccrop import compiling, engine
 from ccrop.build import build_run
 from ccrop.config import load_config
 
@@ -46,7 +46,7 @@ def test_compile_failure_falls_back_to_eager_with_identical_training(tmp_path, m
     real_compile = torch.compile
     monkeypatch.setattr(torch, "compile", lambda m, **kw: real_compile(m, backend=_BACKENDS[where]))
     torch._dynamo.reset()
-    with pytest.warns(engine.CompileFailedWarning, match="PassManager::run failed"):
+    with pytest.warns(compiling.CompileFailedWarning, match="PassManager::run failed"):
         loss, state, run = _fit(_cfg(tmp_path / "compiled", method, "train.compile=true"))
     assert not hasattr(run.model, "_orig_mod")  # the eager module took over
     assert loss == ref_loss  # the failed attempt left no trace: buffers, grads, RNG
@@ -62,7 +62,7 @@ def test_working_compile_is_kept_and_matches_eager(tmp_path, monkeypatch):
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error", engine.CompileFailedWarning)
+        warnings.simplefilter("error", compiling.CompileFailedWarning)
         loss, _, run = _fit(_cfg(tmp_path / "compiled", "simclr", "train.compile=true"))
     assert hasattr(run.model, "_orig_mod")
     assert loss == pytest.approx(ref_loss, rel=1e-5)
@@ -71,6 +71,6 @@ def test_working_compile_is_kept_and_matches_eager(tmp_path, monkeypatch):
 def testcompiler_error_summary_keeps_first_and_last_lines():
     err = RuntimeError("SubprocException: in a subprocess:\n\nTraceback\n  File x\n"
                        "RuntimeError: PassManager::run failed\n\nSet TORCHDYNAMO_VERBOSE=1 ...")
-    s = engine.compiler_error_summary(err)
+    s = compiling.compiler_error_summary(err)
     assert s.startswith("RuntimeError | SubprocException") and s.endswith("run failed")
     assert "TORCHDYNAMO" not in s

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from omegaconf import OmegaConf
 
 from ccrop.cli import DEMO_OVERRIDES
 from ccrop.config import Config, ConfigError, load_config
@@ -66,10 +67,31 @@ def test_every_official_setting_has_a_file():
     assert expected <= set(_ids(LEAF_FILES)), expected - set(_ids(LEAF_FILES))
 
 
+def _written(path: Path) -> dict[str, Any]:
+    """``{"section.key[.sub]": value}`` the file and its ``_base_`` chain write (the leaf
+    wins), read with plain OmegaConf, not with ``load_config``."""
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    base = raw.pop("_base_", None)
+    own = _leaves(raw)
+    return {**_written(path.parent / base), **own} if base else own
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
 @pytest.mark.parametrize("path", ALL_FILES, ids=_ids(ALL_FILES))
-def test_loads(path: Path):
-    cfg = _load(path)
-    assert isinstance(cfg, Config)
+def test_loads_the_values_written_and_defaults_elsewhere(path: Path):
+    """Every value the file chain writes is in the config; every other key keeps the
+    dataclass default (nothing dropped, renamed or overridden by a base file)."""
+    got, default, written = _leaves(asdict(_load(path))), _leaves(asdict(Config())), _written(path)
+    assert written, path
+    assert {k: got.get(k, "<missing>") for k in written} == written
+    assert {k: v for k, v in got.items() if k not in written} == \
+        {k: v for k, v in default.items() if k not in written}
 
 
 @pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import ccrop.engine as engine
+import ccrop.localize
 from ccrop.build import build_run
 from ccrop.config import load_config
 from ccrop.methods import METHODS
@@ -22,35 +23,48 @@ def tiny(tmp_path, *extra):
         "crop.loc_batch_size=32", f"train.out_dir={tmp_path}", *extra])
 
 
+@pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
 @pytest.mark.parametrize("kind,warmup,expected", [
     ("ccrop", 1, [2, 4]), ("ccrop", 3, [4]), ("ccrop", 0, [2, 4]), ("rcrop", 5, []),
     ("simccrop", 0, []),
 ])
 def test_localization_schedule_calls_update_boxes_at_right_epochs(tmp_path, monkeypatch, kind,
-                                                                  warmup, expected):
-    calls, used = [], []
-    real_update, real_train = engine.update_boxes, engine.train_epoch
+                                                                  warmup, expected, pipeline):
+    """Box updates after the right epochs, and each epoch's views told to use the boxes (or the
+    warm-up RRC) through the source's public ``set_epoch``; the same on both view pipelines."""
+    calls, law, used = [], {}, []
+    real_update, real_train = ccrop.localize.update_boxes, engine.train_epoch
 
     def spy_update(*args, **kwargs):
         calls.append(run.epoch)
         return real_update(*args, **kwargs)
 
     def spy_train(r, epoch):
-        used.append((epoch, bool(r.source.dataset._state[1]), r.store.boxes.clone()))
+        used.append((epoch, r.store.boxes.clone()))
         return real_train(r, epoch)
 
-    monkeypatch.setattr(engine, "update_boxes", spy_update)
+    monkeypatch.setattr(ccrop.localize, "update_boxes", spy_update)
     monkeypatch.setattr(engine, "train_epoch", spy_train)
     run = build_run(tiny(tmp_path, f"crop.kind={kind}", f"crop.warmup_epochs={warmup}",
-                         "train.max_steps_per_epoch=1"))
+                         "train.max_steps_per_epoch=1", f"data.pipeline={pipeline}"))
+    real_set_epoch = run.source.set_epoch
+
+    def spy_set_epoch(epoch, use_boxes):
+        law[epoch] = use_boxes
+        return real_set_epoch(epoch, use_boxes)
+
+    monkeypatch.setattr(run.source, "set_epoch", spy_set_epoch)
     summary = engine.fit(run)
     assert calls == expected and summary["box_updates"] == expected
-    for epoch, use_boxes, boxes in used:
-        assert use_boxes == (kind == "simccrop" or (kind == "ccrop" and epoch >= warmup))
+    assert law == {e: kind == "simccrop" or (kind == "ccrop" and e >= warmup) for e in range(5)}
+    assert [e for e, _ in used] == list(range(5))
+    for epoch, boxes in used:
         if kind == "simccrop":
             assert torch.allclose(boxes, torch.tensor([0.25, 0.25, 0.75, 0.75]).expand(48, 4))
         if kind == "rcrop" or (kind == "ccrop" and epoch < (expected or [99])[0]):
             assert torch.equal(boxes, torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(48, 4))
+        elif kind == "ccrop":  # a box update changed at least one box
+            assert not torch.equal(boxes, torch.tensor([0.0, 0.0, 1.0, 1.0]).expand(48, 4))
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -23,8 +23,8 @@ from ccrop.crop import (
     sample_crop_params,
     sample_crop_params_batch,
 )
+from ccrop.data.gpu_views import GPUViews
 from ccrop.data.views import Recipe, ViewTransform, build_crop
-from ccrop.gpu_views import GPUViews
 
 N_CROPS = 100_000
 H, W = 48, 64  # not square: catches a swapped axis
@@ -115,10 +115,11 @@ def pil_stats(images) -> dict[str, np.ndarray]:
 
 
 def gpu_stats(images: torch.Tensor, recipe: Recipe) -> dict[str, np.ndarray]:
-    gv = GPUViews(images, recipe=recipe, plan=CropPlan("rcrop"), size=SIZE, mean=NO_NORM[0],
-                  std=NO_NORM[1], num_views=1)
+    gv = GPUViews(CropPlan("rcrop"), recipe, size=SIZE, mean=NO_NORM[0], std=NO_NORM[1],
+                  num_views=1)
     idx = torch.arange(N_VIEWS) % N_IMAGES
-    return view_stats(gv(idx, torch.Generator().manual_seed(0))[0])
+    boxes = torch.tensor([FULL_BOX]).repeat(N_VIEWS, 1)  # read by no rcrop draw
+    return view_stats(gv(images, idx, boxes, torch.Generator().manual_seed(0))[0])
 
 
 def test_views_match_pil_pipeline(images, pil_stats):

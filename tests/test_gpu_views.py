@@ -1,4 +1,5 @@
-"""Tests of the batched view path: each op against torchvision, parameters, and GPUViews."""
+"""Tests of the batched view path: each op against torchvision, parameters, GPUViews,
+DeviceImages, and the box copy of GPUSource."""
 
 import math
 import random
@@ -13,10 +14,8 @@ from PIL import Image
 from scipy import stats
 
 from ccrop.boxes import BoxStore
-from ccrop.crop import CropPlan, sample_crop_params_batch
-from ccrop.data.views import RECIPES, Recipe, build_crop
-from ccrop.gpu_views import (
-    GPUViews,
+from ccrop.crop import FULL_BOX, CropPlan, sample_crop_params_batch
+from ccrop.data.gpu_ops import (
     adjust_brightness,
     adjust_contrast,
     adjust_hue,
@@ -32,6 +31,10 @@ from ccrop.gpu_views import (
     sample_view_params,
     solarize,
 )
+from ccrop.data.gpu_views import DeviceImages, GPUViews
+from ccrop.data.sources import GPUSource, ViewSpec
+from ccrop.data.synthetic import SyntheticObjects
+from ccrop.data.views import RECIPES, Recipe, build_crop
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -187,13 +190,14 @@ def reference_jitter(x, order, factors, apply):
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("sync_free", [False, True])  # boolean-index and torch.where hue
 @pytest.mark.parametrize("device", DEVICES)
-def test_color_jitter_matches_per_sample_torchvision(device):
+def test_color_jitter_matches_per_sample_torchvision(device, sync_free):
     x = rand_float(24, seed=5)
     p = sample_view_params(24, RECIPES["cifar"], torch.Generator().manual_seed(0))
     p["jitter"][:3] = False  # some samples certainly skip jitter
     out = color_jitter(x.to(device), p["order"].to(device), p["factors"].to(device),
-                       p["jitter"].to(device)).cpu()
+                       p["jitter"].to(device), sync_free=sync_free).cpu()
     ref = reference_jitter(x, p["order"], p["factors"], p["jitter"])
     assert torch.allclose(out, ref, atol=1e-4)
     assert torch.equal(out[~p["jitter"]], x[~p["jitter"]])  # skipped samples bit-exact
@@ -275,6 +279,7 @@ def test_augment_skips_zero_probability_ops():
 
 
 LAW = ("scale", "ratio", "alpha", "full_box_guard", "placement")
+IMAGES = smooth_images(16, 24, 24)  # (N, 3, H, W) uint8
 
 
 def with_plan(kw: dict) -> dict:
@@ -286,16 +291,24 @@ def with_plan(kw: dict) -> dict:
 
 
 def make_views(**kw) -> GPUViews:
-    imgs = kw.pop("images", smooth_images(16, 24, 24))
-    return GPUViews(imgs, **with_plan(kw))
+    """GPUViews whose output side is the side of ``IMAGES`` unless ``size`` is given."""
+    kw.setdefault("size", IMAGES.shape[-1])
+    return GPUViews(**with_plan(kw))
+
+
+def same_boxes(b: int, box=FULL_BOX, device="cpu") -> torch.Tensor:
+    """(b, 4) copies of one normalised box."""
+    return torch.tensor([box], dtype=torch.float32, device=device).repeat(b, 1)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_views_shapes_range_and_reproducibility(device):
     mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
     v = make_views(mean=mean, std=std, size=16, num_views=3, recipe="imagenet", device=device)
+    images = DeviceImages(IMAGES, device)
     idx = torch.tensor([0, 5, 5, 15], device=device)
-    out = v(idx, torch.Generator(device).manual_seed(0))
+    boxes = same_boxes(4, device=device)
+    out = v(images.data, idx, boxes, torch.Generator(device).manual_seed(0))
     assert len(out) == 3 and all(t.shape == (4, 3, 16, 16) for t in out)
     lo = (0 - torch.tensor(mean)) / torch.tensor(std)
     hi = (1 - torch.tensor(mean)) / torch.tensor(std)
@@ -303,117 +316,154 @@ def test_views_shapes_range_and_reproducibility(device):
         t = t.cpu()
         assert t.dtype == torch.float32 and torch.isfinite(t).all()
         assert (t >= lo.view(1, 3, 1, 1) - 1e-5).all() and (t <= hi.view(1, 3, 1, 1) + 1e-5).all()
-    again = v(idx, torch.Generator(device).manual_seed(0))
+    again = v(images.data, idx, boxes, torch.Generator(device).manual_seed(0))
     assert all(torch.equal(a, b) for a, b in zip(out, again))
     assert not torch.equal(out[0], out[1])  # views are independent draws
 
 
-def test_identity_views_equal_eval_batch():
+def test_identity_views_equal_plain():
     recipe = Recipe(flip_p=0, jitter_p=0, gray_p=0)
     v = make_views(recipe=recipe, scale=(1.0, 1.0), ratio=(1.0, 1.0), mean=(0.3, 0.4, 0.5))
     idx = torch.tensor([3, 1, 4])
-    ev = v.eval_batch(idx)
-    ref = TF.normalize(v.images[idx].float() / 255, (0.3, 0.4, 0.5), (0.5, 0.5, 0.5))
+    ev = v.plain(IMAGES[idx])
+    ref = TF.normalize(IMAGES[idx].float() / 255, (0.3, 0.4, 0.5), (0.5, 0.5, 0.5))
     assert torch.allclose(ev, ref, atol=1e-6)
-    for view in v(idx):
+    for view in v(IMAGES, idx, same_boxes(3)):
         assert torch.allclose(view, ev, atol=1e-5)
+    gray = IMAGES[idx, :1]  # (B, 1, H, W) is broadcast to RGB
+    ref = TF.normalize(gray.expand(-1, 3, -1, -1).float() / 255, (0.3, 0.4, 0.5), (0.5,) * 3)
+    assert torch.allclose(v.plain(gray), ref, atol=1e-6)
 
 
 def test_out_dtype_and_channels_last():
     v = make_views(out_dtype=torch.bfloat16, channels_last=True)
-    a, b = v(torch.arange(4))
+    a, b = v(IMAGES, torch.arange(4), same_boxes(4))
     assert a.dtype == torch.bfloat16 and a.is_contiguous(memory_format=torch.channels_last)
     assert b.is_contiguous(memory_format=torch.channels_last)
-    assert v.eval_batch(torch.arange(2)).dtype == torch.bfloat16
+    assert v.plain(IMAGES[:2]).dtype == torch.bfloat16
 
 
-def crop_centres(v: GPUViews, n: int, seed: int = 0) -> torch.Tensor:
-    """(n, 2) float64 normalised (x, y) crop centres of image 0."""
-    p = v.crop_params(torch.zeros(n, dtype=torch.long), torch.Generator().manual_seed(seed))
-    p, (h, w) = p.double(), v.image_size  # float64 like the Python path: exact ties for KS
+def crop_centres(v: GPUViews, boxes: torch.Tensor, image_size: tuple[int, int],
+                 seed: int = 0) -> torch.Tensor:
+    """(n, 2) float64 normalised (x, y) centres of crops for (n, 4) ``boxes``."""
+    p = v.crop_params(boxes, image_size, torch.Generator().manual_seed(seed))
+    p, (h, w) = p.double(), image_size  # float64 like the Python path: exact ties for KS
     return torch.stack([(p[:, 1] + p[:, 3] / 2) / w, (p[:, 0] + p[:, 2] / 2) / h], 1)
 
 
-def test_sync_boxes_moves_crops():
+def box_source(store: BoxStore, plan: CropPlan) -> GPUSource:
+    """A resident GPUSource on CPU over 64 px synthetic images, one per box of ``store``."""
+    ds = SyntheticObjects(num_images=len(store), image_size=64, seed=0)
+    spec = ViewSpec("cifar", plan, 16, (0.5,) * 3, (0.5,) * 3)
+    return GPUSource(ds, store, spec, 8, 0, torch.device("cpu"), num_workers=0)
+
+
+def test_boxes_updated_moves_the_sources_crops():
     store = BoxStore(16)
-    v = make_views(images=smooth_images(16, 64, 64), store=store, alpha=0.5, scale=(0.05, 0.1))
-    c_full = crop_centres(v, 4000)
+    src = box_source(store, CropPlan(alpha=0.5, scale=(0.05, 0.1)))
+    first = torch.zeros(4000, dtype=torch.long)  # image 0, 4000 times
+    idx = torch.arange(8)
+    c_full = crop_centres(src.views, src.boxes[first], src.images.image_size)
+    before = src.views_for(idx, torch.Generator().manual_seed(5))
     store.update(torch.tensor([0]), torch.tensor([[0.0, 0.0, 0.3, 0.3]]))
-    assert torch.allclose(crop_centres(v, 4000), c_full)  # not synced yet
-    v.sync_boxes(store)
-    c_box = crop_centres(v, 4000)
+    assert torch.allclose(crop_centres(src.views, src.boxes[first], src.images.image_size),
+                          c_full)  # not synced yet
+    src.boxes_updated(store)
+    c_box = crop_centres(src.views, src.boxes[first], src.images.image_size)
     assert (c_box < 0.35).float().mean() > 0.95 and (c_full < 0.35).float().mean() < 0.5
+    after = src.views_for(idx, torch.Generator().manual_seed(5))
+    assert not torch.equal(after[0][0], before[0][0])  # the views read the device copy
     with pytest.raises(ValueError, match="store"):
-        v.sync_boxes(BoxStore(3))
+        src.boxes_updated(BoxStore(3))
 
 
 @pytest.mark.parametrize("kind", ["ccrop", "simccrop", "rcrop"])
 def test_crop_kinds_follow_build_crop(kind):
-    store = BoxStore(4)
-    store.update(torch.arange(4), torch.tensor([[0.5, 0.1, 0.9, 0.4]]).repeat(4, 1))
+    box = (0.5, 0.1, 0.9, 0.4)
     kw = dict(scale=(0.1, 0.5), alpha=0.3, full_box_guard=0.95)
-    v = make_views(images=smooth_images(4, 40, 48), store=store, crop=kind, **kw)
-    gpu = crop_centres(v, 4000).numpy()
+    v = make_views(crop=kind, **kw)
+    gpu = crop_centres(v, same_boxes(4000, box), (40, 48)).numpy()
     crop = build_crop(kind, 16, **kw)
     rng = random.Random(0)
     cpu = []
     for _ in range(4000):  # the box is ignored by simccrop and rcrop
-        t, l, h, w = crop.get_params(40, 48, (0.5, 0.1, 0.9, 0.4), rng)
+        t, l, h, w = crop.get_params(40, 48, box, rng)
         cpu.append(((l + w / 2) / 48, (t + h / 2) / 40))
     cpu = np.array(cpu)
     for axis in range(2):
         assert stats.ks_2samp(gpu[:, axis], cpu[:, axis]).pvalue > 1e-3
 
 
-def test_epoch_batches():
-    v = make_views(images=smooth_images(23, 8, 8))
+def test_device_images_index_batches():
+    images = DeviceImages(smooth_images(23, 8, 8))
+    assert len(images) == 23 and images.image_size == (8, 8)
     g = torch.Generator().manual_seed(0)
-    batches = list(v.epoch_batches(5, generator=g))
-    assert len(batches) == 4 == v.num_batches(5) and all(b.shape == (5,) for b in batches)
+    batches = list(images.index_batches(5, generator=g))
+    assert len(batches) == 4 == images.num_batches(5) and all(b.shape == (5,) for b in batches)
     seen = torch.cat(batches)
     assert seen.unique().numel() == 20
-    full = torch.cat(list(v.epoch_batches(5, shuffle=False, drop_last=False)))
-    assert torch.equal(full, torch.arange(23)) and v.num_batches(5, drop_last=False) == 5
-    ranks = [torch.cat(list(v.epoch_batches(3, generator=torch.Generator().manual_seed(1),
-                                            rank=r, world_size=2))) for r in range(2)]
+    full = torch.cat(list(images.index_batches(5, shuffle=False, drop_last=False)))
+    assert torch.equal(full, torch.arange(23)) and images.num_batches(5, drop_last=False) == 5
+    ranks = [torch.cat(list(images.index_batches(3, generator=torch.Generator().manual_seed(1),
+                                                 rank=r, world_size=2))) for r in range(2)]
     assert ranks[0].numel() == ranks[1].numel() == 9
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
     with pytest.raises(ValueError, match="batch_size"):
-        next(v.epoch_batches(0))
+        next(images.index_batches(0))
     with pytest.raises(ValueError, match="rank"):
-        next(v.epoch_batches(2, rank=2, world_size=2))
+        next(images.index_batches(2, rank=2, world_size=2))
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"images": torch.zeros(4, 3, 8, 8)}, "uint8"),
-    ({"images": torch.zeros(4, 4, 8, 8, dtype=torch.uint8)}, "images"),
-    ({"images": torch.zeros(0, 3, 8, 8, dtype=torch.uint8)}, "at least one"),
-    ({"crop": "random"}, "crop"),
+    ({"plan": "ccrop"}, "plan"),
     ({"recipe": "mnist"}, "recipe"),
     ({"recipe": Recipe(gray_p=1.5)}, "gray_p"),
     ({"recipe": Recipe(jitter=(0.4, 0.4, 0.4, 0.7))}, "jitter"),
     ({"size": 0}, "size"),
     ({"num_views": 0}, "num_views"),
-    ({"scale": (0.5, 0.2)}, "scale"),
-    ({"alpha": 0.0}, "alpha"),
-    ({"full_box_guard": 1.5}, "full_box_guard"),
     ({"std": (0.5, 0.0, 0.5)}, "std"),
     ({"mean": (0.5, 0.5)}, "mean"),
     ({"out_dtype": torch.int32}, "out_dtype"),
     ({"blur_kernel_size": 4}, "blur_kernel_size"),
-    ({"store": BoxStore(3)}, "store"),
 ])
 def test_constructor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         make_views(**kwargs)
 
 
-def test_call_validates_indices():
-    v = make_views()
-    with pytest.raises(ValueError, match="indices"):
-        v(torch.zeros(2, 2, dtype=torch.long))
-    with pytest.raises(ValueError, match="int64"):
-        v(torch.zeros(2, dtype=torch.int32))
+@pytest.mark.parametrize("kwargs,match", [
+    ({"kind": "random"}, "crop kind"),
+    ({"scale": (0.5, 0.2)}, "scale"),
+    ({"alpha": 0.0}, "alpha"),
+    ({"full_box_guard": 1.5}, "full_box_guard"),
+])
+def test_crop_plan_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CropPlan(**kwargs)
+
+
+@pytest.mark.parametrize("images,match", [
+    (torch.zeros(4, 3, 8, 8), "uint8"),
+    (torch.zeros(4, 4, 8, 8, dtype=torch.uint8), "images"),
+    (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), "at least one"),
+])
+def test_images_are_validated_where_they_enter(images, match):
+    with pytest.raises(ValueError, match=match):
+        DeviceImages(images)
+    with pytest.raises(ValueError, match=match):
+        make_views()(images, torch.arange(2), same_boxes(2))
+
+
+def test_call_rejects_boxes_that_do_not_match_the_rows():
+    with pytest.raises(ValueError, match="boxes must be"):
+        make_views()(IMAGES, torch.arange(4), same_boxes(3))
+
+
+@pytest.mark.parametrize("rows", [torch.arange(4, dtype=torch.int32), torch.zeros(2, 2).long(),
+                                  torch.arange(4.0)])
+def test_call_rejects_rows_that_are_not_1d_int64(rows):
+    with pytest.raises(ValueError, match="rows"):
+        make_views()(IMAGES, rows, same_boxes(rows.shape[0]))
 
 
 # ----------------------------------------------------------------------------- folder canvases
@@ -428,24 +478,24 @@ def canvases(extents, side: int = 20, pad: int = 0, seed: int = 0) -> torch.Tens
 
 
 EXTENTS = [(20, 15), (15, 20), (20, 20), (4, 20), (1, 1), (12, 9)]
+FOLDER_BOX = (0.1, 0.2, 0.8, 0.7)  # normalised to each image's valid region
 
 
 def folder_views(**kw) -> GPUViews:
-    store = BoxStore(6)
-    store.update(torch.arange(6), torch.tensor([[0.1, 0.2, 0.8, 0.7]]).repeat(6, 1))
     kw.setdefault("recipe", "imagenet")
-    return GPUViews(6, store, size=12, **with_plan(kw))
+    return GPUViews(size=12, **with_plan(kw))
 
 
 @pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])
-def test_views_of_with_extents_shapes_and_crops_inside_regions(crop):
+def test_views_with_extents_shapes_and_crops_inside_regions(crop):
     v = folder_views(crop=crop, num_views=3)
     hw = torch.tensor(EXTENTS)  # (B, 2)
-    idx = torch.tensor([5, 0, 3, 2, 1, 4])
-    out = v.views_of(canvases(EXTENTS), idx, torch.Generator().manual_seed(0), extents=hw)
+    out = v(canvases(EXTENTS), torch.arange(6), same_boxes(6, FOLDER_BOX),
+            torch.Generator().manual_seed(0), extents=hw)
     assert len(out) == 3 and all(t.shape == (6, 3, 12, 12) and torch.isfinite(t).all()
                                  for t in out)
-    p = v.crop_params(idx.repeat(50), torch.Generator().manual_seed(1), hw.repeat(50, 1))
+    p = v.crop_params(same_boxes(300, FOLDER_BOX), hw.repeat(50, 1),
+                      torch.Generator().manual_seed(1))
     top, left, h, w = p.unbind(1)  # (300,) each
     assert (h >= 1).all() and (w >= 1).all() and (top >= 0).all() and (left >= 0).all()
     assert (top + h <= hw[:, 0].repeat(50)).all() and (left + w <= hw[:, 1].repeat(50)).all()
@@ -453,13 +503,13 @@ def test_views_of_with_extents_shapes_and_crops_inside_regions(crop):
 
 
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
-def test_views_of_never_reads_the_padding(recipe):
+def test_views_with_extents_never_read_the_padding(recipe):
     v = folder_views(recipe=recipe)
-    hw, idx = torch.tensor(EXTENTS), torch.arange(6)
+    hw, rows, boxes = torch.tensor(EXTENTS), torch.arange(6), same_boxes(6, FOLDER_BOX)
 
     def run(pad, extents):
         g = torch.Generator().manual_seed(4)
-        return v.views_of(canvases(EXTENTS, pad=pad), idx, g, extents=extents)
+        return v(canvases(EXTENTS, pad=pad), rows, boxes, g, extents=extents)
 
     for a, b in zip(run(0, hw), run(255, hw)):
         assert torch.equal(a, b)
@@ -473,24 +523,24 @@ def test_views_of_a_canvas_equal_views_of_the_bare_image():
     bare = smooth_images(1, 20, 13, seed=9)
     canvas = torch.full((1, 3, 24, 24), 77, dtype=torch.uint8)
     canvas[:, :, :20, :13] = bare
-    idx = torch.tensor([2])
-    ref = v.views_of(bare, idx, torch.Generator().manual_seed(8))
-    got = v.views_of(canvas, idx, torch.Generator().manual_seed(8),
-                     extents=torch.tensor([[20, 13]]))
-    for a, b in zip(got, ref):
+    rows, box = torch.arange(1), same_boxes(1, FOLDER_BOX)
+
+    def views(images, extents=None):
+        return v(images, rows, box, torch.Generator().manual_seed(8), extents=extents)
+
+    for a, b in zip(views(canvas, torch.tensor([[20, 13]])), views(bare)):
         assert torch.allclose(a, b, atol=1e-5)
-    full = v.views_of(canvas, idx, torch.Generator().manual_seed(8),
-                      extents=torch.tensor([[24, 24]]))  # whole canvas = no extents
-    for a, b in zip(full, v.views_of(canvas, idx, torch.Generator().manual_seed(8))):
+    # the whole canvas as extents = no extents
+    for a, b in zip(views(canvas, torch.tensor([[24, 24]])), views(canvas)):
         assert torch.equal(a, b)
 
 
 @pytest.mark.parametrize("extents", [
     torch.tensor([[4, 4]]), torch.ones(2, 3, dtype=torch.long), torch.ones(2, 2), [[4, 4]] * 2,
 ])
-def test_views_of_validates_extents(extents):
+def test_views_validate_extents(extents):
     with pytest.raises(ValueError, match="extents"):
-        folder_views().views_of(canvases([(4, 4)] * 2), torch.arange(2), extents=extents)
+        folder_views()(canvases([(4, 4)] * 2), torch.arange(2), same_boxes(2), extents=extents)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

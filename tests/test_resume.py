@@ -20,6 +20,7 @@ import torch
 
 import ccrop.checkpoint as ckpt_mod
 import ccrop.engine as engine
+import ccrop.localize
 from ccrop import cli
 from ccrop.build import build_run
 from ccrop.checkpoint import (
@@ -29,7 +30,9 @@ from ccrop.checkpoint import (
     list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
+    rng_state,
     save_checkpoint,
+    seed_rngs,
 )
 from ccrop.config import load_config
 
@@ -156,9 +159,100 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, r
     assert not list((out / "checkpoints").glob(".*.tmp-*"))  # temp files of killed writers
 
 
+#: persistent DataLoader workers (a resumed process creates their iterator once more), a kNN
+#: monitor, one box update (after epoch 2; it draws a figure: seconds), every checkpoint kept
+WHOLE_EPOCHS = 4
+WHOLE = ["data.num_workers=1", "data.persistent_workers=true", "train.knn_every=2",
+         "crop.loc_interval=2", f"train.epochs={WHOLE_EPOCHS}", f"train.keep_last={WHOLE_EPOCHS}"]
+#: the wall-clock fields of the history records, by event: the only fields left out
+TIMINGS = {"epoch": ("seconds", "data_seconds", "images_per_s"), "box_update": ("seconds",)}
+
+
+def without_timings(state: dict) -> dict:
+    """The checkpoint less the ``TIMINGS`` fields of its history (each must be there)."""
+    history = []
+    for record in state["history"]:
+        drop = TIMINGS[record["event"]]
+        assert set(drop) <= record.keys(), record
+        history.append({k: v for k, v in record.items() if k not in drop})
+    return {**state, "history": history}
+
+
+def assert_same_tree(a, b, where: str = "checkpoint") -> None:
+    """Equal bit for bit: tensors (dtype, shape, values), dicts (same keys), sequences, scalars."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and (a.dtype, a.shape) == (b.dtype, b.shape), where
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), f"{where}: {a.keys()} != {b.keys()}"
+        for key in a:
+            assert_same_tree(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert type(a) is type(b) and len(a) == len(b), f"{where}: {a!r} != {b!r}"
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_same_tree(x, y, f"{where}[{i}]")
+    else:
+        assert type(a) is type(b) and a == b, f"{where}: {a!r} != {b!r}"
+
+
+def _kill_after_checkpoint(proc: subprocess.Popen, out: Path, epoch: int) -> bool:
+    """SIGKILL ``proc`` as soon as the checkpoint of ``epoch`` is in place (early in the next
+    epoch); True when it was still running."""
+    deadline = time.monotonic() + 240
+    while proc.poll() is None and newest_epoch(out) < epoch and time.monotonic() < deadline:
+        time.sleep(0.005)
+    alive = proc.poll() is None
+    proc.kill()
+    proc.wait()
+    return alive
+
+
+def test_sigkill_then_resume_auto_writes_the_same_whole_checkpoints(tmp_path):
+    """Every checkpoint of a run killed (SIGKILL) after its first checkpoint and resumed equals the
+    uninterrupted run's in every field (model, optimizer, boxes, RNG states, counters, config,
+    history) but the wall-clock timings. Both runs use the same folder (the first is moved away
+    after it ends), so the paths in config and history match too."""
+    out, straight = tmp_path / "run", tmp_path / "straight"
+    cmd = [sys.executable, "-m", "ccrop.cli", "pretrain", *overrides(out, *WHOLE),
+           "--resume", "auto"]
+    env = {**os.environ, **SUBPROCESS_ENV}
+
+    def run_to_end() -> None:
+        done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                              timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+
+    run_to_end()
+    out.rename(straight)
+    with open(tmp_path / "stderr.txt", "wb") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                                stderr=log)
+        alive = _kill_after_checkpoint(proc, out, 1)
+    assert alive and newest_epoch(out) < WHOLE_EPOCHS, (tmp_path / "stderr.txt").read_text()
+    run_to_end()
+    for epoch in range(1, WHOLE_EPOCHS + 1):
+        a, b = (load_checkpoint(ckpt_path(d, epoch)) for d in (straight, out))
+        assert a["epoch"] == epoch and "cuda" not in a["rng"]
+        assert_same_tree(without_timings(a), without_timings(b), f"epoch {epoch}")
+
+
+def test_seed_rngs_is_a_function_of_seed_epoch_and_rank():
+    seed_rngs(7, 3, 0)
+    first = rng_state()
+    torch.rand(5), random.random()  # draws in between do not matter
+    seed_rngs(7, 3, 0)
+    assert_same_tree(rng_state(), first)
+    for other in ((7, 4, 0), (7, 3, 1), (8, 3, 0)):
+        seed_rngs(*other)
+        state = rng_state()
+        assert not torch.equal(state["torch"], first["torch"]), other
+        assert state["python"] != first["python"], other
+        assert not torch.equal(state["numpy"][1], first["numpy"][1]), other
+
+
 def test_killed_during_box_update_then_resume_is_bit_identical(tmp_path, monkeypatch, reference):
     out = tmp_path / "run"
-    real, calls = engine.update_boxes, []
+    real, calls = ccrop.localize.update_boxes, []
 
     def dies_after_writing_boxes(encoder, loader, store, *args, **kwargs):
         stats = real(encoder, loader, store, *args, **kwargs)
@@ -167,12 +261,12 @@ def test_killed_during_box_update_then_resume_is_bit_identical(tmp_path, monkeyp
             raise Killed
         return stats
 
-    monkeypatch.setattr(engine, "update_boxes", dies_after_writing_boxes)
+    monkeypatch.setattr(ccrop.localize, "update_boxes", dies_after_writing_boxes)
     with pytest.raises(Killed):
         engine.fit(build_run(tiny(out)))
     assert newest_epoch(out) == 3
     lines_before = (out / "metrics.jsonl").read_bytes()
-    monkeypatch.setattr(engine, "update_boxes", real)
+    monkeypatch.setattr(ccrop.localize, "update_boxes", real)
     resumed = build_run(tiny(out), resume_from="auto")
     assert resumed.epoch == 3 and torch.equal(resumed.store.boxes, calls[1])  # saved boxes
     engine.fit(resumed)

@@ -6,13 +6,15 @@ import pytest
 import torch
 
 import ccrop.engine as engine
-import ccrop.gpu_views as gpu_views
 from ccrop.boxes import BoxStore
 from ccrop.build import build_run
 from ccrop.config import load_config
-from ccrop.crop import CropPlan
+from ccrop.crop import FULL_BOX, CropPlan
+from ccrop.data.gpu_ops import color_jitter, default_sync_free, sample_view_params
+from ccrop.data.gpu_views import DeviceImages, GPUViews
 from ccrop.data.sources import GPUSource, ViewSpec, auto_chunk
 from ccrop.data.synthetic import SyntheticObjects
+from ccrop.data.views import RECIPES, Recipe
 from ccrop.localize import boxes_from_heatmaps
 from ccrop.methods import METHODS
 from ccrop.syncs import SyncSpy
@@ -63,23 +65,38 @@ def _tiny(tmp_path, *extra):
         *extra])
 
 
-@pytest.fixture
-def accelerator_paths():
-    """Run the code paths meant for accelerators on CPU (no data-dependent shapes)."""
-    with gpu_views.accelerator_paths():
-        yield
-    assert gpu_views._syncs_are_free(torch.device("cpu"))  # restored
+def _sync_free_run(cfg):
+    """The run of ``cfg`` (GPU pipeline) with its source on the accelerator code paths, which
+    avoid data-dependent shapes, although it runs on the CPU."""
+    run = build_run(cfg)
+    run.source.use_sync_free_paths()
+    return run
+
+
+def test_sync_free_is_explicit_and_removes_the_boolean_index():
+    assert default_sync_free(torch.device("cpu")) is False
+    assert default_sync_free(torch.device("cuda")) is True
+    assert GPUViews().sync_free is False and GPUViews(sync_free=True).sync_free is True
+    x = torch.rand(16, 3, 8, 8)
+    p = sample_view_params(16, RECIPES["cifar"], torch.Generator().manual_seed(0))
+    ops = {}
+    for sync_free in (True, False):
+        with SyncSpy() as spy:
+            color_jitter(x, p["order"], p["factors"], p["jitter"], sync_free=sync_free)
+        ops[sync_free] = [op for op, _ in spy.events]
+    assert ops[True] == [], ops  # torch.where over every sample
+    assert "aten.nonzero.default" in ops[False], ops  # CPU default: hue on the selected only
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
-def test_training_steps_have_no_host_sync(tmp_path, accelerator_paths, name):
+def test_training_steps_have_no_host_sync(tmp_path, name):
     """Syncs per epoch do not grow with the number of steps: only the end-of-epoch reads."""
     extra = {"moco": ["method.params.queue_size=64"],
              "simsiam": ["method.params.proj_dim=32", "method.params.pred_hidden=8"]}
     cfg = _tiny(tmp_path, f"method.name={name}", *extra.get(name, []))
     if name == "simsiam":
         cfg.method.params.pop("proj_hidden")
-    run = build_run(cfg)
+    run = _sync_free_run(cfg)
     counts = []
     for steps in (1, 4):
         run.cfg.train.max_steps_per_epoch = steps
@@ -90,9 +107,9 @@ def test_training_steps_have_no_host_sync(tmp_path, accelerator_paths, name):
     assert all("engine.py" in site for _, site in spy.events), spy.report()
 
 
-def test_skip_step_mode_is_the_one_opt_in_sync_per_step(tmp_path, accelerator_paths):
-    run = build_run(_tiny(tmp_path, "train.on_nonfinite=skip_step",
-                          "train.max_steps_per_epoch=3"))
+def test_skip_step_mode_is_the_one_opt_in_sync_per_step(tmp_path):
+    run = _sync_free_run(_tiny(tmp_path, "train.on_nonfinite=skip_step",
+                               "train.max_steps_per_epoch=3"))
     with SyncSpy() as spy:
         engine.train_epoch(run, 1)
     per_step = [site for _, site in spy.events if "_train_step" in site]
@@ -101,30 +118,33 @@ def test_skip_step_mode_is_the_one_opt_in_sync_per_step(tmp_path, accelerator_pa
 
 @pytest.mark.parametrize("recipe", ["cifar", "imagenet"])
 @pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])
-def test_view_generation_has_no_host_sync(accelerator_paths, recipe, crop):
-    images = torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8)
-    views = gpu_views.GPUViews(images, BoxStore(40), recipe=recipe, plan=CropPlan(crop),
-                               out_dtype=torch.bfloat16, channels_last=True)
+def test_view_generation_has_no_host_sync(recipe, crop):
+    images = DeviceImages(torch.randint(0, 256, (40, 3, 16, 16), dtype=torch.uint8))
+    boxes = torch.tensor([FULL_BOX]).repeat(40, 1)  # (N, 4)
+    views = GPUViews(CropPlan(crop), recipe, size=16, out_dtype=torch.bfloat16,
+                     channels_last=True, sync_free=True)
     g = torch.Generator().manual_seed(0)
     with SyncSpy() as spy:
-        for idx in views.epoch_batches(16, generator=g):
-            views(idx, generator=g)
-        views.views_of(images[:8], torch.arange(8), g)
+        for idx in images.index_batches(16, generator=g):
+            views(images.data, idx, boxes[idx], generator=g)
+            views.plain(images.data.index_select(0, idx))
+        views(images.data[:8], torch.arange(8), boxes[:8], g)  # a decoded batch
     assert spy.count == 0, spy.report()
 
 
 @pytest.mark.parametrize("crop", ["ccrop", "simccrop", "rcrop"])
-def test_folder_views_with_extents_have_no_host_sync(accelerator_paths, crop):
+def test_folder_views_with_extents_have_no_host_sync(crop):
     """Decoded folder canvases with per-sample valid regions: per-sample crop law, no sync."""
     canvases = torch.randint(0, 256, (8, 3, 21, 21), dtype=torch.uint8)  # (B, 3, M, M)
     hw = torch.tensor([[16, 21], [21, 16], [16, 16], [3, 21], [21, 2], [1, 1], [9, 12],
                        [21, 21]])  # (B, 2) valid (h, w)
-    views = gpu_views.GPUViews(8, BoxStore(8), recipe="imagenet", plan=CropPlan(crop), size=16,
-                               out_dtype=torch.bfloat16, channels_last=True)
+    boxes = torch.tensor([[0.1, 0.2, 0.8, 0.7]]).repeat(8, 1)  # (B, 4)
+    views = GPUViews(CropPlan(crop), "imagenet", size=16, out_dtype=torch.bfloat16,
+                     channels_last=True, sync_free=True)
     g = torch.Generator().manual_seed(0)
     with SyncSpy() as spy:
-        out = views.views_of(canvases, torch.arange(8), g, extents=hw)
-        views.crop_params(torch.arange(8), g, hw)
+        out = views(canvases, torch.arange(8), boxes, g, extents=hw)
+        views.crop_params(boxes, hw, g)
     assert spy.count == 0, spy.report()
     assert [v.shape for v in out] == [(8, 3, 16, 16)] * 2
 
@@ -154,7 +174,24 @@ def test_heatmap_to_box_has_no_host_sync():
 def _source(chunk, recipe="cifar"):
     ds = SyntheticObjects(num_images=70, image_size=16, seed=0)
     spec = ViewSpec(recipe, CropPlan(), 16, (0.5,) * 3, (0.5,) * 3)
-    return GPUSource(ds, BoxStore(70), spec, 16, 0, torch.device("cpu"), chunk=chunk)
+    return GPUSource(ds, BoxStore(70), spec, 16, 0, torch.device("cpu"), num_workers=0,
+                     chunk=chunk)
+
+
+def test_a_sources_sync_free_paths_remove_its_syncs():
+    """An epoch and the localization pass of a resident source: the CPU default takes the
+    boolean index (the spy sees it), ``use_sync_free_paths`` leaves no sync at all."""
+    counts = []
+    for sync_free in (False, True):
+        src = _source(2)
+        if sync_free:
+            src.use_sync_free_paths()
+        with SyncSpy() as spy:
+            batches = list(src)
+            list(src.loc_batches())
+        counts.append(spy.count)
+        assert len(batches) == 70 // 16
+    assert counts[0] > 0 and counts[1] == 0, spy.report()
 
 
 def test_chunked_views_keep_the_batches_and_shapes():
@@ -167,7 +204,7 @@ def test_chunked_views_keep_the_batches_and_shapes():
 
 
 def test_chunked_views_equal_unchunked_ones_when_augmentation_is_deterministic():
-    fixed = gpu_views.Recipe(flip_p=0.0, jitter_p=0.0, gray_p=0.0)
+    fixed = Recipe(flip_p=0.0, jitter_p=0.0, gray_p=0.0)
     one, three = _source(1, fixed), _source(3, fixed)
     for src in (one, three):  # crops: the whole image, so the views are the images themselves
         for maker in (src.views, src.plain):

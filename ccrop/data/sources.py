@@ -5,7 +5,7 @@ Two paths, one interface (the engine never knows which made a batch):
 - ``CPUSource``: DataLoader workers run the PIL pipeline per sample (``BoxedDataset``), reading
   boxes from the shared-memory store;
 - ``GPUSource``: the dataset is held on the device as uint8 and both views of a batch come from
-  one batched crop-and-resize (``ccrop.gpu_views``), crop parameters sampled with the same law.
+  one batched crop-and-resize (``ccrop.data.gpu_views``), crop parameters sampled with the same law.
 
 Both also serve the un-augmented images of the localization pass. ``DeviceLabeledBatches``
 serves the evaluation protocols (kNN, linear) on the same GPU path.
@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from functools import partial
 from numbers import Integral
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -25,7 +26,29 @@ from .. import dist
 from ..boxes import BoxStore
 from ..crop import CropPlan
 from .boxed import BoxedDataset, IndexedImages, LabeledImages
+from .folder import FittedImages, decode_fitted, decodes_to_size, square_size
 from .views import EvalTransform, build_view_transform
+
+
+@runtime_checkable
+class ViewSource(Protocol):
+    """What the engine iterates: ``CPUSource`` and ``GPUSource`` both are one.
+
+    ``len`` batches per epoch; iterating yields ``(indices (B,), [view_1, view_2])`` with views
+    (B, 3, S, S) on the device; ``set_epoch`` picks the epoch's shuffle and crop law (boxes or
+    warm-up RRC); ``loc_batches`` yields the un-augmented ``(indices, images)`` of the
+    localization pass; ``boxes_updated`` is called after every box update.
+    """
+
+    def __len__(self) -> int: ...
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]: ...
+
+    def set_epoch(self, epoch: int, use_boxes: bool) -> None: ...
+
+    def loc_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
+
+    def boxes_updated(self, store: BoxStore) -> None: ...
 
 
 @dataclass
@@ -40,10 +63,34 @@ class ViewSpec:
     loc_size: int | None = None  # localization input side (None: native)
 
 
+class LeanDistributedSampler(DistributedSampler):
+    """``DistributedSampler`` with the same order, held as one int64 array instead of a list.
+
+    torch's sampler builds ``randperm(N).tolist()`` each epoch: 1.28M Python ints (~49 MB)
+    kept while the epoch runs. This one keeps a numpy array (8 bytes an index) and makes each
+    int only when it is read. Same seed, epoch, padding and rank slicing: identical indices.
+    """
+
+    def __iter__(self) -> Iterator[int]:
+        n = len(self.dataset)
+        if self.shuffle:
+            g = torch.Generator()
+            g.manual_seed(self.seed + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = torch.arange(n)
+        if self.drop_last:
+            order = order[:self.total_size]
+        elif self.total_size > n:  # pad by repeating from the start, as torch does
+            order = order.repeat(-(-self.total_size // n))[:self.total_size]
+        picked = order[self.rank:self.total_size:self.num_replicas].numpy()
+        return (int(i) for i in picked)
+
+
 def _sampler(ds: Dataset, shuffle: bool, seed: int, drop_last: bool) -> DistributedSampler:
-    # DistributedSampler also works in one process (1 replica): one code path, seeded per epoch
-    return DistributedSampler(ds, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
-                              shuffle=shuffle, seed=seed, drop_last=drop_last)
+    # one code path for one process (1 replica) and DDP, seeded per epoch
+    return LeanDistributedSampler(ds, num_replicas=dist.get_world_size(), rank=dist.get_rank(),
+                                  shuffle=shuffle, seed=seed, drop_last=drop_last)
 
 
 class CPUSource:
@@ -97,10 +144,20 @@ class CPUSource:
 
 
 def loc_loader(base: Dataset, mean: Sequence[float], std: Sequence[float], batch_size: int,
-               num_workers: int, size: int | None = None, pin_memory: bool = False) -> DataLoader:
+               num_workers: int, size: int | None = None, pin_memory: bool = False,
+               draft: bool = True) -> DataLoader:
     """Loader of un-augmented ``(indices, images)`` for the localization pass: this rank's shard
-    (padded so every rank gets as many batches; repeats are harmless, boxes go by index)."""
-    ds = IndexedImages(base, EvalTransform(mean, std, size))
+    (padded so every rank gets as many batches; repeats are harmless, boxes go by index).
+
+    With ``size`` (the square input side) and a folder dataset, each image is decoded straight
+    to ``size x size`` (``ccrop.data.folder.decode_fitted``: a JPEG at a reduced DCT scale when
+    ``draft`` and it is at least twice the side), the same image up to resampling.
+    """
+    transform = EvalTransform(mean, std, size)
+    if size is not None and decodes_to_size(base):
+        ds = FittedImages(base, partial(square_size, size=size), transform, draft)
+    else:
+        ds = IndexedImages(base, transform)
     return DataLoader(ds, batch_size, sampler=_sampler(ds, False, 0, False),
                       num_workers=num_workers, pin_memory=pin_memory)
 
@@ -148,19 +205,25 @@ class DecodedImages(Dataset):
 
     Each image keeps its aspect ratio (``fit_size``: short side ``size``, long side at most
     ``max_side``) and is pasted top-left into a zero ``max_side x max_side`` canvas, so that
-    batches stack; ``hw`` tells the device path the valid region (``GPUViews.views_of``).
+    batches stack; ``hw`` tells the device path the valid region (``GPUViews``, ``extents``).
+    Folder datasets decode straight to that size (``ccrop.data.folder.decode_fitted``: a JPEG
+    at least twice the target is decoded at a reduced DCT scale when ``draft``; torch's resize),
+    the same image up to resampling (``tests/data/test_decode.py``), about twice as fast
+    (``benchmarks/bench_decode.py``).
 
     Args:
         base: map-style dataset of ``(image, label)``.
         size: short side S0 of the decoded images (>= 1).
         max_side: canvas side M, the cap on the long side (>= size); default
             ``round(size * 4 / 3)``.
+        draft: allow the reduced JPEG decode of folder datasets (False: full decode).
 
     Returns (per item):
         ``(index, canvas (3, M, M) uint8, hw (2,) int64 = (h, w))``.
     """
 
-    def __init__(self, base: Dataset, size: int, max_side: int | None = None) -> None:
+    def __init__(self, base: Dataset, size: int, max_side: int | None = None,
+                 draft: bool = True) -> None:
         if isinstance(size, bool) or not isinstance(size, Integral) or size < 1:
             raise ValueError(f"size must be an int >= 1, got {size!r}")
         if max_side is None:
@@ -168,24 +231,34 @@ class DecodedImages(Dataset):
         if isinstance(max_side, bool) or not isinstance(max_side, Integral) or max_side < size:
             raise ValueError(f"max_side must be an int >= size ({size}), got {max_side!r}")
         self.base, self.size, self.max_side = base, int(size), int(max_side)
+        self.draft = bool(draft)
 
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+    def fitted(self, index: int) -> torch.Tensor:
+        """The image at ``index`` resized to ``fit_size`` (bilinear, antialiased): (3, h, w)."""
         import numpy as np
         from PIL import Image
 
         from .boxed import unpack_item
         from .images import to_rgb
 
+        rule = partial(fit_size, size=self.size, max_side=self.max_side)
+        if decodes_to_size(self.base):
+            read = partial(decode_fitted, fit=rule, draft=self.draft)
+            return self.base.load(int(index), read)[0]
         img = to_rgb(unpack_item(self.base[index])[0])
-        h, w = fit_size(img.height, img.width, self.size, self.max_side)
+        h, w = rule(img.height, img.width)
         if img.size != (w, h):
             img = img.resize((w, h), Image.BILINEAR)
-        arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (h, w, 3)
+        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
+        img = self.fitted(index)  # (3, h, w)
+        h, w = img.shape[1:]
         canvas = torch.zeros((3, self.max_side, self.max_side), dtype=torch.uint8)  # (3, M, M)
-        canvas[:, :h, :w] = arr.permute(2, 0, 1)
+        canvas[:, :h, :w] = img
         return int(index), canvas, torch.tensor([h, w], dtype=torch.int64)
 
 
@@ -218,15 +291,16 @@ def auto_chunk(device: torch.device, batch_size: int, num_views: int, size: int)
 
 
 class GPUSource:
-    """Batched views on the device (``ccrop.gpu_views``).
+    """Batched views on the device (``ccrop.data.gpu_views``).
 
-    Small datasets are held on the device as uint8 (``resident``); folder datasets are decoded
-    by DataLoader workers to a short side of ``decode_size`` (aspect ratio kept, long side at
-    most 4/3 of it, top-left in a square canvas: ``DecodedImages``) and the uint8 batches are
-    augmented on the device, each crop inside its image's valid region (boxes are normalised,
-    so they apply to the resized image). Shuffling and augmentation draw from generators seeded
-    by ``(seed, epoch)``, so a resumed run sees the same batches. During warm-up a second view
-    maker with the plain RRC law is used.
+    Small datasets are held on the device as uint8 (``images``, a ``DeviceImages``); folder
+    datasets are decoded by DataLoader workers to a short side of ``decode_size`` (aspect ratio
+    kept, long side at most 4/3 of it, top-left in a square canvas: ``DecodedImages``) and the
+    uint8 batches are augmented on the device, each crop inside its image's valid region (boxes
+    are normalised, so they apply to the resized image). The source keeps a device copy of the
+    boxes (``boxes_updated``). Shuffling and augmentation draw from generators seeded by
+    ``(seed, epoch)``, so a resumed run sees the same batches. During warm-up the views come
+    from the plan's warm-up law (``CropPlan.plain``).
 
     Args:
         base: map-style dataset.
@@ -238,7 +312,7 @@ class GPUSource:
         loc_batch_size: batch size of the localization pass.
         decode_size: None = resident dataset; else the short side workers decode folder
             images to.
-        num_workers: DataLoader workers (folder datasets).
+        num_workers: DataLoader workers (folder datasets; decoding a resident set once).
         chunk: resident datasets: batches whose views one batched call makes (fewer, larger
             kernels; the GPU path is launch-bound at CIFAR size). None = ``auto_chunk``.
         out_dtype: dtype of the views (bfloat16 under bf16 autocast saves the cast).
@@ -250,21 +324,22 @@ class GPUSource:
                  decode_size: int | None = None, num_workers: int = 4,
                  chunk: int | None = None, out_dtype: torch.dtype = torch.float32,
                  channels_last: bool = False) -> None:
-        from ..gpu_views import GPUViews
+        from .gpu_views import DeviceImages, GPUViews
         from .tensors import dataset_to_uint8
 
-        if decode_size is None:
-            images: torch.Tensor | int = dataset_to_uint8(  # decoded once, in parallel
+        self.images: DeviceImages | None = None
+        if decode_size is None:  # decoded once, in parallel
+            self.images = DeviceImages(dataset_to_uint8(
                 base, image_size=spec.loc_size, progress=dist.is_main_process(),
-                num_workers=num_workers)
-            images = images.to(device)  # (N, 3, H, W) uint8, resident
-        else:
-            images = len(base)
+                num_workers=num_workers), device)
         kw = dict(recipe=spec.recipe, size=spec.size, mean=spec.mean, std=spec.std,
                   device=device, out_dtype=out_dtype, channels_last=channels_last)
-        self.views = GPUViews(images, store, plan=spec.plan, **kw)
-        self.plain = GPUViews(images, None, plan=spec.plan.plain(), **kw)
+        self.views = GPUViews(spec.plan, **kw)
+        self.plain = GPUViews(spec.plan.plain(), **kw)
         self.device, self.seed, self.loc_batch_size = device, seed, loc_batch_size
+        fixed = torch.tensor(spec.plan.fixed_box, dtype=torch.float32, device=device)
+        self.boxes = fixed.repeat(len(base), 1)  # (N, 4) device copy of the store
+        self.boxes_updated(store)
         self.per_rank = max(1, batch_size // dist.get_world_size())
         if chunk is not None and int(chunk) < 1:
             raise ValueError(f"chunk must be >= 1 or None, got {chunk}")
@@ -284,7 +359,7 @@ class GPUSource:
     def __len__(self) -> int:
         if self.loader is not None:
             return len(self.loader)
-        return self.views.num_batches(self.per_rank, True, dist.get_world_size())
+        return self.images.num_batches(self.per_rank, True, dist.get_world_size())
 
     def set_epoch(self, epoch: int, use_boxes: bool) -> None:
         """Select the epoch's seed and the crop law (boxes or warm-up RRC)."""
@@ -298,104 +373,50 @@ class GPUSource:
         maker = self.views if self.use_boxes else self.plain
         if self.loader is not None:
             for idx, batch, hw in self.loader:  # (B,), (B, 3, M, M) canvases, (B, 2)
-                yield idx, maker.views_of(batch, idx, aug, extents=hw)
+                idx = idx.to(self.device, non_blocking=True)
+                batch = batch.to(self.device, non_blocking=True)
+                rows = torch.arange(batch.shape[0], device=self.device)
+                yield idx, maker(batch, rows, self.boxes[idx], aug, extents=hw)
             return
+        yield from self._resident_batches(maker, aug)
+
+    def _resident_batches(self, maker, aug: torch.Generator
+                          ) -> Iterator[tuple[torch.Tensor, list[torch.Tensor]]]:
+        """One epoch of a resident set, ``chunk`` batches per batched view call."""
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation
-        batches = list(self.views.epoch_batches(self.per_rank, True, gen, True, dist.get_rank(),
-                                                dist.get_world_size()))  # device slices
+        batches = list(self.images.index_batches(self.per_rank, True, gen, True, dist.get_rank(),
+                                                 dist.get_world_size()))  # device slices
         for start in range(0, len(batches), self.chunk):
             group = batches[start:start + self.chunk]
-            views = maker(torch.cat(group), aug)  # V x (len(group) * B, 3, S, S)
-            for j, idx in enumerate(group):
+            idx = torch.cat(group)
+            views = maker(self.images.data, idx, self.boxes[idx], aug)  # V x (G*B, 3, S, S)
+            for j, one in enumerate(group):
                 rows = slice(j * self.per_rank, (j + 1) * self.per_rank)
-                yield idx, [v[rows] for v in views]
+                yield one, [v[rows] for v in views]
 
     def loc_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Un-augmented ``(indices, images)`` of this rank's shard."""
         if self.loc_loader is not None:
             yield from self.loc_loader
             return
-        shard = padded_share(len(self.views), self.device)  # repeats are harmless: by index
+        shard = padded_share(len(self.images), self.device)  # repeats are harmless: by index
         for start in range(0, shard.shape[0], self.loc_batch_size):
             idx = shard[start:start + self.loc_batch_size]
-            yield idx, self.views.eval_batch(idx)
+            yield idx, self.views.plain(self.images.data.index_select(0, idx))
+
+    def views_for(self, idx: torch.Tensor,
+                  generator: torch.Generator | None = None) -> list[torch.Tensor]:
+        """Views (boxes law) of resident images ``idx`` (B,) on the device: V x (B, 3, S, S)."""
+        return self.views(self.images.data, idx, self.boxes[idx], generator)
+
+    def use_sync_free_paths(self) -> None:
+        """Take the accelerator code paths on the CPU too (sync audits: ``ccrop.syncs``)."""
+        self.views.sync_free = self.plain.sync_free = True
 
     def boxes_updated(self, store: BoxStore) -> None:
-        """Copy the updated boxes to the device."""
-        self.views.sync_boxes(store)
-
-
-class DeviceLabeledBatches:
-    """``(images, labels)`` batches made on the device from a resident small dataset.
-
-    The GPU path of the evaluation protocols: with ``train`` the linear protocol's augmentation
-    (RandomResizedCrop(``scale``) + horizontal flip, batched with ``ccrop.gpu_views``, a new
-    shuffle and new draws at every iteration, seeded by ``(seed, pass)``), else the
-    un-augmented normalised images in dataset order (kNN bank and queries, linear test set).
-    A drop-in for the DataLoaders of ``ccrop.evaluate`` (``len``, ``dataset``, iteration).
-
-    Args:
-        base: map-style dataset of ``(image, label)`` with images of one size (or ``size``).
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std.
-        batch_size: images per batch (the last batch may be shorter).
-        device: where images, labels and batches live.
-        train: augmented, shuffled batches (linear training) or plain ones.
-        seed: shuffling and augmentation seed (``train``).
-        scale: RandomResizedCrop area range (``train``).
-        size: side the images are resized to once (default: native).
-        shard: plain batches of this rank's share only, padded as an unshuffled
-            ``DistributedSampler`` pads (``ccrop.dist.gather_shards`` restores the order).
-        num_workers: processes decoding image files once at construction (folder-backed
-            sets such as Tiny ImageNet; array-backed sets are copied directly).
-        images: the split already held on ``device`` as (N, 3, H, W) uint8 (the GPU source's
-            resident copy), used instead of decoding it again.
-    """
-
-    def __init__(self, base: Dataset, mean: Sequence[float], std: Sequence[float],
-                 batch_size: int, device: torch.device, train: bool = False, seed: int = 0,
-                 scale: Sequence[float] = (0.08, 1.0), size: int | None = None,
-                 shard: bool = False, num_workers: int = 0,
-                 images: torch.Tensor | None = None) -> None:
-        from ..gpu_views import GPUViews
-        from .tensors import dataset_labels, dataset_to_uint8
-        from .views import Recipe
-
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if train and shard:
-            raise ValueError("shard is for plain (evaluation) batches, not train=True")
-        self.dataset, self.device = base, torch.device(device)
-        self.batch_size, self.train, self.seed, self.shard = int(batch_size), train, seed, shard
-        if images is None:
-            images = dataset_to_uint8(base, image_size=size, progress=dist.is_main_process(),
-                                      num_workers=num_workers).to(self.device)  # (N, 3, H, W)
-        self.labels = dataset_labels(base).to(self.device)  # (N,)
-        flip_only = Recipe(flip_p=0.5, jitter_p=0.0, gray_p=0.0)
-        rrc = CropPlan("rcrop", tuple(scale))
-        self.views = GPUViews(images, None, recipe=flip_only, plan=rrc, mean=mean, std=std,
-                              num_views=1, device=self.device)
-        self._passes = 0
-
-    def __len__(self) -> int:
-        n = len(self.views)
-        per_rank = -(-n // dist.get_world_size()) if self.shard else n
-        return -(-per_rank // self.batch_size)
-
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yield ``(images (B, 3, S, S), labels (B,))`` on the device."""
-        gen = None
-        if self.train:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(self.seed * 1_000_003 + self._passes)
-            order = torch.randperm(len(self.views), generator=gen, device=self.device)
-        elif self.shard:
-            order = padded_share(len(self.views), self.device)  # (ceil(N / world),)
-        else:
-            order = torch.arange(len(self.views), device=self.device)  # (N,)
-        self._passes += 1
-        for start in range(0, order.shape[0], self.batch_size):
-            idx = order[start:start + self.batch_size]
-            images = self.views(idx, gen)[0] if self.train else self.views.eval_batch(idx)
-            yield images, self.labels[idx]
+        """Copy the store's boxes (N, 4) to the device; called after every box update."""
+        if tuple(store.boxes.shape) != tuple(self.boxes.shape):
+            raise ValueError(f"store must hold {tuple(self.boxes.shape)} boxes, got "
+                             f"{tuple(store.boxes.shape)}")
+        self.boxes.copy_(store.boxes.to(self.device, torch.float32))

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
+from ..runtime import progress as progress_bar
 from .base import NCHW, NHW, NHWC
 
 _CHUNK = 4096  # images copied per step on the array path
@@ -68,13 +68,16 @@ def _from_arrays(parts: list[np.ndarray], layout: str, progress: bool) -> torch.
     first = _chw_block(parts[0][:1], layout)
     out = torch.empty((sum(len(p) for p in parts), *first.shape[1:]), dtype=torch.uint8)
     done = 0
-    with tqdm(total=len(out), disable=not progress, desc="to uint8") as bar:
-        for arr in parts:
-            for i in range(0, len(arr), _CHUNK):
-                block = _chw_block(arr[i : i + _CHUNK], layout)
-                out[done : done + len(block)] = block
-                done += len(block)
+    bar = progress_bar(None, "to uint8", progress, len(out))
+    for arr in parts:
+        for i in range(0, len(arr), _CHUNK):
+            block = _chw_block(arr[i : i + _CHUNK], layout)
+            out[done : done + len(block)] = block
+            done += len(block)
+            if bar is not None:
                 bar.update(len(block))
+    if bar is not None:
+        bar.close()
     return out
 
 
@@ -123,7 +126,7 @@ def _from_items(
     out = torch.empty((len(items), *items[0].shape), dtype=torch.uint8)
     loader = DataLoader(items, batch_size=64, num_workers=num_workers, collate_fn=_as_list)
     i = 0
-    for batch in tqdm(loader, disable=not progress, desc="to uint8"):
+    for batch in progress_bar(loader, "to uint8", progress):
         for img in batch:
             if img.shape != out.shape[1:]:
                 raise ValueError(

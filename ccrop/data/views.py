@@ -113,7 +113,14 @@ class EvalTransform:
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
-    def __call__(self, img: Image.Image) -> torch.Tensor:
+    def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
+        """PIL RGB image, or (3, H, W) uint8 tensor (``ccrop.data.folder.decode_fitted``) ->
+        (3, S, S) normalised float32; the same values for the same pixels."""
+        if isinstance(img, torch.Tensor):
+            if self.size is not None and tuple(img.shape[-2:]) != (self.size, self.size):
+                img = torch.nn.functional.interpolate(img[None], (self.size, self.size),
+                                                      mode="bilinear", antialias=True)[0]
+            return (img.float().div_(255.0) - self.mean) / self.std
         if self.size is not None and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BILINEAR)
         return to_normalized_tensor(img, self.mean, self.std)

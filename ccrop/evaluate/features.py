@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
-from tqdm import tqdm
+
+from ccrop.runtime import autocast, eval_mode
+from ccrop.runtime import progress as runtime_progress
 
 __all__ = [
-    "autocast_context",
     "check_feature_bank",
     "check_labels",
     "extract_features",
@@ -60,26 +60,6 @@ def split_batch(batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
     return images, labels
 
 
-def autocast_context(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    """Mixed-precision context for backbone forwards, the engine's rule (``train.amp``).
-
-    On CUDA: bfloat16 where supported, float16 otherwise. A no-op when `amp` is False and on
-    other devices (``train.amp`` means bf16 autocast on CUDA; CPU runs stay float32).
-
-    Args:
-        device: device the forward runs on.
-        amp: whether to enable autocast.
-
-    Returns:
-        A context manager.
-    """
-    if not amp or device.type != "cuda":
-        return contextlib.nullcontext()
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.autocast(device_type="cuda", dtype=torch.float16)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
 def move_images(images: torch.Tensor, device: torch.device, channels_last: bool) -> torch.Tensor:
     """Move an image batch (B,3,H,W) to `device`, optionally in channels-last memory format.
 
@@ -95,11 +75,6 @@ def move_images(images: torch.Tensor, device: torch.device, channels_last: bool)
     if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     return images
-
-
-def _progress(loader: Iterable, progress: bool, desc: str) -> Iterator:
-    """Wrap `loader` in a tqdm bar when `progress` is True."""
-    return iter(tqdm(loader, desc=desc, leave=False, disable=not progress, dynamic_ncols=True))
 
 
 @torch.no_grad()
@@ -133,14 +108,13 @@ def extract_features(
         ValueError: the loader is empty, a batch is malformed, or the backbone output is not 2-D.
     """
     device = torch.device(device)
-    was_training = backbone.training
-    backbone.to(device).eval()
+    backbone.to(device)
     feats: list[torch.Tensor] = []
     labels: list[torch.Tensor] = []
-    try:
-        for batch in _progress(loader, progress, "features"):
+    with eval_mode(backbone):
+        for batch in runtime_progress(loader, "features", progress):
             images, target = split_batch(batch)
-            with autocast_context(device, amp):
+            with autocast(device, amp):
                 out = backbone(move_images(images, device, channels_last))  # (B,D)
             if out.dim() != 2:
                 raise ValueError(
@@ -148,8 +122,6 @@ def extract_features(
                 )
             feats.append(out.float())  # stays on the device: one transfer at the end
             labels.append(target)
-    finally:
-        backbone.train(was_training)
     if not feats:
         raise ValueError("loader: yielded no batches; expected at least one")
     return torch.cat(feats).cpu(), torch.cat(labels).cpu()  # (N,D), (N,)

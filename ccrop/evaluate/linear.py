@@ -11,10 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torchvision import transforms as T
-from tqdm import tqdm
 
 from ccrop.evaluate.features import (
-    autocast_context,
     check_feature_bank,
     check_labels,
     extract_features,
@@ -22,6 +20,8 @@ from ccrop.evaluate.features import (
     split_batch,
     top1_percent,
 )
+from ccrop.runtime import autocast, eval_mode
+from ccrop.runtime import progress as progress_bar
 from ccrop.syncs import LossDisplay
 
 __all__ = [
@@ -169,23 +169,21 @@ def eval_transform(
 @contextlib.contextmanager
 def _frozen(backbone: nn.Module) -> Iterator[None]:
     """Freeze `backbone` (no grad, eval mode) and restore its flags and mode on exit."""
-    was_training = backbone.training
     flags = [p.requires_grad for p in backbone.parameters()]
     backbone.requires_grad_(False)
-    backbone.eval()
     try:
-        yield
+        with eval_mode(backbone):
+            yield
     finally:
         for p, flag in zip(backbone.parameters(), flags):
             p.requires_grad_(flag)
-        backbone.train(was_training)
 
 
 def _frozen_features(
     backbone: nn.Module, images: torch.Tensor, device: torch.device, amp: bool, channels_last: bool
 ) -> torch.Tensor:
     """Pooled features (B,D) float32 of a frozen backbone, no graph kept."""
-    with torch.no_grad(), autocast_context(device, amp):
+    with torch.no_grad(), autocast(device, amp):
         return backbone(move_images(images, device, channels_last)).float()  # (B,D)
 
 
@@ -205,8 +203,7 @@ def _train_epoch(
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     shown = LossDisplay(device)
-    bar = tqdm(loader, desc=opts["desc"], leave=False, disable=not opts["progress"],
-               dynamic_ncols=True)
+    bar = progress_bar(loader, opts["desc"], opts["progress"])
     for i, batch in enumerate(bar):
         images, labels = split_batch(batch)
         labels = labels.to(device, non_blocking=True)  # (B,)
@@ -219,7 +216,7 @@ def _train_epoch(
         loss_sum += loss.detach() * labels.numel()
         correct += (logits.argmax(1) == labels).sum()
         seen += labels.numel()
-        if opts["progress"] and i % 10 == 0:
+        if bar is not loader and i % 10 == 0:  # a bar is shown
             bar.set_postfix(loss=shown.update(loss))
     if seen == 0:
         raise ValueError("train_loader: yielded no batches; expected at least one")
@@ -251,14 +248,13 @@ def evaluate_classifier(
         Top-1 accuracy in percent.
     """
     device = torch.device(device)
-    backbone.eval()
-    classifier.eval()
     preds, targets = [], []
-    for batch in tqdm(loader, desc="eval", leave=False, disable=not progress, dynamic_ncols=True):
-        images, labels = split_batch(batch)
-        feats = _frozen_features(backbone, images, device, amp, channels_last)  # (B,D)
-        preds.append(classifier(feats).argmax(1).cpu())  # (B,)
-        targets.append(labels)
+    with eval_mode(backbone, classifier), torch.no_grad():
+        for batch in progress_bar(loader, "eval", progress):
+            images, labels = split_batch(batch)
+            feats = _frozen_features(backbone, images, device, amp, channels_last)  # (B,D)
+            preds.append(classifier(feats).argmax(1).cpu())  # (B,)
+            targets.append(labels)
     if not preds:
         raise ValueError("test_loader: yielded no batches; expected at least one")
     return top1_percent(torch.cat(preds), torch.cat(targets))

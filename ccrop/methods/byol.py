@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ccrop.losses import byol_loss
-from ccrop.methods.common import ema_update, one_group
+from ccrop.methods.common import MethodDefaults, ema_update
 from ccrop.models.heads import mlp
 
 
@@ -28,7 +28,7 @@ def cosine_momentum(base: float, progress: float) -> float:
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
-class BYOL(nn.Module):
+class BYOL(MethodDefaults):
     """BYOL with MLP projector and predictor; symmetric loss.
 
     The target (backbone + projector) is a deep copy of the online network at init and is never
@@ -60,11 +60,6 @@ class BYOL(nn.Module):
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.base_momentum = momentum
 
-    @property
-    def heatmap_encoder(self) -> nn.Module:
-        """The encoder whose ``forward_features`` gives the localization heatmaps."""
-        return self.backbone
-
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compute the symmetric loss for a batch of view pairs.
 
@@ -82,6 +77,10 @@ class BYOL(nn.Module):
             t2 = self.target_projector(self.target_backbone(x2))  # (B, D)
         return {"loss": byol_loss(p1, t2) + byol_loss(p2, t1)}
 
+    def after_step(self, progress: float) -> None:
+        """After each optimizer step: the momentum update (``momentum_update``)."""
+        self.momentum_update(progress)
+
     def momentum_update(self, progress: float) -> None:
         """Target ``= tau * target + (1 - tau) * online``; call after ``optimizer.step()``.
 
@@ -91,15 +90,3 @@ class BYOL(nn.Module):
         tau = cosine_momentum(self.base_momentum, progress)
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_projector, self.projector, tau)
-
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """One group with the online encoder, projector and predictor.
-
-        Args:
-            lr: Learning rate.
-            weight_decay: Weight decay.
-
-        Returns:
-            A list with one parameter group.
-        """
-        return one_group(self, lr, weight_decay)

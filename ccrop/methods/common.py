@@ -1,4 +1,4 @@
-"""Small helpers the method files share: EMA of a target network, one optimizer group."""
+"""What the method files share: defaults of the method interface, EMA, one optimizer group."""
 
 from __future__ import annotations
 
@@ -37,3 +37,33 @@ def one_group(module: nn.Module, lr: float, weight_decay: float) -> list[dict]:
     """
     params = [p for p in module.parameters() if p.requires_grad]
     return [{"params": params, "lr": lr, "weight_decay": weight_decay}]
+
+
+class MethodDefaults(nn.Module):
+    """The parts of the method interface (``ccrop.methods.SSLMethod``) most methods share:
+    the heatmap encoder is ``self.backbone``, all trainable parameters form one optimizer group,
+    and nothing happens after a step. A method overrides what differs; momentum and queue
+    updates stay explicit in the method's own file (its ``after_step``)."""
+
+    backbone: nn.Module
+
+    @property
+    def heatmap_encoder(self) -> nn.Module:
+        """The encoder whose feature maps give the localization heatmaps."""
+        return self.backbone
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
+        """Optimizer parameter groups: one group with every trainable parameter.
+
+        Args:
+            lr: Learning rate.
+            weight_decay: Weight decay.
+        """
+        return one_group(self, lr, weight_decay)
+
+    def after_step(self, progress: float) -> None:
+        """Called by the engine after each optimizer step; nothing by default.
+
+        Args:
+            progress: global step / total steps, in (0, 1].
+        """

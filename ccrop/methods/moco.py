@@ -10,11 +10,11 @@ from torch import nn
 
 from ccrop import dist
 from ccrop.losses import info_nce_queue
-from ccrop.methods.common import ema_update, one_group
+from ccrop.methods.common import MethodDefaults, ema_update
 from ccrop.models.heads import mlp
 
 
-class MoCo(nn.Module):
+class MoCo(MethodDefaults):
     """MoCo with a key encoder (deep copy of backbone + head, no grad) and a (K, D) key queue.
 
     The heatmap encoder is the query encoder ``self.backbone``. Shuffle-BN (keys computed on a
@@ -63,11 +63,6 @@ class MoCo(nn.Module):
         self.momentum, self.temperature, self.symmetric = momentum, temperature, symmetric
         self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
         self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
-
-    @property
-    def heatmap_encoder(self) -> nn.Module:
-        """The encoder whose ``forward_features`` gives the localization heatmaps."""
-        return self.backbone
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
@@ -123,6 +118,10 @@ class MoCo(nn.Module):
         self.queue.index_copy_(0, idx, keys.to(self.queue.dtype))
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
+    def after_step(self, progress: float) -> None:
+        """After each optimizer step: the momentum update (``momentum_update``)."""
+        self.momentum_update(progress)
+
     def momentum_update(self, progress: float = 0.0) -> None:
         """Key encoder ``= m * key + (1 - m) * query``; call after ``optimizer.step()``.
 
@@ -131,15 +130,3 @@ class MoCo(nn.Module):
         """
         ema_update(self.key_backbone, self.backbone, self.momentum)
         ema_update(self.key_projector, self.projector, self.momentum)
-
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """One group with the query encoder and head (the key encoder is not trained).
-
-        Args:
-            lr: Learning rate.
-            weight_decay: Weight decay.
-
-        Returns:
-            A list with one parameter group.
-        """
-        return one_group(self, lr, weight_decay)

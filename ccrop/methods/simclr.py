@@ -6,11 +6,11 @@ import torch
 from torch import nn
 
 from ccrop.losses import nt_xent
-from ccrop.methods.common import one_group
+from ccrop.methods.common import MethodDefaults
 from ccrop.models.heads import mlp
 
 
-class SimCLR(nn.Module):
+class SimCLR(MethodDefaults):
     """SimCLR with a Linear-BN-ReLU-Linear projection head.
 
     The heatmap encoder is ``self.backbone`` (the only encoder).
@@ -38,11 +38,6 @@ class SimCLR(nn.Module):
         self.projector = mlp(backbone.feat_dim, proj_hidden, proj_dim)
         self.temperature = temperature
 
-    @property
-    def heatmap_encoder(self) -> nn.Module:
-        """The encoder whose ``forward_features`` gives the localization heatmaps."""
-        return self.backbone
-
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compute the loss for a batch of view pairs.
 
@@ -58,15 +53,3 @@ class SimCLR(nn.Module):
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2B, proj_dim)
         z1, z2 = z.chunk(2)  # (B, proj_dim) each
         return {"loss": nt_xent(z1, z2, self.temperature)}
-
-    def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Optimizer parameter groups.
-
-        Args:
-            lr: Learning rate.
-            weight_decay: Weight decay.
-
-        Returns:
-            One group with all trainable parameters.
-        """
-        return one_group(self, lr, weight_decay)

@@ -7,10 +7,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ccrop.losses import neg_cosine
+from ccrop.methods.common import MethodDefaults
 from ccrop.models.heads import mlp
 
 
-class SimSiam(nn.Module):
+class SimSiam(MethodDefaults):
     """SimSiam with a 3-layer projector (output BN) and a 2-layer bottleneck predictor.
 
     Build the backbone with ``zero_init_residual=True`` (as the official setting does); this
@@ -37,11 +38,6 @@ class SimSiam(nn.Module):
         self.projector = mlp(backbone.feat_dim, proj_dim, proj_dim, num_layers=3, last_bn=True)
         self.predictor = mlp(proj_dim, pred_hidden, proj_dim)
         self.fixed_predictor_lr = fixed_predictor_lr
-
-    @property
-    def heatmap_encoder(self) -> nn.Module:
-        """The encoder whose ``forward_features`` gives the localization heatmaps."""
-        return self.backbone
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
         """Compute the symmetric loss for a batch of view pairs.

@@ -11,9 +11,10 @@ from PIL import Image
 from ccrop import dist
 from ccrop.cli import main
 from ccrop.config import load_config
-from ccrop.data.sources import DecodedImages, DeviceLabeledBatches, eval_loader, fit_size
+from ccrop.data.sources import DecodedImages, eval_loader, fit_size
 from ccrop.data.synthetic import SyntheticObjects
 from ccrop.data.views import EvalTransform
+from ccrop.evaluate.batches import DeviceLabeledBatches
 
 
 @pytest.fixture
@@ -176,7 +177,7 @@ def test_bad_arguments_are_rejected(ds):
 
 
 def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
-    from ccrop.build import build_run
+    from ccrop.build import build_evaluator, build_run
 
     cfg = load_config(None, [
         "data.dataset=synthetic", "data.dataset_kwargs.num_images=40", "data.batch_size=8",
@@ -184,10 +185,11 @@ def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
         "crop.warmup_epochs=0", "train.tensorboard=false", "train.progress=false",
         "train.device=cpu", f"train.out_dir={tmp_path}"])
     run = build_run(cfg)
-    bank = run.data.eval_batches(cfg.data.eval_train_split, run.device)
-    assert bank.views.images.data_ptr() == run.source.views.images.data_ptr()  # one copy
-    test = run.data.eval_batches(cfg.data.test_split, run.device)
-    assert test.views.images.data_ptr() != run.source.views.images.data_ptr()
+    evaluator = build_evaluator(run.data, run.source)
+    bank = evaluator.eval_batches(cfg.data.eval_train_split, run.device)
+    assert bank.images.data.data_ptr() == run.source.images.data.data_ptr()  # one copy
+    test = evaluator.eval_batches(cfg.data.test_split, run.device)
+    assert test.images.data.data_ptr() != run.source.images.data.data_ptr()
     ref = eval_loader(run.data.train, EvalTransform(run.data.mean, run.data.std), 8, 0)
     for (x, y), (xr, yr) in zip(bank, ref):  # the shared copy gives the eval images
         assert torch.equal(y, yr.long())

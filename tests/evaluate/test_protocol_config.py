@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ccrop.build import build_data
+from ccrop.build import build_data, build_evaluator
 from ccrop.cli import main
 from ccrop.config import ConfigError, load_config, upgrade_config_dict
 from ccrop.data.sources import loc_loader
@@ -33,7 +33,8 @@ def imagenet_like(tmp_path):
 
 def test_knn_and_linear_test_inputs_are_resize_256_then_centre_crop_224(imagenet_like):
     data = build_data(imagenet_like)
-    x = data.eval_transform()(_gradient_image())  # (3, 224, 224) normalised
+    evaluator = build_evaluator(data)
+    x = evaluator.eval_transform()(_gradient_image())  # (3, 224, 224) normalised
     assert x.shape == (3, 224, 224)
     mean = torch.tensor(data.mean).view(3, 1, 1)
     std = torch.tensor(data.std).view(3, 1, 1)
@@ -44,7 +45,7 @@ def test_knn_and_linear_test_inputs_are_resize_256_then_centre_crop_224(imagenet
     assert red_lo == pytest.approx(62.5 / 300 * 255, abs=3)
     assert red_hi == pytest.approx(237.5 / 300 * 255, abs=3)
     assert rgb[1, 0, :].mean() == pytest.approx(12.5 / 200 * 255, abs=3)
-    images, _ = next(iter(data.eval_batches("val", torch.device("cpu"))))
+    images, _ = next(iter(evaluator.eval_batches("val", torch.device("cpu"))))
     assert images.shape == (2, 3, 224, 224) and torch.allclose(images[0], x, atol=1e-6)
 
 

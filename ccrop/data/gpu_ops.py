@@ -1,7 +1,8 @@
-"""Batched view generation on tensors (GPU or CPU): crop+resize, flip, jitter, gray, blur, solarize.
+"""Batched image ops on tensors (GPU or CPU): crop+resize, flip, jitter, gray, blur, solarize.
 
-The GPU twin of ``ccrop.data.views.ViewTransform``: the same crop law (``ccrop.crop``, batched),
-the same photometric distributions (``ccrop.data.views.Recipe``), applied to a whole batch with
+Pure functions of images and per-sample parameters; ``ccrop.data.gpu_views.GPUViews`` chains
+them into views. They are the GPU twin of ``ccrop.data.views.ViewTransform``: the same
+photometric distributions (``ccrop.data.views.Recipe``) applied to a whole batch with
 per-sample parameters, without a Python loop over samples and without host syncs on CUDA.
 Numeric differences from the PIL pipeline (uint8 rounding, PIL's blur and hue) are listed in
 ``docs/gpu_views.md``.
@@ -11,17 +12,13 @@ Every image op takes float images ``(B, 3, H, W)`` in [0, 1] and per-sample para
 
 from __future__ import annotations
 
-import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .boxes import BoxStore
-from .crop import CropPlan
-from .data.views import RECIPES, Recipe
+from .views import RECIPES, Recipe
 
 #: ITU-R 601 luma weights as torchvision's ``rgb_to_grayscale`` uses them.
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
@@ -221,31 +218,19 @@ def _blend_stage_(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.T
     return _blend_(x, target, f)
 
 
-_FORCE_ACCELERATOR_PATHS = False
+def default_sync_free(device: torch.device) -> bool:
+    """Whether ops on ``device`` should avoid data-dependent shapes. On the CPU a boolean index
+    (``nonzero``) costs nothing and skips work; on accelerators it is a host sync that stalls
+    the stream (``ccrop.syncs``), so every sample is computed and picked with ``torch.where``.
+    Sync audits on the CPU pass ``sync_free=True`` to take the accelerator paths."""
+    return device.type != "cpu"
 
 
-def _syncs_are_free(device: torch.device) -> bool:
-    """True where a data-dependent shape (``nonzero``) costs nothing: the CPU. On accelerators
-    it is a host sync, which stalls the stream (``ccrop.syncs``)."""
-    return device.type == "cpu" and not _FORCE_ACCELERATOR_PATHS
-
-
-@contextmanager
-def accelerator_paths() -> Iterator[None]:
-    """Take the sync-free code paths meant for accelerators on CPU too (sync audits on CPU)."""
-    global _FORCE_ACCELERATOR_PATHS
-    before, _FORCE_ACCELERATOR_PATHS = _FORCE_ACCELERATOR_PATHS, True
-    try:
-        yield
-    finally:
-        _FORCE_ACCELERATOR_PATHS = before
-
-
-def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Hue-shift, in place, the samples with ``sel``. On CPU only those samples are computed
-    (a boolean index costs nothing there); on accelerators every sample is computed and picked
-    with ``torch.where``, so no host sync happens."""
-    if _syncs_are_free(x.device):
+def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor,
+                sync_free: bool) -> torch.Tensor:
+    """Hue-shift, in place, the samples with ``sel``: only those with a boolean index, or (sync
+    free) every sample, picked with ``torch.where``."""
+    if not sync_free:
         idx = sel.nonzero().squeeze(1)  # (K,)
         if idx.numel() > 0:
             x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), shift[idx]))
@@ -254,7 +239,8 @@ def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor) -> torc
 
 
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
-                 apply: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+                 apply: torch.Tensor, inplace: bool = False,
+                 sync_free: bool | None = None) -> torch.Tensor:
     """ColorJitter with each sample's own op order, as ``ViewTransform`` applies it.
 
     Four stages; at stage j every sample runs op ``order[:, j]`` (0 brightness, 1 contrast,
@@ -266,18 +252,20 @@ def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
         factors: (B, 4) brightness, contrast, saturation factors (>= 0) and hue shift.
         apply: (B,) bool; False leaves the sample unchanged.
         inplace: overwrite ``x``.
+        sync_free: no data-dependent shapes (default: ``default_sync_free(x.device)``).
 
     Returns:
         (B, 3, H, W).
     """
     x = _out(x, inplace)
+    sync_free = default_sync_free(x.device) if sync_free is None else sync_free
     factors = factors.to(x.dtype)
     for j in range(4):
         op = order[:, j]  # (B,)
         f = factors.gather(1, op.clamp(max=2)[:, None]).squeeze(1)  # (B,)
         f = torch.where(apply & (op < 3), f, torch.ones_like(f))
         _blend_stage_(x, op, f)
-        _hue_stage_(x, apply & (op == 3), factors[:, 3])
+        _hue_stage_(x, apply & (op == 3), factors[:, 3], sync_free)
     return x
 
 
@@ -418,7 +406,8 @@ def sample_view_params(b: int, recipe: Recipe, generator: torch.Generator | None
 
 
 def augment(x: torch.Tensor, params: dict[str, torch.Tensor], recipe: Recipe,
-            blur_kernel_size: int, inplace: bool = False) -> torch.Tensor:
+            blur_kernel_size: int, inplace: bool = False,
+            sync_free: bool | None = None) -> torch.Tensor:
     """Photometric chain of ``ViewTransform`` after crop and flip: jitter, gray, blur, solarize.
 
     Ops whose probability in ``recipe`` is 0 are skipped (a static check, no sync).
@@ -429,13 +418,15 @@ def augment(x: torch.Tensor, params: dict[str, torch.Tensor], recipe: Recipe,
         recipe: the recipe the params were drawn with.
         blur_kernel_size: odd K of the Gaussian blur.
         inplace: let jitter and grayscale overwrite ``x`` (the view pipeline's own buffer).
+        sync_free: see ``color_jitter``.
 
     Returns:
         (B, 3, S, S) in [0, 1].
     """
     x = _out(x, inplace)
     if recipe.jitter_p > 0:
-        x = color_jitter(x, params["order"], params["factors"], params["jitter"], inplace=True)
+        x = color_jitter(x, params["order"], params["factors"], params["jitter"], inplace=True,
+                         sync_free=sync_free)
     if recipe.gray_p > 0:
         x = grayscale(x, params["gray"], inplace=True)
     if recipe.blur_p > 0:
@@ -445,7 +436,7 @@ def augment(x: torch.Tensor, params: dict[str, torch.Tensor], recipe: Recipe,
     return x
 
 
-# ----------------------------------------------------------------------------- view source
+# ----------------------------------------------------------------------------- checks
 
 
 def check_recipe(recipe: Recipe | str) -> Recipe:
@@ -469,7 +460,7 @@ def check_recipe(recipe: Recipe | str) -> Recipe:
     return recipe
 
 
-def _check_images(images: Any) -> torch.Tensor:
+def check_images(images: Any) -> torch.Tensor:
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
         raise ValueError(f"images must be a (N, 3, H, W) uint8 tensor, got {shape}")
@@ -480,7 +471,7 @@ def _check_images(images: Any) -> torch.Tensor:
     return images
 
 
-def _check_extents(extents: Any, b: int) -> torch.Tensor:
+def check_extents(extents: Any, b: int) -> torch.Tensor:
     """Validate the (B, 2) integer ``(h, w)`` valid regions of a batch (shape and dtype only)."""
     ok = isinstance(extents, torch.Tensor) and tuple(extents.shape) == (b, 2)
     if not ok or extents.is_floating_point() or extents.dtype == torch.bool:
@@ -490,250 +481,9 @@ def _check_extents(extents: Any, b: int) -> torch.Tensor:
     return extents
 
 
-def _check_stats(values: Sequence[float], name: str, positive: bool) -> torch.Tensor:
+def check_stats(values: Sequence[float], name: str, positive: bool) -> torch.Tensor:
     t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
     if t.numel() != 3 or not torch.isfinite(t).all() or (positive and (t <= 0).any()):
         need = "3 finite values > 0" if positive else "3 finite values"
         raise ValueError(f"{name} must be {need}, got {values!r}")
     return t
-
-
-class GPUViews:
-    """View source for small datasets held on the device: ``indices -> [view_1, ..., view_V]``.
-
-    The whole dataset lives on ``device`` as uint8; a batch of indices becomes V augmented views
-    in a handful of batched ops (crop law of ``ccrop.crop``, photometric law of
-    ``ccrop.data.views.ViewTransform``). The engine calls ``sync_boxes`` after every box update.
-
-    Args:
-        images: (N, 3, H, W) uint8 dataset (e.g. from ``ccrop.data.dataset_to_uint8``); (N, 1, H, W)
-            is broadcast to RGB. An int N instead means no resident images: batches decoded
-            elsewhere (folder datasets) are augmented with ``views_of``.
-        store: ``BoxStore`` of N boxes (read by a ccrop plan); None = the plan's fixed box.
-        recipe: ``Recipe`` or a name in ``ccrop.data.views.RECIPES``.
-        plan: the crop law (``ccrop.crop.CropPlan``: ContrastiveCrop, SimCCrop or RRC), the
-            same object the per-sample transforms use.
-        size: output side S (default H).
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std (> 0).
-        num_views: V (>= 1).
-        device: where images, boxes and views live (default ``images.device``).
-        out_dtype: float32, float16 or bfloat16 views.
-        channels_last: return views in channels-last memory format.
-        blur_kernel_size: odd Gaussian kernel size (default ``2 * ceil(3 * max sigma) + 1``,
-            capped below ``2 * S``).
-
-    Example:
-        >>> views = GPUViews(images.cuda(), store, recipe="cifar", plan=CropPlan(alpha=0.1))
-        >>> for idx in views.epoch_batches(512, generator=g):
-        ...     v1, v2 = views(idx, generator=g)
-    """
-
-    def __init__(
-        self, images: torch.Tensor, store: BoxStore | None = None, recipe: Recipe | str = "cifar",
-        plan: CropPlan | None = None, size: int | None = None,
-        mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-        num_views: int = 2, device: torch.device | str | None = None,
-        out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-        blur_kernel_size: int | None = None,
-    ) -> None:
-        resident = not isinstance(images, int)
-        if resident:
-            images = _check_images(images)
-        elif images < 1:
-            raise ValueError(f"images must be a (N, C, H, W) uint8 tensor or N >= 1, got {images}")
-        if plan is not None and not isinstance(plan, CropPlan):
-            raise ValueError(f"plan must be a ccrop.crop.CropPlan, got {type(plan).__name__}")
-        self.plan = plan if plan is not None else CropPlan()
-        if size is None and not resident:
-            raise ValueError("size is required when images is a count (no resident images)")
-        self.size = int(images.shape[-2] if size is None else size)
-        if self.size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if int(num_views) < 1:
-            raise ValueError(f"num_views must be >= 1, got {num_views}")
-        if out_dtype not in (torch.float32, torch.float16, torch.bfloat16):
-            raise ValueError(f"out_dtype must be float32, float16 or bfloat16, got {out_dtype}")
-        if device is None:
-            device = images.device if resident else "cpu"
-        self.device = torch.device(device)
-        self.images = images.to(self.device) if resident else None  # (N, C, H, W) uint8
-        self._n = images.shape[0] if resident else int(images)
-        self.recipe = check_recipe(recipe)
-        self.num_views, self.out_dtype = int(num_views), out_dtype
-        self.channels_last = bool(channels_last)
-        self.mean = _check_stats(mean, "mean", False).to(self.device)
-        self.std = _check_stats(std, "std", True).to(self.device)
-        self.blur_kernel_size = self._kernel_size(blur_kernel_size)
-        fixed = torch.tensor(self.plan.fixed_box, dtype=torch.float32, device=self.device)
-        self.boxes = fixed.repeat(len(self), 1)  # (N, 4) the plan reads them if it localizes
-        if store is not None:
-            self.sync_boxes(store)
-
-    def _kernel_size(self, k: int | None) -> int:
-        """Validate or derive the blur kernel size (odd, reflect padding needs K // 2 < S)."""
-        if k is None:
-            k = min(2 * math.ceil(3 * self.recipe.blur_sigma[1]) + 1, 2 * self.size - 1)
-        if int(k) < 1 or int(k) % 2 == 0 or int(k) // 2 >= self.size:
-            raise ValueError(f"blur_kernel_size must be odd and in [1, {2 * self.size - 1}], "
-                             f"got {k}")
-        return int(k)
-
-    def __len__(self) -> int:
-        return self._n
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        """``(H, W)`` of the stored images."""
-        return int(self.images.shape[-2]), int(self.images.shape[-1])
-
-    def sync_boxes(self, store: BoxStore | torch.Tensor) -> None:
-        """Copy the store's boxes (N, 4) to the device; call after every box update."""
-        boxes = store.boxes if isinstance(store, BoxStore) else torch.as_tensor(store)
-        if tuple(boxes.shape) != (len(self), 4):
-            raise ValueError(f"store must hold ({len(self)}, 4) boxes, got {tuple(boxes.shape)}")
-        self.boxes.copy_(boxes.to(self.device, torch.float32))
-
-    def _check_indices(self, indices: torch.Tensor) -> torch.Tensor:
-        """1-D int64 on the device (range not checked: that would need a host sync)."""
-        if not isinstance(indices, torch.Tensor) or indices.dim() != 1:
-            raise ValueError("indices must be a 1-D int64 tensor of dataset indices")
-        if indices.dtype != torch.int64:
-            raise ValueError(f"indices must be int64, got {indices.dtype}")
-        return indices.to(self.device, non_blocking=True)
-
-    def crop_params(self, src: torch.Tensor, generator: torch.Generator | None = None,
-                    image_size: tuple[int, int] | torch.Tensor | None = None) -> torch.Tensor:
-        """Crop rectangles for the boxes of dataset indices ``src``.
-
-        Args:
-            src: (B,) int64 dataset indices on the device.
-            generator: optional ``torch.Generator`` on the device.
-            image_size: ``(H, W)`` shared by the batch (default: the resident images' size),
-                or a (B, 2) integer tensor of per-sample ``(h, w)`` valid regions.
-
-        Returns:
-            (B, 4) int64 ``(top, left, h, w)``, each inside its own image or valid region.
-        """
-        boxes = self.boxes.index_select(0, src)  # (B, 4)
-        if isinstance(image_size, torch.Tensor):
-            h, w = image_size[:, 0], image_size[:, 1]  # (B,) each
-        else:
-            h, w = image_size or self.image_size
-        return self.plan.sample_batch(h, w, boxes, generator)
-
-    def __call__(self, indices: torch.Tensor,
-                 generator: torch.Generator | None = None) -> list[torch.Tensor]:
-        """V independent augmented views of each indexed image.
-
-        Args:
-            indices: (B,) int64 dataset indices (on the device).
-            generator: optional ``torch.Generator`` on the device.
-
-        Returns:
-            V tensors (B, 3, S, S), normalised, ``out_dtype``.
-        """
-        if self.images is None:
-            raise ValueError("no resident images: use views_of(batch, indices)")
-        idx = self._check_indices(indices)
-        return self._views(self.images, idx, idx, generator)
-
-    def views_of(self, batch: torch.Tensor, indices: torch.Tensor,
-                 generator: torch.Generator | None = None,
-                 extents: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """V augmented views of a decoded batch (folder datasets: DataLoader workers decode).
-
-        Boxes are read by dataset index and are normalised, so they apply to the decoded size.
-        With ``extents`` each image is the top-left ``h x w`` region of its canvas (the rest is
-        padding): crops are sampled inside that region, boxes are relative to it, and the
-        padding is never read (``crop_resize`` weights vanish outside each crop).
-
-        Args:
-            batch: (B, C, H0, W0) uint8 images (canvases) on any device (moved to
-                ``self.device``).
-            indices: (B,) int64 dataset indices of the batch's images.
-            generator: optional ``torch.Generator`` on the device.
-            extents: optional (B, 2) int64 ``(h, w)`` valid region of each canvas, with
-                ``1 <= h <= H0`` and ``1 <= w <= W0`` (not checked: a host sync);
-                None = the whole ``H0 x W0`` canvas.
-
-        Returns:
-            V tensors (B, 3, S, S), normalised, ``out_dtype``.
-        """
-        batch = _check_images(batch).to(self.device, non_blocking=True)
-        idx = self._check_indices(indices)
-        if extents is not None:
-            extents = _check_extents(extents, batch.shape[0]).to(self.device, non_blocking=True)
-        rows = torch.arange(batch.shape[0], device=self.device)
-        return self._views(batch, rows, idx, generator, extents)
-
-    def _views(self, images: torch.Tensor, rows: torch.Tensor, idx: torch.Tensor,
-               generator: torch.Generator | None,
-               extents: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Views of ``images[rows]`` with the boxes of dataset indices ``idx`` (both (B,)),
-        cropped inside the (B, 2) ``extents`` if given."""
-        v = self.num_views
-        src, rows = idx.repeat(v), rows.repeat(v)  # (V*B,) view-major: view k is [k*B:(k+1)*B]
-        size = tuple(images.shape[-2:]) if extents is None else extents.repeat(v, 1)  # (V*B, 2)
-        params = self.crop_params(src, generator, size)  # (V*B, 4)
-        vp = sample_view_params(src.shape[0], self.recipe, generator, self.device)
-        x = crop_resize(images, rows, params, self.size, flip=vp["flip"])  # (V*B, 3, S, S)
-        x = augment(x, vp, self.recipe, self.blur_kernel_size, inplace=True)
-        return list(self._finish(x).split(idx.shape[0]))
-
-    def eval_batch(self, indices: torch.Tensor) -> torch.Tensor:
-        """Un-augmented normalised images (localization pass, kNN): (B,) -> (B, 3, H, W)."""
-        if self.images is None:
-            raise ValueError("no resident images: eval_batch needs images held on the device")
-        idx = self._check_indices(indices)
-        x = self.images.index_select(0, idx).expand(-1, 3, -1, -1)  # (B, 3, H, W) uint8
-        return self._finish(x.to(torch.float32, memory_format=torch.contiguous_format).div_(255))
-
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalise, cast and lay out: (B, 3, S, S) in [0, 1] -> output tensor."""
-        x = normalize(x, self.mean, self.std, inplace=True).to(self.out_dtype)
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt)
-
-    def num_batches(self, batch_size: int, drop_last: bool = True, world_size: int = 1) -> int:
-        """Number of batches ``epoch_batches`` yields with the same arguments."""
-        per_rank = len(self) // world_size
-        return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
-
-    def epoch_batches(
-        self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
-        drop_last: bool = True, rank: int = 0, world_size: int = 1,
-    ) -> Iterator[torch.Tensor]:
-        """Index batches of one epoch, made on the device (no host round trip).
-
-        Args:
-            batch_size: indices per batch (>= 1).
-            shuffle: random permutation (``torch.randperm`` on the device) or 0..N-1.
-            generator: optional ``torch.Generator`` on the device; with several ranks every rank
-                must pass an identically seeded one.
-            drop_last: drop the last incomplete batch.
-            rank: this process's rank; it takes every ``world_size``-th index.
-            world_size: number of ranks (the N % world_size tail is dropped so ranks match).
-
-        Yields:
-            (batch_size,) int64 index tensors (the last one shorter if ``drop_last`` is False).
-        """
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= int(rank) < int(world_size):
-            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world={world_size}")
-        n = len(self)
-        if shuffle:
-            order = torch.randperm(n, generator=generator, device=self.device)
-        else:
-            order = torch.arange(n, device=self.device)
-        order = order[: n - n % world_size][rank::world_size]  # (N // world_size,)
-        m = order.shape[0]
-        stop = m - m % batch_size if drop_last else m
-        for start in range(0, stop, batch_size):
-            yield order[start:start + batch_size]
-
-    def __repr__(self) -> str:
-        h, w = self.image_size if self.images is not None else (0, 0)
-        return (f"{type(self).__name__}(n={len(self)}, image={h}x{w}, size={self.size}, "
-                f"plan={self.plan}, views={self.num_views}, device={self.device})")

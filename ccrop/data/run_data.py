@@ -1,0 +1,83 @@
+"""A run's datasets and their defaults: ``RunData`` (plain data) and ``build_data``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config import Config, ConfigError
+from .registry import DATASET_INFO, build_dataset
+
+
+@dataclass
+class RunData:
+    """The datasets of a run and their defaults (plain data; evaluation: ``Evaluator``)."""
+
+    cfg: Config
+    train: Any
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    image_size: int
+    num_classes: int
+    gt_boxes: torch.Tensor | None
+    has_labels: bool
+    _splits: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> Any:
+        """A dataset split, built once (the pretraining split is reused)."""
+        if name == self.cfg.data.train_split:
+            return self.train
+        if name not in self._splits:
+            self._splits[name] = _dataset(self.cfg, name)
+        return self._splits[name]
+
+    def bad_image_paths(self) -> list[str]:
+        """Images skipped as unreadable (folder datasets with ``data.on_bad_image=skip``)."""
+        skipped = getattr(self.train, "skipped_paths", None)
+        return skipped() if skipped is not None else []
+
+    def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float images in [0, 1] for figures."""
+        from .images import to_rgb
+
+        out = []
+        for i in idx.tolist():
+            img = to_rgb(self.train[i][0]).resize((self.image_size, self.image_size))
+            out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
+        return torch.stack(out).float() / 255
+
+
+def _dataset(cfg: Config, split: str) -> Any:
+    d = cfg.data
+    kwargs = dict(d.dataset_kwargs)
+    if d.dataset in ("imagefolder", "unlabeled-folder", "imagenet200"):
+        kwargs.setdefault("on_bad_image", d.on_bad_image)
+    try:
+        return build_dataset(d.dataset, d.root, split, d.download, **kwargs)
+    except TypeError as err:
+        raise ConfigError(f"data.dataset_kwargs do not fit dataset {d.dataset!r}: {err}") from None
+
+
+def build_data(cfg: Config) -> RunData:
+    """Build the pretraining dataset and its defaults (mean, std, size, classes, gt boxes)."""
+    d = cfg.data
+    if d.dataset not in DATASET_INFO:
+        raise ConfigError(f"data.dataset must be one of {sorted(DATASET_INFO)}, got {d.dataset!r}")
+    info = DATASET_INFO[d.dataset]
+    train = _dataset(cfg, d.train_split)
+    if len(train) == 0:
+        raise ConfigError(f"data.dataset {d.dataset!r} split {d.train_split!r} is empty")
+    if d.batch_size > len(train):
+        raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the dataset "
+                          f"({len(train)} images)")
+    gt = getattr(train, "gt_boxes", None)
+    targets = getattr(train, "targets", None)
+    has_labels = targets is None or (len(targets) > 0 and int(np.min(targets)) >= 0)
+    return RunData(cfg, train, tuple(d.mean or info["mean"]), tuple(d.std or info["std"]),
+                   # generated sets know their size (dataset_kwargs.image_size=64)
+                   int(d.image_size or getattr(train, "image_size", None) or info["image_size"]),
+                   int(info.get("num_classes") or 0),
+                   None if gt is None else torch.as_tensor(gt).float(), has_labels)
