@@ -290,17 +290,26 @@ def auto_chunk(device: torch.device, batch_size: int, num_views: int, size: int)
     return max(1, min(AUTO_CHUNK_MAX, AUTO_CHUNK_BYTES // per_batch))
 
 
+def _decoded_loaders(base: Dataset, spec: ViewSpec, decode_size: int, per_rank: int, seed: int,
+                     num_workers: int, device: torch.device, loc_batch_size: int):
+    """Sampler, training loader of uint8 ``DecodedImages`` canvases, and localization loader
+    of a folder dataset (``GPUSource`` with ``decode_size``)."""
+    ds = DecodedImages(base, decode_size)
+    sampler = _sampler(ds, True, seed, drop_last=True)
+    loader = DataLoader(ds, per_rank, sampler=sampler, drop_last=True, num_workers=num_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0)
+    return sampler, loader, loc_loader(base, spec.mean, spec.std, loc_batch_size, num_workers,
+                                       spec.loc_size)
+
+
 class GPUSource:
     """Batched views on the device (``ccrop.data.gpu_views``).
 
-    Small datasets are held on the device as uint8 (``images``, a ``DeviceImages``); folder
-    datasets are decoded by DataLoader workers to a short side of ``decode_size`` (aspect ratio
-    kept, long side at most 4/3 of it, top-left in a square canvas: ``DecodedImages``) and the
-    uint8 batches are augmented on the device, each crop inside its image's valid region (boxes
-    are normalised, so they apply to the resized image). The source keeps a device copy of the
-    boxes (``boxes_updated``). Shuffling and augmentation draw from generators seeded by
-    ``(seed, epoch)``, so a resumed run sees the same batches. During warm-up the views come
-    from the plan's warm-up law (``CropPlan.plain``).
+    Small datasets live on the device as uint8 (``DeviceImages``); folder datasets are decoded
+    by workers to canvases of short side ``decode_size`` (``DecodedImages``) and augmented on the
+    device, each crop inside its image's valid region. Boxes are kept on the device
+    (``boxes_updated``); shuffling and augmentation are seeded by ``(seed, epoch)``, so a resumed
+    run sees the same batches. Warm-up views follow ``CropPlan.plain``.
 
     Args:
         base: map-style dataset.
@@ -313,8 +322,8 @@ class GPUSource:
         decode_size: None = resident dataset; else the short side workers decode folder
             images to.
         num_workers: DataLoader workers (folder datasets; decoding a resident set once).
-        chunk: resident datasets: batches whose views one batched call makes (fewer, larger
-            kernels; the GPU path is launch-bound at CIFAR size). None = ``auto_chunk``.
+        chunk: resident sets: batches per batched view call (launch-bound GPU path at CIFAR
+            size). None = ``auto_chunk``.
         out_dtype: dtype of the views (bfloat16 under bf16 autocast saves the cast).
         channels_last: views in channels-last memory format.
     """
@@ -348,13 +357,9 @@ class GPUSource:
         self.epoch, self.use_boxes = 0, True
         self.loader = self.sampler = self.loc_loader = None
         if decode_size is not None:
-            ds = DecodedImages(base, decode_size)
-            self.sampler = _sampler(ds, True, seed, drop_last=True)
-            self.loader = DataLoader(ds, self.per_rank, sampler=self.sampler, drop_last=True,
-                                     num_workers=num_workers, pin_memory=device.type == "cuda",
-                                     persistent_workers=num_workers > 0)
-            self.loc_loader = loc_loader(base, spec.mean, spec.std, loc_batch_size, num_workers,
-                                         spec.loc_size)
+            self.sampler, self.loader, self.loc_loader = _decoded_loaders(
+                base, spec, decode_size, self.per_rank, seed, num_workers, device,
+                loc_batch_size)
 
     def __len__(self) -> int:
         if self.loader is not None:
