@@ -16,11 +16,7 @@
 set -u
 OUT=${OUT:-benchmarks/results/evidence_gpu}
 mkdir -p "$OUT"
-if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_env.sh"
 N=${N:-10000}; EPOCHS=${EPOCHS:-60}; SEEDS=${SEEDS:-3}; CONC=${CONC:-3}; DEVICE=${DEVICE:-cuda}
 ARMS=${ARMS:-rcrop,ccrop,oracle}; EXTRA=${EXTRA:-}; WORK=${WORK:-/tmp/evidence_gpu}
 ROOT=""

@@ -20,11 +20,7 @@
 set -u
 OUT=${OUT:-benchmarks/results/gpu_check}
 mkdir -p "$OUT"
-if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_env.sh"
 N=${N:-50000}; EPOCHS=${EPOCHS:-20}; CEPOCHS=${CEPOCHS:-6}; WORKERS=${WORKERS:-14}
 EXTRA=${EXTRA:-}
 STAGES=${STAGES:-"train_gpu bench sync_check compile_check train_gpu_compiled train_cpu bench_crop bench_compiled"}

@@ -23,11 +23,7 @@
 set -u
 OUT=${OUT:-benchmarks/results/imagenet_check}
 mkdir -p "$OUT"
-if [ -d .whl ] && ! python3 -c "import omegaconf" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_env.sh"
 DEVICE=${DEVICE:-$(python3 -c "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')")}
 CPU=$([ "$DEVICE" = cpu ] && echo 1 || echo 0)
 CORES=$(python3 -c "import os; print(len(os.sched_getaffinity(0)))")  # nproc obeys OMP_NUM_THREADS

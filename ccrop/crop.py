@@ -461,6 +461,11 @@ class CropPlan:
         """The warm-up law: RandomResizedCrop with this plan's scale and ratio."""
         return CropPlan("rcrop", self.scale, self.ratio, 1.0, None)
 
+    @property
+    def guard(self) -> float | None:
+        """The full-box guard in effect: ccrop's ``full_box_guard``, None for rcrop/simccrop."""
+        return self._law()[0]
+
     def _law(self) -> tuple[float | None, str]:
         """``(guard, placement)`` handed to the samplers."""
         if self.kind == "rcrop":
@@ -556,7 +561,7 @@ class ContrastiveCrop:
     scale = property(lambda self: self.plan.scale, doc="area fraction range")
     ratio = property(lambda self: self.plan.ratio, doc="aspect ratio range")
     alpha = property(lambda self: self.plan.alpha, doc="Beta concentration")
-    full_box_guard = property(lambda self: self.plan._law()[0], doc="guard in effect (or None)")
+    full_box_guard = property(lambda self: self.plan.guard, doc="guard in effect (or None)")
 
     def get_params(
         self, height: int, width: int, box: Any = FULL_BOX,

@@ -182,7 +182,7 @@ class ContrastiveCrop(Transform):
     def extra_repr(self) -> str:
         p = self.plan
         return (f"size={self.size}, scale={p.scale}, ratio={tuple(round(r, 4) for r in p.ratio)}"
-                f", alpha={p.alpha}, full_box_guard={p._law()[0]}, placement={p.placement!r}, "
+                f", alpha={p.alpha}, full_box_guard={p.guard}, placement={p.placement!r}, "
                 f"interpolation={self.interpolation}, antialias={self.antialias}")
 
 

@@ -16,31 +16,9 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
 
 
-def test_v2_example_runs_and_updates_boxes():
-    code = _python_blocks()[0]
-    assert "ContrastiveCrop" in code and "BoxedSamples" in code and "update_boxes" in code
-    code = code.replace("num_workers=4", "num_workers=1").replace("512", "16")
-    backbone = build_backbone("resnet18", width=8)
-    method = build_method("simclr", backbone, proj_hidden=16, proj_dim=8)
-    calls = []
-
-    def my_method(x1, x2):
-        calls.append(x1.shape)
-        return method(x1, x2)["loss"]
-
-    dataset = SyntheticObjects(num_images=32, image_size=32)
-    scope = {"my_dataset": dataset, "mean": (0.5,) * 3, "std": (0.25,) * 3, "epochs": 3,
-             "warmup": 1, "interval": 1, "backbone": backbone, "my_method": my_method}
-    exec(compile(code, "README.md", "exec"), scope)
-    assert calls and calls[0] == torch.Size([16, 3, 32, 32])
-    assert scope["store"].version == 2  # boxes written after epochs 1 and 2
-    assert scope["stats"]["images"] == 32
-    assert not torch.equal(scope["store"].boxes, torch.tensor([[0.0, 0, 1, 1]]).expand(32, 4))
-
-
-def test_plugin_example_runs_and_updates_boxes(tmp_path):
-    code = _python_blocks()[1]
-    assert "update_boxes" in code and "BoxedDataset" in code
+def _run_loop_example(code: str) -> tuple[dict, list]:
+    """Run a README training-loop example on 32 tiny synthetic images (batch 16, 3 epochs, box
+    updates after epochs 1 and 2); returns its namespace and the shapes ``my_method`` saw."""
     code = code.replace("num_workers=4", "num_workers=1").replace("512", "16")
     backbone = build_backbone("resnet18", width=8)
     method = build_method("simclr", backbone, proj_hidden=16, proj_dim=8)
@@ -54,6 +32,23 @@ def test_plugin_example_runs_and_updates_boxes(tmp_path):
              "std": (0.25,) * 3, "epochs": 3, "warmup": 1, "interval": 1,
              "backbone": backbone, "my_method": my_method}
     exec(compile(code, "README.md", "exec"), scope)
+    return scope, calls
+
+
+def test_v2_example_runs_and_updates_boxes():
+    code = _python_blocks()[0]
+    assert "ContrastiveCrop" in code and "BoxedSamples" in code and "update_boxes" in code
+    scope, calls = _run_loop_example(code)
+    assert calls and calls[0] == torch.Size([16, 3, 32, 32])
+    assert scope["store"].version == 2  # boxes written after epochs 1 and 2
+    assert scope["stats"]["images"] == 32
+    assert not torch.equal(scope["store"].boxes, torch.tensor([[0.0, 0, 1, 1]]).expand(32, 4))
+
+
+def test_plugin_example_runs_and_updates_boxes():
+    code = _python_blocks()[1]
+    assert "update_boxes" in code and "BoxedDataset" in code
+    scope, calls = _run_loop_example(code)
     assert calls and calls[0] == torch.Size([16, 3, 32, 32])
     assert scope["store"].version == 2  # boxes written after epochs 1 and 2
     assert scope["stats"]["images"] == 32
