@@ -75,7 +75,7 @@ def loc_batches_without_sync() -> dict:
             with torch.no_grad(), torch.autocast("cuda", torch.bfloat16):
                 for _, images in batches:
                     localize(enc.forward_features(images), images.shape[-2:], 0.1, "fixed",
-                             "receptive")
+                             "receptive", heatmap="contrast", polarity="auto", min_confidence=0.1)
         except RuntimeError as err:
             return {"ok": False, "error": str(err).splitlines()[0],
                     "where": traceback.format_exc().splitlines()[-12:]}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ccrop.viz import plot_epoch_times
 
-#: The official implementation's CIFAR-10 SimCLR epoch on one H100 with 16 CPU cores (DESIGN.md).
+#: The official implementation's CIFAR-10 SimCLR epoch on one H100 with 16 CPU cores
+#: (docs/design.md).
 OFFICIAL_S = 66.0
 
 
@@ -21,7 +22,7 @@ def main() -> None:
     d = json.loads(Path(args.gpu_check).read_text())
     if args.compiled:
         d["gpu_path_compiled"] = json.loads(Path(args.compiled).read_text())["gpu_path_compiled"]
-    times = {"official code (DESIGN.md)": OFFICIAL_S}
+    times = {"official code (docs/design.md)": OFFICIAL_S}
     for key, label in (("cpu_path", "ccrop, CPU view path (PIL workers)"),
                        ("gpu_path", "ccrop, GPU view path"),
                        ("gpu_path_compiled", "ccrop, GPU view path + torch.compile")):
@@ -30,7 +31,7 @@ def main() -> None:
         fell_back = run.get("summary", {}).get("compiled") is False and key.endswith("compiled")
         if median and not fell_back:
             times[label] = median
-    print(plot_epoch_times(times, args.out, args.title, reference="official code (DESIGN.md)",
+    print(plot_epoch_times(times, args.out, args.title, reference="official code (docs/design.md)",
                            target=args.target))
 
 

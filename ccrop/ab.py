@@ -2,7 +2,7 @@
 
 Arms are lists of ``key=value`` overrides applied on top of one base config; seed ``s`` of
 every arm trains with ``train.seed=s`` (same data order, same initialisation), so the arms are
-compared pair by pair (docs: DESIGN.md, "How to run an A/B honestly"). Run folders are
+compared pair by pair (docs/design.md, "How to run an A/B honestly"). Run folders are
 ``<out>/<arm>/seed<s>``, each tagged with ``ab_arm.json``; ``report`` (also behind
 ``ccrop compare``) reads only those folders, so a partial or resumed A/B reports what is done.
 """
@@ -26,11 +26,15 @@ BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
     "ccrop": ("crop.kind=ccrop",),  # the base config's ContrastiveCrop settings
     "simccrop": ("crop.kind=simccrop",),
     "oracle": ("crop.kind=ccrop", "crop.box_source=oracle"),  # the dataset's true boxes
+    # no-network saliency boxes: for the warm-up only (then the encoder's), or the whole run
+    "saliency-warmup": ("crop.kind=ccrop", "crop.warmup_boxes=saliency"),
+    "saliency": ("crop.kind=ccrop", "crop.box_source=saliency", "crop.warmup_boxes=saliency"),
     # the paper's localization and law (small-set alpha 0.1, no guard) on the base config
     "ccrop-paper": ("crop.kind=ccrop", "crop.heatmap_stages=[4]", "crop.threshold_mode=fixed",
                     "crop.threshold=0.1", "crop.box_region=extent", "crop.alpha=0.1",
                     "crop.full_box_guard=null", "crop.heatmap_align=paper",
-                    "crop.placement=official"),
+                    "crop.placement=official", "crop.heatmap=sum", "crop.polarity=none",
+                    "crop.center_prior=0", "crop.min_confidence=0"),
 }
 
 ARM_FILE = "ab_arm.json"  # in every run folder of an A/B: arm, seed, overrides
@@ -499,10 +503,19 @@ def report(groups: Mapping[str, Sequence[str | Path]], out: str | Path | None = 
     lines += [_row(e, probe) for e in arms]
     knn = sorted({f"k={r['knn_k']:g}, T={r['knn_temperature']:g}" for e in arms
                   for r in e["runs"] if None not in (r["knn_k"], r["knn_temperature"])})
-    lines += ["", f"\u0394 = arm \u2212 {arms[0]['arm']}, paired by seed (seeds both arms "
-              "finished); 95% two-sided Student-t interval; wins = seeds where the arm is "
-              f"higher. kNN protocol 'knn' ({'; '.join(knn) or 'no kNN'}) on data.test_split"
-              + (" \u2014 NOT the same in every run." if len(knn) > 1 else ".")]
+    lines += ["", "seeds = finished runs; epochs = epochs trained; kNN top-1 = each run's final "
+              "kNN accuracy, mean \u00b1 sample std over seeds (protocol 'knn', "
+              f"{'; '.join(knn) or 'no kNN'}, on data.test_split"
+              + (" \u2014 NOT the same in every run)." if len(knn) > 1 else ")."),
+              f"\u0394 = arm \u2212 {arms[0]['arm']}, paired by seed (seeds both arms "
+              "finished): mean difference [95% two-sided Student-t interval]; wins = seeds "
+              "where the arm is higher.",
+              "box IoU vs truth = IoU of each run's final boxes with the true boxes (mean over "
+              "images), mean over seeds; full-image IoU = the same for the full-image box.",
+              "s/epoch = each run's median epoch time without the first epoch, median over "
+              "seeds; s/box update = all box-update seconds / number of updates, pooled over "
+              "seeds; linear-fast (when shown) = fast linear probe top-1 on cached features, "
+              "mean \u00b1 std over seeds."]
     lines += [f"- {e['arm']}: {' '.join(e['overrides'])}" for e in arms if e["overrides"]]
     data = {"baseline": arms[0]["arm"], "arms": arms}
     markdown = "\n".join(lines) + "\n"
@@ -625,8 +638,11 @@ def _run_one(cfg: Any, arm: Arm, seed: int, folder: Path, base: dict[str, Any], 
             (folder / ARM_FILE).write_text(json.dumps(
                 {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), **base},
                 indent=2) + "\n")
-        run = build_run(cfg, "auto")
-        summary, note = fit(run), "done"
+        from .runtime import bars_enabled
+
+        with bars_enabled(cfg.train.progress):
+            run = build_run(cfg, "auto")
+            summary, note = fit(run), "done"
     probe = None
     if linear_fast and main and not (folder / PROBE_FILE).is_file():
         probe = _linear_fast(cfg, folder, run)

@@ -15,10 +15,17 @@ same float32 boxes bit for bit.
     ``{"images": [{"id", "file_name"?, "width", "height"}],
     "annotations": [{"image_id", "bbox": [x, y, w, h]}]}`` with ``bbox`` in pixels. An image's
     dataset index is found by ``file_name`` when the dataset has paths and the entry has a
-    ``file_name``; otherwise ``id`` is the dataset index. Every image entry needs a positive
-    ``width`` and ``height``. Several annotations on one image give their union (the smallest
-    box enclosing all of them): ccrop keeps one box per image, and cropping around every object
-    is the safe choice. Float overshoot up to 1e-6 outside [0, 1] is clamped; more is an error.
+    ``file_name``; otherwise ``id`` is the dataset index (``file_name`` is then ignored). Every
+    image entry needs a positive ``width`` and ``height``. The writer emits a file that
+    ``pycocotools`` loads and evaluates: image ``id`` = dataset index (from 0), ``file_name`` =
+    the image path (the index as text for a dataset without paths), ``width``/``height`` in
+    pixels (1 when no sizes are given: the bbox is then normalised); annotation ``id`` = index + 1
+    (COCOeval treats id 0 as "unmatched"), ``category_id`` 1, ``iscrowd`` 0, ``area`` in square
+    pixels, and ``categories`` ``[{"id": 1, "name": "object"}]``. The reader needs none of
+    these extra keys, so files of older versions (annotation ids from 0) read the same.
+    Several annotations on one image give their union (the smallest box enclosing all of
+    them): ccrop keeps one box per image, and cropping around every object is the safe choice.
+    Float overshoot up to 1e-6 outside [0, 1] is clamped; more is an error.
 ``.pt``
     ``torch.load(weights_only=True)`` of an (N, 4) float tensor or of a dict
     ``{"boxes": (N, 4), "paths": [str, ...] or None}``; N must equal the number of images. When
@@ -552,13 +559,18 @@ def _write_csv(
 def _write_json(
     f: IO[str], boxes: torch.Tensor, paths: list[str] | None, sizes: list[list[float]] | None
 ) -> None:
+    """COCO-style JSON that pycocotools loads and evaluates (see the module docstring)."""
     images, annotations = [], []
     for i, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
         h, w = sizes[i] if sizes is not None else (1, 1)
-        image = {"id": i, "file_name": paths[i]} if paths is not None else {"id": i}
-        images.append({**image, "width": w, "height": h})
+        # image id = dataset index (0 is a valid COCO image id); without paths, file_name is the
+        # index as text, which the reader ignores for a dataset without paths
+        name = paths[i] if paths is not None else str(i)
+        images.append({"id": i, "file_name": name, "width": w, "height": h})
         bbox = [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]  # float64 pixels
-        ann = {"id": i, "image_id": i, "category_id": 1, "iscrowd": 0, "bbox": bbox}
+        # annotation ids from 1: COCOeval records a match by the ground truth's id, so id 0
+        # would count a perfect detection as a false positive
+        ann = {"id": i + 1, "image_id": i, "category_id": 1, "iscrowd": 0, "bbox": bbox}
         annotations.append({**ann, "area": bbox[2] * bbox[3]})
     categories = [{"id": 1, "name": "object"}]
     f.write(json.dumps({"images": images, "annotations": annotations, "categories": categories}))

@@ -135,19 +135,20 @@ def dataset_paths(dataset: Any) -> list[str] | None:
 
 
 def given_boxes(cfg: Config, data: RunData) -> torch.Tensor | None:
-    """The boxes of ``crop.box_source`` oracle or ``file:PATH`` (N, 4), or None for heatmap.
+    """The boxes of ``crop.box_source`` oracle or ``file:PATH`` (N, 4), or None for heatmap
+    and saliency (computed by the engine from the images).
 
     Raises:
         ConfigError: oracle on a dataset without true boxes; a bad box file (names the row).
     """
     source = cfg.crop.box_source
-    if source == "heatmap" or not CropPlan.from_config(cfg.crop).localizes:
+    if source in ("heatmap", "saliency") or not CropPlan.from_config(cfg.crop).localizes:
         return None
     if source == "oracle":
         if data.gt_boxes is None:
             raise ConfigError(
                 f"crop.box_source=oracle needs a dataset with true boxes (synthetic, "
-                f"fashion-mnist-cluttered); data.dataset {cfg.data.dataset!r} has none")
+                f"fashion-mnist-cluttered, icons); data.dataset {cfg.data.dataset!r} has none")
         return data.gt_boxes.clone()
     from .box_files import read_boxes
 

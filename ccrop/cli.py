@@ -22,7 +22,8 @@ from .config import ConfigError
 #: The README's main job: synthetic objects, tiny ResNet-18, SimCLR + ContrastiveCrop, about
 #: 3 minutes on 2 CPU cores. Every value is an ordinary override of the dataclass defaults.
 DEMO_OVERRIDES = [
-    "data.dataset=synthetic", "data.dataset_kwargs.num_images=1536", "data.batch_size=256",
+    "data.dataset=synthetic", "data.dataset_kwargs.num_images=1536",
+    "data.test_num_images=6000", "data.batch_size=256",
     "data.num_workers=2", "model.width=16", "method.name=simclr", "crop.alpha=0.6",
     "crop.warmup_epochs=3", "crop.loc_interval=3", "optim.lr=0.5", "train.epochs=10",
     "train.out_dir=runs/demo", "train.knn_every=5",
@@ -65,7 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--arms", default="rcrop,ccrop",
                    help="comma list, first = baseline: built-ins rcrop, ccrop, simccrop, oracle, "
-                        "ccrop-paper, or custom name:key=value,key=value (default rcrop,ccrop)")
+                        "ccrop-paper, saliency-warmup, saliency, or custom "
+                        "name:key=value,key=value (default rcrop,ccrop)")
     p.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list like 0,1,2")
     p.add_argument("--out", default="runs/ab", help="A/B folder: <out>/<arm>/seed<s>, ab.md")
     p.add_argument("--linear-fast", action="store_true",
@@ -145,7 +147,8 @@ def demo_overrides(user: list[str]) -> list[str]:
     """The demo preset under the user's overrides; its synthetic-only dataset arguments are
     dropped when the user picks another dataset."""
     other = any(o.startswith("data.dataset=") and o != "data.dataset=synthetic" for o in user)
-    return [o for o in DEMO_OVERRIDES if not (other and o.startswith("data.dataset_kwargs."))]
+    return [o for o in DEMO_OVERRIDES if not (other and o.startswith(("data.dataset_kwargs.",
+                                                                       "data.test_num_images")))]
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -160,13 +163,17 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     except ValueError as err:  # more ranks than GPUs: a launch mistake, reported like bad config
         raise ConfigError(str(err)) from None
     main_process = dist.is_main_process()
-    try:
-        run = build_run(cfg, args.resume)
-        if main_process:
-            from .reproduce import write_command
+    from .runtime import bars_enabled
 
-            write_command(run.run_dir, args.config, list(args.overrides), ["ccrop", *sys.argv[1:]])
-        summary = fit(run)
+    try:
+        with bars_enabled(cfg.train.progress):  # train.progress=false: no bar at all
+            run = build_run(cfg, args.resume)
+            if main_process:
+                from .reproduce import write_command
+
+                write_command(run.run_dir, args.config, list(args.overrides),
+                              ["ccrop", *sys.argv[1:]])
+            summary = fit(run)
     finally:
         dist.cleanup()
     if main_process:
@@ -183,6 +190,9 @@ def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
         lines.append(f"box IoU vs ground truth: {summary['box_iou_gt']:.3f} (full-image boxes: "
                      f"{summary['full_box_iou_gt']:.3f}); box updates after epochs "
                      f"{summary['box_updates']}")
+    if "fallback_share" in summary:
+        lines.append(f"boxes that fell back to the full image (low confidence) at the last "
+                     f"update: {summary['fallback_share']:.1%}")
     if "box_figure" in summary:
         lines.append(f"boxes, heatmaps and crops after the last update: {summary['box_figure']}")
     t = summary.get("time")
@@ -239,7 +249,7 @@ def _record(args, cfg, state, result: dict[str, Any]) -> None:
 def cmd_knn(args: argparse.Namespace) -> None:
     """kNN accuracy of a checkpoint's backbone on the config's test split."""
     cfg, backbone, state, evaluator, device = _eval_setup(args)
-    _record(args, cfg, state, evaluator.knn(backbone, device, progress=True))
+    _record(args, cfg, state, evaluator.knn(backbone, device, progress=cfg.train.progress))
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
@@ -253,7 +263,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
     cfg, backbone, state, evaluator, device = _eval_setup(args)
     d, t, classes = cfg.data, cfg.train, evaluator.data.num_classes
     test = evaluator.eval_batches(d.test_split, device)
-    speed = dict(amp=t.amp, channels_last=t.channels_last, progress=True)
+    speed = dict(amp=t.amp, channels_last=t.channels_last, progress=t.progress)
     e = cfg.eval
     if args.fast:
         train = evaluator.eval_batches(d.eval_train_split, device)
@@ -277,6 +287,7 @@ def cmd_boxes(args: argparse.Namespace) -> None:
     from .build import dataset_paths
     from .data.sources import loc_loader
     from .localize import localize_dataset
+    from .runtime import bars_enabled
 
     out = check_output_path(args.out) if args.out else None  # before the pass, not after
     cfg, backbone, _, evaluator, device = _eval_setup(args)
@@ -284,8 +295,9 @@ def cmd_boxes(args: argparse.Namespace) -> None:
     loader = loc_loader(data.train, data.mean, data.std, cfg.crop.loc_batch_size,
                         cfg.data.num_workers, cfg.data.loc_image_size)
     store = BoxStore(len(data.train))
-    stats = localize_dataset(cfg.crop, backbone, loader, store, device,
-                             gt_boxes=data.gt_boxes, progress=True)
+    with bars_enabled(cfg.train.progress):  # train.progress=false: no bar at all
+        stats = localize_dataset(cfg.crop, backbone, loader, store, device,
+                                 gt_boxes=data.gt_boxes, progress=cfg.train.progress)
     if out is not None:
         paths = dataset_paths(data.train)
         stats["out"] = str(write_boxes(out, store.boxes.clone(), paths,

@@ -30,6 +30,9 @@ class DataConfig:
     eval_train_split: str = "train"  # kNN memory bank / linear training split
     test_split: str = "test"
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. num_images for synthetic
+    # generated sets: images of the test split (overrides dataset_kwargs.num_images there), so
+    # the kNN test accuracy has a small standard error whatever the training set's size
+    test_num_images: int | None = None
     image_size: int | None = None  # default: the dataset's
     mean: list[float] | None = None  # default: the dataset's
     std: list[float] | None = None
@@ -55,21 +58,32 @@ class CropConfig:
     placement: str = "paper"  # paper (centre in box, then shift) | official (clamp first)
     # localization: ccrop's defaults were chosen by box IoU on validation splits
     # (docs/results.md); the paper configs set stages [4], fixed 0.1, extent, paper
-    box_source: str = "heatmap"  # heatmap (the paper) | oracle (dataset's true boxes) | file:PATH
+    # heatmap (the paper) | saliency (no encoder: colour contrast to the border) | oracle
+    # (dataset's true boxes) | file:PATH. Boxes other than heatmap are written once, before
+    # the first epoch, and used from the end of warm-up on
+    box_source: str = "heatmap"
+    warmup_boxes: str = "none"  # none (RandomResizedCrop warm-up) | saliency (crop around them)
     heatmap_stages: list[int] = field(default_factory=lambda: [3])  # ResNet stages; paper: [4]
     threshold: float = 0.1  # the paper's k (fixed) or the per-image quantile; unused by otsu
     threshold_mode: str = "otsu"  # fixed (paper) | quantile | otsu
     box_region: str = "peak"  # extent (paper: all kept pixels) | peak (the part at the maximum)
     heatmap_align: str = "receptive"  # receptive (ccrop) | paper (official placement, see docs)
+    heatmap: str = "contrast"  # contrast (distance to the border feature) | sum (paper)
+    polarity: str = "none"  # none (paper) | auto (flip a map whose border is hotter)
+    center_prior: float = 1.0  # weight of a centred Gaussian prior on the heatmap; paper: 0
+    min_confidence: float = 0.1  # boxes less confident than this become the full image; paper: 0
     warmup_epochs: int = 100  # = epochs gives the RRC baseline
     loc_interval: int = 100
     loc_batch_size: int = 512
     warn_full_share: float = 0.8  # warn when this share of boxes covers the whole image
 
     def box_rule(self) -> dict[str, Any]:
-        """The heatmap -> box keywords of ``ccrop.localize`` (threshold, mode, align, region)."""
+        """The heatmap -> box keywords of ``ccrop.localize.update_boxes``: threshold, mode,
+        align, region, heatmap, polarity, center_prior, min_confidence."""
         return dict(threshold=self.threshold, mode=self.threshold_mode,
-                    align=self.heatmap_align, region=self.box_region)
+                    align=self.heatmap_align, region=self.box_region, heatmap=self.heatmap,
+                    polarity=self.polarity, center_prior=self.center_prior,
+                    min_confidence=self.min_confidence)
 
 
 @dataclass
@@ -168,6 +182,9 @@ CHOICES = {
     "crop.threshold_mode": ("fixed", "quantile", "otsu"),
     "crop.box_region": ("extent", "peak"),
     "crop.heatmap_align": ("receptive", "paper"),
+    "crop.heatmap": ("sum", "contrast"),
+    "crop.polarity": ("none", "auto"),
+    "crop.warmup_boxes": ("none", "saliency"),
     "model.arch": ("resnet18", "resnet34", "resnet50"),
     "model.stem": ("cifar", "imagenet"),
     "model.vit_heatmap": ("attention", "tokens"),
@@ -210,6 +227,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 #: trained with these values (the paper's rule), not with today's defaults.
 _BEFORE_LOCALIZATION_OPTIONS = {"heatmap_stages": [4], "box_region": "extent",
                                 "placement": "paper", "box_source": "heatmap"}
+#: Added with the box confidence; a saved config without them used channel sums, as is.
+_BEFORE_CONFIDENCE_OPTIONS = {"heatmap": "sum", "polarity": "none", "center_prior": 0.0,
+                              "min_confidence": 0.0, "warmup_boxes": "none"}
 
 
 def upgrade_config_dict(saved: dict[str, Any]) -> dict[str, Any]:
@@ -231,7 +251,9 @@ def upgrade_config_dict(saved: dict[str, Any]) -> dict[str, Any]:
         if moved:
             out["eval"] = {**moved, **dict(out.get("eval") or {})}
     if isinstance(crop, dict) and "heatmap_stages" not in crop:
-        out["crop"] = {**_BEFORE_LOCALIZATION_OPTIONS, **crop}
+        out["crop"] = crop = {**_BEFORE_LOCALIZATION_OPTIONS, **crop}
+    if isinstance(crop, dict) and "heatmap" not in crop:
+        out["crop"] = {**_BEFORE_CONFIDENCE_OPTIONS, **crop}
     return out
 
 
@@ -321,9 +343,14 @@ def validate(cfg: Config) -> None:
              and all(s in (1, 2, 3, 4) for s in c.heatmap_stages), "crop.heatmap_stages",
              "a non-empty list of distinct ResNet stages in 1..4, e.g. [3] or [4]",
              c.heatmap_stages)
-    _require(c.box_source in ("heatmap", "oracle")
+    _require(c.box_source in ("heatmap", "saliency", "oracle")
              or c.box_source.startswith("file:") and len(c.box_source) > 5, "crop.box_source",
-             "heatmap, oracle or file:PATH (a .csv, .json or .pt of boxes)", c.box_source)
+             "heatmap, saliency, oracle or file:PATH (a .csv, .json or .pt of boxes)",
+             c.box_source)
+    _require(math.isfinite(c.center_prior) and c.center_prior >= 0, "crop.center_prior",
+             "a finite number >= 0", c.center_prior)
+    _require(0 <= c.min_confidence <= 1, "crop.min_confidence", "in [0, 1] (0: never fall "
+             "back)", c.min_confidence)
     _require(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     _require(0 <= c.warmup_epochs <= t.epochs, "crop.warmup_epochs",
              f"in [0, train.epochs={t.epochs}]", c.warmup_epochs)
@@ -333,6 +360,8 @@ def validate(cfg: Config) -> None:
     _require(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
     _require(d.gpu_chunk is None or d.gpu_chunk >= 1, "data.gpu_chunk", ">= 1 or null",
              d.gpu_chunk)
+    _require(d.test_num_images is None or d.test_num_images >= 1, "data.test_num_images",
+             ">= 1 or null", d.test_num_images)
     _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
     for key, v in (("data.mean", d.mean), ("data.std", d.std)):  # NaN in any position too
         _require(v is None or len(v) == 3 and all(math.isfinite(x) for x in v), key,

@@ -24,7 +24,7 @@ place that branches on the crop kind.
 Degenerate-box guard (ccrop's own default, off in the paper-reproduction configs): when a box
 covers at least ``full_box_guard`` of the image area, the top-left corner is drawn uniformly as
 RandomResizedCrop does. With a full-image box and alpha = 0.1 the paper's law pushes every crop
-to the image borders, which was measured to cost accuracy (DESIGN.md).
+to the image borders, which was measured to cost accuracy (docs/design.md).
 
 Randomness: the per-sample path draws from a ``random.Random`` (fast, no tensor overhead); a
 ``torch.Generator`` is accepted and seeds one. The batched path draws from torch on any device.

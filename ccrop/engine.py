@@ -37,7 +37,14 @@ from .config import Config, ConfigError, save_config, to_dict
 from .crop import CropPlan
 from .data.run_data import RunData
 from .data.sources import ViewSource
-from .localize import box_stats, localize_dataset
+from .localize import (  # noqa: F401  (FullBoxWarning: the engine's warnings, re-exported)
+    FallbackWarning,
+    FullBoxWarning,
+    box_stats,
+    localize_dataset,
+    saliency_boxes,
+    warn_unreliable,
+)
 from .methods import SSLMethod
 from .runtime import autocast, progress
 from .schedule import box_update_epochs, lr_at
@@ -48,8 +55,8 @@ class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient."""
 
 
-class FullBoxWarning(UserWarning):
-    """Most boxes cover the whole image: ContrastiveCrop degenerates to RandomResizedCrop."""
+class NoBoxUpdateWarning(UserWarning):
+    """The crop needs boxes but the schedule never localizes: every epoch is plain RRC."""
 
 
 @dataclass
@@ -208,37 +215,46 @@ def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 
 
 def localize_step(run: Run, completed: int) -> dict[str, Any]:
-    """Re-localize every training image with the current encoder and log the statistics.
-
-    With ``crop.box_source`` oracle or file the given boxes are written instead (no encoder
-    pass), on the same schedule.
-    """
+    """Re-localize every training image with the current encoder and log the statistics."""
     cfg = run.cfg
-    if run.given_boxes is not None:
-        stats = _write_given_boxes(run)
-    else:
-        # every rank localizes with rank 0's encoder, BN running statistics included (without
-        # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
-        encoder = run.method.heatmap_encoder  # each method names its query/online encoder
-        for buf in encoder.buffers():
-            dist.broadcast(buf)
-        stats = localize_dataset(cfg.crop, encoder, run.source.loc_batches(), run.store,
-                                 run.device, amp=cfg.train.amp,
-                                 channels_last=cfg.train.channels_last,
-                                 gt_boxes=run.data.gt_boxes, progress=cfg.train.progress)
+    # every rank localizes with rank 0's encoder, BN running statistics included (without
+    # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
+    encoder = run.method.heatmap_encoder  # each method names its query/online encoder
+    for buf in encoder.buffers():
+        dist.broadcast(buf)
+    stats = localize_dataset(cfg.crop, encoder, run.source.loc_batches(), run.store,
+                             run.device, amp=cfg.train.amp,
+                             channels_last=cfg.train.channels_last,
+                             gt_boxes=run.data.gt_boxes, progress=cfg.train.progress,
+                             warn_share=None)
     run.source.boxes_updated(run.store)
-    stats = {"event": "box_update", "epoch": completed, **stats}
-    if stats["full_share"] >= cfg.crop.warn_full_share and dist.is_main_process():
-        advice = (f"the boxes of crop.box_source={cfg.crop.box_source} are that large"
-                  if run.given_boxes is not None else "consider crop.threshold_mode=otsu with "
-                  "crop.box_region=peak, or a higher crop.threshold; keep crop.full_box_guard on")
-        warnings.warn(
-            f"{stats['full_share']:.0%} of boxes cover (almost) the whole image after epoch "
-            f"{completed}: ContrastiveCrop does little here ({advice}).", FullBoxWarning,
-            stacklevel=1)
+    if dist.is_main_process():  # the warnings of update_boxes, naming the epoch
+        warn_unreliable(stats, cfg.crop.warn_full_share, f" after epoch {completed}")
+    stats = {"event": "box_update", "epoch": completed, "source": "heatmap", **stats}
     figure = _box_figure(run, completed)
     if figure is not None:
         stats["figure"] = str(figure)
+    _log_boxes(run, stats)
+    return stats
+
+
+def initial_boxes(run: Run) -> dict[str, Any] | None:
+    """Boxes written once before the first epoch: ``crop.box_source`` oracle, file or
+    saliency, or saliency boxes for the warm-up (``crop.warmup_boxes``); None if none."""
+    crop = run.cfg.crop
+    if run.given_boxes is not None:
+        stats, source = _write_given_boxes(run), crop.box_source.split(":")[0]
+    elif "saliency" in (crop.box_source, crop.warmup_boxes):
+        stats = saliency_boxes(run.source.loc_batches(), run.store, run.data.gt_boxes,
+                               run.cfg.train.progress, crop.min_confidence)
+        source = "saliency"
+    else:
+        return None
+    run.source.boxes_updated(run.store)
+    if dist.is_main_process():
+        warn_unreliable(stats, crop.warn_full_share, " before the first epoch",
+                        f"the boxes of {source} are that large")
+    stats = {"event": "box_update", "epoch": 0, "source": source, **stats}
     _log_boxes(run, stats)
     return stats
 
@@ -274,9 +290,14 @@ def _write_given_boxes(run: Run) -> dict[str, Any]:
 
 
 def _log_boxes(run: Run, stats: dict[str, Any]) -> None:
+    """One ``metrics.jsonl`` line and TensorBoard scalars (and a box grid) per box update."""
+    if not dist.is_main_process():
+        return
+    append_jsonl(run.run_dir / "metrics.jsonl", stats)
     if run.writer is None:
         return
-    for key in ("mean_area", "full_share", "degenerate", "seconds", "iou_gt"):
+    for key in ("mean_area", "full_share", "degenerate", "seconds", "iou_gt", "fallback_share",
+                "flipped_share", "mean_confidence"):
         if key in stats:
             run.writer.add_scalar(f"boxes/{key}", stats[key], stats["epoch"])
     try:
@@ -377,17 +398,29 @@ def fit(run: Run) -> dict[str, Any]:
     """Train from ``run.epoch`` to ``cfg.train.epochs`` with boxes, monitors and checkpoints."""
     cfg = run.cfg
     plan = CropPlan.from_config(cfg.crop)
+    heatmaps = plan.localizes and cfg.crop.box_source == "heatmap"
     updates = set(box_update_epochs(cfg.train.epochs, cfg.crop.warmup_epochs,
-                                    cfg.crop.loc_interval, plan.localizes))
+                                    cfg.crop.loc_interval, heatmaps))
+    boxes_from = 0 if cfg.crop.warmup_boxes == "saliency" else cfg.crop.warmup_epochs
     if not plan.localizes and run.epoch == 0:  # the store shows the box in use
         run.store.fill(plan.fixed_box)
         run.source.boxes_updated(run.store)
+    if plan.localizes and run.epoch == 0 and not _updated_at(run, 0):
+        first = initial_boxes(run)
+        if first is not None:
+            run.history.append(first)
+        elif not updates and dist.is_main_process():
+            warnings.warn(f"crop.kind={cfg.crop.kind} reads boxes, but train.epochs="
+                          f"{cfg.train.epochs}, crop.warmup_epochs={cfg.crop.warmup_epochs} and "
+                          f"crop.loc_interval={cfg.crop.loc_interval} schedule no box update: "
+                          "every epoch is plain RandomResizedCrop", NoBoxUpdateWarning,
+                          stacklevel=2)
     seed_rngs(cfg.train.seed, run.epoch, dist.get_rank())
     while run.epoch < cfg.train.epochs:
         epoch = run.epoch
         if epoch in updates and not _updated_at(run, epoch):
             run.history.append(localize_step(run, epoch))
-        run.source.set_epoch(epoch, plan.uses_boxes(epoch, cfg.crop.warmup_epochs))
+        run.source.set_epoch(epoch, plan.uses_boxes(epoch, boxes_from))
         metrics = train_epoch(run, epoch)
         run.epoch = epoch + 1
         if run.knn is not None and cfg.train.knn_every \
@@ -472,6 +505,8 @@ def finish(run: Run) -> dict[str, Any]:
                                                    gt).mean())
     boxes = [h for h in run.history if h.get("event") == "box_update"]
     summary["box_updates"] = [h["epoch"] for h in boxes]
+    if boxes:  # the last update's label-free confidence: how many images fell back to RRC
+        summary["fallback_share"] = boxes[-1].get("fallback_share", 0.0)
     figures = [h["figure"] for h in boxes if h.get("figure")]
     if figures:
         summary["box_figure"] = figures[-1]

@@ -21,8 +21,9 @@ Everything is batched: no per-image Python loop and no host sync until the store
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -46,6 +47,14 @@ PEAK_GRID = 32
 #: CIFAR's stride 8, 15.5 px at ImageNet's stride 32).
 ALIGNS = ("paper", "receptive")
 FULL_SHARE_AREA = 0.95  # a box at least this large counts as "full image" in the statistics
+#: What a cell's heat is. ``sum``: the channel sum (the paper). ``contrast``: the cosine distance
+#: of the cell's feature vector to the mean feature of the map's border ring (a boundary prior:
+#: borders are mostly background), so the object is hot whatever the sign of its activations.
+HEATMAPS = ("sum", "contrast")
+#: ``auto`` flips a map whose border ring is hotter on average than its interior (a young
+#: encoder often activates more on flat background than on the object); ``none`` never flips.
+POLARITIES = ("none", "auto")
+CENTER_SIGMA = 0.3  # the centre prior's Gaussian width, as a fraction of the image side
 
 
 def _check_align(align: str) -> None:
@@ -82,12 +91,45 @@ def _as_maps(fmap: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
     return maps
 
 
-def _normalised_maps(fmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel sum and per-image min-max at feature resolution: (B,C,h,w) -> (B,h,w), (B,) bad.
+def _ring(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """bool (h, w): the outermost cells of an h x w map."""
+    ring = torch.ones(h, w, dtype=torch.bool, device=device)
+    ring[1:-1, 1:-1] = False
+    return ring
+
+
+def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
+    """(B, C, h, w) -> (B, h, w): channel sum, or cosine distance to the border-ring mean."""
+    if heatmap == "sum":
+        return fmap.float().sum(dim=1)
+    feat = F.normalize(fmap.float(), dim=1)  # (B, C, h, w) unit vectors
+    ring = _ring(*feat.shape[-2:], feat.device)
+    ref = F.normalize(feat[:, :, ring].mean(dim=2), dim=1)  # (B, C) background direction
+    return 1 - torch.einsum("bchw,bc->bhw", feat, ref)  # (B, h, w) in [0, 2]
+
+
+def inverted(heat: torch.Tensor) -> torch.Tensor:
+    """True where a heatmap's border ring is hotter on average than its interior.
+
+    Args:
+        heat: (B, h, w) heatmaps; maps without interior (h or w <= 2) are never inverted.
+
+    Returns:
+        (B,) bool.
+    """
+    h, w = heat.shape[-2:]
+    if h <= 2 or w <= 2:
+        return torch.zeros(heat.shape[0], dtype=torch.bool, device=heat.device)
+    ring = _ring(h, w, heat.device)
+    return heat[:, ring].mean(dim=1) > heat[:, ~ring].mean(dim=1)
+
+
+def _normalised_maps(fmap: torch.Tensor, heatmap: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
+    """Cell scores and per-image min-max at feature resolution: (B,C,h,w) -> (B,h,w), (B,) bad.
 
     Degenerate maps (NaN/inf, or constant) come back as zeros with ``bad`` set.
     """
-    heat = fmap.float().sum(dim=1)  # (B, h, w)
+    heat = _cell_scores(fmap, heatmap)  # (B, h, w)
     finite = torch.isfinite(heat).flatten(1).all(dim=1)  # (B,)
     heat = torch.where(finite[:, None, None], heat, torch.zeros_like(heat))
     lo = heat.amin(dim=(1, 2), keepdim=True)  # (B, 1, 1)
@@ -127,9 +169,10 @@ def _lerp_axis(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
 
 def heatmaps_from_features(
     fmap: torch.Tensor | Sequence[torch.Tensor], image_size: tuple[int, int],
-    align: str = "paper",
+    align: str = "paper", heatmap: str = "sum", polarity: str = "none",
+    center_prior: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Channel-summed, min-max normalised, upsampled heatmaps.
+    """Min-max normalised, upsampled heatmaps (the paper: channel sums, nothing else).
 
     Args:
         fmap: (B, C, h, w) feature map (any float dtype), or a list of maps of one batch (e.g.
@@ -137,23 +180,87 @@ def heatmaps_from_features(
             average min-max normalised again.
         image_size: output ``(H, W)``.
         align: cell placement, ``"paper"`` or ``"receptive"`` (see ``ALIGNS``).
+        heatmap: cell score, ``"sum"`` or ``"contrast"`` (see ``HEATMAPS``).
+        polarity: ``"none"`` or ``"auto"`` (flip inverted maps, per stage; see ``POLARITIES``).
+        center_prior: weight w >= 0 of a centred Gaussian prior: the heat is multiplied by
+            ``exp(-w * r^2 / (2 * CENTER_SIGMA^2))`` (r: distance to the image centre, as a
+            fraction of the side) and normalised again; 0 = none.
 
     Returns:
         ``(heat, degenerate)``: heat (B, H, W) float32 in [0, 1]; degenerate (B,) bool, True
         where a map had NaN/inf or was constant (its heat is then all zeros).
     """
+    heat, bad, _ = heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)
+    return heat, bad
+
+
+def heatmap_parts(
+    fmap: torch.Tensor | Sequence[torch.Tensor], image_size: tuple[int, int],
+    align: str = "paper", heatmap: str = "sum", polarity: str = "none",
+    center_prior: float = 0.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``heatmaps_from_features`` plus which maps were flipped.
+
+    Returns:
+        ``(heat (B, H, W), degenerate (B,) bool, flipped (B,) bool)``; ``flipped`` is True
+        where ``polarity="auto"`` flipped the map of any stage.
+    """
     maps = _as_maps(fmap)
     _check_align(align)
-    heats, bads = zip(*(_normalised_maps(m) for m in maps))
-    heat = _upsample(heats[0], image_size, align)
-    bad = bads[0]
-    if len(maps) == 1:
-        return heat, bad
-    for h, b in zip(heats[1:], bads[1:]):
-        heat = heat + _upsample(h, image_size, align)  # (B, H, W)
-        bad = bad | b
-    heat, flat = _normalised_maps(heat[:, None])  # back to [0, 1]
-    return heat, bad | flat
+    total = bad = flipped = None
+    for m in maps:
+        h, b = _normalised_maps(m, heatmap)  # (B, h, w) in [0, 1], (B,)
+        if polarity == "auto":
+            f = inverted(h) & ~b
+            h = torch.where(f[:, None, None], 1 - h, h)
+            flipped = f if flipped is None else flipped | f
+        up = _upsample(h, image_size, align)  # (B, H, W)
+        total, bad = (up, b) if total is None else (total + up, bad | b)
+    if len(maps) > 1 or center_prior > 0:
+        if center_prior > 0:
+            total = total * _center_prior(total.shape[-2:], center_prior, total.device)
+        total, flat = _normalised_maps(total[:, None])  # back to [0, 1]
+        bad = bad | flat
+    if flipped is None:
+        flipped = torch.zeros_like(bad)
+    return total, bad, flipped
+
+
+def _center_prior(size: tuple[int, int], weight: float, device: torch.device) -> torch.Tensor:
+    """(H, W) Gaussian weights around the image centre (1 at the centre)."""
+    ys, xs = ((torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n - 0.5
+              for n in size)
+    r2 = ys[:, None] ** 2 + xs[None, :] ** 2  # (H, W)
+    return torch.exp(-weight * r2 / (2 * CENTER_SIGMA**2))
+
+
+def box_confidence(heat: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Label-free confidence of each box: mean heat inside it minus mean heat outside.
+
+    A box around the only hot region scores near 1; a box on a flat or noisy map, or around
+    a region no hotter than the rest, near 0 or below. A full-image box (nothing outside)
+    scores 0.
+
+    Args:
+        heat: (B, H, W) heatmaps in [0, 1].
+        boxes: (B, 4) normalised boxes.
+
+    Returns:
+        (B,) float32 in [-1, 1].
+    """
+    B, H, W = heat.shape
+    ys = (torch.arange(H, device=heat.device, dtype=torch.float32) + 0.5) / H  # pixel centres
+    xs = (torch.arange(W, device=heat.device, dtype=torch.float32) + 0.5) / W
+    rows = (ys >= boxes[:, 1:2]) & (ys < boxes[:, 3:4])  # (B, H)
+    cols = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])  # (B, W)
+    inside = (rows[:, :, None] & cols[:, None, :]).float()  # (B, H, W)
+    n_in = inside.sum(dim=(1, 2))
+    n_out = H * W - n_in
+    s_in = (heat * inside).sum(dim=(1, 2))
+    s_out = heat.sum(dim=(1, 2)) - s_in
+    mean_in = s_in / n_in.clamp_min(1)
+    mean_out = s_out / n_out.clamp_min(1)
+    return torch.where((n_in > 0) & (n_out > 0), mean_in - mean_out, torch.zeros_like(s_in))
 
 
 def otsu_levels(heat: torch.Tensor) -> torch.Tensor:
@@ -270,31 +377,60 @@ def _extent(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.stack(cols_, dim=1), empty  # (B, 4), (B,)
 
 
+class Localized(NamedTuple):
+    """What ``localize`` found for a batch of B images."""
+
+    boxes: torch.Tensor  # (B, 4) normalised; degenerate and fallback rows hold the full image
+    degenerate: torch.Tensor  # (B,) bool: NaN/inf or constant map, or no pixel kept
+    confidence: torch.Tensor  # (B,) ``box_confidence`` of the box found (before any fallback)
+    fallback: torch.Tensor  # (B,) bool: confidence below ``min_confidence``, box set to full
+    flipped: torch.Tensor  # (B,) bool: ``polarity="auto"`` flipped the map
+
+
 def localize(
     fmap: torch.Tensor | Sequence[torch.Tensor], image_size: tuple[int, int],
     threshold: float = 0.1, mode: str = "fixed", align: str = "paper", region: str = "extent",
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Feature maps to boxes plus a degenerate flag.
+    heatmap: str = "sum", polarity: str = "none", center_prior: float = 0.0,
+    min_confidence: float = 0.0,
+) -> Localized:
+    """Feature maps to boxes, with a degenerate flag, a confidence and the fallback.
 
     Args:
         fmap: (B, C, h, w) feature map, or a list of maps (see ``heatmaps_from_features``).
         image_size: ``(H, W)`` of the images the map came from.
         threshold, mode, region: see ``boxes_from_heatmaps``.
-        align: cell placement (see ``ALIGNS``).
+        align, heatmap, polarity, center_prior: see ``heatmaps_from_features``.
+        min_confidence: boxes whose ``box_confidence`` is below this become the full image
+            (with ccrop's full-box guard: plain RandomResizedCrop for that image); 0 = never.
 
     Returns:
-        ``(boxes (B, 4), degenerate (B,) bool)``; degenerate rows hold the full-image box.
+        ``Localized(boxes (B, 4), degenerate (B,), confidence (B,), fallback (B,), flipped (B,))``.
     """
-    heat, bad = heatmaps_from_features(fmap, image_size, align)
+    heat, bad, flipped = heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)
     boxes, empty = boxes_from_heatmaps(heat, threshold, mode, region)
-    return boxes, bad | empty
+    degenerate = bad | empty
+    conf = box_confidence(heat, boxes)
+    fallback = (conf < min_confidence) & ~degenerate if min_confidence > 0 else \
+        torch.zeros_like(degenerate)
+    return Localized(torch.where(fallback[:, None], _full_like(boxes), boxes), degenerate,
+                     conf, fallback, flipped)
+
+
+def _full_like(boxes: torch.Tensor) -> torch.Tensor:
+    """(B, 4) full-image boxes like ``boxes`` (no host-to-device copy)."""
+    full = torch.zeros_like(boxes)
+    full[:, 2:] = 1.0
+    return full
 
 
 def boxes_from_features(
     fmap: torch.Tensor | Sequence[torch.Tensor], image_size: tuple[int, int],
     threshold: float = 0.1, mode: str = "fixed", align: str = "paper", region: str = "extent",
+    **rule: Any,
 ) -> torch.Tensor:
-    """Boxes of the object in each image from its last feature map (public API).
+    """Boxes of the object in each image from its feature maps (public API).
+
+    The defaults are the paper's rule; ``**CropConfig().box_rule()`` gives ccrop's.
 
     Args:
         fmap: (B, C, h, w) feature map, e.g. ``backbone.forward_features(images)``, or a list
@@ -305,34 +441,74 @@ def boxes_from_features(
         mode: ``"fixed"``, ``"quantile"`` or ``"otsu"``.
         align: cell placement, ``"paper"`` (default, exact) or ``"receptive"`` (see ``ALIGNS``).
         region: ``"extent"`` (default, the paper) or ``"peak"`` (see ``boxes_from_heatmaps``).
+        **rule: ``heatmap``, ``polarity``, ``center_prior``, ``min_confidence`` (``localize``).
 
     Returns:
         (B, 4) normalised ``(x0, y0, x1, y1)``; degenerate maps give the full image.
     """
-    return localize(fmap, image_size, threshold, mode, align, region)[0]
+    return localize(fmap, image_size, threshold, mode, align, region, **rule).boxes
 
 
-def feature_fn(encoder: torch.nn.Module,
-               stages: Sequence[int] | None = None) -> Callable[[torch.Tensor], Any]:
-    """The callable that gives an encoder's heatmap features.
+def feature_fn(model: torch.nn.Module, stages: Sequence[int] | None = None,
+               layers: str | Sequence[str] | None = None) -> Callable[[torch.Tensor], Any]:
+    """The callable that gives a model's heatmap features.
+
+    Two ways to name the maps:
+
+    * ``stages`` (ccrop's backbones): 1-based ResNet stages through ``forward_features`` and
+      ``stage_maps``, e.g. ``feature_fn(backbone, (3,))``.
+    * ``layers`` (any ``nn.Module``: torchvision, timm, your own): names of submodules as in
+      ``model.named_modules()``, e.g. ``feature_fn(torchvision.models.resnet18(),
+      layers=["layer3"])``. Their outputs are caught with forward hooks while ``model(x)``
+      runs; the forward stops once the last of them has run, and the hooks are removed after
+      every call, also on error. A module run several times in one forward (a shared ReLU)
+      gives its first output. Every output must be a (B, C, h, w) tensor (channels first).
 
     Args:
-        encoder: a backbone with ``forward_features`` (B, 3, H, W) -> (B, C, h, w); for other
-            stages than the last it needs ``stage_maps(x, stages)`` (ccrop's ResNets).
+        model: the encoder. With ``stages``: a backbone with ``forward_features``
+            (B, 3, H, W) -> (B, C, h, w), and ``stage_maps(x, stages)`` for other stages than
+            the last (ccrop's ResNets and ``timm:``/``tv:`` backbones). With ``layers``: any
+            module whose ``forward(x)`` takes the (B, 3, H, W) images.
         stages: 1-based stages whose maps make the heatmap, e.g. ``(4,)`` (the paper: the last
-            map), ``(3,)`` or ``(3, 4)``; None = the last.
+            map), ``(3,)`` or ``(3, 4)``; None = the last. A list of strings here is read as
+            ``layers``.
+        layers: submodule names, e.g. ``["layer3"]`` or ``["layer3", "layer4"]``; one name
+            may be given as a string. Checked here: an unknown name raises ``ValueError``.
 
     Returns:
-        ``fn(x) -> (B, C, h, w)`` or a list of such maps; ``fn.__self__`` is the encoder (so
-        ``update_boxes`` can switch it to eval mode).
+        ``fn(x) -> (B, C, h, w)``, or a list of such maps (several stages, or several layers
+        in the given order); ``fn.__self__`` is the model (so ``update_boxes`` can switch it
+        to eval mode).
+
+    Raises:
+        ValueError: both ``stages`` and ``layers``; an unknown layer name; stages the model
+            cannot give (no ``forward_features`` / ``stage_maps``).
     """
-    last = getattr(encoder, "num_stages", 4)
+    if stages is not None and (isinstance(stages, str)
+                               or any(isinstance(s, str) for s in stages)):
+        if layers is not None:
+            raise ValueError("give the maps as stages or as layers, not both")
+        stages, layers = None, stages
+    if layers is not None:
+        if stages is not None:
+            raise ValueError(f"give the maps as stages or as layers, not both: got "
+                             f"stages={tuple(stages)}, layers={layers!r}")
+        return _LayerMaps(model, layers)
+    last = getattr(model, "num_stages", 4)
+    name = type(model).__name__
     if stages is None or tuple(stages) == (last,):
-        return encoder.forward_features
-    if not callable(getattr(encoder, "stage_maps", None)):
+        if not callable(getattr(model, "forward_features", None)):
+            raise ValueError(f"{name} has no forward_features(x): name the modules whose "
+                             f"output makes the heatmap, e.g. feature_fn(model, "
+                             f"layers=['layer3'])")
+        return model.forward_features
+    if not callable(getattr(model, "stage_maps", None)):
+        has = ("only forward_features" if hasattr(model, "forward_features")
+               else "neither forward_features nor stage_maps")
         raise ValueError(f"heatmap stages {tuple(stages)} need an encoder with stage_maps(x, "
-                         f"stages); {type(encoder).__name__} has only forward_features")
-    return _StageMaps(encoder, tuple(int(s) for s in stages))
+                         f"stages); {name} has {has}: name modules instead, e.g. "
+                         f"feature_fn(model, layers=['layer3'])")
+    return _StageMaps(model, tuple(int(s) for s in stages))
 
 
 class _StageMaps:
@@ -345,9 +521,216 @@ class _StageMaps:
         return self.__self__.stage_maps(x, self.stages)
 
 
+class _LayersDone(Exception):
+    """Raised by ``_LayerMaps``'s hooks once every layer has run: ends the forward early."""
+
+
+#: at most this many module names in an unknown-layer error
+_MAX_CANDIDATES = 20
+
+
+def _layer_candidates(model: torch.nn.Module, missing: str) -> list[str]:
+    """Names to suggest for an unknown layer: close names, the children, names holding it."""
+    import difflib
+
+    names = [n for n, _ in model.named_modules() if n]
+    text = missing.lower()
+    near = difflib.get_close_matches(missing, names, n=8, cutoff=0.6)
+    holding = [n for n in names if text and text in n.lower()]
+    children = [n for n, _ in model.named_children()]
+    return list(dict.fromkeys([*near, *children, *holding]))
+
+
+class _LayerMaps:
+    """``x -> [output of each named submodule]`` caught by forward hooks during ``model(x)``.
+
+    ``__self__`` is the model. One layer gives its (B, C, h, w) map, several give a list.
+    """
+
+    def __init__(self, model: torch.nn.Module, layers: str | Sequence[str]) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"feature_fn(layers=...) needs an nn.Module, got "
+                            f"{type(model).__name__}")
+        names = (layers,) if isinstance(layers, str) else tuple(layers)
+        if not names or not all(isinstance(n, str) for n in names):
+            raise ValueError(f"layers must be a non-empty list of module names, got {layers!r}")
+        modules = []
+        for name in names:
+            try:
+                modules.append(model.get_submodule(name))
+            except AttributeError:
+                found = _layer_candidates(model, name)
+                more = len(found) - _MAX_CANDIDATES
+                shown = ", ".join(found[:_MAX_CANDIDATES]) + (f", ... ({more} more)"
+                                                              if more > 0 else "")
+                raise ValueError(f"{type(model).__name__} has no module {name!r} (names as in "
+                                 f"model.named_modules()); candidates: {shown or 'none'}"
+                                 ) from None
+        self.__self__, self.layers, self._modules = model, names, modules
+        self.single = isinstance(layers, str) or len(names) == 1
+
+    def __repr__(self) -> str:
+        return f"feature_fn({type(self.__self__).__name__}, layers={list(self.layers)})"
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        """Run the model on ``x`` (B, 3, H, W) up to the last named layer.
+
+        Returns:
+            The (B, C, h, w) map of the one layer, or a list of maps in the layers' order.
+        """
+        outs: dict[int, Any] = {}
+        todo = len(self.layers)
+
+        def catch(i: int) -> Callable[..., None]:
+            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+                if i not in outs:
+                    outs[i] = output
+                    if len(outs) == todo:
+                        raise _LayersDone
+
+            return hook
+
+        handles = [m.register_forward_hook(catch(i)) for i, m in enumerate(self._modules)]
+        try:
+            self.__self__(x)
+        except _LayersDone:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        maps = [self._checked(i, outs) for i in range(len(self.layers))]
+        return maps[0] if self.single else maps
+
+    def _checked(self, i: int, outs: dict[int, Any]) -> torch.Tensor:
+        name, model = self.layers[i], type(self.__self__).__name__
+        if i not in outs:
+            raise ValueError(f"layer {name!r} did not run in {model}'s forward(x)")
+        out = outs[i]
+        if isinstance(out, torch.Tensor) and out.dim() == 4:
+            return out
+        if isinstance(out, torch.Tensor) and out.dim() == 3:
+            raise ValueError(f"layer {name!r} of {model} gave {tuple(out.shape)}, not a "
+                             f"(B, C, h, w) map: tokens (B, N, C) need reshaping to the patch "
+                             f"grid first (ccrop's timm: backbones do it in forward_features)")
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(f"layer {name!r} of {model} gave {got}, not a (B, C, h, w) tensor: "
+                         f"name a module whose output is a feature map")
+
+
 def _as_module(encoder: Callable) -> torch.nn.Module | None:
     owner = getattr(encoder, "__self__", encoder)
     return owner if isinstance(owner, torch.nn.Module) else None
+
+
+SALIENCY_SIDE = 64  # saliency is computed at most at this side (larger images: resized)
+
+
+def saliency_heatmaps(images: torch.Tensor, reference: str = "nearest") -> torch.Tensor:
+    """Low-level saliency with no network: each pixel's colour distance to the image border.
+
+    The border ring (the outer ``max(1, H // 16)`` pixels) stands for the background; a pixel's
+    saliency is its Euclidean colour distance to the nearest ring colour (``"nearest"``, the
+    default: measured better on multi-coloured photographs) or to the ring's mean colour
+    (``"mean"``), smoothed by a 3 x 3 mean and min-max normalised per image. Images larger
+    than ``SALIENCY_SIDE`` are resized (antialiased) first and the heat resized back. Pair it
+    with Otsu's threshold and the peak region (``crop.box_source=saliency``); a uniform image
+    is degenerate (all zeros).
+
+    Args:
+        images: (B, 3, H, W) float images (any per-channel normalisation).
+        reference: ``"mean"`` or ``"nearest"``.
+
+    Returns:
+        ``(heat (B, H, W) in [0, 1], degenerate (B,) bool)``.
+    """
+    x = images.float()
+    size = x.shape[-2:]
+    if max(size) > SALIENCY_SIDE:
+        f = SALIENCY_SIDE / max(size)
+        x = F.interpolate(x, size=(max(1, round(size[0] * f)), max(1, round(size[1] * f))),
+                          mode="bilinear", antialias=True, align_corners=False)
+    B, C, H, W = x.shape
+    r = max(1, min(H, W) // 16)
+    ring = torch.ones(H, W, dtype=torch.bool, device=x.device)
+    ring[r:H - r, r:W - r] = False
+    border = x[:, :, ring]  # (B, C, R)
+    if reference == "mean":
+        dist_ = (x - border.mean(dim=2)[:, :, None, None]).norm(dim=1)  # (B, H, W)
+    else:  # nearest ring colour: (B, HW, R) distances, min over R
+        dist_ = torch.cdist(x.flatten(2).transpose(1, 2), border.transpose(1, 2)).amin(2)
+        dist_ = dist_.view(B, H, W)
+    smooth = F.avg_pool2d(dist_[:, None], 3, 1, 1, count_include_pad=False)  # (B, 1, H, W)
+    if tuple(size) != (H, W):
+        smooth = F.interpolate(smooth, size=tuple(size), mode="bilinear", align_corners=False)
+    return _normalised_maps(smooth)
+
+
+@torch.no_grad()
+def saliency_boxes(loader: Iterable, store: BoxStore, gt_boxes: torch.Tensor | None = None,
+                   progress: bool = False, min_confidence: float = 0.0) -> dict[str, Any]:
+    """Boxes from ``saliency_heatmaps`` (Otsu, peak region) for every image, into ``store``.
+
+    No encoder and no warm-up needed (image filtering, as FilteringCrop initialises object
+    centres); the confidence and fallback are those of ``localize``.
+
+    Args:
+        loader: yields ``(indices (B,), images (B, 3, H, W))``.
+        store: the ``BoxStore`` to update.
+        gt_boxes: optional (N, 4) true boxes (adds ``iou_gt``).
+        progress: show a progress bar.
+        min_confidence: as ``localize``.
+
+    Returns:
+        ``update_boxes``'s statistics.
+    """
+    start = time.perf_counter()
+    idx, found = [], []
+    for indices, images in progress_bar(loader, "saliency", progress):
+        heat, bad = saliency_heatmaps(images)
+        boxes, empty = boxes_from_heatmaps(heat, 0.0, "otsu", "peak")
+        conf = box_confidence(heat, boxes)
+        fallback = (conf < min_confidence) & ~(bad | empty) if min_confidence > 0 else \
+            torch.zeros_like(bad)
+        boxes = torch.where(fallback[:, None], _full_like(boxes), boxes)
+        idx.append(indices)
+        found.append(Localized(boxes, bad | empty, conf, fallback, torch.zeros_like(bad)))
+    return write_boxes(store, torch.cat(idx), Localized(*(torch.cat(p) for p in zip(*found))),
+                       gt_boxes, start)
+
+
+class FullBoxWarning(UserWarning):
+    """Most boxes cover the whole image: ContrastiveCrop degenerates to RandomResizedCrop."""
+
+
+class FallbackWarning(UserWarning):
+    """Most boxes were not confident enough and fell back to the full image."""
+
+
+def warn_unreliable(stats: dict[str, Any], warn_share: float = 0.8, when: str = "",
+                    advice: str | None = None) -> None:
+    """Warn (once per call) when most boxes of an update cover the image or fell back.
+
+    Args:
+        stats: ``update_boxes`` statistics (``full_share``, optional ``fallback_share``).
+        warn_share: warn when a share is at least this.
+        when: e.g. ``" after epoch 3"``, for the message.
+        advice: what to try instead (default: ccrop's localization settings).
+    """
+    fallback = stats.get("fallback_share", 0.0)
+    if fallback >= warn_share:
+        warnings.warn(
+            f"{fallback:.0%} of boxes fell back to the full image{when} (box confidence below "
+            "crop.min_confidence): for those images ContrastiveCrop is RandomResizedCrop, so the "
+            "run gains little from it; the encoder's heatmaps do not separate objects from "
+            "background yet (later updates may), or boxes from elsewhere "
+            "(crop.box_source=saliency or file:PATH) may serve better.", FallbackWarning,
+            stacklevel=2)
+    elif stats["full_share"] >= warn_share:
+        advice = advice or ("consider crop.threshold_mode=otsu with crop.box_region=peak, or a "
+                            "higher crop.threshold; keep crop.full_box_guard on")
+        warnings.warn(f"{stats['full_share']:.0%} of boxes cover (almost) the whole image{when}: "
+                      f"ContrastiveCrop does little here ({advice}).", FullBoxWarning,
+                      stacklevel=2)
 
 
 @torch.no_grad()
@@ -364,16 +747,22 @@ def update_boxes(
     progress: bool = False,
     align: str = "paper",
     region: str = "extent",
+    heatmap: str = "sum",
+    polarity: str = "none",
+    center_prior: float = 0.0,
+    min_confidence: float = 0.0,
+    warn_share: float | None = 0.8,
 ) -> dict[str, Any]:
     """Run the encoder over un-augmented images and write one box per image into ``store``.
 
     The encoder's module (if any) is put in eval mode and restored afterwards. Boxes are written
     by dataset index, so sampler order and DistributedSampler padding do not matter; under DDP
-    each rank localizes its shard and all ranks receive every box.
+    each rank localizes its shard and all ranks receive every box. The defaults are the
+    paper's rule; ``**CropConfig().box_rule()`` gives ccrop's.
 
     Args:
         encoder: callable (B, 3, H, W) -> (B, C, h, w) or a list of maps, e.g.
-            ``backbone.forward_features`` or ``feature_fn(backbone, (3,))``.
+            ``feature_fn(backbone, layers=["layer3"])`` or ``backbone.forward_features``.
         loader: yields ``(indices (B,), images (B, 3, H, W))`` normalised like training input.
         store: the ``BoxStore`` to update.
         threshold, mode, region: see ``boxes_from_heatmaps``.
@@ -382,20 +771,26 @@ def update_boxes(
         channels_last: feed channels_last images.
         gt_boxes: optional (N, 4) ground-truth boxes; adds ``iou_gt`` to the statistics.
         progress: show a progress bar (main process).
-        align: cell placement of the heatmap (see ``ALIGNS``).
+        align, heatmap, polarity, center_prior, min_confidence: see ``localize``.
+        warn_share: warn (``FullBoxWarning``, ``FallbackWarning``) when at least this share of
+            boxes covers the whole image or fell back; None: never (main process only).
 
     Returns:
         Statistics: ``seconds``, ``images``, ``mean_area``, ``full_share`` (share of boxes with
-        area >= 0.95), ``degenerate`` (count), and ``iou_gt`` when ``gt_boxes`` is given.
+        area >= 0.95), ``degenerate`` (count), ``fallback_share`` (boxes set to the full image
+        for low confidence), ``flipped_share`` (inverted maps flipped), ``mean_confidence``,
+        and ``iou_gt`` when ``gt_boxes`` is given.
     """
     _check_threshold(threshold, mode, align, region)
+    rule = dict(threshold=threshold, mode=mode, align=align, region=region, heatmap=heatmap,
+                polarity=polarity, center_prior=center_prior, min_confidence=min_confidence)
     start = time.perf_counter()
     module = _as_module(encoder)
     if device is None:
         p = next(module.parameters(), None) if module is not None else None
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    all_idx, all_boxes, all_bad = [], [], []
+    found: list[tuple[torch.Tensor, Localized]] = []
     with eval_mode(module):
         for indices, images in progress_bar(loader, "localize", progress):
             images = images.to(device, non_blocking=True)
@@ -403,17 +798,40 @@ def update_boxes(
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 fmap = encoder(images)  # (B, C, h, w), or a list of stage maps
-            boxes, bad = localize(fmap, images.shape[-2:], threshold, mode, align, region)
-            all_idx.append(indices.to(device))
-            all_boxes.append(boxes)
-            all_bad.append(bad)
-    if not all_idx:
+            found.append((indices.to(device), localize(fmap, images.shape[-2:], **rule)))
+    if not found:
         raise ValueError("loader yielded no images: cannot update boxes")
-    idx = dist.all_gather(torch.cat(all_idx))  # (N,) over all ranks
-    boxes = dist.all_gather(torch.cat(all_boxes))  # (N, 4)
-    bad = dist.all_gather(torch.cat(all_bad))
-    store.update(idx.cpu(), boxes.cpu())  # the one host transfer
-    return box_stats(store, idx.cpu(), bad.cpu(), gt_boxes, time.perf_counter() - start)
+    stats = write_boxes(store, torch.cat([i for i, _ in found]),
+                        Localized(*(torch.cat(parts) for parts in zip(*(f for _, f in found)))),
+                        gt_boxes, start)
+    if warn_share is not None and dist.is_main_process():
+        warn_unreliable(stats, warn_share)
+    return stats
+
+
+def write_boxes(store: BoxStore, idx: torch.Tensor, found: Localized,
+                gt_boxes: torch.Tensor | None, start: float) -> dict[str, Any]:
+    """Gather one rank's boxes (and flags) over all ranks, write them by index, and count.
+
+    Args:
+        store: the ``BoxStore``.
+        idx: (n,) dataset indices of this rank's boxes.
+        found: ``localize``'s result for them (n rows).
+        gt_boxes: optional (N, 4) true boxes.
+        start: ``time.perf_counter()`` when the update began.
+
+    Returns:
+        ``update_boxes``'s statistics.
+    """
+    idx = dist.all_gather(idx).cpu()  # (N,) over all ranks
+    parts = [dist.all_gather(t).cpu() for t in found]  # one host transfer each
+    store.update(idx, parts[0])
+    stats = box_stats(store, idx, parts[1], gt_boxes, 0.0)
+    n = max(len(idx), 1)
+    stats.update(fallback_share=float(parts[3].sum()) / n, flipped_share=float(parts[4].sum()) / n,
+                 mean_confidence=float(parts[2].mean()) if len(idx) else 0.0,
+                 seconds=time.perf_counter() - start)
+    return stats
 
 
 def localize_dataset(crop: Any, encoder: torch.nn.Module, loader: Iterable, store: BoxStore,

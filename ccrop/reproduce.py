@@ -31,12 +31,12 @@ _SMALL = {"cifar10": (50_000, 32), "cifar100": (50_000, 32), "stl10": (105_000, 
 def paper_pairs() -> list[tuple[str, str, str]]:
     """``(setting, rcrop config, ccrop config)`` of every packaged pair, e.g.
     ``("cifar10/simclr", "cifar10/simclr_rcrop.yaml", "cifar10/simclr_ccrop.yaml")``;
-    laptop sets (synthetic, cluttered) left out."""
+    laptop sets (synthetic, cluttered, icons) left out."""
     pairs = []
     for ccrop in sorted(PACKAGED_CONFIGS.rglob("*_ccrop.yaml")):
         rcrop = ccrop.with_name(ccrop.name.replace("_ccrop", "_rcrop"))
         folder = ccrop.parent.name
-        if folder in ("synthetic", "cluttered") or not rcrop.is_file():
+        if folder in ("synthetic", "cluttered", "icons") or not rcrop.is_file():
             continue
         setting = f"{folder}/{ccrop.stem.replace('_ccrop', '')}"
         pairs.append((setting, f"{folder}/{rcrop.name}", f"{folder}/{ccrop.name}"))
@@ -48,7 +48,7 @@ def gpu_hours(setting: str) -> str:
     CIFAR epoch by images x pixels; ImageNet is not measured yet."""
     folder = setting.split("/")[0]
     if folder not in _SMALL:
-        return "not measured (issue: ImageNet-size check)"
+        return "not measured"
     n, side = _SMALL[folder]
     hours = H100_CIFAR_EPOCH_S * (n / 50_000) * (side / 32) ** 2 * 500 / 3600
     return f"~{hours:.1f} (est.)" if folder not in ("cifar10", "cifar100") else \

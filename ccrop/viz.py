@@ -311,9 +311,17 @@ def localization_figure(
     align: str = "paper",
     region: str = "extent",
     stages: Sequence[int] | None = None,
+    heatmap: str = "sum",
+    polarity: str = "none",
+    center_prior: float = 0.0,
+    min_confidence: float = 0.0,
     **kw: Any,
 ) -> Path:
     """Localize ``dataset[indices]`` with ``backbone`` and draw ``plot_localization``.
+
+    ``heatmap``, ``polarity``, ``center_prior`` and ``min_confidence`` are
+    ``ccrop.localize.localize``'s; boxes that fell back to the full image are counted in the
+    title.
 
     ``align`` is the heatmap cell placement (``ccrop.localize.ALIGNS``), ``region`` the box
     region (``ccrop.localize.REGIONS``), ``stages`` the backbone stages of the heatmap (None:
@@ -355,12 +363,18 @@ def localization_figure(
     with eval_mode(backbone), torch.no_grad():
         fmap = features(x.to(device))  # (B, C, h, w) or a list of stage maps
     size = (x.shape[-2], x.shape[-1])
-    heat, _ = heatmaps_from_features(fmap, size, align)  # (B, H, W)
-    boxes, bad = localize(fmap, size, threshold, mode, align, region)  # (B, 4), (B,)
+    rule = dict(heatmap=heatmap, polarity=polarity, center_prior=center_prior)
+    heat, _ = heatmaps_from_features(fmap, size, align, **rule)  # (B, H, W)
+    found = localize(fmap, size, threshold, mode, align, region, **rule,
+                     min_confidence=min_confidence)
+    boxes, bad = found.boxes, found.degenerate  # (B, 4), (B,)
     gt = _gt_rows(gt_boxes if gt_boxes is not None else getattr(dataset, "gt_boxes", None), idx)
     kw.setdefault("row_labels", [f"index {i}" for i in idx])
-    rule = f"{mode} threshold {threshold:g}" if mode != "otsu" else "Otsu threshold"
-    kw.setdefault("title", f"localization: {rule}, {region} box")
+    law = f"{mode} threshold {threshold:g}" if mode != "otsu" else "Otsu threshold"
+    fell = int(found.fallback.sum())
+    kw.setdefault("title", f"localization: {heatmap} heatmap, {law}, {region} box"
+                  + (f"; {fell}/{len(idx)} fell back to the full image" if min_confidence
+                     else ""))
     return plot_localization(pics, heat.cpu(), boxes.cpu(), path, gt_boxes=gt,
                              degenerate=bad.cpu(), **kw)  # fmt: skip
 

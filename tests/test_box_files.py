@@ -93,6 +93,61 @@ def test_json_round_trip_random_boxes_and_sizes(tmp_path):
     assert_bits_equal(read_boxes(out, 2000, paths)[0], boxes)
 
 
+@pytest.mark.parametrize("with_paths", [True, False])
+def test_json_export_evaluates_with_pycocotools(tmp_path, with_paths):
+    """The export is a COCO file: pycocotools loads it, and the annotations scored as
+    detections against themselves give AP 1.0; reading it back gives the same boxes."""
+    from pycocotools.coco import COCO  # a dev dependency
+    from pycocotools.cocoeval import COCOeval
+
+    n = 8
+    # non-degenerate boxes (a zero-area box has no defined IoU)
+    boxes = torch.tensor([[0.1, 0.2, 0.6, 0.9]]) + 0.04 * torch.arange(n)[:, None]  # (N, 4)
+    boxes = boxes.clamp(0, 1)
+    paths = [f"/data/train/c{i % 2}/img{i}.png" for i in range(n)] if with_paths else None
+    sizes = torch.tensor([[32 + i, 48 - i] for i in range(n)])  # (N, 2) (h, w)
+    out = write_boxes(tmp_path / "b.json", boxes, paths, sizes)
+
+    data = json.loads(out.read_text())
+    assert sorted(a["id"] for a in data["annotations"]) == list(range(1, n + 1))
+    assert [im["id"] for im in data["images"]] == list(range(n))
+    assert all(a["iscrowd"] == 0 and a["category_id"] == 1 for a in data["annotations"])
+    names = [im["file_name"] for im in data["images"]]
+    assert names == (paths if with_paths else [str(i) for i in range(n)])
+
+    gt = COCO(str(out))
+    assert sorted(gt.getImgIds()) == list(range(n)) and gt.getCatIds() == [1]
+    dets = [{**a, "score": 1.0} for a in data["annotations"]]
+    ev = COCOeval(gt, gt.loadRes(dets), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] == pytest.approx(1.0)
+    # a shifted detection set must score lower: the evaluation is not trivially 1.0
+    moved = [{**d, "bbox": [d["bbox"][0] + 0.5 * d["bbox"][2], *d["bbox"][1:]]} for d in dets]
+    ev = COCOeval(gt, gt.loadRes(moved), "bbox")
+    ev.evaluate()
+    ev.accumulate()
+    ev.summarize()
+    assert ev.stats[0] < 0.5
+
+    back, missing = read_boxes(out, n, paths)
+    assert missing == 0
+    assert_bits_equal(back, boxes)
+
+
+def test_json_reads_files_of_older_writers(tmp_path):
+    """Files written before annotation ids started at 1 (ids from 0, no file_name, no
+    categories) still read by image id = dataset index."""
+    images = [{"id": i, "width": 10, "height": 20} for i in range(3)]
+    anns = [{"id": i, "image_id": i, "bbox": [1, 2, 4, 8]} for i in range(3)]
+    path = write_text(tmp_path, "old.json", coco(images, anns))
+    boxes, missing = read_boxes(path, 3)
+    assert missing == 0
+    expected = torch.tensor([0.1, 0.1, 0.5, 0.5], dtype=torch.float32).repeat(3, 1)
+    assert torch.equal(boxes, expected)
+
+
 def test_csv_writer_layout(tmp_path):
     boxes = torch.tensor([[0.1, 0.2, 0.3, 0.4]])
     out = write_boxes(tmp_path / "b.csv", boxes, ["a/x.jpg"])

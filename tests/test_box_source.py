@@ -1,4 +1,5 @@
-"""crop.box_source (heatmap | oracle | file:PATH) and `ccrop boxes --out` export/import."""
+"""crop.box_source (heatmap | saliency | oracle | file:PATH), crop.warmup_boxes, and
+`ccrop boxes --out` export/import."""
 
 import json
 
@@ -7,6 +8,7 @@ import torch
 from PIL import Image
 
 from ccrop.box_files import read_boxes
+from ccrop.boxes import box_iou
 from ccrop.build import build_run
 from ccrop.checkpoint import latest_valid_checkpoint
 from ccrop.cli import main
@@ -25,11 +27,14 @@ def _truth() -> torch.Tensor:
     return build_dataset("synthetic", None, "train", num_images=48).gt_boxes
 
 
-def test_oracle_writes_the_true_boxes_at_each_update(tmp_path):
+def test_oracle_writes_the_true_boxes_before_the_first_epoch(tmp_path):
     run = build_run(load_config(None, TINY + ["crop.box_source=oracle",
                                               f"train.out_dir={tmp_path}"]))
     summary = fit(run)
-    assert summary["box_updates"] == [1]
+    assert summary["box_updates"] == [0]  # once, before training; no scheduled re-writes
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    updates = [r for r in lines if r["event"] == "box_update"]
+    assert [(r["epoch"], r["source"]) for r in updates] == [(0, "oracle")]
     assert torch.equal(run.store.boxes, _truth())
     assert summary["box_iou_gt"] == pytest.approx(1.0)
     _, state = latest_valid_checkpoint(tmp_path)
@@ -60,6 +65,33 @@ def test_box_source_must_name_a_known_source():
         load_config(None, ["crop.box_source=file:"])
 
 
+def test_saliency_boxes_for_the_warmup_then_the_encoder(tmp_path):
+    run = build_run(load_config(None, TINY + ["crop.warmup_boxes=saliency",
+                                              f"train.out_dir={tmp_path}"]))
+    summary = fit(run)
+    assert summary["box_updates"] == [0, 1]  # saliency before epoch 0, the encoder after 1
+    sources = [h["source"] for h in run.history if h.get("event") == "box_update"]
+    assert sources == ["saliency", "heatmap"]
+    first = run.history[0]
+    assert first["iou_gt"] > 0.6  # synthetic objects are salient (full image: 0.3)
+
+
+def test_saliency_box_source_keeps_its_boxes_for_the_whole_run(tmp_path):
+    run = build_run(load_config(None, TINY + ["crop.box_source=saliency",
+                                              f"train.out_dir={tmp_path}"]))
+    summary = fit(run)
+    assert summary["box_updates"] == [0]
+    assert summary["box_iou_gt"] > 0.6  # measured 0.9 on the synthetic val split
+
+
+def test_a_schedule_without_updates_warns(tmp_path):
+    from ccrop.engine import NoBoxUpdateWarning
+
+    run = build_run(load_config(None, TINY + ["train.epochs=1", f"train.out_dir={tmp_path}"]))
+    with pytest.warns(NoBoxUpdateWarning, match="schedule no box update"):
+        fit(run)
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
@@ -80,10 +112,13 @@ def test_export_then_train_from_the_file_gives_the_same_boxes(ckpt, tmp_path, su
     ref = torch.load(tmp_path / "ref.pt", weights_only=True)["boxes"]
     assert torch.equal(exported, ref)
     assert not torch.equal(exported, torch.tensor([[0.0, 0, 1, 1]]).expand(48, 4))
-    run = build_run(load_config(None, TINY + [f"crop.box_source=file:{path}",
+    # one epoch, no warm-up: no update is scheduled, the file's boxes are used all the same
+    run = build_run(load_config(None, TINY + [f"crop.box_source=file:{path}", "train.epochs=1",
+                                              "crop.warmup_epochs=0",
                                               f"train.out_dir={tmp_path / 'train'}"]))
-    fit(run)
+    summary = fit(run)
     assert torch.equal(run.store.boxes, ref)
+    assert summary["box_iou_gt"] == pytest.approx(float(box_iou(ref, _truth()).mean()))
 
 
 def test_boxes_out_is_checked_before_the_pass(ckpt, tmp_path, capsys, monkeypatch):

@@ -183,3 +183,34 @@ def test_missing_config_and_checkpoint(tmp_path, capsys):
     assert "none.yaml" in capsys.readouterr().err
     assert main(["knn", "--checkpoint", str(tmp_path / "none.pt")]) == 2
     assert "none.pt" in capsys.readouterr().err
+
+
+def test_boxes_honours_train_progress(run_dir, tmp_path, capsys, monkeypatch):
+    """``train.progress=false`` (the run's config) draws no bar in ``ccrop boxes``; the same
+    command with ``train.progress=true`` draws the localization bar."""
+    import tqdm.auto
+
+    from ccrop import runtime
+
+    bars = []
+
+    class Recorder(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs):
+            bars.append(kwargs.get("desc"))
+            super().__init__(*args, **{**kwargs, "disable": True})
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorder)
+    ckpt = str(ckpt_path(run_dir, 2))
+    assert main(["boxes", "--checkpoint", ckpt, "--out", str(tmp_path / "b.json")]) == 0
+    assert bars == []
+    assert main(["boxes", "--checkpoint", ckpt, "train.progress=true"]) == 0
+    assert bars == ["localize"]
+    # the command-wide switch also silences helpers that are asked for a bar
+    with runtime.bars_enabled(False):
+        assert list(runtime.progress(range(3), "x", on=True)) == [0, 1, 2]
+        with runtime.bars_enabled(True):  # cannot re-enable inside a silenced block
+            runtime.progress(range(3), "y", on=True)
+    assert bars == ["localize"]
+    runtime.progress(range(3), "z", on=True)
+    assert bars == ["localize", "z"]
+    capsys.readouterr()

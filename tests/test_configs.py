@@ -20,7 +20,7 @@ from ccrop.schedule import box_update_epochs
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 LEAF_FILES = [p for p in ALL_FILES if not p.name.startswith("_")]
-CPU_SETS = ("synthetic", "cluttered")  # laptop-size runs, not paper settings
+CPU_SETS = ("synthetic", "cluttered", "icons")  # laptop-size runs, not paper settings
 PAPER_FILES = [p for p in LEAF_FILES if p.parent.name not in CPU_SETS]
 SMALL_SETS = ("cifar10", "cifar100", "stl10", "tiny-imagenet")
 IMAGENET_SETS = ("imagenet1k", "imagenet200")

@@ -142,8 +142,9 @@ def test_extending_epochs_on_resume(tmp_path):
     assert run.epoch == 2
     summary = engine.fit(run)
     assert summary["epochs"] == 3
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    assert len(lines) == 3
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["event"] == "epoch"] == [1, 2, 3]
+    assert [r["epoch"] for r in lines if r["event"] == "box_update"] == [2]
 
 
 def test_full_box_warning_after_a_degenerate_update_only(tmp_path):

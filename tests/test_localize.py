@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
 from ccrop import BoxStore, boxes_from_features, heatmaps_from_features, update_boxes
-from ccrop.localize import boxes_from_heatmaps, localize
+from ccrop.boxes import box_area, box_iou
+from ccrop.localize import (
+    FallbackWarning,
+    box_confidence,
+    boxes_from_heatmaps,
+    localize,
+    saliency_boxes,
+    saliency_heatmaps,
+)
 
 
 def blob(h, w, y0, y1, x0, x1, c=3, b=1):
@@ -66,7 +74,7 @@ def test_degenerate_maps_give_full_box_and_are_counted(case):
         fmap[1] = value
     else:
         fmap[1, 2, 1, 1] = value
-    boxes, degenerate = localize(fmap, (16, 16))
+    boxes, degenerate = localize(fmap, (16, 16))[:2]
     assert torch.isfinite(boxes).all()
     assert degenerate.tolist() == [False, True, False]
     assert torch.equal(boxes[1], torch.tensor([0.0, 0.0, 1.0, 1.0]))
@@ -305,3 +313,264 @@ def test_feature_fn_selects_resnet_stages():
     assert feature_fn(net, (3,)).__self__ is net  # update_boxes finds the module
     with pytest.raises(ValueError, match="stage_maps"):
         feature_fn(torch.nn.Conv2d(3, 3, 1), (3,))
+
+
+# feature_fn(model, layers=[...]): heatmap maps of any nn.Module through forward hooks
+
+
+def _tv_resnet18():
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    return torchvision.models.resnet18().eval()
+
+
+def _to_layer3(net, x):
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    return net.layer3(net.layer2(net.layer1(x)))
+
+
+def _hook_count(net):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in net.modules())
+
+
+def test_feature_fn_layers_of_a_torchvision_resnet():
+    from ccrop.localize import feature_fn
+
+    net = _tv_resnet18()
+    x = torch.randn(2, 3, 64, 64)
+    fn = feature_fn(net, layers=["layer3"])
+    assert fn.__self__ is net
+    with torch.no_grad():
+        fmap = fn(x)
+        assert fmap.shape == (2, 256, 4, 4)
+        assert torch.equal(fmap, _to_layer3(net, x))
+        maps = feature_fn(net, layers=["layer4", "layer3"])(x)  # the given order
+        assert isinstance(maps, list) and [tuple(m.shape) for m in maps] == [
+            (2, 512, 2, 2), (2, 256, 4, 4)]
+        assert torch.equal(maps[1], fmap)
+        assert torch.equal(feature_fn(net, "layer3")(x), fmap)  # names where stages go
+        assert torch.equal(feature_fn(net, layers="layer3")(x), fmap)
+    assert _hook_count(net) == 0
+
+
+def test_feature_fn_layers_stop_the_forward_after_the_last_layer():
+    from ccrop.localize import feature_fn
+
+    net = _tv_resnet18()
+    seen = []
+    spy = net.layer4.register_forward_hook(lambda m, a, out: seen.append(out.shape))
+    feature_fn(net, layers=["layer3"])(torch.randn(1, 3, 32, 32))
+    assert seen == []  # layer4 (and fc) never ran
+    feature_fn(net, layers=["layer4"])(torch.randn(1, 3, 32, 32))
+    assert len(seen) == 1
+    spy.remove()
+
+
+def test_feature_fn_unknown_layer_lists_candidates_at_construction():
+    from ccrop.localize import feature_fn
+
+    net = _tv_resnet18()
+    with pytest.raises(ValueError, match="no module 'layer5'") as err:
+        feature_fn(net, layers=["layer3", "layer5"])
+    msg = str(err.value)
+    assert "\n" not in msg and "layer4" in msg and "conv1" in msg and "fc" in msg
+    with pytest.raises(ValueError, match="candidates") as err:
+        feature_fn(net, layers=["conv"])  # many names hold "conv": the list is cut
+    assert "more)" in str(err.value) and len(str(err.value).split(", ")) <= 22
+    with pytest.raises(ValueError, match="not both"):
+        feature_fn(net, (3,), layers=["layer3"])
+    with pytest.raises(ValueError, match="non-empty"):
+        feature_fn(net, layers=[])
+    with pytest.raises(ValueError, match="layers="):  # no stage_maps: point to layers
+        feature_fn(net, (3,))
+    with pytest.raises(ValueError, match="layers="):  # no forward_features either
+        feature_fn(net)
+    assert _hook_count(net) == 0
+
+
+def test_feature_fn_layers_remove_hooks_on_errors_and_check_outputs():
+    from ccrop.localize import feature_fn
+
+    net = _tv_resnet18()
+    with pytest.raises(RuntimeError):  # 1-channel input: conv1 fails before layer3
+        feature_fn(net, layers=["layer3"])(torch.randn(1, 1, 32, 32))
+    assert _hook_count(net) == 0
+    with pytest.raises(ValueError, match="'fc'.*\\(1, 1000\\)"):
+        feature_fn(net, layers=["layer3", "fc"])(torch.randn(1, 3, 32, 32))
+    assert _hook_count(net) == 0
+    tokens = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 4, 4), torch.nn.Flatten(2))
+    with pytest.raises(ValueError, match="'1'.*tokens"):
+        feature_fn(tokens, layers=["1"])(torch.randn(1, 3, 16, 16))
+
+    class Branches(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.unused = torch.nn.Conv2d(3, 4, 1), torch.nn.Conv2d(3, 4, 1)
+
+        def forward(self, x):
+            return self.used(x)
+
+    branch = Branches()
+    with pytest.raises(ValueError, match="'unused' did not run"):
+        feature_fn(branch, layers=["unused"])(torch.randn(1, 3, 8, 8))
+    assert _hook_count(branch) == 0
+
+
+def test_feature_fn_layers_localize_end_to_end_with_update_boxes():
+    from ccrop.config import CropConfig
+    from ccrop.localize import feature_fn
+
+    net = _tv_resnet18().train()
+    images = torch.randn(10, 3, 64, 64)
+    loader = DataLoader(TensorDataset(torch.arange(10), images), batch_size=4)
+    store = BoxStore(10)
+    stats = update_boxes(feature_fn(net, layers=["layer3"]), loader, store,
+                         **CropConfig().box_rule())
+    assert net.training  # put in eval mode for the update, then restored
+    assert store.version == 1 and stats["images"] == 10
+    boxes = store.boxes
+    assert boxes.shape == (10, 4) and boxes.min() >= 0 and boxes.max() <= 1
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert not torch.equal(boxes, torch.tensor([[0.0, 0, 1, 1]]).expand(10, 4))
+    assert _hook_count(net) == 0
+    # several layers average their heatmaps, as stages do
+    update_boxes(feature_fn(net, layers=["layer3", "layer4"]), loader, store)
+    assert store.version == 2
+
+
+def test_feature_fn_layers_match_stages_on_ccrop_backbones():
+    from ccrop.localize import feature_fn
+    from ccrop.models import build_backbone
+
+    net = build_backbone(width=4).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(feature_fn(net, layers=["layer3"])(x), feature_fn(net, (3,))(x)[0])
+        a, b = feature_fn(net, layers=["layer3", "layer4"])(x)
+        assert torch.equal(b, net.forward_features(x))
+        tv = build_backbone("tv:resnet18").eval()  # ccrop's torchvision wrapper: trunk.*
+        assert torch.equal(feature_fn(tv, layers=["trunk.layer3"])(x), feature_fn(tv, (3,))(x)[0])
+    with pytest.raises(ValueError, match="trunk.layer3"):
+        feature_fn(tv, layers=["layer3"])
+
+
+def test_feature_fn_layers_of_a_timm_model():
+    timm = pytest.importorskip("timm")
+    from ccrop.localize import feature_fn
+    from ccrop.models import build_backbone
+
+    torch.manual_seed(0)
+    net = timm.create_model("resnet18", num_classes=0).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        fmap = feature_fn(net, layers=["layer3"])(x)
+        y = net.maxpool(net.act1(net.bn1(net.conv1(x))))
+        assert torch.equal(fmap, net.layer3(net.layer2(net.layer1(y))))
+        wrapped = build_backbone("timm:resnet18").eval()  # ccrop's timm wrapper: net.*
+        assert torch.equal(feature_fn(wrapped, layers=["net.layer3"])(x),
+                           feature_fn(wrapped, (3,))(x)[0])
+    assert _hook_count(net) == 0
+
+
+# ----------------------------------------------------------------------------- reading the encoder
+
+
+def _object_map(value_obj: float, value_bg: float, noise: float = 0.0) -> torch.Tensor:
+    """(2, 8, 8, 8) feature maps: an object at cells [2:5, 3:6] with its own direction."""
+    g = torch.Generator().manual_seed(0)
+    fmap = torch.zeros(2, 8, 8, 8)
+    fmap[:, 0] = value_bg  # background: channel 0
+    fmap[:, :, 2:5, 3:6] = 0.0
+    fmap[:, 1, 2:5, 3:6] = value_obj  # object: channel 1
+    return fmap + noise * torch.randn(fmap.shape, generator=g)
+
+
+def test_inverted_heatmap_is_flipped_and_counted():
+    # channel sum: the background (2.0) is hotter than the object (1.0) -> the box is wrong
+    fmap = _object_map(1.0, 2.0)
+    plain = localize(fmap, (32, 32), mode="otsu", align="receptive", region="peak")
+    auto = localize(fmap, (32, 32), mode="otsu", align="receptive", region="peak",
+                    polarity="auto")
+    assert not plain.flipped.any() and auto.flipped.all()
+    truth = torch.tensor([[3 / 8, 2 / 8, 6 / 8, 5 / 8]]).expand(2, 4)
+    assert box_iou(plain.boxes, truth).max() < 0.5
+    assert box_iou(auto.boxes, truth).min() > 0.6
+    # a map hotter inside than on its border is never flipped
+    assert not localize(_object_map(2.0, 1.0), (32, 32), polarity="auto").flipped.any()
+
+
+def test_contrast_heatmap_finds_the_object_whatever_its_sign():
+    truth = torch.tensor([[3 / 8, 2 / 8, 6 / 8, 5 / 8]]).expand(2, 4)
+    for obj, bg in ((1.0, 2.0), (2.0, 1.0), (-1.0, 0.5)):
+        heat, bad = heatmaps_from_features(_object_map(obj, bg), (8, 8), heatmap="contrast")
+        assert not bad.any()
+        assert heat[:, 2:5, 3:6].min() > 0.99 and heat[:, 6:, :].max() < 0.01
+        boxes = boxes_from_features(_object_map(obj, bg), (32, 32), mode="otsu",
+                                    align="receptive", heatmap="contrast")
+        assert box_iou(boxes, truth).min() > 0.6
+
+
+def test_center_prior_prefers_the_central_of_two_equal_blobs():
+    heat_map = torch.zeros(1, 1, 16, 16)
+    heat_map[0, 0, 6:10, 6:10] = 1.0  # central blob
+    heat_map[0, 0, 0:4, 12:16] = 1.0  # corner blob, as hot
+    both = localize(heat_map, (16, 16), mode="otsu", region="extent")
+    centred = localize(heat_map, (16, 16), mode="otsu", region="extent", center_prior=1.0)
+    assert box_area(both.boxes)[0] > 0.35  # spans both blobs
+    assert torch.allclose(centred.boxes, torch.tensor([[6 / 16, 6 / 16, 10 / 16, 10 / 16]]))
+
+
+def test_box_confidence_is_inside_minus_outside_heat():
+    heat = torch.zeros(3, 10, 10)
+    heat[:, 2:6, 2:6] = 1.0
+    boxes = torch.tensor([[0.2, 0.2, 0.6, 0.6], [0.0, 0.0, 1.0, 1.0], [0.6, 0.6, 1.0, 1.0]])
+    conf = box_confidence(heat, boxes)
+    assert conf[0] == pytest.approx(1.0)  # the blob exactly
+    assert conf[1] == 0.0  # full box: nothing outside
+    assert conf[2] == pytest.approx(-16 / 84)  # an empty corner: colder than the rest
+
+
+@pytest.mark.parametrize("kind", ["constant", "noise"])
+def test_unreliable_maps_fall_back_to_the_full_box_and_are_counted(kind):
+    g = torch.Generator().manual_seed(1)
+    fmap = torch.ones(4, 8, 8, 8) if kind == "constant" else torch.rand(4, 8, 8, 8, generator=g)
+    found = localize(fmap, (32, 32), mode="otsu", align="receptive", region="peak",
+                     min_confidence=0.3)
+    assert torch.equal(found.boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(4, 4))
+    if kind == "constant":  # degenerate, not a fallback
+        assert found.degenerate.all() and not found.fallback.any()
+    else:  # a box was found, but no hotter than its surroundings by 0.3
+        assert not found.degenerate.any() and found.fallback.all()
+        assert (found.confidence < 0.3).all()
+    # a clear object passes the same bar
+    clear = localize(_object_map(2.0, 1.0), (32, 32), mode="otsu", min_confidence=0.3)
+    assert not clear.fallback.any()
+
+
+def test_update_boxes_counts_fallbacks_and_warns_when_most_fall_back():
+    class Noise(torch.nn.Module):
+        def forward(self, x):  # (B, 3, H, W) -> noise maps (B, 8, 4, 4)
+            g = torch.Generator().manual_seed(int(x.abs().sum()) % 1000)
+            return torch.rand(x.shape[0], 8, 4, 4, generator=g)
+
+    data = TensorDataset(torch.arange(8), torch.randn(8, 3, 16, 16))
+    store = BoxStore(8)
+    with pytest.warns(FallbackWarning, match="fell back to the full image"):
+        stats = update_boxes(Noise(), DataLoader(data, batch_size=4), store, mode="otsu",
+                             min_confidence=0.5)
+    assert stats["fallback_share"] == 1.0
+    assert torch.equal(store.boxes, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).expand(8, 4))
+
+
+def test_saliency_boxes_find_a_coloured_blob_with_no_network():
+    images = torch.zeros(2, 3, 32, 32)
+    images[:, 0] = 0.2  # reddish background
+    images[0, :, 4:12, 20:30] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]
+    images[1, :, 16:28, 2:10] = torch.tensor([0.0, 0.0, 1.0])[:, None, None]
+    store = BoxStore(2)
+    data = TensorDataset(torch.arange(2), images)
+    truth = torch.tensor([[20 / 32, 4 / 32, 30 / 32, 12 / 32], [2 / 32, 16 / 32, 10 / 32, 28 / 32]])
+    stats = saliency_boxes(DataLoader(data, batch_size=2), store, gt_boxes=truth)
+    assert stats["iou_gt"] > 0.7 and stats["fallback_share"] == 0.0
+    _, bad = saliency_heatmaps(torch.ones(1, 3, 16, 16))
+    assert bad.all()  # a uniform image has no salient region

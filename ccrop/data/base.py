@@ -1,14 +1,21 @@
-"""Base classes shared by the dataset readers: index checks, transforms and in-memory arrays."""
+"""Base classes shared by the dataset readers: index checks, transforms, in-memory arrays, and
+the missing-files / failed-download error of the downloadable datasets."""
 
 from __future__ import annotations
 
 import operator
+import os
+import shutil
+import urllib.error
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
+
+from ccrop.config import ConfigError
 
 # Layout names of a dataset's ``.data`` array, read by ``dataset_to_uint8``.
 NHWC = "NHWC"  # (N, H, W, 3) uint8, e.g. CIFAR, synthetic
@@ -105,3 +112,131 @@ class ArrayDataset(ImageDataset):
         if img.mode != "RGB":
             img = img.convert("RGB")
         return img, self.targets[index]
+
+
+# ----------------------------------------------------------------------------- missing data
+
+#: What a failed download raises: no network (``URLError`` is an ``OSError``), a disk error, or
+#: torchvision's checks (``RuntimeError``: bad checksum, every mirror failed).
+DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, RuntimeError)
+
+
+class DatasetMissingError(ConfigError, FileNotFoundError):
+    """Dataset files are missing and download is off, or the download failed.
+
+    A ``ConfigError`` (a ``ValueError``: the CLI prints one line and exits with code 2) and a
+    ``FileNotFoundError``, so code catching either keeps working. The message names the dataset,
+    the folder searched, the expected layout, the official URL and the config keys to set.
+    """
+
+
+def missing_data_message(
+    name: str,
+    folder: Path | str,
+    layout: str,
+    url: str,
+    reason: str | None = None,
+    hint: str = "",
+) -> str:
+    """One-line message for dataset files that are missing or could not be downloaded.
+
+    Args:
+        name: Dataset name, e.g. ``"cifar10"``.
+        folder: The ``data.root`` folder that was searched.
+        layout: Expected file layout below that folder.
+        url: Official download URL.
+        reason: Why the download failed (the network error), or None when download was off.
+        hint: Optional last sentence (another way to get the files).
+
+    Returns:
+        The message, on one line.
+    """
+    yourself = "and set data.root=<folder> to the folder that holds that layout (unpacked)"
+    if reason is None:
+        text = (
+            f"{name}: dataset files not found in {folder} (data.root); expected {layout} there. "
+            f"Set data.download=true (download=True in Python) to fetch {url} into it, or "
+            f"fetch it yourself {yourself}"
+        )
+    else:
+        reason = " ".join(reason.split())  # torchvision's texts span several lines
+        text = (
+            f"{name}: downloading {url} into {folder} (data.root) failed ({reason}); nothing "
+            f"was kept. Expected {layout} there. Check the network and retry with "
+            f"data.download=true, or fetch it on a machine with internet {yourself} and "
+            "data.download=false"
+        )
+    return f"{text}. {hint}" if hint else text
+
+
+def _remove(path: Path) -> None:
+    """Delete a file, link or folder tree; a path already gone is fine."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+class _NewPaths:
+    """What a download creates in ``watch`` folders, so that a failed one can be undone.
+
+    A watched folder that does not exist yet is removed whole afterwards, up to its highest
+    missing ancestor; one that exists keeps its entries and loses only those added since.
+    """
+
+    def __init__(self, watch: Sequence[Path]) -> None:
+        self.before: dict[Path, set[str]] = {}
+        self.created: set[Path] = set()
+        for folder in watch:
+            if folder.is_dir():
+                self.before[folder] = set(os.listdir(folder))
+                continue
+            top = folder
+            while not top.parent.exists() and top.parent != top:
+                top = top.parent
+            if not top.exists():
+                self.created.add(top)
+
+    def undo(self) -> None:
+        """Remove the folders and files created since the snapshot."""
+        for top in self.created:
+            _remove(top)
+        for folder, names in self.before.items():
+            if folder.is_dir():
+                for name in set(os.listdir(folder)) - names:
+                    _remove(folder / name)
+
+
+def download_or_fail(
+    fetch: Callable[[], Any],
+    watch: Sequence[Path],
+    complete: Callable[[], bool],
+    message: Callable[[str], str],
+) -> None:
+    """Run a download; if it fails, remove what it created and raise one clear error.
+
+    Args:
+        fetch: The download (torchvision's helpers); may create folders and archives.
+        watch: Folders the download writes into (``root`` first, then the dataset's own
+            folders). Those that do not exist yet are removed on failure; the others keep
+            their former entries and lose only the new ones (partial archives, half-unpacked
+            folders).
+        complete: True once the dataset's files are all present.
+        message: The error message for a failure reason (see ``missing_data_message``).
+
+    Raises:
+        DatasetMissingError: ``fetch`` raised a network, disk or checksum error
+            (``DOWNLOAD_ERRORS``), or the files are still missing after it.
+    """
+    new = _NewPaths(watch)
+    try:
+        fetch()
+    except DOWNLOAD_ERRORS as exc:
+        new.undo()
+        raise DatasetMissingError(message(f"{type(exc).__name__}: {exc}")) from exc
+    except BaseException:  # interrupted (Ctrl-C) or a bug: still leave nothing half-written
+        new.undo()
+        raise
+    if not complete():
+        new.undo()
+        raise DatasetMissingError(message("the downloaded archive lacks the expected files"))

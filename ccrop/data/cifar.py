@@ -11,7 +11,13 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ArrayDataset, check_split
+from .base import (
+    ArrayDataset,
+    DatasetMissingError,
+    check_split,
+    download_or_fail,
+    missing_data_message,
+)
 
 _IMAGE_BYTES = 3 * 32 * 32
 
@@ -26,6 +32,16 @@ class _CifarSpec:
     test: tuple[str, ...]
     label_key: str
     meta: tuple[str, str]  # (file, key of the class names)
+    url: str  # the official archive (what torchvision fetches)
+    archive: str  # its file name, downloaded into root
+
+    @property
+    def layout(self) -> str:
+        """The expected files below root, e.g. ``cifar-10-batches-py/{data_batch_1..5, ...}``."""
+        train = (
+            f"data_batch_1..{len(self.train)}" if len(self.train) > 1 else ", ".join(self.train)
+        )
+        return f"{self.folder}/{{{train}, {', '.join(self.test)}, {self.meta[0]}}}"
 
 
 _CIFAR10 = _CifarSpec(
@@ -35,6 +51,8 @@ _CIFAR10 = _CifarSpec(
     ("test_batch",),
     "labels",
     ("batches.meta", "label_names"),
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    "cifar-10-python.tar.gz",
 )
 _CIFAR100 = _CifarSpec(
     "cifar100",
@@ -43,6 +61,8 @@ _CIFAR100 = _CifarSpec(
     ("test",),
     "fine_labels",
     ("meta", "fine_label_names"),
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    "cifar-100-python.tar.gz",
 )
 
 
@@ -116,12 +136,20 @@ def _class_names(folder: Path, spec: _CifarSpec) -> list[str]:
     return [str(n) for n in _load_pickle(meta).get(spec.meta[1], [])]
 
 
-def _download(spec: _CifarSpec, root: Path) -> None:
-    """Fetch the archive with torchvision; it is then read with our own reader."""
+def _download(spec: _CifarSpec, root: Path, files: list[Path]) -> None:
+    """Fetch the archive with torchvision (read afterwards with our own reader); on failure
+    remove what the attempt created and raise ``DatasetMissingError``."""
     from torchvision import datasets
 
     cls = datasets.CIFAR10 if spec.name == "cifar10" else datasets.CIFAR100
-    cls(str(root), train=True, download=True)
+    download_or_fail(
+        lambda: cls(str(root), train=True, download=True),
+        watch=[root, root / spec.folder],
+        complete=lambda: all(f.is_file() for f in files),
+        message=lambda reason: missing_data_message(
+            spec.name, root, spec.layout, spec.url, reason
+        ),
+    )
 
 
 class CIFAR10(ArrayDataset):
@@ -132,8 +160,12 @@ class CIFAR10(ArrayDataset):
     Args:
         root: Folder containing ``cifar-10-batches-py``.
         split: ``"train"`` (data_batch_1..5) or ``"test"`` (test_batch).
-        download: Fetch the archive with torchvision if files are missing.
+        download: Fetch the archive with torchvision if files are missing (a failed download
+            leaves nothing behind and raises ``DatasetMissingError``).
         transform: Optional callable applied to each PIL image.
+
+    Raises:
+        DatasetMissingError: files missing with ``download=False``, or the download failed.
     """
 
     spec = _CIFAR10
@@ -146,17 +178,15 @@ class CIFAR10(ArrayDataset):
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         check_split(split, ("train", "test"), self.spec.name)
-        folder = Path(root).expanduser() / self.spec.folder
+        root = Path(root).expanduser()
+        folder = root / self.spec.folder
         files = [folder / f for f in (self.spec.train if split == "train" else self.spec.test)]
-        if download and not all(f.is_file() for f in files):
-            _download(self.spec, Path(root).expanduser())
-        missing = [str(f) for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"{self.spec.name}: missing {missing}; expected the python-version layout "
-                f"{root}/{self.spec.folder}/{{{', '.join(self.spec.train + self.spec.test)}}} "
-                "(pass download=True to fetch it)"
-            )
+        if not all(f.is_file() for f in files):
+            if not download:
+                raise DatasetMissingError(
+                    missing_data_message(self.spec.name, root, self.spec.layout, self.spec.url)
+                )
+            _download(self.spec, root, files)
         parts = [read_cifar_batch(f, self.spec.label_key) for f in files]
         data = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))  # (N, 32, 32, 3)
         targets = [t for p in parts for t in p[1]]

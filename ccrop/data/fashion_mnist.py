@@ -12,7 +12,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import ArrayDataset, check_split
+from ccrop.config import ConfigError
+
+from .base import (
+    ArrayDataset,
+    DatasetMissingError,
+    check_split,
+    download_or_fail,
+    missing_data_message,
+)
 
 # Searched in order when root is None; the first is the Debian package dataset-fashion-mnist.
 SYSTEM_DIRS = (
@@ -21,6 +29,18 @@ SYSTEM_DIRS = (
     "~/.cache/ccrop/fashion-mnist",
 )
 _SUBDIRS = ("", "FashionMNIST/raw", "fashion-mnist")  # root itself, torchvision's layout, a folder
+# the official files (github.com/zalandoresearch/fashion-mnist), the mirror torchvision fetches
+URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_DEBIAN = (
+    "On Debian/Ubuntu, apt-get install dataset-fashion-mnist and leave data.root unset "
+    f"(searched: {', '.join(SYSTEM_DIRS)})"
+)
+
+
+def _layout(stems: tuple[str, ...]) -> str:
+    """Where the IDX files of one split may lie below a root folder."""
+    names = " and ".join(f"{s}[.gz]" for s in stems)
+    return f"{names} in the folder itself, in FashionMNIST/raw/ (torchvision's) or fashion-mnist/"
 CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
@@ -86,6 +106,22 @@ def pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
     return np.pad(images, ((0, 0), (top, pad_to - h - top), (left, pad_to - w - left)))
 
 
+def _download(
+    folder: Path, dirs: list[Path], stems: tuple[str, ...], layout: str, train: bool
+) -> None:
+    """Fetch the IDX files with torchvision into ``folder/FashionMNIST/raw``; on failure remove
+    what the attempt created and raise ``DatasetMissingError``."""
+    from torchvision import datasets
+
+    raw = folder / "FashionMNIST" / "raw"
+    download_or_fail(
+        lambda: datasets.FashionMNIST(str(folder), train=train, download=True),
+        watch=[folder, raw.parent, raw],
+        complete=lambda: None not in [_find(dirs, s) for s in stems],
+        message=lambda reason: missing_data_message("fashion-mnist", folder, layout, URL, reason),
+    )
+
+
 class FashionMNIST(ArrayDataset):
     """Fashion-MNIST: 28 x 28 grayscale, returned as RGB, zero-padded to ``pad_to`` by default.
 
@@ -95,7 +131,8 @@ class FashionMNIST(ArrayDataset):
         root: Folder holding the IDX files (also ``root/FashionMNIST/raw``, torchvision's
             layout). ``None`` searches ``SYSTEM_DIRS`` (Debian: ``dataset-fashion-mnist``).
         split: ``"train"`` (60k) or ``"test"`` (10k).
-        download: Fetch with torchvision into ``root`` if missing (needs a root).
+        download: Fetch with torchvision into ``root`` if missing (needs a root; a failed
+            download leaves nothing behind and raises ``DatasetMissingError``).
         pad_to: Output side (default 32, centred zero padding); ``None`` keeps 28.
         transform: Optional callable applied to each PIL image.
     """
@@ -110,22 +147,31 @@ class FashionMNIST(ArrayDataset):
     ) -> None:
         check_split(split, ("train", "test"), "fashion-mnist")
         if download and root is None:
-            raise ValueError("fashion-mnist: download=True needs a root folder to download into")
+            raise ConfigError(
+                "fashion-mnist: data.download=true needs data.root=<folder> to download into "
+                "(root=None in Python searches the system folders only)"
+            )
         prefix = "train" if split == "train" else "t10k"
         bases = [Path(d).expanduser() for d in ([root] if root is not None else SYSTEM_DIRS)]
         dirs = [b / s for b in bases for s in _SUBDIRS]
         stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-        if download and None in [_find(dirs, s) for s in stems]:
-            from torchvision import datasets
-
-            datasets.FashionMNIST(str(bases[0]), train=split == "train", download=True)
+        if None in [_find(dirs, s) for s in stems]:
+            if root is None:
+                raise DatasetMissingError(
+                    f"fashion-mnist: {_layout(stems)} not found in the system folders "
+                    f"{', '.join(SYSTEM_DIRS)} (data.root is unset). Install the Debian package "
+                    f"dataset-fashion-mnist, or set data.root=<folder> and data.download=true to "
+                    f"fetch the files from {URL} into it"
+                )
+            folder = bases[0]
+            layout, hint = _layout(stems), "" if download else _DEBIAN
+            if not download:
+                raise DatasetMissingError(
+                    missing_data_message("fashion-mnist", folder, layout, URL, hint=hint)
+                )
+            _download(folder, dirs, stems, layout, split == "train")
         images_path, labels_path = (_find(dirs, s) for s in stems)
-        if images_path is None or labels_path is None:
-            raise FileNotFoundError(
-                f"fashion-mnist: {stems[0]}[.gz] and {stems[1]}[.gz] not found in "
-                f"{[str(d) for d in dirs]} (install the Debian package dataset-fashion-mnist, "
-                "or pass root=<folder with the IDX files> and download=True)"
-            )
+        assert images_path is not None and labels_path is not None  # found or downloaded
         images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
             raise ValueError(

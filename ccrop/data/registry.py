@@ -14,6 +14,7 @@ from .cifar import CIFAR10, CIFAR100
 from .cluttered import ClutteredFashionMNIST
 from .fashion_mnist import FashionMNIST
 from .folder import ImageFolder, UnlabeledFolder
+from .icons import IconsOnPhotos
 from .stl10 import SPLITS as STL10_SPLITS
 from .stl10 import STL10
 from .synthetic import SyntheticObjects
@@ -45,6 +46,8 @@ DATASET_INFO: dict[str, dict[str, Any]] = {
     "fashion-mnist-cluttered": _info(
         (0.4035, 0.4043, 0.4036), (0.2018, 0.2025, 0.2023), 32, 10, True
     ),
+    # measured on IconsOnPhotos(split="train", image_size=32, num_images=2048, seed=0)
+    "icons": _info((0.4512, 0.4584, 0.4758), (0.2820, 0.2440, 0.2553), 32, 7, True),
     # measured on SyntheticObjects(50000, 32, seed=0)
     "synthetic": _info((0.3515, 0.3416, 0.3449), (0.1830, 0.1747, 0.1786), 32, 10, True),
 }
@@ -97,6 +100,9 @@ _REGISTRY: dict[str, _Entry] = {
     "fashion-mnist-cluttered": _Entry(
         ClutteredFashionMNIST, ("train", "val", "test"), needs_root=False
     ),
+    # Tango icons on wallpapers, from Debian packages (root optional); val/test hold other icons
+    "icons": _Entry(IconsOnPhotos, ("train", "val", "test"), needs_root=False,
+                    downloadable=False),
     "synthetic": _Entry(_synthetic, ("train", "val", "test"), needs_root=False,
                         downloadable=False),
 }
@@ -114,16 +120,16 @@ def build_dataset(
     Args:
         name: One of ``DATASET_INFO``: cifar10, cifar100, stl10, tiny-imagenet, imagefolder,
             imagenet (= imagefolder), imagenet200 (needs ``class_list=``), unlabeled-folder,
-            fashion-mnist, fashion-mnist-cluttered, synthetic.
-        root: Data folder; optional for fashion-mnist and fashion-mnist-cluttered (system
-            copies) and unused by synthetic.
+            fashion-mnist, fashion-mnist-cluttered, icons, synthetic.
+        root: Data folder; optional for fashion-mnist, fashion-mnist-cluttered and icons
+            (system copies) and unused by synthetic.
         split: ``train``, ``test``, ``val``, ``unlabeled`` or ``train+unlabeled``, as the
             dataset supports (the error lists them).
         download: Fetch missing files (cifar10/100, stl10, tiny-imagenet, fashion-mnist,
             fashion-mnist-cluttered).
         **kwargs: Passed to the reader, e.g. ``on_bad_image``, ``class_list``, ``pad_to``,
             ``transform``, or ``num_images``/``image_size``/``num_classes``/``seed`` (synthetic;
-            fashion-mnist-cluttered takes ``num_images``/``image_size``/``seed``).
+            fashion-mnist-cluttered and icons take ``num_images``/``image_size``/``seed``).
 
     Returns:
         Map-style dataset with ``targets`` (list[int]) and ``classes``.

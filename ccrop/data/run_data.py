@@ -53,6 +53,8 @@ class RunData:
 def _dataset(cfg: Config, split: str) -> Any:
     d = cfg.data
     kwargs = dict(d.dataset_kwargs)
+    if split == d.test_split and d.test_num_images is not None:
+        kwargs["num_images"] = d.test_num_images
     if d.dataset in ("imagefolder", "unlabeled-folder", "imagenet200"):
         kwargs.setdefault("on_bad_image", d.on_bad_image)
     try:

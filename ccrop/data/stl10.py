@@ -10,7 +10,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from .base import NCHW, ImageDataset, check_split
+from .base import (
+    NCHW,
+    DatasetMissingError,
+    ImageDataset,
+    check_split,
+    download_or_fail,
+    missing_data_message,
+)
 
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
@@ -21,6 +28,12 @@ _FILES: dict[str, tuple[tuple[str, str | None], ...]] = {
     "unlabeled": (("unlabeled_X.bin", None),),
 }
 _FILES["train+unlabeled"] = _FILES["train"] + _FILES["unlabeled"]
+FOLDER = "stl10_binary"
+URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"  # the official archive
+LAYOUT = (
+    f"{FOLDER}/{{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin, "
+    "class_names.txt}"
+)
 
 
 def open_stl_images(path: str | Path) -> np.ndarray:
@@ -63,6 +76,19 @@ def read_stl_labels(path: str | Path, count: int) -> list[int]:
     return (raw.astype(np.int64) - 1).tolist()
 
 
+def _download(root: Path, needed: list[Path]) -> None:
+    """Fetch and unpack the archive with torchvision (one archive holds every split); on failure
+    remove what the attempt created and raise ``DatasetMissingError``."""
+    from torchvision import datasets
+
+    download_or_fail(
+        lambda: datasets.STL10(str(root), split="train", download=True),
+        watch=[root, root / FOLDER],
+        complete=lambda: all(p.is_file() for p in needed),
+        message=lambda reason: missing_data_message("stl10", root, LAYOUT, URL, reason),
+    )
+
+
 class STL10(ImageDataset):
     """STL-10 from ``root/stl10_binary`` (96 x 96 RGB; labels 0..9, -1 for unlabeled images).
 
@@ -72,8 +98,12 @@ class STL10(ImageDataset):
         root: Folder containing ``stl10_binary``.
         split: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or
             ``"train+unlabeled"`` (105k, the pretraining set: train first).
-        download: Fetch the archive with torchvision if files are missing.
+        download: Fetch the archive (2.5 GB) with torchvision if files are missing (a failed
+            download leaves nothing behind and raises ``DatasetMissingError``).
         transform: Optional callable applied to each PIL image.
+
+    Raises:
+        DatasetMissingError: files missing with ``download=False``, or the download failed.
     """
 
     data_layout = NCHW
@@ -87,19 +117,14 @@ class STL10(ImageDataset):
     ) -> None:
         super().__init__(transform)
         check_split(split, SPLITS, "stl10")
-        folder = Path(root).expanduser() / "stl10_binary"
+        root = Path(root).expanduser()
+        folder = root / FOLDER
         pairs = [(folder / x, folder / y if y else None) for x, y in _FILES[split]]
         needed = [p for pair in pairs for p in pair if p is not None]
-        if download and not all(p.is_file() for p in needed):
-            from torchvision import datasets
-
-            datasets.STL10(str(Path(root).expanduser()), split="train", download=True)
-        missing = [str(p) for p in needed if not p.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"stl10: missing {missing}; expected {root}/stl10_binary/{{train_X.bin, "
-                "train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin}} (download=True fetches it)"
-            )
+        if not all(p.is_file() for p in needed):
+            if not download:
+                raise DatasetMissingError(missing_data_message("stl10", root, LAYOUT, URL))
+            _download(root, needed)
         self._paths = [x for x, _ in pairs]
         self._parts: list[np.ndarray] | None = [open_stl_images(x) for x in self._paths]
         self.targets: list[int] = []

@@ -8,30 +8,36 @@ from typing import Any
 
 from PIL import Image
 
-from .base import check_split
+from .base import DatasetMissingError, check_split, download_or_fail, missing_data_message
 from .folder import FileListDataset, class_samples
 
-URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"  # the official archive (CS231n)
+FOLDER = "tiny-imagenet-200"
 LAYOUT = (
-    "root/tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+    f"{FOLDER}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
     "val/val_annotations.txt}"
 )
 
 
 def _base_folder(root: Path, download: bool) -> Path:
-    """``root/tiny-imagenet-200`` (or ``root`` itself if it is that folder), fetched if asked."""
-    for base in (root / "tiny-imagenet-200", root):
+    """``root/tiny-imagenet-200`` (or ``root`` itself if it is that folder), fetched if asked.
+
+    A failed download leaves nothing behind; missing files raise ``DatasetMissingError``.
+    """
+    for base in (root / FOLDER, root):
         if (base / "wnids.txt").is_file():
             return base
-    if download:
-        from torchvision.datasets.utils import download_and_extract_archive
+    if not download:
+        raise DatasetMissingError(missing_data_message("tiny-imagenet", root, LAYOUT, URL))
+    from torchvision.datasets.utils import download_and_extract_archive
 
-        download_and_extract_archive(URL, str(root))
-        return root / "tiny-imagenet-200"
-    raise FileNotFoundError(
-        f"tiny-imagenet: {root / 'tiny-imagenet-200' / 'wnids.txt'} not found; "
-        f"expected {LAYOUT} (download=True fetches {URL})"
+    download_or_fail(
+        lambda: download_and_extract_archive(URL, str(root)),
+        watch=[root, root / FOLDER],
+        complete=lambda: (root / FOLDER / "wnids.txt").is_file(),
+        message=lambda reason: missing_data_message("tiny-imagenet", root, LAYOUT, URL, reason),
     )
+    return root / FOLDER
 
 
 def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:
@@ -45,7 +51,7 @@ def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str
         ``(image path, label)`` pairs in file order.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"tiny-imagenet: {path} not found; expected {LAYOUT}")
+        raise FileNotFoundError(f"tiny-imagenet: {path} not found; expected root/{LAYOUT}")
     samples = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split()
@@ -68,7 +74,8 @@ class TinyImageNet(FileListDataset):
         root: Folder containing ``tiny-imagenet-200`` (or that folder itself).
         split: ``"train"`` (100k) or ``"val"`` (10k, labelled); ``"test"`` is an alias of
             ``"val"`` because the official test images have no labels.
-        download: Fetch and unzip the archive from the Stanford CS231n site if missing.
+        download: Fetch and unzip the archive from the Stanford CS231n site if missing (a
+            failed download leaves nothing behind and raises ``DatasetMissingError``).
         on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
         transform: Optional callable applied to each PIL image.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterable
 from typing import Any
 
@@ -17,7 +18,45 @@ from ccrop.evaluate.features import (
     top1_percent,
 )
 
-__all__ = ["knn_accuracy", "knn_predict", "run_knn"]
+__all__ = ["MIN_BANK_PER_K", "KnnBankWarning", "check_k_against_bank", "knn_accuracy",
+           "knn_predict", "run_knn"]
+
+#: ``run_knn`` warns when k > N / MIN_BANK_PER_K (N: the memory-bank size). With k = N / 5 a
+#: test image is already voted on by a fifth of the training set, about twice a class's share
+#: on a 10-class dataset, so the weighted vote drifts towards the majority classes; at k >= N
+#: every prediction uses the whole bank (k is clamped to N) and the "kNN" accuracy is close to
+#: that of a class prior weighted by similarity. The paper setting, k = 200 on CIFAR's 50k
+#: images (k = N / 250), is far below the limit.
+MIN_BANK_PER_K = 5
+
+
+class KnnBankWarning(UserWarning):
+    """k (``eval.knn_k``) is not well below the kNN memory-bank size."""
+
+
+def check_k_against_bank(k: int, num_bank: int) -> str | None:
+    """The warning text when ``k`` is too large for a bank of ``num_bank`` samples, else None.
+
+    Args:
+        k: Number of neighbours (``eval.knn_k``), >= 1.
+        num_bank: Memory-bank size N (training samples with features).
+
+    Returns:
+        None when ``k <= num_bank / MIN_BANK_PER_K``; otherwise a one-line message naming
+        ``eval.knn_k``, k and N, and what happens (clamping when ``k > N``).
+    """
+    if k * MIN_BANK_PER_K <= num_bank:  # integers: exact at the limit
+        return None
+    clamp = f"; k is clamped to N={num_bank}, so every training sample votes" if k > num_bank \
+        else ""
+    best = num_bank // MIN_BANK_PER_K
+    fix = f"eval.knn_k={best} or less, or " if best >= 1 else ""
+    return (
+        f"eval.knn_k={k} is not well below the kNN memory bank of N={num_bank} training "
+        f"samples (k > N / {MIN_BANK_PER_K} = {num_bank / MIN_BANK_PER_K:g}{clamp}): the vote "
+        "then pools a large share of the training set and the kNN accuracy says little about "
+        f"the features; use {fix}a training split of at least {k * MIN_BANK_PER_K} images"
+    )
 
 
 def _check_knn_args(k: int, temperature: float, chunk: int) -> None:
@@ -159,7 +198,12 @@ def run_knn(
 
     Returns:
         {"protocol": "knn", "k": k, "temperature": temperature, "top1": accuracy in percent,
-        "num_train": N, "num_test": M}.
+        "num_train": N, "num_test": M}. ``k`` is the value asked for, also when the search
+        clamped it to N.
+
+    Warns:
+        KnnBankWarning: (a ``UserWarning``, main process only) when k > N / ``MIN_BANK_PER_K``:
+            the result is then a weak measure of the features (see ``check_k_against_bank``).
     """
     _check_knn_args(k, temperature, chunk)
     device = torch.device(device)
@@ -174,6 +218,9 @@ def run_knn(
             dist.gather_shards(t.to(device), len(loader.dataset)).cpu() for t, loader in (
                 (train_feats, train_loader), (train_labels, train_loader),
                 (test_feats, test_loader), (test_labels, test_loader)))
+    message = check_k_against_bank(k, int(train_feats.shape[0]))
+    if message is not None and dist.is_main_process():
+        warnings.warn(message, KnnBankWarning, stacklevel=2)
     top1 = knn_accuracy(
         train_feats.to(device), train_labels.to(device), test_feats, test_labels,
         num_classes, k, temperature, chunk,

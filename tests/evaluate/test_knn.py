@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -11,7 +13,14 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from ccrop.evaluate.features import extract_features
-from ccrop.evaluate.knn import knn_accuracy, knn_predict, run_knn
+from ccrop.evaluate.knn import (
+    MIN_BANK_PER_K,
+    KnnBankWarning,
+    check_k_against_bank,
+    knn_accuracy,
+    knn_predict,
+    run_knn,
+)
 
 
 class ChannelMean(nn.Module):
@@ -174,6 +183,47 @@ def test_run_knn_end_to_end_on_colour_classes():
     test_images, test_labels = colour_images(3, 10, seed=1)
     train = DataLoader(TensorDataset(torch.arange(60), train_images, train_labels), batch_size=16)
     test = DataLoader(TensorDataset(test_images, test_labels), batch_size=16)
-    result = run_knn(ChannelMean(), train, test, 3, "cpu", k=200, temperature=0.1)
+    with pytest.warns(KnnBankWarning, match="k is clamped to N=60"):  # k=200 > N=60
+        result = run_knn(ChannelMean(), train, test, 3, "cpu", k=200, temperature=0.1)
     assert result["protocol"] == "knn" and result["k"] == 200 and result["temperature"] == 0.1
     assert result["top1"] == 100.0 and result["num_train"] == 60 and result["num_test"] == 30
+
+
+def _colour_loaders(per_class_train=20):
+    train_images, train_labels = colour_images(3, per_class_train, seed=0)
+    test_images, test_labels = colour_images(3, 4, seed=1)
+    n = len(train_labels)
+    train = DataLoader(TensorDataset(torch.arange(n), train_images, train_labels), batch_size=16)
+    return train, DataLoader(TensorDataset(test_images, test_labels), batch_size=16)
+
+
+def test_run_knn_warns_when_k_is_not_well_below_the_bank():
+    train, test = _colour_loaders()  # N = 60: the limit is k <= 12
+    assert 60 // MIN_BANK_PER_K == 12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", KnnBankWarning)
+        run_knn(ChannelMean(), train, test, 3, "cpu", k=12)  # at the limit: silent
+    with pytest.warns(UserWarning) as caught:
+        result = run_knn(ChannelMean(), train, test, 3, "cpu", k=13)
+    knn_warnings = [w for w in caught if issubclass(w.category, KnnBankWarning)]
+    assert len(knn_warnings) == 1
+    msg = str(knn_warnings[0].message)
+    assert "eval.knn_k=13" in msg and "N=60" in msg and "eval.knn_k=12 or less" in msg
+    assert "at least 65 images" in msg
+    assert "clamped" not in msg and "\n" not in msg
+    assert result["k"] == 13 and result["num_train"] == 60
+
+
+@pytest.mark.parametrize("k,n,warns", [
+    (1, 1, True), (1, 4, True), (1, 5, False), (2, 9, True), (200, 1000, False),
+    (200, 999, True), (200, 50_000, False),
+])
+def test_check_k_against_bank_threshold(k, n, warns):
+    msg = check_k_against_bank(k, n)
+    assert (msg is not None) == warns
+    if warns:
+        assert f"eval.knn_k={k}" in msg and f"N={n}" in msg
+        assert ("clamped" in msg) == (k > n)
+        assert f"at least {5 * k} images" in msg
+        # never suggests k=0: with N < 5 only a larger split helps
+        assert ("or less" in msg) == (n >= 5) and "eval.knn_k=0" not in msg

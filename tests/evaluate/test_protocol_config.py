@@ -90,5 +90,8 @@ def test_saved_configs_of_earlier_versions_keep_their_meaning():
     assert cfg.crop.heatmap_stages == [4] and cfg.crop.box_region == "extent"
     assert cfg.crop.placement == "paper" and cfg.crop.threshold_mode == "fixed"
     assert "knn_k" in old["train"]  # not modified
-    new = upgrade_config_dict({"crop": {"heatmap_stages": [3], "box_region": "peak"}})
-    assert new["crop"] == {"heatmap_stages": [3], "box_region": "peak"}  # already current
+    assert (cfg.crop.heatmap, cfg.crop.center_prior, cfg.crop.min_confidence) == ("sum", 0, 0)
+    current = {"heatmap_stages": [3], "box_region": "peak", "heatmap": "contrast"}
+    assert upgrade_config_dict({"crop": current})["crop"] == current  # already current
+    before_confidence = upgrade_config_dict({"crop": {"heatmap_stages": [3]}})["crop"]
+    assert before_confidence["heatmap"] == "sum" and before_confidence["min_confidence"] == 0

@@ -1,0 +1,308 @@
+"""Real icons on real photographs (``icons``): Tango icons pasted onto wallpaper crops, true boxes.
+
+Each RGB image shows one PNG icon of Debian's ``tango-icon-theme`` (32 x 32 set; its category is
+the label: actions, apps, categories, devices, mimetypes, places, status) alpha-composited at a
+random position and scale (side 30-70% of the canvas) onto a random crop of one of the images of
+``gnome-backgrounds`` and ``plasma-workspace-wallpapers``. Each category's icons are split once,
+with a fixed permutation, into train / val / test icons, so the splits never share an icon (the
+wallpapers are shared; their crops differ). The true box is the tight extent of the icon's
+visible pixels (resampled alpha > ``VISIBLE_ALPHA``). Resampling is area-averaged
+(``torchvision.ops.roi_align`` with adaptive sampling), batched over all images, and everything
+is deterministic from the seed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.ops import roi_align
+
+from .base import ArrayDataset, check_split
+from .synthetic import mask_boxes
+
+PACKAGES = ("tango-icon-theme", "gnome-backgrounds", "plasma-workspace-wallpapers")
+CLASSES = ("actions", "apps", "categories", "devices", "mimetypes", "places", "status")
+ICON_DIR = Path("/usr/share/icons/Tango/32x32")
+BACKGROUND_DIRS = (Path("/usr/share/backgrounds"), Path("/usr/share/wallpapers"))
+VISIBLE_ALPHA = 0.2  # an icon pixel is visible (in the box) where alpha > this
+_SPLIT_STREAM = {"train": 0, "val": 1, "test": 2}  # independent seed streams per split
+_ICON_SPLIT_SEED = 20221  # the icon partition is fixed: the same for every dataset seed
+_HELD_OUT = 0.2  # share of each category's icons in val, and again in test (at least 1 each)
+_ICON = 32  # icon side (pixels)
+_PAD = 2  # zero border around each icon: samples past its edge read transparent pixels
+_BG_SCALE = 4  # wallpapers are kept at short side 4 x canvas; crops span 30-100% of it
+_CHUNK = 2048  # images rendered together
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def _missing(what: str) -> ValueError:
+    return ValueError(
+        f"dataset 'icons' needs {what}: install the Debian packages {', '.join(PACKAGES)} "
+        f"(apt-get install {' '.join(PACKAGES)}), or pass data.root=<folder with "
+        "icons/<category>/*.png and backgrounds/*.jpg|png|webp>")
+
+
+def _icon_files(root: Path | None) -> dict[str, list[Path]]:
+    """PNG icons per category, symlinked aliases and byte-identical copies dropped."""
+    base = ICON_DIR if root is None else root / "icons"
+    seen, out = set(), {}
+    for cls in CLASSES:
+        files = sorted(p for p in (base / cls).glob("*.png") if not p.is_symlink())
+        keep = []
+        for p in files:
+            digest = hashlib.sha1(p.read_bytes()).hexdigest()
+            if digest not in seen:
+                seen.add(digest)
+                keep.append(p)
+        if len(keep) < 3:
+            raise _missing(f"at least 3 icons in {base / cls}, found {len(keep)}")
+        out[cls] = keep
+    return out
+
+
+def _background_files(root: Path | None) -> list[Path]:
+    """Wallpaper images: every raster file of gnome-backgrounds, and the smallest picture of
+    each plasma wallpaper (its ``contents/images`` folder), or every image under
+    ``root/backgrounds``."""
+    if root is not None:
+        files = sorted(p for p in (root / "backgrounds").rglob("*")
+                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+    else:
+        files = sorted(p for p in BACKGROUND_DIRS[0].rglob("*")
+                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+        for folder in sorted(BACKGROUND_DIRS[1].glob("*/contents/images")):
+            pics = [p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES]
+            if pics:
+                files.append(min(pics, key=lambda p: (p.stat().st_size, p.name)))
+    if not files:
+        raise _missing("wallpaper images")
+    return files
+
+
+def _load_icon(path: Path) -> np.ndarray:
+    """(4, 32, 32) float32 premultiplied RGBA in [0, 1]."""
+    with Image.open(path) as img:
+        rgba = np.asarray(img.convert("RGBA").resize((_ICON, _ICON), Image.BILINEAR), np.float32)
+    rgba = rgba.transpose(2, 0, 1) / 255
+    rgba[:3] *= rgba[3:]
+    return rgba
+
+
+def _load_background(path: Path, short: int) -> np.ndarray:
+    """(3, h, w) float32 RGB in [0, 1], resized (antialiased) to short side ``short``."""
+    with Image.open(path) as img:
+        img.draft("RGB", (2 * short, 2 * short))  # JPEG: decode at a reduced size
+        img = img.convert("RGB")
+        r = short / min(img.size)
+        img = img.resize((max(short, round(img.width * r)), max(short, round(img.height * r))),
+                         Image.BILINEAR, reducing_gap=3.0)
+    return np.asarray(img, np.float32).transpose(2, 0, 1) / 255
+
+
+def split_icons(files: dict[str, list[Path]], split: str) -> list[list[Path]]:
+    """Each category's icons of one split (a fixed permutation, independent of the seed).
+
+    Args:
+        files: ``{category: icon files}`` in ``CLASSES`` order.
+        split: ``train``, ``val`` or ``test``.
+
+    Returns:
+        One list per class; the three splits partition every category's icons.
+    """
+    rng = np.random.default_rng(_ICON_SPLIT_SEED)
+    out = []
+    for cls in CLASSES:
+        order = rng.permutation(len(files[cls]))
+        k = max(1, round(_HELD_OUT * len(order)))
+        part = {"val": order[:k], "test": order[k:2 * k], "train": order[2 * k:]}[split]
+        out.append([files[cls][i] for i in sorted(part)])
+    return out
+
+
+@dataclass(frozen=True)
+class _Sources:
+    icons: torch.Tensor  # (M, 4, 36, 36) premultiplied RGBA, zero-padded
+    icon_class: np.ndarray  # (M,) label of each icon
+    icon_names: list[str]
+    walls: torch.Tensor  # (K, 3, Hmax, Wmax), each wallpaper at the top-left, zero-padded
+    wall_hw: np.ndarray  # (K, 2) valid height, width of each wallpaper
+
+
+_SOURCES: dict[tuple, Any] = {}  # (kind, root, split or size) -> loaded icons or wallpapers
+
+
+def _walls(root: Path | None, size: int) -> tuple[torch.Tensor, np.ndarray]:
+    """Every wallpaper at short side ``_BG_SCALE * size``, padded into one tensor (cached)."""
+    key = ("walls", str(root), size)
+    if key not in _SOURCES:
+        walls = [_load_background(p, _BG_SCALE * size) for p in _background_files(root)]
+        hw = np.array([w.shape[1:] for w in walls])
+        canvas = torch.zeros(len(walls), 3, int(hw[:, 0].max()), int(hw[:, 1].max()))
+        for i, w in enumerate(walls):
+            canvas[i, :, : w.shape[1], : w.shape[2]] = torch.from_numpy(w)
+        _SOURCES[key] = (canvas, hw)
+    return _SOURCES[key]
+
+
+def _sources(root: Path | None, split: str, size: int) -> _Sources:
+    """The split's icons and the wallpapers."""
+    key = ("icons", str(root), split)
+    if key not in _SOURCES:
+        per_class = split_icons(_icon_files(root), split)
+        paths = [p for files in per_class for p in files]
+        icons = torch.from_numpy(np.stack([_load_icon(p) for p in paths]))
+        labels = np.concatenate([np.full(len(f), c) for c, f in enumerate(per_class)])
+        _SOURCES[key] = (torch.nn.functional.pad(icons, (_PAD,) * 4), labels,  # (M, 4, 36, 36)
+                         [f"{p.parent.name}/{p.name}" for p in paths])
+    return _Sources(*_SOURCES[key], *_walls(root, size))
+
+
+def _sample_params(rng: np.random.Generator, n: int, size: int, src: _Sources) -> dict:
+    """Per-image parameters: class, icon, icon frame, wallpaper crop and flip."""
+    label = rng.integers(0, len(CLASSES), n)
+    icon = np.empty(n, np.int64)
+    for c in range(len(CLASSES)):  # a uniform icon of the image's class
+        pool = np.flatnonzero(src.icon_class == c)
+        sel = label == c
+        icon[sel] = pool[rng.integers(0, len(pool), int(sel.sum()))]
+    side = rng.uniform(0.3, 0.7, n) * size
+    wall = rng.integers(0, len(src.wall_hw), n)
+    hw = src.wall_hw[wall].astype(np.float64)  # (n, 2)
+    crop = rng.uniform(0.3, 1.0, n) * hw.min(1)  # square crop side, wallpaper pixels
+    return dict(
+        label=label, icon=icon, side=side.astype(np.float32),
+        x0=rng.uniform(0, size - side).astype(np.float32),
+        y0=rng.uniform(0, size - side).astype(np.float32),
+        wall=wall, crop=crop.astype(np.float32),
+        cx=(rng.random(n) * (hw[:, 1] - crop)).astype(np.float32),
+        cy=(rng.random(n) * (hw[:, 0] - crop)).astype(np.float32),
+        flip=rng.random(n) < 0.5,
+    )  # fmt: skip
+
+
+def _take(params: dict, idx: Any) -> dict:
+    return {k: v[idx] for k, v in params.items()}
+
+
+def _icon_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
+    """Premultiplied RGBA (n, 4, H, W) of each image's icon placed in its frame."""
+    scale = _ICON / torch.from_numpy(p["side"])  # icon pixels per canvas pixel, (n,)
+    x0, y0 = (torch.from_numpy(p[k]) for k in ("x0", "y0"))
+    # the whole canvas [0, size]^2 in padded icon coordinates
+    rois = torch.stack([torch.from_numpy(p["icon"]).float(),
+                        -x0 * scale + _PAD, -y0 * scale + _PAD,
+                        (size - x0) * scale + _PAD, (size - y0) * scale + _PAD], 1)
+    return roi_align(src.icons, rois, size, 1.0, -1, aligned=True)
+
+
+def _background_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
+    """RGB (n, 3, H, W): each image's wallpaper crop, area-averaged, mirrored on half."""
+    cx, cy, crop = (torch.from_numpy(p[k]) for k in ("cx", "cy", "crop"))
+    rois = torch.stack([torch.from_numpy(p["wall"]).float(), cx, cy, cx + crop, cy + crop], 1)
+    bg = roi_align(src.walls, rois, size, 1.0, -1, aligned=True)
+    flip = torch.from_numpy(p["flip"])
+    bg[flip] = bg[flip].flip(-1)
+    return bg
+
+
+def _visible(alpha: torch.Tensor, p: dict, size: int) -> np.ndarray:
+    """Visible icon pixels bool (n, H, W); an empty one gets the pixel at its frame's centre."""
+    mask = (alpha > VISIBLE_ALPHA).numpy()
+    empty = np.flatnonzero(~mask.any(axis=(1, 2)))
+    half = p["side"][empty] / 2
+    mask[empty, np.clip((p["y0"][empty] + half).astype(int), 0, size - 1),
+         np.clip((p["x0"][empty] + half).astype(int), 0, size - 1)] = True
+    return mask
+
+
+def _render(src: _Sources, params: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (N, H, W, 3) and float32 boxes (N, 4), in chunks of ``_CHUNK``."""
+    n = len(params["label"])
+    data = np.empty((n, size, size, 3), np.uint8)
+    boxes = np.empty((n, 4), np.float32)
+    for start in range(0, n, _CHUNK):
+        sl = slice(start, min(start + _CHUNK, n))
+        p = _take(params, sl)
+        icon = _icon_layer(src, p, size)  # (n, 4, H, W)
+        img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
+        img = img.mul_(255).clamp_(0, 255).add_(0.5).to(torch.uint8)  # rounded
+        data[sl] = img.permute(0, 2, 3, 1).numpy()
+        boxes[sl] = mask_boxes(_visible(icon[:, 3], p, size))
+    return data, boxes
+
+
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
+
+
+class IconsOnPhotos(ArrayDataset):
+    """Tango icons on wallpaper crops, with true boxes; deterministic from the seed.
+
+    Labels are the icon's category (7 classes, drawn uniformly per image); each category's
+    icons are partitioned once into train / val / test icons (``split_icons``). Built splits
+    are cached in memory per (root, split, image_size, num_images, seed).
+
+    Attributes: ``data`` uint8 (N, H, W, 3); ``targets`` list[int]; ``classes`` (``CLASSES``);
+    ``gt_boxes`` float32 tensor (N, 4), normalised (x0, y0, x1, y1), the tight extent of the
+    icon's visible pixels; ``params`` per-image arrays (``icon``, ``side`` of the 32 x 32 icon
+    frame in canvas pixels, ``x0``/``y0`` its corner, ``wall`` and crop of the background);
+    ``icon_names`` the split's icons (``category/file.png``, indexed by ``params["icon"]``).
+
+    Args:
+        root: ``None`` for the Debian packages' files (``PACKAGES``), or a folder holding
+            ``icons/<category>/*.png`` and ``backgrounds/`` images.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        download: Unsupported (the files come from Debian packages); must be False.
+        image_size: Side H = W in pixels, >= 16 (32 and 64 are the documented sizes).
+        num_images: N images (default 2048).
+        seed: Random seed; the same arguments give identical bytes.
+        transform: Optional callable applied to each PIL image.
+    """
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        split: str = "train",
+        download: bool = False,
+        image_size: int = 32,
+        num_images: int = 2048,
+        seed: int = 0,
+        transform: Callable[[Image.Image], Any] | None = None,
+    ) -> None:
+        check_split(split, tuple(_SPLIT_STREAM), "icons")
+        if int(image_size) != image_size or image_size < 16:
+            raise ValueError(f"image_size={image_size} must be an integer >= 16")
+        if int(num_images) != num_images or num_images < 1:
+            raise ValueError(f"num_images={num_images} must be an integer >= 1")
+        root = None if root is None else Path(root).expanduser()
+        size, n = int(image_size), int(num_images)
+        src = _sources(root, split, size)
+        key = (str(root), split, size, n, seed)
+        if key not in _CACHE:
+            rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM[split]]))
+            params = _sample_params(rng, n, size, src)
+            _CACHE[key] = (*_render(src, params, size), params)
+        data, boxes, self.params = _CACHE[key]
+        self.image_size = size
+        self.icon_names = src.icon_names
+        self.gt_boxes = torch.tensor(boxes)  # a copy: callers may edit their boxes
+        self._src = src
+        super().__init__(data, self.params["label"].tolist(), CLASSES, transform)
+
+    def icon_alpha(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
+        """Re-render the icons' opacity, exactly as composited.
+
+        Args:
+            indices: K image indices, or ``None`` for all N images.
+
+        Returns:
+            float32 array (K, H, W) in [0, 1]; ``gt_boxes`` is the extent of ``> VISIBLE_ALPHA``.
+        """
+        idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
+        return _icon_layer(self._src, _take(self.params, idx), self.image_size)[:, 3].numpy()
