@@ -215,8 +215,16 @@ def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
 
 def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20,
               compiled: bool = True) -> dict[str, Any]:
-    """All benchmarks of ``cfg``; returns a JSON-ready dict."""
+    """All benchmarks of ``cfg``; returns a JSON-ready dict.
+
+    Raises:
+        ValueError: ``steps`` or ``epoch_steps`` below 1 (nothing is measured).
+    """
     from .build import build_data, resolve_device
+
+    for name, value in (("steps", steps), ("epoch_steps", epoch_steps)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} (timed steps) must be an integer >= 1, got {value!r}")
 
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":

@@ -12,6 +12,7 @@ or spawned (PyTorch pickles shared tensors as handles).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,7 +59,7 @@ class BoxStore:
     """N x 4 float32 boxes in shared memory, one per dataset index.
 
     Args:
-        n: number of images (>= 1).
+        n: number of images, an integer >= 1 (a float such as 2.5 is refused).
         init_box: box every entry starts from (default the full image).
 
     Example:
@@ -68,10 +69,14 @@ class BoxStore:
     """
 
     def __init__(self, n: int, init_box: Sequence[float] = FULL_BOX) -> None:
-        if int(n) < 1:
-            raise ValueError(f"n (number of images) must be >= 1, got {n}")
+        try:  # an int, numpy or 0-d integer tensor; never a float (2.5 would be truncated)
+            count = -1 if isinstance(n, bool) else operator.index(n)
+        except TypeError:
+            count = -1
+        if count < 1:
+            raise ValueError(f"n (number of images) must be an integer >= 1, got {n!r}")
         box = torch.tensor(check_box(init_box, "init_box"), dtype=torch.float32)
-        self._boxes = box.repeat(int(n), 1).share_memory_()  # (N, 4)
+        self._boxes = box.repeat(count, 1).share_memory_()  # (N, 4)
         self._version = torch.zeros(1, dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:

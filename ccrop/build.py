@@ -18,7 +18,7 @@ from .crop import CropPlan
 from .data import DATASET_INFO
 from .data.run_data import RunData, build_data
 from .data.sources import CPUSource, GPUSource, ViewSpec
-from .engine import Run, check_run_dir, resume, save_run_config
+from .engine import Run, check_run_dir, find_resume, resume, save_run_config
 from .evaluate.monitor import Evaluator
 from .methods import build_method
 from .models import build_backbone
@@ -172,6 +172,9 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
     store = BoxStore(len(data.train))
     method, model = build_model(cfg, device)
     boxes = given_boxes(cfg, data)
+    # the --resume checkpoint is read before anything is written: a missing, truncated or
+    # foreign file (or a folder whose checkpoints none reads) leaves no folder behind
+    loaded = None if resume_from is None else find_resume(run_dir, resume_from)
     if dist.is_main_process():  # after the checks above: a bad config leaves no folder
         check_run_dir(run_dir, resuming=resume_from is not None)
     source = build_source(cfg, data, store, device)
@@ -179,7 +182,8 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
     run = Run(cfg, device, run_dir, method, model, build_optimizer(cfg, method), store,
               source, data, knn=evaluator.monitor(device), writer=_writer(cfg, run_dir),
               given_boxes=boxes, compiled=cfg.train.compile)
-    if resume_from is not None and not resume(run, resume_from) and resume_from != "auto":
+    if resume_from is not None and not resume(run, resume_from, loaded) \
+            and resume_from != "auto":
         raise ConfigError(f"--resume {resume_from!r}: no checkpoint found")
     save_run_config(run)
     return run

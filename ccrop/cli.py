@@ -134,6 +134,12 @@ def _one_line(err: BaseException) -> str:
 # ----------------------------------------------------------------------------- commands
 
 
+def _require_positive(flag: str, value: int) -> None:
+    """A count argument (``--num``, ``--steps``) of 1 or more, checked before any work."""
+    if value < 1:
+        raise ConfigError(f"{flag} must be >= 1, got {value}")
+
+
 def _config(args: argparse.Namespace, base: list[str] | None = None):
     from .config import load_config
 
@@ -147,8 +153,11 @@ def demo_overrides(user: list[str]) -> list[str]:
     """The demo preset under the user's overrides; its synthetic-only dataset arguments are
     dropped when the user picks another dataset."""
     other = any(o.startswith("data.dataset=") and o != "data.dataset=synthetic" for o in user)
-    return [o for o in DEMO_OVERRIDES if not (other and o.startswith(("data.dataset_kwargs.",
-                                                                       "data.test_num_images")))]
+    # a user who sizes the set sizes its test split too (unless they set it themselves)
+    sized = any(o.startswith("data.dataset_kwargs.num_images=") for o in user)
+    return [o for o in DEMO_OVERRIDES
+            if not (other and o.startswith(("data.dataset_kwargs.", "data.test_num_images"))
+                    or sized and o.startswith("data.test_num_images"))]
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -236,20 +245,41 @@ def _eval_setup(args: argparse.Namespace):
 
 
 def _record(args, cfg, state, result: dict[str, Any]) -> None:
-    from .evaluate.results import append_result
+    """Print the result; append it to ``<run>/results.jsonl`` only when the checkpoint lies in
+    a ccrop run folder (``<run>/checkpoints/``, ``<run>/config.yaml``): a checkpoint kept
+    elsewhere never makes ccrop write into a folder it did not create."""
+    from .evaluate.results import RESULTS_FILE, append_result
 
-    run_dir = Path(args.checkpoint).resolve().parent.parent if args.checkpoint else \
-        Path(cfg.train.out_dir)
     rec = {**result, "dataset": cfg.data.dataset, "split": cfg.data.test_split,
            "checkpoint": str(args.checkpoint), "epoch": None if state is None else state["epoch"]}
-    append_result(run_dir, rec)
+    run_dir = _checkpoint_run_dir(args.checkpoint)
+    if run_dir is not None:
+        append_result(run_dir, rec)
+    else:
+        print(f"ccrop: note: {RESULTS_FILE} not written: checkpoint {str(args.checkpoint)!r} "
+              "is not inside a run folder (<run>/checkpoints/ next to <run>/config.yaml)",
+              file=sys.stderr)
     print(json.dumps(rec))
+
+
+def _checkpoint_run_dir(checkpoint: str | None) -> Path | None:
+    """The run folder of a checkpoint at ``<run>/checkpoints/<file>`` whose ``<run>`` holds the
+    ``config.yaml`` ccrop writes; None for a checkpoint anywhere else."""
+    if checkpoint is None:
+        return None
+    folder = Path(checkpoint).resolve().parent
+    run = folder.parent
+    if folder.name != "checkpoints" or not (run / "config.yaml").is_file():
+        return None
+    return run
 
 
 def cmd_knn(args: argparse.Namespace) -> None:
     """kNN accuracy of a checkpoint's backbone on the config's test split."""
     cfg, backbone, state, evaluator, device = _eval_setup(args)
-    _record(args, cfg, state, evaluator.knn(backbone, device, progress=cfg.train.progress))
+    result = evaluator.knn(backbone, device, progress=cfg.train.progress)
+    evaluator.data.report_bad_images()  # data.on_bad_image=skip: one line per split
+    _record(args, cfg, state, result)
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
@@ -275,6 +305,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
                          epochs=e.linear_epochs, lr=e.linear_lr_or_default(d.recipe),
                          weight_decay=e.linear_weight_decay, milestones=e.linear_milestones,
                          **speed)
+    evaluator.data.report_bad_images()  # data.on_bad_image=skip: one line per split
     _record(args, cfg, state, res)
 
 
@@ -298,6 +329,7 @@ def cmd_boxes(args: argparse.Namespace) -> None:
     with bars_enabled(cfg.train.progress):  # train.progress=false: no bar at all
         stats = localize_dataset(cfg.crop, backbone, loader, store, device,
                                  gt_boxes=data.gt_boxes, progress=cfg.train.progress)
+    data.report_bad_images()  # data.on_bad_image=skip: one line per split
     if out is not None:
         paths = dataset_paths(data.train)
         stats["out"] = str(write_boxes(out, store.boxes.clone(), paths,
@@ -328,11 +360,12 @@ def cmd_viz(args: argparse.Namespace) -> None:
 
     from . import viz
 
+    _require_positive("--num", args.num)
     cfg, backbone, _, evaluator, device = _eval_setup(args)
     data = evaluator.data
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    n = max(1, min(args.num, len(data.train)))
+    n = min(args.num, len(data.train))
     idx = torch.linspace(0, len(data.train) - 1, n).long().tolist()
     paths = [viz.config_localization_figure(cfg.crop, backbone, data.train, idx,
                                             out / "localization.png", device=device,
@@ -395,6 +428,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     """Speed benchmarks of a config; prints JSON (and writes ``--out``)."""
     from .bench import run_bench
 
+    _require_positive("--steps", args.steps)
     cfg = _config(args)
     result = run_bench(cfg, steps=args.steps, compiled=not args.no_compile)
     text = json.dumps(result, indent=2)

@@ -334,8 +334,9 @@ def validate(cfg: Config) -> None:
     _require(math.isfinite(c.alpha) and c.alpha > 0, "crop.alpha", "> 0", c.alpha)
     _require(len(c.scale) == 2 and 0 < c.scale[0] <= c.scale[1] <= 1, "crop.scale",
              "[lo, hi] with 0 < lo <= hi <= 1", c.scale)
-    _require(len(c.ratio) == 2 and 0 < c.ratio[0] <= c.ratio[1], "crop.ratio",
-             "[lo, hi] with 0 < lo <= hi", c.ratio)
+    _require(len(c.ratio) == 2 and all(math.isfinite(r) for r in c.ratio)
+             and 0 < c.ratio[0] <= c.ratio[1], "crop.ratio",
+             "[lo, hi] of finite numbers with 0 < lo <= hi", c.ratio)
     _require(c.full_box_guard is None or 0 < c.full_box_guard <= 1, "crop.full_box_guard",
              "in (0, 1] or null", c.full_box_guard)
     _require(0 <= c.threshold < 1, "crop.threshold", "in [0, 1)", c.threshold)
@@ -351,6 +352,8 @@ def validate(cfg: Config) -> None:
              "a finite number >= 0", c.center_prior)
     _require(0 <= c.min_confidence <= 1, "crop.min_confidence", "in [0, 1] (0: never fall "
              "back)", c.min_confidence)
+    _require(0 <= c.warn_full_share <= 1, "crop.warn_full_share", "in [0, 1]",
+             c.warn_full_share)
     _require(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
     _require(0 <= c.warmup_epochs <= t.epochs, "crop.warmup_epochs",
              f"in [0, train.epochs={t.epochs}]", c.warmup_epochs)
@@ -363,13 +366,19 @@ def validate(cfg: Config) -> None:
     _require(d.test_num_images is None or d.test_num_images >= 1, "data.test_num_images",
              ">= 1 or null", d.test_num_images)
     _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
+    for name in ("num_images", "image_size"):  # generated sets; a string or NaN is no size
+        if d.dataset_kwargs.get(name) is not None:
+            v = d.dataset_kwargs[name]
+            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
+                     f"data.dataset_kwargs.{name}", "an integer >= 1", v)
     for key, v in (("data.mean", d.mean), ("data.std", d.std)):  # NaN in any position too
         _require(v is None or len(v) == 3 and all(math.isfinite(x) for x in v), key,
                  "3 finite numbers or null", v)
     _require(d.std is None or all(x > 0 for x in d.std), "data.std", "3 numbers > 0", d.std)
-    _require(o.lr > 0, "optim.lr", "> 0", o.lr)
+    _require(math.isfinite(o.lr) and o.lr > 0, "optim.lr", "a finite number > 0", o.lr)
     _require(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
-    _require(o.weight_decay >= 0, "optim.weight_decay", ">= 0", o.weight_decay)
+    _require(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay",
+             "a finite number >= 0", o.weight_decay)
     _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
     _require(0 <= o.warmup_epochs < t.epochs or o.warmup_epochs == 0, "optim.warmup_epochs",
              f"in [0, train.epochs={t.epochs})", o.warmup_epochs)
@@ -397,18 +406,19 @@ def _validate_model(m: ModelConfig) -> None:
 
 def _validate_eval(e: EvalConfig) -> None:
     _require(e.knn_k >= 1, "eval.knn_k", ">= 1", e.knn_k)
-    _require(e.knn_temperature > 0, "eval.knn_temperature", "> 0", e.knn_temperature)
+    _require(math.isfinite(e.knn_temperature) and e.knn_temperature > 0,
+             "eval.knn_temperature", "a finite number > 0", e.knn_temperature)
     _require(e.linear_epochs >= 1, "eval.linear_epochs", ">= 1", e.linear_epochs)
-    _require(e.linear_lr is None or e.linear_lr > 0, "eval.linear_lr", "> 0 or null",
-             e.linear_lr)
+    _require(e.linear_lr is None or math.isfinite(e.linear_lr) and e.linear_lr > 0,
+             "eval.linear_lr", "a finite number > 0 or null", e.linear_lr)
     m = e.linear_milestones
     _require(m is None or (list(m) == sorted(m) and all(0 < v < e.linear_epochs for v in m)),
              "eval.linear_milestones",
              f"increasing epochs in (0, eval.linear_epochs={e.linear_epochs}) or null", m)
     _require(e.linear_batch_size is None or e.linear_batch_size >= 1,
              "eval.linear_batch_size", ">= 1 or null", e.linear_batch_size)
-    _require(e.linear_weight_decay >= 0, "eval.linear_weight_decay", ">= 0",
-             e.linear_weight_decay)
+    _require(math.isfinite(e.linear_weight_decay) and e.linear_weight_decay >= 0,
+             "eval.linear_weight_decay", "a finite number >= 0", e.linear_weight_decay)
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -36,6 +36,7 @@ import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Integral
 from typing import Any
 
 import torch
@@ -631,9 +632,14 @@ class RandomResizedCrop(ContrastiveCrop):
 
 
 def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
-    if isinstance(size, int):
-        size = (size, size)
-    size = tuple(int(s) for s in size)
-    if len(size) != 2 or min(size) < 1:
-        raise ValueError(f"size must be a positive int or (h, w), got {size!r}")
-    return size  # type: ignore[return-value]
+    """``size`` as ``(h, w)``: a positive int or a pair of positive ints (a float such as 1.5,
+    a string or a pair of floats is refused, never truncated)."""
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, Integral) and not isinstance(v, bool) and v >= 1
+
+    pair = (size, size) if isinstance(size, Integral) else size
+    if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2 \
+            or not all(positive_int(v) for v in pair):
+        raise ValueError(f"size must be a positive int or a pair (h, w) of positive ints, "
+                         f"got {size!r}")
+    return int(pair[0]), int(pair[1])

@@ -353,26 +353,45 @@ def _newest_checkpoint(run_dir: Path) -> tuple[str, Any, Any]:
     return "none", None, None
 
 
-def resume(run: Run, target: str) -> bool:
+def find_resume(run_dir: Path, target: str) -> tuple[str, dict[str, Any]] | None:
+    """The checkpoint ``target`` names (``auto``: the newest valid one in ``run_dir``; else a
+    path), loaded: ``(path, state)``, or None for ``auto`` in a folder without checkpoints.
+    Reads only, so ``build_run`` reports a missing or damaged file before writing anything.
+
+    Raises:
+        CheckpointError: a missing, truncated or foreign file; checkpoints none of which reads.
+    """
+    from .checkpoint import load_checkpoint
+
+    if target != "auto":
+        return target, load_checkpoint(target)
+    # rank 0 picks the file and every rank loads that one: ranks that listed the folder
+    # on their own could pick different epochs (a lagging shared file system)
+    found = _newest_checkpoint(run_dir) if dist.is_main_process() else None
+    kind, where = dist.broadcast_object(None if found is None else found[:2])
+    if kind == "error":
+        raise CheckpointError(where)
+    if kind == "none":
+        return None
+    return where, found[2] if found is not None else load_checkpoint(where)
+
+
+_FIND = object()  # resume(): look the checkpoint up (no ``loaded`` given)
+
+
+def resume(run: Run, target: str, loaded: Any = _FIND) -> bool:
     """Restore from ``target`` (``auto``: newest valid checkpoint in the run folder, or a path).
+
+    Args:
+        loaded: what ``find_resume(run.run_dir, target)`` returned, when it was called already.
 
     Returns:
         True when a checkpoint was loaded.
     """
-    from .checkpoint import load_checkpoint
-
-    if target == "auto":
-        # rank 0 picks the file and every rank loads that one: ranks that listed the folder
-        # on their own could pick different epochs (a lagging shared file system)
-        found = _newest_checkpoint(run.run_dir) if dist.is_main_process() else None
-        kind, where = dist.broadcast_object(None if found is None else found[:2])
-        if kind == "error":
-            raise CheckpointError(where)
-        if kind == "none":
-            return False
-        state = found[2] if found is not None else load_checkpoint(where)
-    else:
-        where, state = target, load_checkpoint(target)
+    found = find_resume(run.run_dir, target) if loaded is _FIND else loaded
+    if found is None:
+        return False
+    where, state = found
     try:
         run.method.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
@@ -447,6 +466,7 @@ def _log_epoch(run: Run, metrics: dict[str, Any]) -> None:
     run.history.append(record)
     if not dist.is_main_process():
         return
+    _report_bad_images(run)
     append_jsonl(run.run_dir / "metrics.jsonl", record)
     if run.writer is not None:
         for key, value in metrics.items():
@@ -457,6 +477,13 @@ def _log_epoch(run: Run, metrics: dict[str, Any]) -> None:
         extra = f"  knn {metrics['knn_top1']:.2f}%" if "knn_top1" in metrics else ""
         print(f"epoch {run.epoch}/{run.cfg.train.epochs}  loss {metrics['loss']:.4f}  "
               f"lr {metrics['lr']:.4g}  {metrics['images_per_s']:.0f} img/s{extra}", flush=True)
+
+
+def _report_bad_images(run: Run) -> None:
+    """data.on_bad_image=skip: one line per split with newly skipped files (main process)."""
+    report = getattr(run.data, "report_bad_images", None)
+    if report is not None:
+        report()
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -516,16 +543,79 @@ def finish(run: Run) -> dict[str, Any]:
         summary["bad_images_skipped"] = len(skipped)
         summary["bad_image_paths"] = skipped[:100]
     if dist.is_main_process():
+        _report_bad_images(run)  # the evaluation splits read by the final kNN
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
+#: Files ccrop writes into a run folder, each with keys of its own (a same-named file of
+#: another tool does not have them): JSON object files, then the first line of metrics.jsonl.
+_RUN_FILE_KEYS = {"command.json": ("config", "overrides", "argv"),  # reproduce.COMMAND_FILE
+                  "ab_arm.json": ("arm", "seed")}  # ab.ARM_FILE
+#: The sections of a ``config.yaml`` that ``save_config`` wrote (a whole resolved config).
+_SAVED_CONFIG_SECTIONS = ("data", "crop", "model", "method", "optim", "train")
+
+
+def is_run_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is a ccrop run folder: it holds ccrop checkpoints, ``metrics.jsonl``,
+    ``command.json`` or ``ab_arm.json`` as ccrop writes them, or a ``config.yaml`` holding a
+    whole saved ccrop config (a run stopped before its first epoch). A user's own
+    ``config.yaml`` (the keys to change) or ``summary.json`` does not make one."""
+    from .checkpoint import list_checkpoints
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return False
+    if list_checkpoints(folder):
+        return True
+    for name, keys in _RUN_FILE_KEYS.items():
+        if all(k in _json_object(folder / name) for k in keys):
+            return True
+    if "event" in _json_object(folder / "metrics.jsonl", first_line=True):
+        return True
+    try:
+        import yaml
+
+        saved = yaml.safe_load((folder / "config.yaml").read_text())
+    except Exception:  # absent, unreadable or not YAML
+        return False
+    return isinstance(saved, dict) and all(isinstance(saved.get(k), dict)
+                                           for k in _SAVED_CONFIG_SECTIONS) \
+        and "out_dir" in saved["train"]
+
+
+def _json_object(path: Path, first_line: bool = False) -> dict[str, Any]:
+    """The JSON object in ``path`` (or on its first line); {} when absent or anything else."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            text = fh.readline() if first_line else fh.read()
+        value = json.loads(text)
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Create the run folder; refuse to overwrite an existing run unless resuming.
+    """Create the run folder; refuse to overwrite an existing run unless resuming, and to
+    write into an existing non-empty folder that is not a ccrop run folder at all.
+
+    Hidden entries (``.gitkeep``) do not count: a folder holding only them is empty.
 
     Raises:
-        ConfigError: the folder cannot be written, or holds checkpoints and no resume was asked.
+        ConfigError: the folder cannot be written, holds checkpoints and no resume was asked,
+            or holds files of its own (not a ccrop run folder, ``is_run_folder``).
     """
+    try:
+        foreign = run_dir.is_dir() and any(not p.name.startswith(".")
+                                           for p in run_dir.iterdir())
+    except OSError as err:
+        raise ConfigError(f"train.out_dir {str(run_dir)!r} cannot be read: "
+                          f"{err.strerror or err}") from None
+    if foreign and not is_run_folder(run_dir):
+        raise ConfigError(f"train.out_dir {str(run_dir)!r} is not empty and is not a ccrop run "
+                          "folder (no checkpoints, metrics.jsonl, command.json or saved "
+                          "config.yaml); ccrop writes only into a new or empty folder or its "
+                          "own run folder: choose another train.out_dir")
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-test-{os.getpid()}"

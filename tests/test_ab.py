@@ -141,6 +141,7 @@ def ab_dir(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # the module-scope ab_dir trains four runs
 def test_ab_writes_every_run_and_the_report(ab_dir):
     for arm in ("rcrop", "ccrop"):
         for seed in (0, 1):
@@ -160,6 +161,7 @@ def test_ab_writes_every_run_and_the_report(ab_dir):
     assert loss["rcrop"] != loss["ccrop"]
 
 
+@pytest.mark.slow  # the module-scope ab_dir trains four runs
 def test_ab_json_pairs_the_runs_by_seed(ab_dir):
     data = json.loads((ab_dir / "ab.json").read_text())
     assert data["baseline"] == "rcrop" and [a["arm"] for a in data["arms"]] == ["rcrop", "ccrop"]
@@ -178,6 +180,7 @@ def test_ab_json_pairs_the_runs_by_seed(ab_dir):
     assert other["knn_top1"]["mean"] == pytest.approx((knn["ccrop", 0] + knn["ccrop", 1]) / 2)
 
 
+@pytest.mark.slow  # the module-scope ab_dir trains four runs
 def test_rerun_skips_finished_runs_and_resumes_unfinished_ones(ab_dir, capsys):
     folders = [ab_dir / a / f"seed{s}" for s in (0, 1) for a in ("rcrop", "ccrop")]
     before = {f: (f / "summary.json").stat().st_mtime_ns for f in folders}
@@ -197,6 +200,7 @@ def test_rerun_skips_finished_runs_and_resumes_unfinished_ones(ab_dir, capsys):
             for f in folders} == ckpts
 
 
+@pytest.mark.slow  # the module-scope ab_dir trains four runs
 def test_changed_arm_settings_are_refused(ab_dir, capsys):
     before = (ab_dir / "ab.md").read_text()
     assert main(["ab", *TINY, "crop.alpha=0.3", "--seeds", "2", "--out", str(ab_dir)]) == 2
@@ -218,6 +222,7 @@ def test_bad_arm_exits_2_before_any_folder(tmp_path, capsys, arms, needle):
     assert "Traceback" not in err and not out.exists()
 
 
+@pytest.mark.slow  # the module-scope ab_dir trains four runs
 def test_compare_groups_the_ab_folder_by_arm(ab_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["compare", str(ab_dir), "--out", str(tmp_path / "bands.png")]) == 0
@@ -255,6 +260,7 @@ def test_compare_bad_input_exits_2_naming_file_and_key(tmp_path, capsys, content
     assert needle in err and str(run / "summary.json") in err
 
 
+@pytest.mark.slow  # trains and probes a run
 def test_linear_fast_column_from_the_run_and_from_its_checkpoint(tmp_path, capsys):
     out = tmp_path / "ab"
     args = ["ab", *TINY, "--arms", "rcrop", "--seeds", "0,", "--out", str(out), "--linear-fast"]

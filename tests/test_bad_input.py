@@ -94,6 +94,7 @@ def test_bad_checkpoint_is_one_line_naming_the_file(tmp_path, capsys, config_and
     assert _snapshot(tmp_path) == before  # no results.jsonl, the file untouched
 
 
+@pytest.mark.slow  # subprocess
 def test_bad_checkpoint_on_the_real_console_is_exactly_one_line(tmp_path, config_and_weights):
     """The console script's stderr, not pytest's capture: torch's warnings would show here."""
     for case in ("raw_pickle", "foreign_object", "text"):

@@ -65,6 +65,7 @@ def test_box_source_must_name_a_known_source():
         load_config(None, ["crop.box_source=file:"])
 
 
+@pytest.mark.slow  # trains
 def test_saliency_boxes_for_the_warmup_then_the_encoder(tmp_path):
     run = build_run(load_config(None, TINY + ["crop.warmup_boxes=saliency",
                                               f"train.out_dir={tmp_path}"]))
@@ -100,6 +101,7 @@ def ckpt(tmp_path_factory):
 
 
 @pytest.mark.parametrize("suffix", [".csv", ".json", ".pt"])
+@pytest.mark.slow  # the module-scope checkpoint run trains
 def test_export_then_train_from_the_file_gives_the_same_boxes(ckpt, tmp_path, suffix, capsys):
     path = tmp_path / f"boxes{suffix}"
     assert main(["boxes", "--checkpoint", str(ckpt), "--out", str(path)]) == 0
@@ -121,6 +123,7 @@ def test_export_then_train_from_the_file_gives_the_same_boxes(ckpt, tmp_path, su
     assert summary["box_iou_gt"] == pytest.approx(float(box_iou(ref, _truth()).mean()))
 
 
+@pytest.mark.slow  # the module-scope checkpoint run trains
 def test_boxes_out_is_checked_before_the_pass(ckpt, tmp_path, capsys, monkeypatch):
     afile = tmp_path / "afile"
     afile.write_text("x")

@@ -61,6 +61,14 @@ def test_bad_indices_and_lengths():
         store.load_state_dict(BoxStore(2).state_dict())
 
 
+@pytest.mark.parametrize("n", [2.5, 3.0, True, "3", None, -1])
+def test_store_length_must_be_an_integer(n):
+    """BoxStore(2.5) made a store of 2 boxes; a float (even 3.0), bool or string is refused."""
+    with pytest.raises(ValueError, match=r"n \(number of images\) must be an integer >= 1"):
+        BoxStore(n)
+    assert len(BoxStore(torch.tensor(3))) == 3  # an integer 0-d tensor is an integer
+
+
 @settings(max_examples=100, deadline=None)
 @given(
     st.lists(
@@ -105,6 +113,7 @@ class _ReadBox(Dataset):
 
 
 @pytest.mark.parametrize("ctx", ["fork", "spawn"])
+@pytest.mark.slow  # worker processes (fork and spawn)
 def test_persistent_workers_see_updates(ctx):
     """The official code's defect: persistent workers would keep stale boxes."""
     store = BoxStore(4)

@@ -11,6 +11,7 @@ import torch
 
 from ccrop.checkpoint import ckpt_path, load_checkpoint
 from ccrop.cli import main
+from ccrop.config import ConfigError
 
 TINY = ["data.dataset_kwargs.num_images=48", "data.batch_size=16", "data.num_workers=0",
         "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
@@ -39,6 +40,7 @@ def _records(capsys) -> list[dict]:
     return [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
 
 
+@pytest.mark.slow  # the module-scope run trains
 def test_pretrain_writes_a_complete_run_folder(pretrained, capsys):
     run_dir, printed = pretrained
     for name in ("config.yaml", "metrics.jsonl", "results.jsonl", "summary.json"):
@@ -66,6 +68,7 @@ def test_pretrain_writes_a_complete_run_folder(pretrained, capsys):
     assert _records(capsys)[-1]["iou_gt"] == summary["box_iou_gt"]
 
 
+@pytest.mark.slow  # the module-scope run trains
 def test_eval_commands_on_a_checkpoint(run_dir, tmp_path, capsys):
     ckpt = str(run_dir / "checkpoints" / "ckpt-epoch00002.pt")
     assert main(["knn", "--checkpoint", ckpt]) == 0
@@ -83,6 +86,7 @@ def test_eval_commands_on_a_checkpoint(run_dir, tmp_path, capsys):
     assert stats["images"] == 48 and "iou_gt" in stats
 
 
+@pytest.mark.slow  # the module-scope run trains
 def test_eval_protocols_agree_on_both_pipelines(run_dir, capsys):
     """kNN and the fast probe see the same un-augmented images on the device path as through
     the PIL transforms; on one device (CPU: bit for bit) the features, and so the results, are
@@ -151,6 +155,7 @@ def test_bad_input_exits_2_with_one_clear_line(tmp_path, capsys, args, needle):
     assert not (tmp_path / "x" / "checkpoints").exists()
 
 
+@pytest.mark.slow  # the module-scope run trains
 def test_existing_run_is_not_overwritten(run_dir, capsys):
     before = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert main(["pretrain", *TINY, f"train.out_dir={run_dir}"]) == 2
@@ -158,6 +163,7 @@ def test_existing_run_is_not_overwritten(run_dir, capsys):
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == before
 
 
+@pytest.mark.slow  # the module-scope run trains
 def test_checkpoint_of_another_architecture_names_the_keys(run_dir, capsys):
     ckpt = str(run_dir / "checkpoints" / "ckpt-epoch00002.pt")
     assert main(["knn", "--checkpoint", ckpt, "model.width=16"]) == 2
@@ -165,6 +171,7 @@ def test_checkpoint_of_another_architecture_names_the_keys(run_dir, capsys):
     assert "shape mismatch" in err and "conv1.weight" in err and "Traceback" not in err
 
 
+@pytest.mark.slow  # trains
 def test_tensorboard_scalars_and_box_grid(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -185,6 +192,7 @@ def test_missing_config_and_checkpoint(tmp_path, capsys):
     assert "none.pt" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # the module-scope run trains
 def test_boxes_honours_train_progress(run_dir, tmp_path, capsys, monkeypatch):
     """``train.progress=false`` (the run's config) draws no bar in ``ccrop boxes``; the same
     command with ``train.progress=true`` draws the localization bar."""
@@ -214,3 +222,112 @@ def test_boxes_honours_train_progress(run_dir, tmp_path, capsys, monkeypatch):
     runtime.progress(range(3), "z", on=True)
     assert bars == ["localize", "z"]
     capsys.readouterr()
+
+
+def _one_line_error(capsys, argv: list[str], *needles: str) -> str:
+    """Run ``ccrop <argv>``: exit 2 and one ``ccrop: error:`` line holding every needle."""
+    code = main(argv)
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("ccrop: error: "), (code, err)
+    assert all(n in err[0] for n in needles), (needles, err[0])
+    return err[0]
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["viz", "--num", "-1"], "--num"), (["viz", "--num", "0"], "--num"),
+    (["bench", "--steps", "0"], "--steps"), (["bench", "--steps", "-2"], "--steps")])
+def test_count_arguments_must_be_at_least_one(tmp_path, capsys, argv, flag):
+    """``viz --num -1`` was accepted; ``bench --steps 0`` ended in an IndexError."""
+    out = tmp_path / "out"
+    _one_line_error(capsys, [*argv, "--out", str(out)], flag, ">= 1")
+    assert not out.exists()
+
+
+def test_run_bench_refuses_zero_steps():
+    from ccrop.bench import run_bench
+    from ccrop.config import Config
+
+    with pytest.raises(ValueError, match="steps"):
+        run_bench(Config(), steps=0)
+
+
+@pytest.mark.slow  # the module-scope run trains
+def test_eval_of_a_loose_checkpoint_prints_and_writes_nothing(run_dir, tmp_path, capsys):
+    """A checkpoint outside ``<run>/checkpoints/`` appended to results.jsonl in its
+    grandparent folder; now the result is printed only, with one line saying so."""
+    loose = tmp_path / "loose"
+    loose.mkdir()
+    ckpt = loose / "ck.pt"
+    ckpt.write_bytes(ckpt_path(run_dir, 2).read_bytes())
+    (loose / "checkpoints").mkdir()  # a look-alike next to it changes nothing
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    n_results = len((run_dir / "results.jsonl").read_text().splitlines())
+    assert main(["knn", "--checkpoint", str(ckpt)]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out.splitlines()[-1])["checkpoint"] == str(ckpt)
+    notes = [ln for ln in captured.err.splitlines() if "results.jsonl not written" in ln]
+    assert len(notes) == 1 and str(ckpt) in notes[0]
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert len((run_dir / "results.jsonl").read_text().splitlines()) == n_results
+
+
+def test_pretrain_never_writes_into_a_users_folder(tmp_path, capsys):
+    """A folder with the user's own config.yaml and summary.json (no checkpoints) was
+    overwritten; a folder that is not a ccrop run folder is refused, untouched."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    files = {"config.yaml": "train:\n  epochs: 3\n", "summary.json": '{"mine": 1}\n'}
+    for name, text in files.items():
+        (mine / name).write_text(text)
+    for resume in ([], ["--resume", "auto"]):
+        _one_line_error(capsys, ["pretrain", *TINY, f"train.out_dir={mine}", *resume],
+                        f"train.out_dir {str(mine)!r}", "not a ccrop run folder")
+        assert {p.name: p.read_text() for p in mine.iterdir()} == files
+
+
+def test_run_folder_identification(tmp_path):
+    """What ``check_run_dir`` writes into: a new, empty (hidden files only) or ccrop folder."""
+    from ccrop.config import load_config, save_config
+    from ccrop.engine import check_run_dir, is_run_folder
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / ".gitkeep").write_text("")
+    check_run_dir(empty, resuming=False)
+    check_run_dir(tmp_path / "new" / "run", resuming=False)
+    assert (tmp_path / "new" / "run").is_dir()
+    stopped = tmp_path / "stopped"  # a run stopped before its first epoch: the saved config
+    stopped.mkdir()
+    save_config(load_config(None, []), stopped / "config.yaml")
+    (stopped / "notes.txt").write_text("the user's notes")
+    assert is_run_folder(stopped)
+    check_run_dir(stopped, resuming=False)
+    for name, text in (("command.json", '{"config": null, "overrides": [], "argv": ["ccrop"]}'),
+                       ("metrics.jsonl", '{"event": "epoch", "epoch": 1}\n')):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / name).write_text(text)
+        assert is_run_folder(folder), name
+    other = tmp_path / "other"  # same names, another tool's contents
+    (other / "checkpoints").mkdir(parents=True)
+    (other / "checkpoints" / "last.ckpt").write_text("x")
+    (other / "metrics.jsonl").write_text('{"loss": 1}\n')
+    (other / "command.json").write_text("[]")
+    (other / "config.yaml").write_text("lr: 0.1\n")
+    assert not is_run_folder(other)
+    with pytest.raises(ConfigError, match="not a ccrop run folder"):
+        check_run_dir(other, resuming=True)
+
+
+@pytest.mark.parametrize("case", ["missing", "truncated"])
+def test_bad_resume_file_leaves_no_run_folder(tmp_path, capsys, case):
+    """The --resume file is read before the run folder (config.yaml, command.json, tb/) is
+    made."""
+    ckpt = tmp_path / "ck.pt"
+    if case == "truncated":
+        ckpt.write_bytes(b"PK\x03\x04 not a whole zip")
+    out = tmp_path / "run"
+    args = [a for a in TINY if a != "train.tensorboard=false"]
+    _one_line_error(capsys, ["pretrain", *args, f"train.out_dir={out}", "--resume", str(ckpt)],
+                    str(ckpt))
+    assert not out.exists()

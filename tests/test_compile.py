@@ -40,6 +40,7 @@ def _fit(cfg) -> tuple[list[float], dict[str, torch.Tensor], engine.Run]:
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
 @pytest.mark.parametrize("where", ["forward", "backward"])
+@pytest.mark.slow  # trains twice (compiled and eager)
 def test_compile_failure_falls_back_to_eager_with_identical_training(tmp_path, monkeypatch,
                                                                       method, where):
     ref_loss, ref_state, _ = _fit(_cfg(tmp_path / "eager", method))
@@ -54,6 +55,7 @@ def test_compile_failure_falls_back_to_eager_with_identical_training(tmp_path, m
         torch.testing.assert_close(state[k], v, rtol=0, atol=0, msg=k)
 
 
+@pytest.mark.slow  # trains twice (compiled and eager)
 def test_working_compile_is_kept_and_matches_eager(tmp_path, monkeypatch):
     ref_loss, _, _ = _fit(_cfg(tmp_path / "eager", "simclr"))
     real_compile = torch.compile

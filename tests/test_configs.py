@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -332,3 +332,66 @@ def test_missing_config_names_the_path_and_the_listing_command(tmp_path, monkeyp
     assert main(["configs"]) == 0
     out = capsys.readouterr().out
     assert "cifar10/simclr_ccrop.yaml" in out and f"{len(LEAF_FILES)} configs" in out
+
+
+def _float_keys() -> list[tuple[str, Any]]:
+    """Every float key of the typed config (scalars and lists), with its default."""
+    cfg, keys = Config(), []
+    for section in fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in fields(values):
+            if "float" in str(f.type):
+                keys.append((f"{section.name}.{f.name}", getattr(values, f.name)))
+    return keys
+
+
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan"])
+@pytest.mark.parametrize("key,default", _float_keys(), ids=[k for k, _ in _float_keys()])
+def test_every_float_key_must_be_finite_and_names_itself(key, default, bad):
+    """inf/NaN in any float key (a list's last item too) is refused naming the key, not later
+    by the optimizer or in summary.json (crop.ratio=[0.75,inf] named no key before)."""
+    if isinstance(default, list) or key in ("data.mean", "data.std"):
+        items = list(default) if default is not None else [0.5, 0.5, 0.5]
+        value = "[" + ",".join(str(v) for v in items[:-1]) + f",{bad}]"
+    else:
+        value = bad
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(None, [f"{key}={value}"])
+
+
+@pytest.mark.parametrize("override", ["crop.warn_full_share=-1", "crop.warn_full_share=1.5",
+                                      "optim.momentum=1", "optim.min_lr_ratio=2"])
+def test_float_keys_out_of_their_range_name_the_key(override):
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}'"):
+        load_config(None, [override])
+    load_config(None, [f"{key}=0"])  # the lower edge is fine
+
+
+@pytest.mark.parametrize("override", [
+    "data.dataset_kwargs.num_images=nan", "data.dataset_kwargs.num_images=abc",
+    "data.dataset_kwargs.num_images=2.5", "data.dataset_kwargs.num_images=0",
+    "data.dataset_kwargs.num_images=true", "data.dataset_kwargs.image_size=nan",
+    "data.dataset_kwargs.image_size=-3"])
+def test_generated_set_sizes_must_be_integers(override):
+    """dataset_kwargs.num_images=nan reached the dataset as the string 'nan' ('<' not supported
+    between instances of 'str' and 'int')."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}' must be an integer >= 1"):
+        load_config(None, [override])
+    cfg = load_config(None, ["data.dataset=cluttered", "data.dataset_kwargs.num_images=null"])
+    assert cfg.data.dataset_kwargs["num_images"] is None  # cluttered: null = the whole split
+
+
+@pytest.mark.parametrize("override,key", [
+    ("optim.lr=inf", "optim.lr"), ("optim.weight_decay=inf", "optim.weight_decay"),
+    ("crop.warn_full_share=nan", "crop.warn_full_share"), ("crop.ratio=[0.75,inf]", "crop.ratio"),
+    ("data.dataset_kwargs.num_images=nan", "data.dataset_kwargs.num_images")])
+def test_cli_bad_float_is_one_line_and_writes_nothing(tmp_path, capsys, override, key):
+    from ccrop.cli import main
+
+    out = tmp_path / "run"
+    assert main(["pretrain", f"train.out_dir={out}", override]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith(f"ccrop: error: config key '{key}'"), err
+    assert not out.exists()

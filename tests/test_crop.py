@@ -12,6 +12,7 @@ from scipy import stats
 
 from ccrop import ContrastiveCrop, RandomResizedCrop, SimCCrop
 from ccrop.crop import (
+    CropPlan,
     _fallback,
     _fallback_batch,
     check_box,
@@ -360,3 +361,16 @@ def test_non_square_law_matches_the_pil_sampler_and_squashing_does_not():
 def test_bad_size_tensors_rejected(height, width, word):
     with pytest.raises(ValueError, match=word):
         sample_crop_params_batch(height, width, torch.tensor([[0.0, 0.0, 1.0, 1.0]]).repeat(4, 1))
+
+
+@pytest.mark.parametrize("cls", [ContrastiveCrop, SimCCrop, RandomResizedCrop])
+@pytest.mark.parametrize("size", [1.5, 32.0, (32, 1.5), (0, 8), -4, True, "32", [8], (8, 8, 8),
+                                  None])
+def test_size_must_be_a_positive_int_or_pair_of_ints(cls, size):
+    """size=1.5 raised TypeError: 'float' object is not iterable; (32, 1.5) was truncated."""
+    with pytest.raises(ValueError, match="size must be a positive int or a pair"):
+        cls(size=size)
+    assert cls(size=np.int64(8)).size == (8, 8) and cls(size=[6, 9]).size == (6, 9)
+    with pytest.raises(ValueError, match="size"):
+        ContrastiveCrop.from_plan(CropPlan(), 1.5)
+

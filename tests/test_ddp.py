@@ -7,6 +7,8 @@ import sys
 import pytest
 import torch
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses
+
 
 @pytest.mark.parametrize("pipeline", ["cpu", "gpu"])
 def test_torchrun_two_processes_on_cpu(tmp_path, pipeline):

@@ -108,6 +108,7 @@ def _worker(rank: int, world: int, init_file: str) -> None:
         dist.cleanup()
 
 
+@pytest.mark.slow  # two processes (torch.multiprocessing)
 def test_two_gloo_ranks(tmp_path: Path) -> None:
     # fork: the children reuse the parent's imports (spawn re-imports torch, ~5 s per child);
     # but once CUDA autograd has run in this process (a GPU machine), a forked child cannot

@@ -28,6 +28,7 @@ def tiny(tmp_path, *extra):
     ("ccrop", 1, [2, 4]), ("ccrop", 3, [4]), ("ccrop", 0, [2, 4]), ("rcrop", 5, []),
     ("simccrop", 0, []),
 ])
+@pytest.mark.slow  # trains
 def test_localization_schedule_calls_update_boxes_at_right_epochs(tmp_path, monkeypatch, kind,
                                                                   warmup, expected, pipeline):
     """Box updates after the right epochs, and each epoch's views told to use the boxes (or the
@@ -113,6 +114,7 @@ def assert_same_state(a, b):
 
 
 @pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.slow  # trains
 def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, method):
     extra = [f"method.name={method}", "crop.threshold_mode=quantile", "crop.threshold=0.5"]
     extra += ["method.params.queue_size=40"] if method == "moco" else []
@@ -136,6 +138,7 @@ def test_interrupted_and_resumed_run_is_bit_identical(tmp_path, monkeypatch, met
     assert not torch.equal(a["boxes"]["boxes"], torch.tensor([0.0, 0, 1, 1]).expand(48, 4))
 
 
+@pytest.mark.slow  # trains
 def test_extending_epochs_on_resume(tmp_path):
     engine.fit(build_run(tiny(tmp_path, "train.epochs=2")))
     run = build_run(tiny(tmp_path, "train.epochs=3"), resume_from="auto")
@@ -147,6 +150,7 @@ def test_extending_epochs_on_resume(tmp_path):
     assert [r["epoch"] for r in lines if r["event"] == "box_update"] == [2]
 
 
+@pytest.mark.slow  # trains
 def test_full_box_warning_after_a_degenerate_update_only(tmp_path):
     with pytest.warns(engine.FullBoxWarning, match="whole image after epoch 2"):
         summary = engine.fit(build_run(tiny(tmp_path / "k", "crop.threshold_mode=fixed",
@@ -174,6 +178,7 @@ def test_time_summary_skips_the_first_epoch_in_the_median():
 
 
 
+@pytest.mark.slow  # trains
 def test_each_box_update_draws_the_localization_figure(tmp_path, capsys):
     from ccrop.cli import main
 

@@ -11,6 +11,8 @@ import torch
 pytest.importorskip("lightly.loss")  # ImportError (lightly or a dependency missing): skip
 pytest.importorskip("lightly.models.modules")
 
+pytestmark = pytest.mark.slow  # trains the example
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "lightly_simclr.py"
 
 

@@ -65,6 +65,7 @@ def _plain(n):
     return ds, DataLoader(IndexedImages(ds, EvalTransform(MEAN, STD)), 64)
 
 
+@pytest.mark.slow  # trains the example
 def test_example_updates_boxes_and_logs(tmp_path, capsys):
     pytest.importorskip("lightly.loss")  # the example's head and loss
     pytest.importorskip("lightly.models.modules")
@@ -218,6 +219,7 @@ torch.save({{"boxes": store.boxes.clone(), "seen": sum(seen), "version": store.v
 """
 
 
+@pytest.mark.slow  # DDP in a subprocess
 def test_ddp_two_cpu_processes_share_boxes(tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(textwrap.dedent(DDP_SCRIPT.format(mean=MEAN, std=STD)))

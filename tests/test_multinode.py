@@ -13,9 +13,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from ccrop.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # torchrun subprocesses
 
 TINY = ["data.dataset_kwargs.num_images=66", "data.batch_size=16", "data.num_workers=0",
         "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",

@@ -45,6 +45,7 @@ def test_the_readme_has_the_plugin_snippets():
         assert "**CropConfig().box_rule()" in code and "forward_features" not in code
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(BLOCKS)), ids=lambda i: f"snippet{i}")
 def test_readme_snippet_runs_verbatim(index):
     torchvision = pytest.importorskip("torchvision")

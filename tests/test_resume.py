@@ -133,6 +133,7 @@ def _kill_at_random_moment(proc: subprocess.Popen, out: Path, rng: random.Random
     return alive
 
 
+@pytest.mark.slow  # subprocesses killed with SIGKILL
 def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, reference):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ccrop.cli", "pretrain", *overrides(out), "--resume", "auto"]
@@ -207,6 +208,7 @@ def _kill_after_checkpoint(proc: subprocess.Popen, out: Path, epoch: int) -> boo
     return alive
 
 
+@pytest.mark.slow  # subprocesses killed with SIGKILL
 def test_sigkill_then_resume_auto_writes_the_same_whole_checkpoints(tmp_path):
     """Every checkpoint of a run killed (SIGKILL) after its first checkpoint and resumed equals the
     uninterrupted run's in every field (model, optimizer, boxes, RNG states, counters, config,
@@ -250,6 +252,7 @@ def test_seed_rngs_is_a_function_of_seed_epoch_and_rank():
         assert not torch.equal(state["numpy"][1], first["numpy"][1]), other
 
 
+@pytest.mark.slow  # the module-scope reference run trains
 def test_killed_during_box_update_then_resume_is_bit_identical(tmp_path, monkeypatch, reference):
     out = tmp_path / "run"
     real, calls = ccrop.localize.update_boxes, []
@@ -274,6 +277,7 @@ def test_killed_during_box_update_then_resume_is_bit_identical(tmp_path, monkeyp
     assert (out / "metrics.jsonl").read_bytes().startswith(lines_before)
 
 
+@pytest.mark.slow  # the module-scope reference run trains
 def test_killed_while_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path, monkeypatch,
                                                                       reference):
     out = tmp_path / "run"
@@ -315,6 +319,7 @@ def test_killed_while_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path
     assert epochs == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]  # epoch 5 trained again after the kill
 
 
+@pytest.mark.slow  # the module-scope reference run trains
 def test_corrupt_newest_checkpoint_of_a_run_is_skipped_on_resume(tmp_path, reference):
     out = tmp_path / "copy"
     shutil.copytree(reference[0], out)
@@ -327,6 +332,7 @@ def test_corrupt_newest_checkpoint_of_a_run_is_skipped_on_resume(tmp_path, refer
     assert_same_state(final_state(out), reference[1])
 
 
+@pytest.mark.slow  # the module-scope reference run trains
 def test_resume_with_another_model_is_one_clear_error(tmp_path, reference, capsys):
     out = tmp_path / "copy"
     shutil.copytree(reference[0], out)
@@ -409,6 +415,7 @@ def test_corrupt_newest_checkpoint_is_reported_and_skipped(tmp_path, how):
         assert latest_valid_checkpoint(tmp_path)[1]["epoch"] == 1
 
 
+@pytest.mark.slow  # the module-scope reference run trains
 def test_keep_last_prunes_old_checkpoints_and_stale_temp_files(tmp_path, reference):
     names = [p.name for p in list_checkpoints(reference[0])]
     assert names == [f"ckpt-epoch{e:05d}.pt" for e in (EPOCHS - 1, EPOCHS)]  # default keep_last=2
@@ -427,6 +434,7 @@ def test_keep_last_prunes_old_checkpoints_and_stale_temp_files(tmp_path, referen
     assert not stale.exists() and own.exists()
 
 
+@pytest.mark.slow  # trains
 def test_metrics_lines_are_flushed_every_epoch(tmp_path, monkeypatch):
     out = tmp_path / "run"
     real, seen = engine.train_epoch, []

@@ -149,6 +149,7 @@ def test_folder_views_with_extents_have_no_host_sync(crop):
     assert [v.shape for v in out] == [(8, 3, 16, 16)] * 2
 
 
+@pytest.mark.slow  # trains
 def test_box_update_syncs_once_per_update_not_per_batch(tmp_path):
     run = build_run(_tiny(tmp_path))
     counts = []

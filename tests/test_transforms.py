@@ -236,6 +236,7 @@ def test_boxed_samples_items():
 
 
 @pytest.mark.parametrize("ctx", ["fork", "spawn"])
+@pytest.mark.slow  # worker processes (fork and spawn)
 def test_boxed_samples_persistent_worker_sees_update(ctx):
     """Views follow the store after an update, in the same persistent worker."""
     n, side = 6, 64
@@ -262,3 +263,12 @@ def test_boxed_samples_persistent_worker_sees_update(ctx):
     store.update(torch.arange(n), torch.tensor([[0.0, 0.0, 0.2, 0.2]] * n))
     second = centres()  # same worker process
     assert (second < 12).all()  # new box: centre near 6.4 px
+
+
+@pytest.mark.parametrize("cls", [ContrastiveCrop, SimCCrop])
+@pytest.mark.parametrize("size", [1.5, (32, 1.5), 0, "32"])
+def test_v2_size_must_be_a_positive_int_or_pair_of_ints(cls, size):
+    with pytest.raises(ValueError, match="size must be a positive int or a pair"):
+        cls(size=size)
+    assert cls(size=8).size == [8, 8]
+

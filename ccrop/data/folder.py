@@ -335,9 +335,10 @@ class FileListDataset(ImageDataset):
         samples: ``(path, label)`` pairs; label -1 where there is none.
         classes: Class names, index = label.
         root: Where the samples came from, named in errors.
-        on_bad_image: ``"error"`` raises ``BadImageError`` naming the file; ``"skip"`` logs a
-            warning, records the path in ``bad_images`` (this process only) and returns the next
-            readable item instead.
+        on_bad_image: ``"error"`` raises ``BadImageError`` naming the file; ``"skip"`` records
+            the path in ``bad_images`` (this process only) and in ``skipped_paths()`` (every
+            process), logs it at DEBUG level and returns the next readable item instead;
+            ``report_skipped`` then logs one warning line (count and first path).
         transform: Optional callable applied to each PIL image.
     """
 
@@ -361,6 +362,7 @@ class FileListDataset(ImageDataset):
         self.on_bad_image = on_bad_image
         self.bad_images: list[str] = []
         self._bad: set[int] = set()
+        self._reported = 0  # skipped files already counted in a report_skipped line
         # shared with DataLoader workers, so the main process can count every skipped file
         self.bad_mask = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
 
@@ -370,6 +372,25 @@ class FileListDataset(ImageDataset):
     def skipped_paths(self) -> list[str]:
         """Paths skipped as unreadable so far, by this process or any DataLoader worker."""
         return [self.samples[i][0] for i in torch.nonzero(self.bad_mask).flatten().tolist()]
+
+    def report_skipped(self, split: str | None = None) -> list[str]:
+        """Log ONE warning line when files were skipped since the last report: how many so far
+        and the first one (each file is logged at DEBUG level only, so a folder with many
+        broken files does not flood the console). Call it in the main process after a pass.
+
+        Args:
+            split: the split's name, shown in the line.
+
+        Returns:
+            ``skipped_paths()``.
+        """
+        paths = self.skipped_paths()
+        if len(paths) > self._reported:
+            self._reported = len(paths)
+            where = self.root if split is None else f"split {split!r} ({self.root})"
+            logger.warning("%s: skipped %d unreadable image file(s) (data.on_bad_image=skip); "
+                           "first: %s", where, len(paths), paths[0])
+        return paths
 
     def load(self, index: int, read: Callable[[str], Any] = load_rgb) -> tuple[Any, int]:
         """Return ``(PIL RGB image, label)``; in skip mode the next readable item if needed.
@@ -393,7 +414,7 @@ class FileListDataset(ImageDataset):
                 self._bad.add(i)
                 self.bad_mask[i] = True
                 self.bad_images.append(path)
-                logger.warning("skipping bad image (%d so far): %s", len(self.bad_images), exc)
+                logger.debug("skipping bad image (%d so far): %s", len(self.bad_images), exc)
         raise ValueError(f"no readable image under {self.root}: all {n} files failed to decode")
 
 

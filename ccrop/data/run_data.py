@@ -39,6 +39,14 @@ class RunData:
         skipped = getattr(self.train, "skipped_paths", None)
         return skipped() if skipped is not None else []
 
+    def report_bad_images(self) -> None:
+        """One warning line per split whose skipped unreadable images grew since the last call
+        (count and first path; folder datasets with ``data.on_bad_image=skip``)."""
+        for name, dataset in [(self.cfg.data.train_split, self.train), *self._splits.items()]:
+            report = getattr(dataset, "report_skipped", None)
+            if report is not None:
+                report(name)
+
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""
         from .images import to_rgb

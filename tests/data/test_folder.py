@@ -103,15 +103,33 @@ def test_messy_folder_error_mode_names_the_file(messy_root):
 def test_messy_folder_skip_mode_counts_and_replaces(messy_root, caplog):
     ds = ImageFolder(messy_root.root, on_bad_image="skip")
     assert ds.classes == ["a", "b", "empty"] and len(ds) == 12
-    with caplog.at_level(logging.WARNING, logger="ccrop.data"):
+    with caplog.at_level(logging.DEBUG, logger="ccrop.data"):
         items = [ds[i] for i in range(len(ds))]
     assert all(img.mode == "RGB" for img, _ in items)
     assert sorted(ds.bad_images) == sorted(messy_root.extra["bad"])  # each counted once
-    assert sum("skipping bad image" in r.getMessage() for r in caplog.records) == 3
+    per_file = [r for r in caplog.records if "skipping bad image" in r.getMessage()]
+    assert len(per_file) == 3 and all(r.levelno == logging.DEBUG for r in per_file)
     i = next(k for k, (p, _) in enumerate(ds.samples) if p.endswith("01_corrupt.jpg"))
     expected = np.asarray(load_rgb(messy_root.extra["good_after_bad"]))
     np.testing.assert_array_equal(np.asarray(items[i][0]), expected)  # next valid item
     assert items[i][1] == ds.classes.index("b")
+
+
+def test_skip_mode_reports_one_line_per_split_with_count_and_first_path(messy_root, caplog):
+    """Skipped files are not one console line each: ``report_skipped`` logs one warning with
+    the count and the first path, and again only when more files were skipped."""
+    ds = ImageFolder(messy_root.root, on_bad_image="skip")
+    with caplog.at_level(logging.WARNING, logger="ccrop.data"):
+        caplog.clear()
+        for _ in range(2):  # two passes (epochs): the same files skipped again
+            [ds[i] for i in range(len(ds))]
+        assert caplog.records == []  # nothing per file
+        paths = ds.report_skipped("train")
+        assert ds.report_skipped("train") == paths  # nothing new: no second line
+    assert sorted(paths) == sorted(messy_root.extra["bad"])
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "split 'train'" in lines[0], lines
+    assert "skipped 3 unreadable" in lines[0] and lines[0].endswith(f"first: {paths[0]}")
 
 
 def test_empty_class_is_ignored_with_warning_but_keeps_label(messy_root, caplog):

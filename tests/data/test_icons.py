@@ -97,6 +97,7 @@ def test_missing_files_name_the_debian_packages(tmp_path):
 
 
 @pytest.mark.skipif(not ic.ICON_DIR.is_dir(), reason="Debian package tango-icon-theme absent")
+@pytest.mark.slow  # builds the icon set from the Debian packages (~7 s)
 def test_the_debian_packages_make_a_seven_class_set_with_held_out_icons():
     files = ic._icon_files(None)
     assert all(len(files[c]) >= 9 for c in ic.CLASSES)  # places is the smallest: 9 icons

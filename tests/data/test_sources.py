@@ -104,7 +104,9 @@ def test_folder_pretraining_on_both_paths(folder, tmp_path, pipeline):
             "data.image_size=16", "data.loc_image_size=16", "data.batch_size=8",
             "data.num_workers=0", f"data.pipeline={pipeline}", "model.width=8",
             "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
-            "crop.threshold_mode=quantile", "crop.threshold=0.5", "train.progress=false",
+            "crop.threshold_mode=quantile", "crop.threshold=0.5", "crop.min_confidence=0",
+            "crop.heatmap=sum", "crop.center_prior=0",
+            "train.progress=false",
             "train.tensorboard=false", "method.params.proj_hidden=16",
             "method.params.proj_dim=8", "train.device=cpu", f"train.out_dir={out}"]
     assert main(args) == 0

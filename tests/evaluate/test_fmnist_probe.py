@@ -13,6 +13,8 @@ from ccrop.evaluate.linear import run_fast_probe
 from ccrop.methods import build_method
 from ccrop.models import build_backbone
 
+pytestmark = pytest.mark.slow  # six SimCLR epochs on 2048 images
+
 
 def _fmnist(split, n):
     try:

@@ -75,6 +75,17 @@ def test_eval_settings_are_config_keys_with_the_official_defaults():
             load_config(None, [bad])
 
 
+@pytest.mark.parametrize("override", ["eval.knn_temperature=inf", "eval.knn_temperature=nan",
+                                      "eval.linear_lr=inf", "eval.linear_lr=nan",
+                                      "eval.linear_weight_decay=inf"])
+def test_eval_floats_must_be_finite(override):
+    """knn_temperature=inf was accepted and summary.json then held ``Infinity``."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=f"config key '{key}' must be a finite number"):
+        load_config(None, [override])
+    assert load_config(None, ["eval.linear_lr=null"]).eval.linear_lr is None
+
+
 def test_linear_help_names_the_eval_keys(capsys):
     with pytest.raises(SystemExit):
         main(["linear", "--help"])

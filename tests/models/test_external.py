@@ -178,12 +178,14 @@ def _pretrain(tmp_path, *overrides: str) -> dict:
                  marks=needs_timm),
     ["model.arch=tv:resnet18", "method.name=simsiam", "method.params.pred_hidden=8"],
 ])
+@pytest.mark.slow  # trains
 def test_pretrain_one_epoch(model, tmp_path) -> None:
     summary = _pretrain(tmp_path, "train.epochs=1", "crop.warmup_epochs=1", *model)
     assert summary["epochs"] == 1 and 0 <= summary["knn_top1"] <= 100
 
 
 @needs_timm
+@pytest.mark.slow  # trains
 def test_pretrain_vit_updates_boxes_and_draws_its_heatmaps(tmp_path) -> None:
     """Warm-up epoch, box update from patch tokens (default stages [3]: the one ViT map), the
     engine's heatmap figure, a ContrastiveCrop epoch."""
