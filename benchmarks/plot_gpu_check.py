@@ -2,13 +2,63 @@
 
 import argparse
 import json
+import math
+import textwrap
+from collections.abc import Mapping
 from pathlib import Path
 
-from ccrop.viz import plot_epoch_times
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 #: The official implementation's CIFAR-10 SimCLR epoch on one H100 with 16 CPU cores
 #: (docs/design.md).
 OFFICIAL_S = 66.0
+
+
+def plot_epoch_times(times: Mapping[str, float], path: str | Path, title: str = "",
+                     reference: str | None = None, target: float | None = None) -> Path:
+    """Horizontal bars of seconds per epoch, each labelled with its speed-up over ``reference``.
+
+    Args:
+        times: ``{label: seconds per epoch}`` (> 0), drawn top to bottom in order.
+        path: output file (``.png`` added when it has no suffix).
+        title: figure title (name the device and the setting).
+        reference: the label speed-ups are relative to (default: the slowest entry).
+        target: optional target seconds, drawn as a dashed line.
+
+    Raises:
+        ValueError: no entries, a non-positive or non-finite time, or an unknown ``reference``.
+    """
+    if not times:
+        raise ValueError("times: expected at least one {label: seconds} entry")
+    bad = {k: v for k, v in times.items() if not (math.isfinite(v) and v > 0)}
+    if bad:
+        raise ValueError(f"times: seconds must be finite and > 0, got {bad}")
+    reference = max(times, key=times.get) if reference is None else reference
+    if reference not in times:
+        raise ValueError(f"reference {reference!r} is not one of {list(times)}")
+    labels, secs = list(times), [float(v) for v in times.values()]
+    fig = Figure(figsize=(7, 0.6 * len(labels) + 1.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ys = list(range(len(labels)))[::-1]  # the first entry on top
+    ax.barh(ys, secs, color=["#888888" if k == reference else "#2a7ab9" for k in labels])
+    ax.set_xscale("log")
+    for y, s in zip(ys, secs):
+        ax.text(s * 1.05, y, f"{s:.2f} s  ({times[reference] / s:.1f}x)", va="center",
+                fontsize=8)
+    ax.set_yticks(ys, labels, fontsize=8)
+    ax.set_xlim(min(secs) / 1.5, max(secs) * 4)
+    if target is not None:
+        ax.axvline(target, color="#c0392b", ls="--", lw=1)
+        ax.text(target, ys[-1] - 0.55, f" target {target:g} s", color="#c0392b", fontsize=8)
+    ax.set_xlabel("seconds per epoch (log scale)")
+    fig.suptitle(textwrap.fill(title, 90), fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    out = Path(path) if Path(path).suffix else Path(path).with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    return out
 
 
 def main() -> None:

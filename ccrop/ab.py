@@ -1,10 +1,9 @@
 """Seeded A/B of named arms (``ccrop ab``): train every arm on the same seeds, report paired stats.
 
-Arms are lists of ``key=value`` overrides applied on top of one base config; seed ``s`` of
-every arm trains with ``train.seed=s`` (same data order, same initialisation), so the arms are
-compared pair by pair (docs/design.md, "How to run an A/B honestly"). Run folders are
-``<out>/<arm>/seed<s>``, each tagged with ``ab_arm.json``; ``report`` (also behind
-``ccrop compare``) reads only those folders, so a partial or resumed A/B reports what is done.
+Arms are ``key=value`` overrides on one base config; seed ``s`` of every arm trains with
+``train.seed=s`` (same data order and initialisation), so arms are compared pair by pair
+(docs/design.md, "How to run an A/B honestly"). Runs go to ``<out>/<arm>/seed<s>``, tagged with
+``ab_arm.json``; ``report`` (also ``ccrop compare``) reads what is done (``ccrop.runs``).
 """
 
 from __future__ import annotations
@@ -13,12 +12,15 @@ import gc
 import json
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
+from .runs import ARM_FILE, PLAN_FILE, PROBE_FILE, load_run, read_json
+from .runs import collect_groups as collect_groups  # ``ccrop compare`` groups through ab
 
 #: Built-in arms: overrides on top of the base config.
 BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
@@ -36,16 +38,11 @@ BUILTIN_ARMS: dict[str, tuple[str, ...]] = {
                     "crop.placement=official", "crop.heatmap=sum", "crop.polarity=none",
                     "crop.center_prior=0", "crop.min_confidence=0"),
 }
-
-ARM_FILE = "ab_arm.json"  # in every run folder of an A/B: arm, seed, overrides
-PLAN_FILE = "ab_plan.json"  # in the A/B folder: the arms in order (baseline first) and seeds
-PROBE_FILE = "linear_fast.json"  # in a run folder: the fast linear probe's result
 FIGURE_FILE = "ab_knn.png"
 
-_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_ARM_START_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*(:.*)?", re.S)
-_KEY_RE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)+=", re.S)
-_SEED_DIR_RE = re.compile(r"seed(\d+)")
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # an arm name: a folder name
+_OVERRIDE_RE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)+=")  # ``dotted.key=``
+_SPLIT_RE = re.compile(r",(?![^\[]*\])")  # a comma outside [...] (lists are not nested)
 
 
 @dataclass(frozen=True)
@@ -59,35 +56,18 @@ class Arm:
 # ----------------------------------------------------------------------------- arms and seeds
 
 
-def _split_top(text: str) -> list[str]:
-    """Split on commas outside ``[...]`` brackets (list values stay whole)."""
-    pieces, depth, cur = [], 0, ""
-    for ch in text:
-        depth += (ch == "[") - (ch == "]")
-        if ch == "," and depth <= 0:
-            pieces.append(cur)
-            cur = ""
-        else:
-            cur += ch
-    return [*pieces, cur]
-
-
 def _arm_error(what: str) -> ConfigError:
     return ConfigError(f"{what}; built-in arms: {', '.join(BUILTIN_ARMS)}; a custom arm is "
                        "name:key=value,key=value")
 
 
 def parse_arms(spec: str | Sequence[str]) -> list[Arm]:
-    """Parse ``--arms``: built-in names and custom ``name:key=value,key=value`` arms.
+    """``--arms``: the arms in order (the first is the baseline of the paired differences).
 
-    Commas separate arms, and the overrides of a custom arm where the next piece looks like
-    ``dotted.key=``; commas inside ``[...]`` never split (``crop.scale=[0.2,1.0]``).
-
-    Args:
-        spec: e.g. ``"rcrop,ccrop,a01:crop.alpha=0.1,crop.scale=[0.3,1.0]"``, or a list of such.
-
-    Returns:
-        The arms in order (the first is the baseline of the paired differences).
+    The spec is split on commas outside ``[...]``. A piece that starts with ``dotted.key=`` is
+    one more override of the custom arm before it; any other piece starts an arm: a built-in
+    name, or ``name:key=value`` (a custom arm and its first override). So
+    ``rcrop,a01:crop.alpha=0.1,crop.scale=[0.3,1.0],ccrop`` is rcrop, a01 (two overrides), ccrop.
 
     Raises:
         ConfigError: empty spec, unknown built-in, bad name or override, duplicate name.
@@ -95,18 +75,16 @@ def parse_arms(spec: str | Sequence[str]) -> list[Arm]:
     text = spec if isinstance(spec, str) else ",".join(spec)
     if not text.strip():
         raise _arm_error("--arms is empty")
-    groups: list[list[str]] = []
-    for piece in (p.strip() for p in _split_top(text)):
-        custom = bool(groups) and ":" in groups[-1][0]  # the last arm takes overrides
-        if _KEY_RE.match(piece) and custom:
-            groups[-1].append(piece)  # the custom arm's next override
-        elif _ARM_START_RE.fullmatch(piece):
-            groups.append([piece])  # a new arm
-        elif custom and piece and "=" not in piece:
-            groups[-1][-1] += "," + piece  # an unbracketed value holding commas
+    pieces: list[tuple[str, list[str] | None]] = []  # (name, overrides; None: a built-in)
+    for piece in (p.strip() for p in _SPLIT_RE.split(text)):
+        if not _OVERRIDE_RE.match(piece):
+            name, colon, first = piece.partition(":")
+            pieces.append((name.strip(), [first.strip()] if colon else None))
+        elif pieces and pieces[-1][1] is not None:
+            pieces[-1][1].append(piece)
         else:
-            raise _arm_error(f"--arms: {piece!r} is not an arm")
-    arms = [_parse_arm(g) for g in groups]
+            raise _arm_error(f"--arms: {piece!r} is not an arm (overrides follow name:)")
+    arms = [_arm(name, over) for name, over in pieces]
     names = [a.name for a in arms]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
@@ -114,84 +92,47 @@ def parse_arms(spec: str | Sequence[str]) -> list[Arm]:
     return arms
 
 
-def _parse_arm(pieces: list[str]) -> Arm:
-    """One arm from its pieces: ``[name]`` or ``[name:key=value, key=value, ...]``."""
-    name, _, first = pieces[0].partition(":")
+def _arm(name: str, overrides: list[str] | None) -> Arm:
+    """A built-in arm (``overrides`` None) or a checked custom one."""
     if not _NAME_RE.fullmatch(name):
         raise _arm_error(f"--arms: arm name {name!r} must be letters, digits, '-' or '_' "
                          "(at most 64, a folder name)")
-    if ":" not in pieces[0]:
+    if overrides is None:
         if name not in BUILTIN_ARMS:
             raise _arm_error(f"--arms: unknown arm {name!r}")
         return Arm(name, BUILTIN_ARMS[name])
     if name in BUILTIN_ARMS:
         raise _arm_error(f"--arms: custom arm {name!r} has the name of a built-in arm")
-    overrides = tuple(p.strip() for p in [first, *pieces[1:]])
     for o in overrides:
-        if not _KEY_RE.match(o):
+        key = o.split("=", 1)[0]
+        if not _OVERRIDE_RE.match(o):
             raise _arm_error(f"--arms: arm {name!r}: override {o!r} is not dotted.key=value")
-        if o.split("=", 1)[0] in ("train.seed", "train.out_dir"):
-            raise _arm_error(f"--arms: arm {name!r} sets {o.split('=', 1)[0]}, which the A/B "
-                             "sets itself (--seeds, --out)")
-    return Arm(name, overrides)
+        if key in ("train.seed", "train.out_dir"):
+            raise _arm_error(f"--arms: arm {name!r} sets {key}, which the A/B sets itself "
+                             "(--seeds, --out)")
+    return Arm(name, tuple(overrides))
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
-    """``--seeds``: a count N (seeds ``0..N-1``) or a comma list (``0,1,2``; ``7,`` = seed 7).
-
-    Raises:
-        ConfigError: not a count or list of distinct non-negative integers.
-    """
+    """``--seeds``: a count N (seeds ``0..N-1``) or a comma list (``0,1,2``; ``7,`` = seed 7);
+    ConfigError for anything else (distinct non-negative integers only)."""
     text = str(spec) if isinstance(spec, (str, int)) else ",".join(map(str, spec))
-    bad = ConfigError(f"--seeds must be a count N >= 1 (seeds 0..N-1) or a list of distinct "
-                      f"seeds >= 0 like 0,1,2; got {text!r}")
     parts = [p.strip() for p in text.split(",")]
-    if "," in text:
-        parts = [p for p in parts if p]  # a trailing comma makes a one-seed list
-    if not parts or not all(p.isdigit() for p in parts):
-        raise bad
-    seeds = [int(p) for p in parts]
-    if "," not in text:
+    parts = [p for p in parts if p] if "," in text else parts  # "7," is a one-seed list
+    seeds = [int(p) for p in parts] if parts and all(p.isdigit() for p in parts) else []
+    if "," not in text and seeds:
         seeds = list(range(seeds[0]))
     if not seeds or len(set(seeds)) != len(seeds):
-        raise bad
+        raise ConfigError(f"--seeds must be a count N >= 1 (seeds 0..N-1) or a list of "
+                          f"distinct seeds >= 0 like 0,1,2; got {text!r}")
     return seeds
 
 
 # ----------------------------------------------------------------------------- statistics
 
-#: Two-sided 95% Student-t quantiles t_{0.975, df} for df = 1..30.
-T975 = (12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004,
-        2.262157, 2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905,
-        2.109816, 2.100922, 2.093024, 2.085963, 2.079614, 2.073873, 2.068658, 2.063899,
-        2.059539, 2.055529, 2.051831, 2.048407, 2.045230, 2.042272)  # fmt: skip
-_Z975 = 1.959963984540054
-
-
-def t_quantile_975(df: int) -> float:
-    """t_{0.975, df}: the table for df <= 30, Hill's (1970) expansion in 1/df beyond
-    (error < 1e-7 there; 1.96 as df -> infinity).
-
-    Raises:
-        ValueError: df < 1.
-    """
-    if df < 1:
-        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
-    if df <= len(T975):
-        return T975[df - 1]
-    z = _Z975
-    g = ((z**3 + z) / 4, (5 * z**5 + 16 * z**3 + 3 * z) / 96,
-         (3 * z**7 + 19 * z**5 + 17 * z**3 - 15 * z) / 384,
-         (79 * z**9 + 776 * z**7 + 1482 * z**5 - 1920 * z**3 - 945 * z) / 92160)
-    return z + sum(gi / df ** (i + 1) for i, gi in enumerate(g))
-
 
 def summarise(values: Sequence[float]) -> dict[str, Any]:
-    """Mean and sample standard deviation (ddof=1; 0 for one value) of ``values``.
-
-    Returns:
-        ``{"n", "mean", "std"}``; mean and std are None when there are no values.
-    """
+    """``{"n", "mean", "std"}``: sample std (ddof=1; 0 for one value); None without values."""
     n = len(values)
     if n == 0:
         return {"n": 0, "mean": None, "std": None}
@@ -201,294 +142,96 @@ def summarise(values: Sequence[float]) -> dict[str, Any]:
 
 
 def paired_stats(base: Mapping[int, float], other: Mapping[int, float]) -> dict[str, Any]:
-    """Paired difference ``other - base`` over the seeds both arms finished.
+    """Paired difference ``other - base`` (``{seed: value}`` each) over the seeds both have.
 
-    With differences ``d_1..d_n``: mean ``m``, sample std ``s`` (ddof=1), and the two-sided 95%
-    Student-t interval ``m -/+ t_{0.975, n-1} * s / sqrt(n)``.
-
-    Args:
-        base: ``{seed: value}`` of the baseline arm.
-        other: ``{seed: value}`` of the compared arm.
-
-    Returns:
-        ``{"n", "seeds", "diffs", "mean", "std", "t", "ci_low", "ci_high", "wins"}``: ``wins``
-        counts differences > 0; values that need more pairs (std and interval for n < 2, the
-        mean for n = 0) are None.
+    ``{"n", "seeds", "diffs", "mean", "std", "t", "ci_low", "ci_high", "wins"}``: mean ``m`` and
+    sample std ``s`` (ddof=1) of the differences, the two-sided 95% Student-t interval
+    ``m -/+ t * s / sqrt(n)`` with ``t = scipy.stats.t.ppf(0.975, n - 1)``, ``wins`` = differences
+    > 0; what needs more pairs (std and interval: n >= 2, mean: n >= 1) is None.
     """
     seeds = sorted(set(base) & set(other))
     diffs = [float(other[s]) - float(base[s]) for s in seeds]
-    n = len(diffs)
-    out: dict[str, Any] = {"n": n, "seeds": seeds, "diffs": diffs, "mean": None, "std": None,
-                           "t": None, "ci_low": None, "ci_high": None,
-                           "wins": sum(d > 0 for d in diffs)}
-    if n == 0:
-        return out
-    out["mean"] = sum(diffs) / n
+    n, m = len(diffs), summarise(diffs)
+    out = {"n": n, "seeds": seeds, "diffs": diffs, "mean": m["mean"], "std": None, "t": None,
+           "ci_low": None, "ci_high": None, "wins": sum(d > 0 for d in diffs)}
     if n >= 2:
-        out["std"] = summarise(diffs)["std"]
-        out["t"] = t_quantile_975(n - 1)
-        half = out["t"] * out["std"] / math.sqrt(n)
-        out["ci_low"], out["ci_high"] = out["mean"] - half, out["mean"] + half
+        from scipy.stats import t as student_t
+
+        t = float(student_t.ppf(0.975, n - 1))
+        half = t * m["std"] / math.sqrt(n)
+        out.update(std=m["std"], t=t, ci_low=m["mean"] - half, ci_high=m["mean"] + half)
     return out
 
 
-# ----------------------------------------------------------------------------- reading runs
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    """A JSON file holding an object; a one-line ConfigError naming the file otherwise."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{str(path)!r} not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{str(path)!r} must hold a JSON object, got a JSON "
-                          f"{type(data).__name__}")
-    return data
-
-
-def _number(data: Mapping[str, Any], key: str, path: Path, prefix: str = "") -> float | None:
-    """``data[key]`` as a float, None when absent; ConfigError naming file and key otherwise."""
-    value = data.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{str(path)!r}: key {prefix + key!r} must be a number, got {value!r}")
-    return float(value)
-
-
-def _whole(x: float | None) -> float | int | None:
-    """``x`` as an int when it is a whole number (epochs read back from JSON)."""
-    return int(x) if x is not None and math.isfinite(x) and x.is_integer() else x
-
-
-def _curve(folder: Path, summary: Mapping[str, Any], final: float | None) -> list[list[float]]:
-    """(epoch, kNN top-1) points: ``metrics.jsonl`` monitor epochs, then the final value."""
-    path, points = folder / "metrics.jsonl", {}
-    lines = path.read_text().splitlines() if path.is_file() else []
-    for line in lines:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:  # a line torn by a crash: the file is append-only
-            continue
-        if isinstance(rec, dict) and rec.get("knn_top1") is not None:
-            epoch = _whole(_number(rec, "epoch", path))
-            if epoch is not None:
-                points[epoch] = _number(rec, "knn_top1", path)
-    epochs = _whole(_number(summary, "epochs", folder / "summary.json"))
-    if final is not None and epochs is not None:
-        points[epochs] = final
-    return [[e, v] for e, v in sorted(points.items())]
-
-
-def _seed_of(folder: Path, tag: Mapping[str, Any] | None) -> int | None:
-    """The run's seed: ``ab_arm.json``, else a ``seed<N>`` folder name, else config.yaml."""
-    if tag is not None and isinstance(tag.get("seed"), int):
-        return int(tag["seed"])
-    m = _SEED_DIR_RE.fullmatch(folder.name)
-    if m:
-        return int(m.group(1))
-    try:
-        import yaml
-
-        seed = yaml.safe_load((folder / "config.yaml").read_text())["train"]["seed"]
-        return seed if isinstance(seed, int) else None
-    except Exception:  # no or unreadable config: the run cannot be paired
-        return None
-
-
-def load_run(folder: str | Path) -> dict[str, Any]:
-    """One run folder's numbers for ``report``.
-
-    Returns:
-        ``{"folder", "seed", "epochs", "knn_top1", "knn_k", "knn_temperature", "box_iou_gt",
-        "full_box_iou_gt",
-        "median_epoch_s", "box_update_s", "box_updates", "linear_fast", "curve"}`` (None where
-        the run has no such value; ``curve`` is a list of ``[epoch, top1]``).
-
-    Raises:
-        ConfigError: no ``summary.json``, invalid JSON, a non-object, a non-numeric value;
-            the message names the file and the key.
-    """
-    folder = Path(folder)
-    path = folder / "summary.json"
-    if not path.is_file():
-        raise ConfigError(f"{str(path)!r} not found: is {str(folder)!r} a finished ccrop run "
-                          "or an A/B folder?")
-    s = _read_json(path)
-    t = s.get("time") or {}
-    if not isinstance(t, dict):
-        raise ConfigError(f"{str(path)!r}: key 'time' must be an object, got {t!r}")
-    updates = s.get("box_updates") or []
-    if not isinstance(updates, list):
-        raise ConfigError(f"{str(path)!r}: key 'box_updates' must be a list, got {updates!r}")
-    tag = _read_json(folder / ARM_FILE) if (folder / ARM_FILE).is_file() else None
-    probe = folder / PROBE_FILE
-    rec = {"folder": str(folder), "seed": _seed_of(folder, tag),
-           "epochs": _whole(_number(s, "epochs", path)),
-           **{k: _number(s, k, path) for k in ("knn_top1", "knn_k", "knn_temperature",
-                                               "box_iou_gt", "full_box_iou_gt")},
-           **{k: _number(t, k, path, "time.") for k in ("median_epoch_s", "box_update_s")},
-           "box_updates": len(updates),
-           "linear_fast": _number(_read_json(probe), "top1", probe) if probe.is_file() else None,
-           "overrides": None if tag is None else tag.get("overrides")}
-    rec["curve"] = _curve(folder, s, rec["knn_top1"])
-    return rec
-
-
-def _arm_of(folder: Path, label: str) -> tuple[str, str | None]:
-    """(arm name, A/B root or None) of a run folder; ``label`` names a lone run."""
-    tag = folder / ARM_FILE
-    if tag.is_file():
-        arm = _read_json(tag).get("arm")
-        if not isinstance(arm, str) or not arm:
-            raise ConfigError(f"{str(tag)!r}: key 'arm' must be a non-empty string, got {arm!r}")
-        return arm, str(folder.parent.parent)
-    if _SEED_DIR_RE.fullmatch(folder.name):
-        return folder.parent.name, str(folder.parent.parent)
-    return label, None
-
-
-def _expand(path: Path) -> list[Path]:
-    """Run folders of an A/B folder (or of one arm's folder): arms in the plan's order (else by
-    name), seeds by number."""
-    found = [p.parent for pattern in ("*/seed*/summary.json", "seed*/summary.json")
-             for p in path.glob(pattern) if _SEED_DIR_RE.fullmatch(p.parent.name)]
-    plan = path / PLAN_FILE
-    order = _read_json(plan).get("arms", []) if plan.is_file() else []
-    order = order if isinstance(order, list) else []
-
-    def key(f: Path) -> tuple:
-        arm = f.parent.name
-        rank = order.index(arm) if arm in order else len(order)
-        return rank, arm, int(_SEED_DIR_RE.fullmatch(f.name).group(1))
-
-    return sorted(found, key=key)
-
-
-def collect_groups(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
-    """Group run folders by arm, in the order given (the first group is the baseline).
-
-    Each path is a run folder (holds ``summary.json``), an A/B folder (its
-    ``*/seed*/summary.json`` are expanded) or one arm's folder (``seed*/summary.json``). A
-    run's arm is its ``ab_arm.json`` arm, else the parent's name for a ``seed<N>`` folder, else
-    the folder itself (a one-run arm). The same arm name from two A/B folders is told apart as
-    ``<A/B folder>/<arm>``.
-
-    Raises:
-        ConfigError: a path that is neither (names the missing ``summary.json``).
-    """
-    runs: list[tuple[Path, str, str | None]] = []
-    seen: set[Path] = set()
-    for given in paths:
-        path = Path(given)
-        folders = [path] if (path / "summary.json").is_file() else _expand(path)
-        if not folders:
-            load_run(path)  # raises, naming the missing summary.json
-        for f in folders:
-            if f.resolve() not in seen:
-                seen.add(f.resolve())
-                runs.append((f, *_arm_of(f, str(given).rstrip("/") or str(given))))
-    roots: dict[str, set] = {}
-    for _, arm, root in runs:
-        roots.setdefault(arm, set()).add(root)
-    groups: dict[str, list[Path]] = {}
-    for f, arm, root in runs:
-        label = arm if len(roots[arm]) == 1 or root is None else f"{root}/{arm}"
-        groups.setdefault(label, []).append(f)
-    return groups
-
-
 # ----------------------------------------------------------------------------- report
+
+_DASH = "\u2014"
 
 
 def _signed(x: float) -> str:
     return f"{x:+.2f}".replace("-", "\u2212")
 
 
-def _mean_std(s: Mapping[str, Any], digits: int = 2) -> str:
+def _mean_std(s: Mapping[str, Any]) -> str:
     if not s["n"]:
-        return "\u2014"
-    if s["n"] == 1:
-        return f"{s['mean']:.{digits}f}"
-    return f"{s['mean']:.{digits}f} \u00b1 {s['std']:.{digits}f}"
+        return _DASH
+    return f"{s['mean']:.2f}" + (f" \u00b1 {s['std']:.2f}" if s["n"] > 1 else "")
 
 
 def _diff_cells(p: Mapping[str, Any] | None) -> tuple[str, str]:
     """Table cells ``+1.23 [−0.40, +2.86]`` and ``wins 3/3`` of a paired comparison."""
-    if p is None:
-        return "\u2014", "\u2014"
-    if p["n"] == 0:
-        return "\u2014 (no pairs)", "\u2014"
+    if p is None or p["n"] == 0:
+        return (_DASH if p is None else f"{_DASH} (no pairs)"), _DASH
     ci = f" [{_signed(p['ci_low'])}, {_signed(p['ci_high'])}]" if p["n"] >= 2 else " (1 pair)"
     return _signed(p["mean"]) + ci, f"wins {p['wins']}/{p['n']}"
-
-
-def _mean_of(runs: list[dict[str, Any]], key: str) -> float | None:
-    vals = [r[key] for r in runs if r[key] is not None]
-    return sum(vals) / len(vals) if vals else None
 
 
 def _arm_entry(name: str, runs: list[dict[str, Any]], base: dict[str, Any] | None
                ) -> dict[str, Any]:
     """An arm's aggregate numbers and its paired differences to ``base`` (None: the baseline)."""
+    def values(key: str) -> list[Any]:
+        return [r[key] for r in runs if r[key] is not None]
+
     def by_seed(rs: list[dict[str, Any]], key: str) -> dict[int, float]:
         return {r["seed"]: r[key] for r in rs if r["seed"] is not None and r[key] is not None}
 
-    times = sorted(r["median_epoch_s"] for r in runs if r["median_epoch_s"] is not None)
-    n_upd = sum(r["box_updates"] for r in runs)
-    entry = {
+    times, n_upd = sorted(values("median_epoch_s")), sum(r["box_updates"] for r in runs)
+    return {
         "arm": name, "overrides": next((r["overrides"] for r in runs if r["overrides"]), None),
-        "seeds": [r["seed"] for r in runs],
-        "epochs": sorted({r["epochs"] for r in runs if r["epochs"] is not None}),
-        "knn_top1": summarise([r["knn_top1"] for r in runs if r["knn_top1"] is not None]),
-        "linear_fast": summarise([r["linear_fast"] for r in runs if r["linear_fast"] is not None]),
-        "box_iou_gt": _mean_of(runs, "box_iou_gt"),
-        "full_box_iou_gt": _mean_of(runs, "full_box_iou_gt"),
+        "seeds": [r["seed"] for r in runs], "epochs": sorted(set(values("epochs"))),
+        "knn_top1": summarise(values("knn_top1")), "linear_fast": summarise(values("linear_fast")),
+        "box_iou_gt": summarise(values("box_iou_gt"))["mean"],
+        "full_box_iou_gt": summarise(values("full_box_iou_gt"))["mean"],
         "median_epoch_s": times[len(times) // 2] if times else None,
         "s_per_box_update": sum(r["box_update_s"] or 0.0 for r in runs) / n_upd if n_upd else None,
-        "vs_baseline": None, "runs": runs,
+        "vs_baseline": None if base is None else {
+            k: paired_stats(by_seed(base["runs"], k), by_seed(runs, k))
+            for k in ("knn_top1", "linear_fast")},
+        "runs": runs,
     }
-    if base is not None:
-        entry["vs_baseline"] = {k: paired_stats(by_seed(base["runs"], k), by_seed(runs, k))
-                                for k in ("knn_top1", "linear_fast")}
-    return entry
 
 
 def _row(e: dict[str, Any], probe: bool) -> str:
     def num(x: float | None, fmt: str) -> str:
-        return "\u2014" if x is None else format(x, fmt)
+        return _DASH if x is None else format(x, fmt)
 
-    vs = e["vs_baseline"]
-    diff, wins = _diff_cells(None if vs is None else vs["knn_top1"])
-    epochs = "\u2013".join(f"{x:g}" for x in e["epochs"]) or "\u2014"
-    cells = [e["arm"], str(len(e["runs"])), epochs, _mean_std(e["knn_top1"]), diff, wins,
-             num(e["box_iou_gt"], ".3f"), num(e["full_box_iou_gt"], ".3f"),
-             num(e["median_epoch_s"], ".2f"), num(e["s_per_box_update"], ".2f")]
-    if probe:
-        cells.append(_mean_std(e["linear_fast"]))
+    diff, wins = _diff_cells(e["vs_baseline"] and e["vs_baseline"]["knn_top1"])
+    cells = [e["arm"], str(len(e["runs"])), "\u2013".join(f"{x:g}" for x in e["epochs"]) or _DASH,
+             _mean_std(e["knn_top1"]), diff, wins, num(e["box_iou_gt"], ".3f"),
+             num(e["full_box_iou_gt"], ".3f"), num(e["median_epoch_s"], ".2f"),
+             num(e["s_per_box_update"], ".2f")] + ([_mean_std(e["linear_fast"])] if probe else [])
     return "| " + " | ".join(cells) + " |"
 
 
 def report(groups: Mapping[str, Sequence[str | Path]], out: str | Path | None = None
            ) -> tuple[str, dict[str, Any]]:
-    """Markdown table (one row per arm, in order) and JSON data of an A/B.
-
-    Columns: arm, seeds done, epochs, kNN top-1 mean ± std, paired difference to the FIRST arm
-    with its 95% t-interval, wins, box IoU vs truth, full-image IoU, median seconds per epoch,
-    seconds per box update, linear-fast top-1 (when any run has it).
-
-    Args:
-        groups: ``{arm: [run folder, ...]}`` (``collect_groups`` or ``run_ab``).
-        out: when given, ``ab.md``, ``ab.json`` and the kNN band figure are written there.
-
-    Returns:
-        ``(markdown, data)``; ``data["arms"]`` holds every per-seed number.
+    """Markdown table (one row per arm, in order; the footnote defines every column) and JSON
+    data (``data["arms"]`` holds every per-seed number) of an A/B. Differences are paired with
+    the FIRST arm of ``groups`` (``{arm: [run folder, ...]}``, from ``collect_groups`` or
+    ``run_ab``). With ``out``, ``ab.md``, ``ab.json`` and the kNN band figure are written there.
 
     Raises:
-        ConfigError: no groups, or a bad run folder (see ``load_run``).
+        ConfigError: no groups, or a bad run folder (``ccrop.runs.load_run``).
     """
     if not groups or not any(groups.values()):
         raise ConfigError("nothing to report: no finished runs")
@@ -520,8 +263,7 @@ def report(groups: Mapping[str, Sequence[str | Path]], out: str | Path | None = 
     data = {"baseline": arms[0]["arm"], "arms": arms}
     markdown = "\n".join(lines) + "\n"
     if out is not None:
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        (out := Path(out)).mkdir(parents=True, exist_ok=True)
         (out / "ab.md").write_text(markdown)
         (out / "ab.json").write_text(json.dumps(data, indent=2) + "\n")
         plot_bands(data, out / FIGURE_FILE)
@@ -532,27 +274,34 @@ def plot_bands(data: Mapping[str, Any], path: str | Path) -> Path:
     """The kNN-per-epoch band figure of ``report``'s data (``viz.plot_knn_bands``)."""
     from .viz import plot_knn_bands
 
-    curves = {e["arm"]: [r["curve"] for r in e["runs"]] for e in data["arms"]}
-    return plot_knn_bands(curves, path)
+    return plot_knn_bands({e["arm"]: [r["curve"] for r in e["runs"]] for e in data["arms"]}, path)
 
 
 # ----------------------------------------------------------------------------- running
 
 
-def _say(line: str) -> None:
-    print(line, flush=True)
+_say = partial(print, flush=True)  # run_ab's progress lines, shown at once
 
 
-def _plan(config: str | None, base: list[str], arms: list[Arm], seeds: list[int], out: Path
-          ) -> list[tuple[Arm, int, Path, Any]]:
-    """Every (arm, seed, folder, Config) in seed-major order, all validated before any work.
+def run_ab(config: str | None, overrides: Sequence[str], arms: Sequence[Arm],
+           seeds: Sequence[int], out: str | Path, linear_fast: bool = False,
+           progress: Callable[[str], None] = _say) -> dict[str, list[Path]]:
+    """Train every arm on every seed in-process, seed-major (a partial A/B has whole pairs).
 
-    Raises:
-        ConfigError: an arm's config is invalid, or a folder was run with other overrides.
+    Run ``(arm, s)`` trains in ``out/<arm>/seed<s>`` with ``overrides + arm.overrides +
+    [train.seed=s, train.out_dir=...]`` on ``config`` (YAML path, packaged name or None). Done
+    folders are skipped, others resume from their newest valid checkpoint; every config is
+    validated first (ConfigError before anything is written, also for a folder started with
+    other overrides). Under torchrun the caller initialises the process group; only the main
+    process writes files and ``progress`` lines. ``linear_fast`` also probes each final
+    backbone. Returns ``{arm: [folder per seed]}``.
     """
+    from . import dist
     from .config import load_config
 
-    plan = []
+    if not arms or not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError("run_ab needs at least one arm and distinct seeds")
+    out, base, plan = Path(out), list(overrides), []
     for seed in seeds:
         for arm in arms:
             folder = out / arm.name / f"seed{seed}"
@@ -562,49 +311,13 @@ def _plan(config: str | None, base: list[str], arms: list[Arm], seeds: list[int]
             except ConfigError as err:
                 raise ConfigError(f"arm {arm.name!r}: {err}") from None
             tag = folder / ARM_FILE
-            if tag.is_file():
-                old = _read_json(tag)
-                now = {"overrides": list(arm.overrides), "base_overrides": base, "config": config}
-                if any(old.get(k) != v for k, v in now.items()):
-                    was = {k: old.get(k) for k in now}
-                    raise ConfigError(f"{str(tag)!r}: this run folder was started with other "
-                                      f"settings {was}; use another --out or move it away")
+            now = {"overrides": list(arm.overrides), "base_overrides": base, "config": config}
+            old = read_json(tag) if tag.is_file() else now
+            if any(old.get(k) != v for k, v in now.items()):
+                raise ConfigError(f"{str(tag)!r}: this run folder was started with other "
+                                  f"settings {({k: old.get(k) for k in now})}; use another "
+                                  "--out or move it away")
             plan.append((arm, seed, folder, cfg))
-    return plan
-
-
-def run_ab(config: str | None, overrides: Sequence[str], arms: Sequence[Arm],
-           seeds: Sequence[int], out: str | Path, linear_fast: bool = False,
-           progress: Callable[[str], None] = _say) -> dict[str, list[Path]]:
-    """Train every arm on every seed in-process, seed-major (a partial A/B has whole pairs).
-
-    Run ``(arm, s)`` trains in ``out/<arm>/seed<s>`` with ``overrides + arm.overrides +
-    [train.seed=s, train.out_dir=...]``. A folder with ``summary.json`` is skipped; one with
-    checkpoints resumes from the newest valid one. Every arm's config is validated first.
-    Under torchrun the caller initialises the process group (``ccrop ab`` does); only the
-    main process writes files and progress lines.
-
-    Args:
-        config: base YAML config (path or packaged name), or None for the dataclass defaults.
-        overrides: base ``key=value`` overrides shared by all arms.
-        arms: the arms (``parse_arms``); the first is the baseline of ``report``.
-        seeds: distinct seeds (``parse_seeds``).
-        out: the A/B folder.
-        linear_fast: also run the fast linear probe on each final backbone (``linear_fast.json``).
-        progress: called with one line before and one after each run.
-
-    Returns:
-        ``{arm: [run folder per seed]}``, the input of ``report``.
-
-    Raises:
-        ConfigError: no arms or seeds, a bad arm config (before anything is written).
-    """
-    from . import dist
-
-    if not arms or not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError("run_ab needs at least one arm and distinct seeds")
-    out, base = Path(out), list(overrides)
-    plan = _plan(config, base, list(arms), list(seeds), out)
     if dist.is_main_process():
         out.mkdir(parents=True, exist_ok=True)
         (out / PLAN_FILE).write_text(json.dumps(
@@ -620,26 +333,24 @@ def run_ab(config: str | None, overrides: Sequence[str], arms: Sequence[Arm],
 def _run_one(cfg: Any, arm: Arm, seed: int, folder: Path, base: dict[str, Any], tag: str,
              say: Callable[[str], None], linear_fast: bool) -> None:
     """Train (or resume, or skip) one run of the A/B, then its optional fast probe."""
+    import torch
+
     from . import dist
     from .build import build_run
     from .checkpoint import list_checkpoints
     from .engine import fit
+    from .runtime import bars_enabled
 
-    main = dist.is_main_process()
-    run = None
+    main, run = dist.is_main_process(), None
     if (folder / "summary.json").is_file():
-        summary = _read_json(folder / "summary.json")
-        note = "done already"
+        summary, note = read_json(folder / "summary.json"), "done already"
     else:
-        resuming = bool(list_checkpoints(folder))
         if main:
-            say(f"{tag} ..." + (" (resuming)" if resuming else ""))
+            say(f"{tag} ..." + (" (resuming)" if list_checkpoints(folder) else ""))
             folder.mkdir(parents=True, exist_ok=True)
             (folder / ARM_FILE).write_text(json.dumps(
                 {"arm": arm.name, "seed": seed, "overrides": list(arm.overrides), **base},
                 indent=2) + "\n")
-        from .runtime import bars_enabled
-
         with bars_enabled(cfg.train.progress):
             run = build_run(cfg, "auto")
             summary, note = fit(run), "done"
@@ -647,30 +358,13 @@ def _run_one(cfg: Any, arm: Arm, seed: int, folder: Path, base: dict[str, Any], 
     if linear_fast and main and not (folder / PROBE_FILE).is_file():
         probe = _linear_fast(cfg, folder, run)
     if main:
-        say(f"{tag}: {note}, " + _result_text(summary, probe))
+        shown = [("kNN {:.2f}%", summary.get("knn_top1")), ("box IoU {:.3f}",
+                 summary.get("box_iou_gt")), ("linear-fast {:.2f}%", probe),
+                 ("{:.1f} s", (summary.get("time") or {}).get("train_s"))]
+        parts = [fmt.format(v) for fmt, v in shown if v is not None]
+        say(f"{tag}: {note}, " + (", ".join(parts) or "no metrics"))
     del run
-    _free_memory()
-
-
-def _result_text(summary: Mapping[str, Any], probe: float | None) -> str:
-    parts = []
-    if isinstance(summary.get("knn_top1"), (int, float)):
-        parts.append(f"kNN {summary['knn_top1']:.2f}%")
-    if isinstance(summary.get("box_iou_gt"), (int, float)):
-        parts.append(f"box IoU {summary['box_iou_gt']:.3f}")
-    if probe is not None:
-        parts.append(f"linear-fast {probe:.2f}%")
-    t = summary.get("time")
-    if isinstance(t, dict) and isinstance(t.get("train_s"), (int, float)):
-        parts.append(f"{t['train_s']:.1f} s")
-    return ", ".join(parts) or "no metrics"
-
-
-def _free_memory() -> None:
-    """Release the finished run's tensors before the next run (GPU memory, image caches)."""
-    import torch
-
-    gc.collect()
+    gc.collect()  # release the finished run's tensors (GPU memory, image caches) first
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
 
@@ -679,12 +373,7 @@ def _linear_fast(cfg: Any, folder: Path, run: Any = None) -> float | None:
     """Fast linear probe of the run's final backbone (``run``'s, else the newest checkpoint's),
     written to ``linear_fast.json`` and ``results.jsonl``; its top-1, None without labels."""
     from .build import build_data, build_evaluator, config_backbone, resolve_device
-    from .checkpoint import (
-        CheckpointError,
-        ckpt_path,
-        latest_valid_checkpoint,
-        load_backbone_state,
-    )
+    from .checkpoint import CheckpointError, ckpt_path, latest_valid_checkpoint, load_backbone_state
     from .evaluate.linear import run_fast_probe
     from .evaluate.results import append_result
 
@@ -695,8 +384,7 @@ def _linear_fast(cfg: Any, folder: Path, run: Any = None) -> float | None:
         if found is None:
             raise CheckpointError(f"no readable checkpoint in {str(folder / 'checkpoints')!r} "
                                   "for the linear-fast probe")
-        device = resolve_device(cfg.train.device)
-        backbone = config_backbone(cfg)
+        device, backbone = resolve_device(cfg.train.device), config_backbone(cfg)
         load_backbone_state(backbone, found[1]["model"])
         backbone, data, epoch = backbone.to(device), build_data(cfg), int(found[1]["epoch"])
     if not (data.num_classes and data.has_labels):

@@ -16,7 +16,7 @@ import torch
 
 from .boxes import BoxStore
 from .compiling import compiler_error_summary, is_compiler_error
-from .config import Config
+from .config import Config, ConfigError
 from .runtime import autocast
 
 
@@ -218,13 +218,14 @@ def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20,
     """All benchmarks of ``cfg``; returns a JSON-ready dict.
 
     Raises:
-        ValueError: ``steps`` or ``epoch_steps`` below 1 (nothing is measured).
+        ConfigError: ``steps`` or ``epoch_steps`` below 1 (nothing is measured; a
+            ``ValueError``).
     """
     from .build import build_data, resolve_device
 
     for name, value in (("steps", steps), ("epoch_steps", epoch_steps)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} (timed steps) must be an integer >= 1, got {value!r}")
+            raise ConfigError(f"{name} (timed steps) must be an integer >= 1, got {value!r}")
 
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":

@@ -12,33 +12,73 @@ or spawned (PyTorch pickles shared tensors as handles).
 
 from __future__ import annotations
 
+import math
 import operator
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from .crop import FULL_BOX, check_box
 
+_COLUMNS = ("x0", "y0", "x1", "y1")
 
-def check_boxes(boxes: torch.Tensor, name: str = "boxes") -> torch.Tensor:
-    """Validate a (B, 4) tensor of normalised boxes and return it as float32 on the CPU.
+
+def check_boxes(
+    boxes: Any,
+    name: str = "boxes",
+    *,
+    where: Sequence[str] | Callable[[int], str] | None = None,
+    tol: float = 0.0,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Validate (N, 4) normalised boxes, all rows at once; the one box validator of ccrop.
+
+    Args:
+        boxes: (N, 4) ``(x0, y0, x1, y1)``: a tensor (any device), array or nested sequence.
+        name: what ``boxes`` is, for messages.
+        where: label of row ``r`` in the message: N strings or a function of ``r``; by default
+            ``"{name} row {r}"``.
+        tol: values at most ``tol`` outside [0, 1] are accepted and clamped onto [0, 1].
+        dtype: floating dtype the values are rounded to, checked in and returned as.
+
+    Returns:
+        The boxes as a CPU tensor of ``dtype`` (clamped when ``tol > 0``).
 
     Raises:
-        ValueError: wrong shape, NaN/inf, values outside [0, 1] or x0 > x1 / y0 > y1.
+        ValueError: wrong shape; or, naming the first bad row and why, a NaN/inf value, a value
+            outside [0, 1] (beyond ``tol``), or x1 < x0 / y1 < y0.
     """
-    boxes = torch.as_tensor(boxes)
+    boxes = torch.as_tensor(boxes, dtype=dtype)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
         raise ValueError(f"{name} must have shape (B, 4), got {tuple(boxes.shape)}")
-    boxes = boxes.detach().to("cpu", torch.float32)
-    if not torch.isfinite(boxes).all():
-        rows = int((~torch.isfinite(boxes)).any(dim=1).sum())
-        raise ValueError(f"{name} must be finite; found NaN/inf in {rows} rows")
-    if ((boxes < 0) | (boxes > 1)).any():
-        raise ValueError(f"{name} values must lie in [0, 1] (normalised x0, y0, x1, y1)")
-    if (boxes[:, 0] > boxes[:, 2]).any() or (boxes[:, 1] > boxes[:, 3]).any():
-        raise ValueError(f"{name} need x0 <= x1 and y0 <= y1 in every row")
+    boxes = boxes.detach().to("cpu")
+    inside = (boxes >= -tol) & (boxes <= 1 + tol)  # (N, 4), False for NaN and +-inf
+    bad = ~(inside.all(dim=1) & (boxes[:, :2] <= boxes[:, 2:]).all(dim=1))  # (N,)
+    if bad.any():
+        row = int(bad.to(torch.uint8).argmax())
+        if where is None:
+            label = f"{name} row {row}"
+        else:
+            label = where(row) if callable(where) else where[row]
+        raise ValueError(f"{label}: {_problem(boxes[row].numpy(), tol)}")
+    if tol > 0:  # only values outside [0, 1] change (a -0.0 stays as it is)
+        boxes = torch.where((boxes < 0) | (boxes > 1), boxes.clamp(0.0, 1.0), boxes)
     return boxes
+
+
+def _problem(box: Any, tol: float) -> str:
+    """What is wrong with one box (a numpy row: ``str`` of a value is its shortest repr)."""
+    for col, v in zip(_COLUMNS, box):
+        if not math.isfinite(v):
+            return f"value '{v!s}' is not a finite number (column {col})"
+    for col, v in zip(_COLUMNS, box):
+        if not -tol <= v <= 1 + tol:
+            beyond = f" by more than {tol:g}" if tol else ""
+            return f"{col}={v!s} is outside [0, 1]{beyond} (normalised x0, y0, x1, y1)"
+    lo, hi = (0, 2) if box[2] < box[0] else (1, 3)
+    return (f"{_COLUMNS[hi]}={box[hi]!s} is less than {_COLUMNS[lo]}={box[lo]!s} "
+            "(need x0 <= x1 and y0 <= y1)")
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,7 @@ from .crop import CropPlan
 from .data import DATASET_INFO
 from .data.run_data import RunData, build_data
 from .data.sources import CPUSource, GPUSource, ViewSpec
-from .engine import Run, check_run_dir, find_resume, resume, save_run_config
+from .engine import Run, check_run_dir, find_resume, resume, rewind_logs, save_run_config
 from .evaluate.monitor import Evaluator
 from .methods import build_method
 from .models import build_backbone
@@ -182,9 +182,11 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
     run = Run(cfg, device, run_dir, method, model, build_optimizer(cfg, method), store,
               source, data, knn=evaluator.monitor(device), writer=_writer(cfg, run_dir),
               given_boxes=boxes, compiled=cfg.train.compile)
-    if resume_from is not None and not resume(run, resume_from, loaded) \
-            and resume_from != "auto":
+    restored = resume_from is not None and resume(run, resume_from, loaded)
+    if resume_from not in (None, "auto") and not restored:
         raise ConfigError(f"--resume {resume_from!r}: no checkpoint found")
+    if not restored:  # a start from scratch: what an attempt killed before its first
+        rewind_logs(run)  # checkpoint logged goes (resume() rewinds to its checkpoint)
     save_run_config(run)
     return run
 

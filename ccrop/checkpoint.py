@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import CcropError
+
 CKPT_RE = re.compile(r"^ckpt-epoch(\d+)\.pt$")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be read or does not match the model."""
+class CheckpointError(CcropError, RuntimeError):
+    """A checkpoint that cannot be read, written or does not match the model (the CLI prints
+    one line and exits with code 2; a ``RuntimeError`` as before the error family)."""
 
 
 def ckpt_path(run_dir: str | Path, epoch: int) -> Path:

@@ -3,7 +3,9 @@
 Bad input (config, paths, checkpoints, datasets) prints one ``ccrop: error: ...`` line and
 exits with code 2 before any work starts; nothing already written is touched. A write failure
 during a run (disk full, permissions) also prints one line and exits with code 2, keeping the
-previous checkpoints; a non-finite loss exits with code 1 (docs/reliability.md).
+previous checkpoints; a non-finite loss exits with code 1 (docs/reliability.md). Any other
+exception is a bug: it propagates with its traceback (exit code 1). ``is_user_error`` decides;
+the error family is in ``ccrop.errors``.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
+from .errors import CcropError, is_environment_error
 
 #: The README's main job: synthetic objects, tiny ResNet-18, SimCLR + ContrastiveCrop, about
 #: 3 minutes on 2 CPU cores. Every value is an ordinary override of the dataclass defaults.
@@ -102,23 +105,33 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silence the exit-time flush)
         return 0
-    except (ConfigError, CheckpointError, OSError) as err:  # OSError: disk full, permissions
-        print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
-        return 2
-    except ValueError as err:  # bad data or arguments found while building
-        print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("ccrop: interrupted", file=sys.stderr)
         return 130
-    except RuntimeError as err:
+    except Exception as err:
+        if is_user_error(err):  # bad input or a failing disk: one line, no traceback
+            print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
+            return 2
         from .engine import NonFiniteLossError
 
-        if isinstance(err, NonFiniteLossError):
+        if isinstance(err, NonFiniteLossError):  # diverged training: not a bug either
             print(f"ccrop: error: {err}", file=sys.stderr)
             return 1
-        raise
+        raise  # anything else is a bug: Python prints its traceback, exit code 1
     return 0
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``ccrop`` reports ``err`` as one line with exit code 2: a member of the error
+    family (``ccrop.errors.CcropError``: config, data, checkpoint), a box file that cannot be
+    read or written (``ccrop.box_files.BoxFileError``), or an ``OSError`` of a failing
+    environment (disk full, quota, read-only file system, no permission). Anything else is a
+    bug and keeps its traceback."""
+    if isinstance(err, CcropError) or is_environment_error(err):
+        return True
+    from .box_files import BoxFileError
+
+    return isinstance(err, BoxFileError)
 
 
 def _one_line(err: BaseException) -> str:
@@ -132,6 +145,23 @@ def _one_line(err: BaseException) -> str:
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+def _output_path(flag: str, path: str, folder: bool = False) -> Path:
+    """A user-given output path (a file, or a ``folder``) checked before any work: a folder
+    where a file is to be written, or a file in place of a folder on the way, is bad input
+    (``ConfigError``), not a traceback at the end. Missing folders are created later."""
+    out = Path(path).expanduser()
+    if folder and out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a file; expected a folder")
+    if not folder and out.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a folder; expected a file name")
+    for up in out.parents:
+        if up.exists():
+            if not up.is_dir():
+                raise ConfigError(f"{flag} {path!r}: {str(up)!r} is a file, not a folder")
+            break
+    return out
 
 
 def _require_positive(flag: str, value: int) -> None:
@@ -343,10 +373,19 @@ def _image_sizes(dataset: Any, paths: list[str] | None) -> list[tuple[int, int]]
     if paths is not None:
         from PIL import Image
 
+        from .errors import DataError, DataPathError
+
         sizes = []
         for path in paths:
-            with Image.open(path) as img:  # reads the header only
-                sizes.append((img.height, img.width))
+            try:
+                with Image.open(path) as img:  # reads the header only
+                    sizes.append((img.height, img.width))
+            except FileNotFoundError as err:
+                raise DataPathError(f"{path}: image file not found") from err
+            except OSError as err:  # PIL's UnidentifiedImageError: not an image
+                if is_environment_error(err):
+                    raise
+                raise DataError(f"{path}: cannot read the image size for --out ({err})") from err
         return sizes
     first = dataset[0][0]
     if not hasattr(first, "height"):
@@ -361,9 +400,9 @@ def cmd_viz(args: argparse.Namespace) -> None:
     from . import viz
 
     _require_positive("--num", args.num)
+    out = _output_path("--out", args.out, folder=True)
     cfg, backbone, _, evaluator, device = _eval_setup(args)
     data = evaluator.data
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n = min(args.num, len(data.train))
     idx = torch.linspace(0, len(data.train) - 1, n).long().tolist()
@@ -383,6 +422,7 @@ def cmd_ab(args: argparse.Namespace) -> dict[str, Any] | None:
     from .ab import parse_arms, parse_seeds, report, run_ab
 
     arms, seeds = parse_arms(args.arms), parse_seeds(args.seeds)
+    _output_path("--out", args.out, folder=True)
     overrides = list(args.overrides)
     if args.config is None:  # the demo preset, exactly as `ccrop pretrain`
         overrides = demo_overrides(overrides) + overrides
@@ -407,20 +447,22 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
     """The A/B table of run folders grouped by arm (first = baseline); optional band figure."""
     from .ab import collect_groups, plot_bands, report
 
+    out = _output_path("--out", args.out) if args.out else None
     if args.paper:
         from .reproduce import reproduce_table
 
         table = reproduce_table(args.runs)
-        if args.out:
-            Path(args.out).write_text(table)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(table)
         print(table, end="")
         return {"table": table}
     if not args.runs:
         raise ConfigError("ccrop compare needs at least one run folder (or --paper)")
     markdown, data = report(collect_groups(args.runs))
     print(markdown, end="")
-    if args.out:
-        print(plot_bands(data, args.out))
+    if out is not None:
+        print(plot_bands(data, out))
     return data
 
 
@@ -429,12 +471,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .bench import run_bench
 
     _require_positive("--steps", args.steps)
+    out = _output_path("--out", args.out) if args.out else None
     cfg = _config(args)
     result = run_bench(cfg, steps=args.steps, compiled=not args.no_compile)
     text = json.dumps(result, indent=2)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     print(text)
 
 

@@ -14,9 +14,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-
-class ConfigError(ValueError):
-    """A bad configuration value, file or key (the CLI exits with code 2)."""
+from .errors import ConfigError  # also importable as ccrop.config.ConfigError
 
 
 @dataclass
@@ -366,6 +364,8 @@ def validate(cfg: Config) -> None:
     _require(d.test_num_images is None or d.test_num_images >= 1, "data.test_num_images",
              ">= 1 or null", d.test_num_images)
     _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
+    _require(d.loc_image_size is None or d.loc_image_size >= 1, "data.loc_image_size",
+             ">= 1 or null", d.loc_image_size)
     for name in ("num_images", "image_size"):  # generated sets; a string or NaN is no size
         if d.dataset_kwargs.get(name) is not None:
             v = d.dataset_kwargs[name]

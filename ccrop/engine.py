@@ -24,6 +24,7 @@ from . import dist
 from .boxes import BoxStore, box_iou
 from .checkpoint import (
     CheckpointError,
+    _fsync_dir,
     ckpt_path,
     latest_valid_checkpoint,
     prune_checkpoints,
@@ -407,6 +408,7 @@ def resume(run: Run, target: str, loaded: Any = _FIND) -> bool:
     if run.epoch > run.cfg.train.epochs:
         raise ConfigError(f"checkpoint is at epoch {run.epoch} but train.epochs is "
                           f"{run.cfg.train.epochs}; raise train.epochs to continue")
+    rewind_logs(run)  # records written after this checkpoint (before a kill) are redone
     return True
 
 
@@ -487,11 +489,103 @@ def _report_bad_images(run: Run) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line, flushed and fsynced (lines are never rewritten)."""
+    """Append one JSON line, flushed and fsynced (lines are rewritten only by ``rewind_logs``,
+    when a run restarts from a checkpoint)."""
     with open(path, "a") as fh:
         fh.write(json.dumps(record, default=float) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
+
+
+#: The ``metrics.jsonl`` events the engine writes once per epoch number.
+_LOGGED_EVENTS = ("epoch", "box_update")
+
+
+def rewind_logs(run: Run) -> None:
+    """Make ``metrics.jsonl`` and ``results.jsonl`` match the state training starts from
+    (``run.epoch`` completed epochs, ``run.history``), so that a run killed and resumed logs
+    every epoch and box update once (main process; each file rewritten atomically, and only
+    when something changes).
+
+    With ``E = run.epoch``, a record is kept when it belongs to the restored state:
+
+    - ``metrics.jsonl``: an ``epoch`` record of epoch ``<= E``; a ``box_update`` record of
+      epoch ``< E``, or ``== E`` when ``run.history`` holds that update (otherwise the resumed
+      run does it again); any other record whose ``epoch`` is ``<= E`` or not a number. Of
+      several records of one (event, epoch) (a log of an older ccrop) the last is kept.
+    - ``results.jsonl``: a record whose ``epoch`` is ``<= E`` or not a number (None: a result
+      of no checkpoint).
+
+    Lines that are not a JSON object (a write torn by the kill) are dropped.
+    """
+    if not dist.is_main_process():
+        return
+    done, updated = run.epoch, _updated_at(run, run.epoch)
+
+    def metrics_record(record: dict[str, Any]) -> bool:
+        epoch = _epoch_of(record)
+        if epoch is None:
+            return True
+        if record.get("event") == "box_update":
+            return epoch < done or (epoch == done and updated)
+        return epoch <= done
+
+    def result_record(record: dict[str, Any]) -> bool:
+        epoch = _epoch_of(record)
+        return epoch is None or epoch <= done
+
+    _rewrite_jsonl(run.run_dir / "metrics.jsonl", metrics_record, once_per_epoch=True)
+    _rewrite_jsonl(run.run_dir / "results.jsonl", result_record)
+
+
+def _epoch_of(record: dict[str, Any]) -> int | None:
+    """The record's ``epoch`` when it is a whole number, else None."""
+    epoch = record.get("epoch")
+    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
+
+
+def _rewrite_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool],
+                   once_per_epoch: bool = False) -> None:
+    """Rewrite the JSON-lines file ``path`` with the lines whose object ``keep`` accepts, each
+    line's bytes as they were; lines that are not a JSON object are dropped. With
+    ``once_per_epoch`` only the last record of each ``_LOGGED_EVENTS`` (event, epoch) stays.
+    Atomic (temp file, fsync, rename); the file is left alone when nothing changes. Temp files
+    of a rewrite that was killed are removed."""
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    kept: list[tuple[Any, bytes]] = []
+    for line in data.split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:  # torn by a kill (JSONDecodeError, bad UTF-8)
+            continue
+        if isinstance(record, dict) and keep(record):
+            event, epoch = record.get("event"), _epoch_of(record)
+            key = (event, epoch) if once_per_epoch and event in _LOGGED_EVENTS \
+                and epoch is not None else None
+            kept.append((key, line + b"\n"))
+    if once_per_epoch:
+        last = {key: i for i, (key, _) in enumerate(kept) if key is not None}
+        kept = [(key, line) for i, (key, line) in enumerate(kept)
+                if key is None or last[key] == i]
+    text = b"".join(line for _, line in kept)
+    if text == data:
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _time_summary(history: list[dict[str, Any]]) -> dict[str, float]:

@@ -92,10 +92,20 @@ def _as_maps(fmap: torch.Tensor | Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def _ring(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """bool (h, w): the outermost cells of an h x w map."""
-    ring = torch.ones(h, w, dtype=torch.bool, device=device)
-    ring[1:-1, 1:-1] = False
-    return ring
+    """Flat indices (R,) of the outermost cells of an h x w map, in row-major order (as a
+    boolean mask would give them; built arithmetically: no host sync)."""
+    if h <= 2 or w <= 2:  # no interior: every cell is on the ring
+        return torch.arange(h * w, device=device)
+    rows = torch.arange(1, h - 1, device=device) * w  # (h - 2,) first cell of middle rows
+    sides = torch.stack([rows, rows + (w - 1)], dim=1).flatten()  # left, right per row
+    top = torch.arange(w, device=device)
+    return torch.cat([top, sides, top + (h - 1) * w])
+
+
+def _interior(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """Flat indices of the cells off the ring (h, w >= 3), in row-major order."""
+    rows = torch.arange(1, h - 1, device=device)[:, None] * w
+    return (rows + torch.arange(1, w - 1, device=device)[None, :]).flatten()
 
 
 def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
@@ -103,8 +113,8 @@ def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
     if heatmap == "sum":
         return fmap.float().sum(dim=1)
     feat = F.normalize(fmap.float(), dim=1)  # (B, C, h, w) unit vectors
-    ring = _ring(*feat.shape[-2:], feat.device)
-    ref = F.normalize(feat[:, :, ring].mean(dim=2), dim=1)  # (B, C) background direction
+    ring = _ring(*feat.shape[-2:], feat.device)  # (R,) border cells
+    ref = F.normalize(feat.flatten(2).index_select(2, ring).mean(dim=2), dim=1)  # (B, C)
     return 1 - torch.einsum("bchw,bc->bhw", feat, ref)  # (B, h, w) in [0, 2]
 
 
@@ -120,8 +130,10 @@ def inverted(heat: torch.Tensor) -> torch.Tensor:
     h, w = heat.shape[-2:]
     if h <= 2 or w <= 2:
         return torch.zeros(heat.shape[0], dtype=torch.bool, device=heat.device)
-    ring = _ring(h, w, heat.device)
-    return heat[:, ring].mean(dim=1) > heat[:, ~ring].mean(dim=1)
+    flat = heat.flatten(1)  # (B, h*w)
+    outer = flat.index_select(1, _ring(h, w, heat.device)).mean(dim=1)
+    inner = flat.index_select(1, _interior(h, w, heat.device)).mean(dim=1)
+    return outer > inner
 
 
 def _normalised_maps(fmap: torch.Tensor, heatmap: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
@@ -407,20 +419,49 @@ def localize(
         ``Localized(boxes (B, 4), degenerate (B,), confidence (B,), fallback (B,), flipped (B,))``.
     """
     heat, bad, flipped = heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)
+    return boxes_from_heat(heat, bad, threshold, mode, region, min_confidence, flipped)
+
+
+def boxes_from_heat(heat: torch.Tensor, bad: torch.Tensor, threshold: float = 0.1,
+                    mode: str = "fixed", region: str = "extent", min_confidence: float = 0.0,
+                    flipped: torch.Tensor | None = None) -> Localized:
+    """Boxes, confidence and fallback from heatmaps (the second half of ``localize``).
+
+    Args:
+        heat: (B, H, W) heatmaps in [0, 1]; bad: (B,) degenerate maps (``heatmap_parts``).
+        threshold, mode, region: see ``boxes_from_heatmaps``.
+        min_confidence: see ``localize``.
+        flipped: (B,) maps flipped by the polarity rule, passed through (default none).
+
+    Returns:
+        ``Localized`` as ``localize``.
+    """
     boxes, empty = boxes_from_heatmaps(heat, threshold, mode, region)
     degenerate = bad | empty
     conf = box_confidence(heat, boxes)
-    fallback = (conf < min_confidence) & ~degenerate if min_confidence > 0 else \
-        torch.zeros_like(degenerate)
-    return Localized(torch.where(fallback[:, None], _full_like(boxes), boxes), degenerate,
-                     conf, fallback, flipped)
+    boxes, fallback = _fall_back(boxes, conf, degenerate, min_confidence)
+    return Localized(boxes, degenerate, conf, fallback,
+                     torch.zeros_like(bad) if flipped is None else flipped)
+
+
+def _fall_back(boxes: torch.Tensor, conf: torch.Tensor, degenerate: torch.Tensor,
+               min_confidence: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Set found boxes less confident than the threshold to the full image.
+
+    Returns:
+        ``(boxes (B, 4), fallback (B,) bool)``; ``fallback`` counts only the boxes that were
+        not (near) full already (area < ``FULL_SHARE_AREA``), whose crop law it changes.
+    """
+    if min_confidence <= 0:
+        return boxes, torch.zeros_like(degenerate)
+    low = (conf < min_confidence) & ~degenerate  # (B,)
+    return (torch.where(low[:, None], _full_like(boxes), boxes),
+            low & (box_area(boxes) < FULL_SHARE_AREA))
 
 
 def _full_like(boxes: torch.Tensor) -> torch.Tensor:
     """(B, 4) full-image boxes like ``boxes`` (no host-to-device copy)."""
-    full = torch.zeros_like(boxes)
-    full[:, 2:] = 1.0
-    return full
+    return torch.cat([torch.zeros_like(boxes[:, :2]), torch.ones_like(boxes[:, 2:])], dim=1)
 
 
 def boxes_from_features(
@@ -687,13 +728,8 @@ def saliency_boxes(loader: Iterable, store: BoxStore, gt_boxes: torch.Tensor | N
     idx, found = [], []
     for indices, images in progress_bar(loader, "saliency", progress):
         heat, bad = saliency_heatmaps(images)
-        boxes, empty = boxes_from_heatmaps(heat, 0.0, "otsu", "peak")
-        conf = box_confidence(heat, boxes)
-        fallback = (conf < min_confidence) & ~(bad | empty) if min_confidence > 0 else \
-            torch.zeros_like(bad)
-        boxes = torch.where(fallback[:, None], _full_like(boxes), boxes)
         idx.append(indices)
-        found.append(Localized(boxes, bad | empty, conf, fallback, torch.zeros_like(bad)))
+        found.append(boxes_from_heat(heat, bad, 0.0, "otsu", "peak", min_confidence))
     return write_boxes(store, torch.cat(idx), Localized(*(torch.cat(p) for p in zip(*found))),
                        gt_boxes, start)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from .config import PACKAGED_CONFIGS, ConfigError
 from .evaluate.results import read_results
+from .runs import ARM_FILE, read_json
 
 COMMAND_FILE = "command.json"  # in a run folder: the config file and overrides it started with
 #: Paper numbers we hold. None: not known to us (we do not copy numbers we cannot check);
@@ -58,15 +59,10 @@ def gpu_hours(setting: str) -> str:
 def run_origin(folder: Path) -> tuple[str | None, list[str]]:
     """The config file a run started from (normalised ``set/name.yaml``) and its overrides
     (``train.out_dir``/``train.seed`` left out: they do not change the setting)."""
-    for name in (COMMAND_FILE, "ab_arm.json"):
+    for name in (COMMAND_FILE, ARM_FILE):
         path = folder / name
         if path.is_file():
-            try:
-                data = json.loads(path.read_text())
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"{str(path)!r} is not valid JSON: {err.msg}") from None
-            if not isinstance(data, dict):
-                raise ConfigError(f"{str(path)!r} must hold a JSON object")
+            data = read_json(path)
             config = data.get("config")
             over = [*data.get("base_overrides", []), *data.get("overrides", [])]
             over = [o for o in over if not o.startswith(("train.out_dir=", "train.seed="))]

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import random
-import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -25,17 +24,12 @@ from matplotlib.ticker import MaxNLocator
 from PIL import Image
 from torchvision.utils import make_grid
 
+from . import localize as loc
 from .boxes import box_area, box_iou, check_boxes
-from .crop import (
-    ContrastiveCrop,
-    RandomResizedCrop,
-    check_box,
-    check_crop_args,
-    sample_crop_params,
-)
+from .crop import ContrastiveCrop, RandomResizedCrop, check_box, check_crop_args, sample_crop_params
 from .data.boxed import unpack_item
 from .data.images import to_rgb
-from .localize import FULL_SHARE_AREA, feature_fn, heatmaps_from_features, localize
+from .runs import METRICS_FILE, SUMMARY_FILE, knn_curve, read_json
 from .runtime import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -47,9 +41,6 @@ CROP_COLORS = ("#ff1744", "#2979ff", "#ffea00", "#d500f9", "#ff9100", "#00e5ff",
 DPI = 110
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
 def _figure(width: float, height: float) -> Figure:
     """A standalone Agg figure of ``width`` x ``height`` inches with constrained layout."""
     fig = Figure(figsize=(width, height), layout="constrained")
@@ -59,9 +50,7 @@ def _figure(width: float, height: float) -> Figure:
 
 def _save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` to ``path`` (``.png`` added when there is no suffix); parents are created."""
-    out = Path(path)
-    if out.suffix == "":
-        out = out.with_suffix(".png")
+    out = Path(path) if Path(path).suffix else Path(path).with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=DPI)
     return out
@@ -98,30 +87,6 @@ def _show(ax: Axes, img: Image.Image | np.ndarray, hw: tuple[int, int] | None = 
 
 
 # ----------------------------------------------------------------------------- localization
-
-
-def _check_loc_inputs(
-    pics: list[Image.Image], heatmaps: torch.Tensor, boxes: torch.Tensor,
-    gt_boxes: torch.Tensor | None, crops_per_image: int, resized_crops: int,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Validate ``plot_localization`` inputs; returns CPU (B,H,W) heat, (B,4) boxes, gt or None."""
-    b = len(pics)
-    if b == 0:
-        raise ValueError("images must hold at least one image")
-    heat = torch.as_tensor(heatmaps).detach().float().cpu()
-    if heat.dim() != 3 or heat.shape[0] != b:
-        raise ValueError(f"heatmaps must have shape (B={b}, H, W), got {tuple(heat.shape)}")
-    pred = check_boxes(boxes, "boxes")
-    if pred.shape[0] != b:
-        raise ValueError(f"boxes must have {b} rows (one per image), got {pred.shape[0]}")
-    gt = None if gt_boxes is None else check_boxes(gt_boxes, "gt_boxes")
-    if gt is not None and gt.shape[0] != b:
-        raise ValueError(f"gt_boxes must have {b} rows (one per image), got {gt.shape[0]}")
-    if int(crops_per_image) < 1:
-        raise ValueError(f"crops_per_image must be >= 1, got {crops_per_image}")
-    if int(resized_crops) < 0:
-        raise ValueError(f"resized_crops must be >= 0, got {resized_crops}")
-    return heat, pred, gt
 
 
 def _heat_panel(ax: Axes, img: Image.Image, heat: torch.Tensor, box: torch.Tensor,
@@ -173,10 +138,9 @@ def _loc_row(axes: Sequence[Axes], img: Image.Image, heat: torch.Tensor, box: to
     for k, (name, short, sampler, shown_box) in enumerate(kinds):
         params = [sampler.get_params(h, w, box, rng) for _ in range(n)]
         extra = f" α={opts['alpha']:g}" if short == "ccrop" else ""
-        note = f"{n} crops, dots = centres"
-        guard = opts["ccrop"].full_box_guard
-        if short == "ccrop" and guard is not None and float(box_area(box[None])[0]) >= guard:
-            note = f"{n} crops; box ≥ guard: uniform"  # the full-box guard makes it RRC
+        guard = opts["ccrop"].full_box_guard if short == "ccrop" else None  # RRC when it holds
+        note = f"{n} crops; box ≥ guard: uniform" if guard is not None and \
+            float(box_area(box[None])[0]) >= guard else f"{n} crops, dots = centres"
         _crop_panel(axes[2 + k], img, params, f"{name}{extra}\n{note}", shown_box)
         for i in range(shown):
             ax = axes[4 + k * shown + i]
@@ -187,60 +151,41 @@ def _loc_row(axes: Sequence[Axes], img: Image.Image, heat: torch.Tensor, box: to
 
 
 def plot_localization(
-    images: Sequence[Image.Image],
-    heatmaps: torch.Tensor,
-    boxes: torch.Tensor,
-    path: str | Path,
-    gt_boxes: torch.Tensor | None = None,
-    crops_per_image: int = 4,
-    alpha: float = 0.6,
-    seed: int = 0,
-    *,
-    resized_crops: int = 2,
-    scale: tuple[float, float] = (0.2, 1.0),
-    full_box_guard: float | None = 0.95,
-    placement: str = "paper",
-    row_labels: Sequence[str] | None = None,
-    degenerate: torch.Tensor | None = None,
+    images: Sequence[Image.Image], heatmaps: torch.Tensor, boxes: torch.Tensor, path: str | Path,
+    gt_boxes: torch.Tensor | None = None, crops_per_image: int = 4, alpha: float = 0.6,
+    seed: int = 0, *, resized_crops: int = 2, scale: tuple[float, float] = (0.2, 1.0),
+    full_box_guard: float | None = 0.95, placement: str = "paper",
+    row_labels: Sequence[str] | None = None, degenerate: torch.Tensor | None = None,
     title: str | None = None,
 ) -> Path:
     """Heatmap, box and crops per image, ContrastiveCrop beside RandomResizedCrop (paper Fig. 1/3).
 
-    One row per image: the image; its heatmap over the grey image with the predicted box (solid
-    green) and the ground-truth box (dashed white) if given; the image with ``crops_per_image``
-    ContrastiveCrop rectangles and their centres (box dotted); the same for RandomResizedCrop;
-    then the first ``resized_crops`` crops of each kind resized to the image size, framed in the
-    colour of their rectangle.
-
-    Args:
-        images: B images (PIL, or anything ``ccrop.data.images.to_rgb`` accepts).
-        heatmaps: (B, H, W) heatmaps in [0, 1]; stretched over each image if sizes differ.
-        boxes: (B, 4) normalised predicted boxes.
-        path: output file (PNG unless another suffix is given).
-        gt_boxes: optional (B, 4) normalised ground-truth boxes.
-        crops_per_image: crops of each kind drawn as rectangles (>= 1).
-        alpha: ContrastiveCrop Beta concentration (> 0).
-        seed: seed of the crop sampling (the figure is reproducible).
-        resized_crops: crops of each kind also shown resized (capped at ``crops_per_image``).
-        scale: crop area fraction range of both crops.
-        full_box_guard: ContrastiveCrop guard (ccrop default 0.95; None = the paper's law).
-        placement: ContrastiveCrop placement, ``"paper"`` or ``"official"`` (``ccrop.crop``).
-        row_labels: optional B row labels (e.g. dataset indices).
-        degenerate: optional (B,) bool, marks rows whose map was degenerate.
-        title: optional figure title (a key to the colours is always shown).
-
-    Returns:
-        The path written.
+    One row per image (B images, PIL or what ``to_rgb`` accepts, optional ``row_labels``): the
+    image; its (B, H, W) heatmap in [0, 1] (stretched to the image) over the grey image with the
+    (B, 4) predicted box (solid green), the ground-truth box (dashed white) if given, and
+    ``degenerate`` (B,) maps marked; the image with ``crops_per_image`` ContrastiveCrop
+    rectangles (the law of ``alpha``, ``scale``, ``full_box_guard``, ``placement``; seeded by
+    ``seed``) and their centres; the same for RandomResizedCrop; then the first
+    ``resized_crops`` crops of each kind resized, framed in their colour. A key to the colours is
+    always shown under ``title``. Returns the path written (PNG unless another suffix).
     """
     check_crop_args(scale, (3 / 4, 4 / 3), alpha, full_box_guard)  # fail before any drawing
-    pics = [to_rgb(im) for im in images]
-    heat, pred, gt = _check_loc_inputs(pics, heatmaps, boxes, gt_boxes, crops_per_image,
-                                       resized_crops)  # fmt: skip
+    if not (pics := [to_rgb(im) for im in images]):
+        raise ValueError("images must hold at least one image")
+    heat, b = torch.as_tensor(heatmaps).detach().float().cpu(), len(pics)  # (B, H, W)
+    if heat.dim() != 3 or heat.shape[0] != b:
+        raise ValueError(f"heatmaps must have shape (B={b}, H, W), got {tuple(heat.shape)}")
+    pred = check_boxes(boxes, "boxes")
+    gt = None if gt_boxes is None else check_boxes(gt_boxes, "gt_boxes")
+    labels = list(row_labels) if row_labels is not None else [""] * b
+    bad = [False] * b if degenerate is None else [bool(d) for d in degenerate]
+    rows = {"boxes": pred, "gt_boxes": gt, "row_labels": labels, "degenerate": bad}
+    if wrong := [k for k, v in rows.items() if v is not None and len(v) != b]:
+        raise ValueError(f"{', '.join(wrong)}: need {b} rows (one per image)")
+    if int(crops_per_image) < 1 or int(resized_crops) < 0:
+        raise ValueError(f"need crops_per_image >= 1 and resized_crops >= 0, got "
+                         f"{crops_per_image}, {resized_crops}")
     shown = min(int(resized_crops), int(crops_per_image))
-    labels = list(row_labels) if row_labels is not None else [""] * len(pics)
-    bad = [False] * len(pics) if degenerate is None else [bool(d) for d in degenerate]
-    if len(labels) != len(pics) or len(bad) != len(pics):
-        raise ValueError(f"row_labels and degenerate must have {len(pics)} entries")
     ncols = 4 + 2 * shown
     aspect = max(p.height / p.width for p in pics)  # rows as tall as the tallest image needs
     fig = _figure(1.8 * ncols, (0.5 + 1.6 * aspect) * len(pics) + 0.6)
@@ -258,123 +203,66 @@ def plot_localization(
     return _save(fig, path)
 
 
-def _load_images(dataset: Any, indices: list[int], image_size: int | None) -> list[Image.Image]:
-    """RGB PIL images of ``dataset[indices]``, resized to ``image_size`` squares if given."""
-    n = len(dataset)
-    bad = [i for i in indices if not 0 <= i < n]
-    if bad:
-        raise ValueError(f"indices must lie in [0, {n - 1}], got {bad[:5]}")
-    pics = [to_rgb(unpack_item(dataset[i])[0]) for i in indices]
+@torch.no_grad()
+def localization_figure(
+    backbone: torch.nn.Module, dataset: Any, indices: Sequence[int], path: str | Path,
+    threshold: float = 0.1, mode: str = "fixed", device: torch.device | str | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    gt_boxes: torch.Tensor | None = None, image_size: int | None = None, align: str = "paper",
+    region: str = "extent", stages: Sequence[int] | None = None, heatmap: str = "sum",
+    polarity: str = "none", center_prior: float = 0.0, min_confidence: float = 0.0, **kw: Any,
+) -> Path:
+    """Localize ``dataset[indices]`` (``(PIL image, label)`` items, one row each) with
+    ``backbone`` and draw ``plot_localization`` (``**kw``: crops_per_image, alpha, seed, ...).
+
+    The heatmaps are computed once (``ccrop.localize.heatmap_parts``) and give both the drawn
+    heat and the boxes, exactly as ``ccrop.localize.localize`` with the same ``threshold``,
+    ``mode``, ``align``, ``region``, ``heatmap``, ``polarity``, ``center_prior`` and
+    ``min_confidence`` (boxes that fell back to the full image are counted in the title);
+    ``stages`` are the backbone stages of the heatmap (None: the last map). The backbone
+    (``forward_features(x) -> (B, C, h, w)``) runs in eval mode without gradients on the images
+    (resized to ``image_size`` squares if given; needed when sizes differ) normalised by
+    ``mean``/``std``, on ``device`` (default: its parameters'); its mode is restored after.
+    ``gt_boxes``: (N, 4) true boxes of the whole dataset, default ``dataset.gt_boxes`` if any.
+    """
+    idx = [int(i) for i in indices]
+    if not idx or not all(0 <= i < len(dataset) for i in idx):
+        raise ValueError(f"indices must name at least one dataset index, each in "
+                         f"[0, {len(dataset) - 1}]; got {idx[:5]}")
+    if not callable(getattr(backbone, "forward_features", None)):
+        raise ValueError("backbone must have a forward_features(x) -> (B, C, h, w) method")
+    features = loc.feature_fn(backbone, stages)
+    pics = [to_rgb(unpack_item(dataset[i])[0]) for i in idx]
     if image_size is not None:
         if int(image_size) < 1:
             raise ValueError(f"image_size must be >= 1 pixel, got {image_size}")
-        side = int(image_size)
-        pics = [p.resize((side, side), Image.BILINEAR) for p in pics]
+        pics = [p.resize((int(image_size),) * 2, Image.BILINEAR) for p in pics]
     if len({p.size for p in pics}) > 1:
         raise ValueError(f"images differ in size {sorted({p.size for p in pics})}; pass "
                          "image_size to resize them to one square size")
-    return pics
-
-
-def _batch(pics: list[Image.Image], mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """Normalised (B, 3, H, W) float batch of RGB images."""
     if len(mean) != 3 or len(std) != 3 or min(float(s) for s in std) <= 0:
         raise ValueError(f"mean and std must have 3 values, std > 0; got {mean}, {std}")
-    x = torch.stack([TF.to_tensor(p) for p in pics])  # (B, 3, H, W) in [0, 1]
-    return TF.normalize(x, list(mean), list(std))
-
-
-def _gt_rows(gt_boxes: Any, indices: list[int]) -> torch.Tensor | None:
-    """Rows ``indices`` of dataset-wide (N, 4) ground-truth boxes, or None."""
-    if gt_boxes is None:
-        return None
-    gt = torch.as_tensor(gt_boxes)
-    if gt.dim() != 2 or gt.shape[1] != 4 or gt.shape[0] <= max(indices):
-        raise ValueError(f"gt_boxes must be (N, 4) for the whole dataset (N > {max(indices)}), "
-                         f"got {tuple(gt.shape)}")
-    return gt[torch.tensor(indices)]
-
-
-@torch.no_grad()
-def localization_figure(
-    backbone: torch.nn.Module,
-    dataset: Any,
-    indices: Sequence[int],
-    path: str | Path,
-    threshold: float = 0.1,
-    mode: str = "fixed",
-    device: torch.device | str | None = None,
-    mean: Sequence[float] = IMAGENET_MEAN,
-    std: Sequence[float] = IMAGENET_STD,
-    gt_boxes: torch.Tensor | None = None,
-    image_size: int | None = None,
-    align: str = "paper",
-    region: str = "extent",
-    stages: Sequence[int] | None = None,
-    heatmap: str = "sum",
-    polarity: str = "none",
-    center_prior: float = 0.0,
-    min_confidence: float = 0.0,
-    **kw: Any,
-) -> Path:
-    """Localize ``dataset[indices]`` with ``backbone`` and draw ``plot_localization``.
-
-    ``heatmap``, ``polarity``, ``center_prior`` and ``min_confidence`` are
-    ``ccrop.localize.localize``'s; boxes that fell back to the full image are counted in the
-    title.
-
-    ``align`` is the heatmap cell placement (``ccrop.localize.ALIGNS``), ``region`` the box
-    region (``ccrop.localize.REGIONS``), ``stages`` the backbone stages of the heatmap (None:
-    the last map, ``forward_features``).
-
-    The backbone runs in eval mode without gradients on the un-augmented, normalised images; its
-    train/eval state is restored afterwards. Works with random-init and trained encoders.
-
-    Args:
-        backbone: module with ``forward_features(x (B, 3, H, W)) -> (B, C, h, w)``.
-        dataset: map-style dataset whose items are ``(PIL image, label)`` (no transform).
-        indices: dataset indices to show (one row each; keep it to a handful).
-        path: output file.
-        threshold: the paper's k (``fixed``) or the per-image quantile (``quantile``).
-        mode: ``"fixed"``, ``"quantile"`` or ``"otsu"`` (see
-            ``ccrop.localize.boxes_from_heatmaps``).
-        device: where to run; default the backbone's parameter device (else CPU).
-        mean: per-channel normalisation mean (ImageNet by default; pass the dataset's).
-        std: per-channel normalisation std.
-        gt_boxes: optional (N, 4) ground-truth boxes for the whole dataset; default
-            ``dataset.gt_boxes`` when the dataset has one (e.g. ``SyntheticObjects``).
-        image_size: resize images to this square side first (needed when sizes differ).
-        **kw: passed to ``plot_localization`` (crops_per_image, alpha, seed, ...).
-
-    Returns:
-        The path written.
-    """
-    idx = [int(i) for i in indices]
-    if not idx:
-        raise ValueError("indices must name at least one dataset index")
-    if not callable(getattr(backbone, "forward_features", None)):
-        raise ValueError("backbone must have a forward_features(x) -> (B, C, h, w) method")
-    features = feature_fn(backbone, stages)
-    pics = _load_images(dataset, idx, image_size)
-    x = _batch(pics, mean, std)  # (B, 3, H, W)
+    x = TF.normalize(torch.stack([TF.to_tensor(p) for p in pics]), list(mean), list(std))
     if device is None:
         p = next(backbone.parameters(), None)
         device = p.device if p is not None else torch.device("cpu")
-    with eval_mode(backbone), torch.no_grad():
+    with eval_mode(backbone):
         fmap = features(x.to(device))  # (B, C, h, w) or a list of stage maps
-    size = (x.shape[-2], x.shape[-1])
-    rule = dict(heatmap=heatmap, polarity=polarity, center_prior=center_prior)
-    heat, _ = heatmaps_from_features(fmap, size, align, **rule)  # (B, H, W)
-    found = localize(fmap, size, threshold, mode, align, region, **rule,
-                     min_confidence=min_confidence)
-    boxes, bad = found.boxes, found.degenerate  # (B, 4), (B,)
-    gt = _gt_rows(gt_boxes if gt_boxes is not None else getattr(dataset, "gt_boxes", None), idx)
+    heat, bad, _ = loc.heatmap_parts(fmap, tuple(x.shape[-2:]), align, heatmap, polarity,
+                                     center_prior)  # (B, H, W), (B,)
+    found = loc.boxes_from_heat(heat, bad, threshold, mode, region, min_confidence)
+    boxes, bad, fell = found.boxes, found.degenerate, found.fallback  # (B, 4), (B,), (B,)
+    gt = gt_boxes if gt_boxes is not None else getattr(dataset, "gt_boxes", None)
+    if gt is not None:  # the dataset's (N, 4) true boxes: the rows shown
+        if (gt := torch.as_tensor(gt)).dim() != 2 or gt.shape[1] != 4 or len(gt) <= max(idx):
+            raise ValueError(f"gt_boxes must be (N, 4) for the whole dataset (N > {max(idx)}), "
+                             f"got {tuple(gt.shape)}")
+        gt = gt[torch.tensor(idx)]
     kw.setdefault("row_labels", [f"index {i}" for i in idx])
     law = f"{mode} threshold {threshold:g}" if mode != "otsu" else "Otsu threshold"
-    fell = int(found.fallback.sum())
     kw.setdefault("title", f"localization: {heatmap} heatmap, {law}, {region} box"
-                  + (f"; {fell}/{len(idx)} fell back to the full image" if min_confidence
-                     else ""))
+                  + (f"; {int(fell.sum())}/{len(idx)} fell back to the full image"
+                     if min_confidence else ""))
     return plot_localization(pics, heat.cpu(), boxes.cpu(), path, gt_boxes=gt,
                              degenerate=bad.cpu(), **kw)  # fmt: skip
 
@@ -382,14 +270,9 @@ def localization_figure(
 def config_localization_figure(crop: Any, backbone: torch.nn.Module, dataset: Any,
                                indices: Sequence[int], path: str | Path, **kw: Any) -> Path:
     """``localization_figure`` with every crop and localization setting of a ``CropConfig``
-    (``cfg.crop``): heatmap stages and box rule, alpha, scale, guard and placement. The run's
-    figure after each box update and ``ccrop viz`` both draw through this.
-
-    Args:
-        crop: the run's ``CropConfig``.
-        backbone, dataset, indices, path: as ``localization_figure``.
-        **kw: ``device``, ``mean``, ``std``, ``gt_boxes``, ``image_size`` and the like.
-    """
+    (``cfg.crop``): heatmap stages and box rule, alpha, scale, guard and placement (``**kw``:
+    ``device``, ``mean``, ``std``, ...). The run's figure after each box update and ``ccrop viz``
+    both draw through this."""
     return localization_figure(backbone, dataset, indices, path, stages=crop.heatmap_stages,
                                alpha=crop.alpha, scale=tuple(crop.scale),
                                full_box_guard=crop.full_box_guard, placement=crop.placement,
@@ -402,25 +285,9 @@ def config_localization_figure(crop: Any, backbone: torch.nn.Module, dataset: An
 def _sample_centres(size: int, box: tuple[float, float, float, float], scale: tuple[float, float],
                     alpha: float, n: int, rng: random.Random) -> np.ndarray:
     """Centres (n, 2) as (x, y) in pixels of ``n`` ContrastiveCrop crops (paper law, no guard)."""
-    out = np.empty((n, 2))
-    for i in range(n):
-        top, left, h, w = sample_crop_params(size, size, box, scale, (3 / 4, 4 / 3), alpha, rng)
-        out[i] = (left + w / 2, top + h / 2)
-    return out
-
-
-def beta_pdf(u: np.ndarray, alpha: float) -> np.ndarray:
-    """Density of Beta(alpha, alpha) at ``u`` in (0, 1).
-
-    Args:
-        u: points, shape (K,), strictly inside (0, 1).
-        alpha: concentration (> 0).
-
-    Returns:
-        (K,) densities.
-    """
-    log_norm = 2 * math.lgamma(alpha) - math.lgamma(2 * alpha)
-    return np.exp((alpha - 1) * (np.log(u) + np.log1p(-u)) - log_norm)
+    params = [sample_crop_params(size, size, box, scale, (3 / 4, 4 / 3), alpha, rng)
+              for _ in range(n)]
+    return np.array([(left + w / 2, top + h / 2) for top, left, h, w in params])
 
 
 def _scatter_panel(ax: Axes, centres: np.ndarray, box: Sequence[float], size: int,
@@ -441,14 +308,16 @@ def _marginal_panel(ax: Axes, x: np.ndarray, lo: float, hi: float, alpha: float,
                     ref: np.ndarray | None) -> None:
     """Histogram of normalised x centres with the Beta(alpha, alpha) law mapped onto the box;
     ``ref`` (x centres for alpha = 1) drawn as a grey outline for comparison."""
+    from scipy.stats import beta
+
     counts, _, _ = ax.hist(x, bins=48, range=(0, 1), density=True, color="#7aa6e0",
                            label="realised crop centres")
     if ref is not None:
         ax.hist(ref, bins=48, range=(0, 1), density=True, histtype="step", color="#444444",
                 linewidth=1.2, label="realised, α = 1 (uniform), for reference")
     u = np.linspace(1e-3, 1 - 1e-3, 400)
-    ax.plot(lo + (hi - lo) * u, beta_pdf(u, alpha) / (hi - lo), color="#d62728", linewidth=1.8,
-            label=f"drawn centre: Beta({alpha:g}, {alpha:g}) in box")
+    ax.plot(lo + (hi - lo) * u, beta.pdf(u, alpha, alpha) / (hi - lo), color="#d62728",
+            linewidth=1.8, label=f"drawn centre: Beta({alpha:g}, {alpha:g}) in box")
     for edge in (lo, hi):
         ax.axvline(edge, color="#00a152", linestyle="--", linewidth=1.2)
     ax.set_xlim(0, 1)
@@ -459,34 +328,20 @@ def _marginal_panel(ax: Axes, x: np.ndarray, lo: float, hi: float, alpha: float,
 
 
 def plot_centre_distribution(
-    path: str | Path,
-    alphas: Sequence[float] = (0.1, 0.6, 1.0),
-    box: Sequence[float] = (0.2, 0.2, 0.8, 0.8),
-    n: int = 4000,
-    size: int = 256,
-    seed: int = 0,
+    path: str | Path, alphas: Sequence[float] = (0.1, 0.6, 1.0),
+    box: Sequence[float] = (0.2, 0.2, 0.8, 0.8), n: int = 4000, size: int = 256, seed: int = 0,
     scale: tuple[float, float] = (0.2, 1.0),
 ) -> Path:
     """Where ContrastiveCrop puts crop centres for several alphas (centre suppression).
 
-    Top row: ``n`` crop centres sampled with ``ccrop.crop.sample_crop_params`` (the paper's law,
-    no full-box guard) inside ``box`` on a ``size`` x ``size`` image. Bottom row: the histogram of
-    the x centres with the Beta(alpha, alpha) density of the drawn centre mapped onto the box
-    (U-shaped for alpha < 1) and, for comparison, the alpha = 1 (uniform) histogram. Realised
-    centres differ from the drawn ones where a crop had to be shifted back inside the image,
-    which pulls centres near the image edge inwards.
-
-    Args:
-        path: output file.
-        alphas: Beta concentrations, each > 0.
-        box: normalised ``(x0, y0, x1, y1)`` box.
-        n: crops per alpha (>= 1).
-        size: image side in pixels (>= 2).
-        seed: sampling seed.
-        scale: crop area fraction range.
-
-    Returns:
-        The path written.
+    Top row: ``n`` (>= 1) crop centres per alpha (each > 0) sampled with
+    ``ccrop.crop.sample_crop_params`` (the paper's law, no full-box guard, crop area fraction
+    ``scale``, seeded by ``seed``) inside the normalised ``box`` on a ``size`` x ``size`` image
+    (>= 2 px). Bottom row: the histogram of the x centres with the Beta(alpha, alpha) density of
+    the drawn centre mapped onto the box (U-shaped for alpha < 1) and, for comparison, the
+    alpha = 1 (uniform) histogram. Realised centres differ from the drawn ones where a crop had
+    to be shifted back inside the image, which pulls centres near the image edge inwards.
+    Returns the path written.
     """
     alphas = [float(a) for a in alphas]
     if not alphas:
@@ -512,12 +367,18 @@ def plot_centre_distribution(
 
 
 # ----------------------------------------------------------------------------- box statistics
+# (a figure of the updates, and box grids for TensorBoard)
 
 _STAT_KEYS = ("epoch", "mean_area", "full_share", "degenerate")
 
 
-def _check_history(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """Validate box-statistics rows and sort them by epoch."""
+def plot_box_stats(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
+    """Box statistics over the localization updates of a run, written to ``path`` (returned).
+
+    ``history``: a dict per update with ``epoch``, ``mean_area``, ``full_share``, ``degenerate``
+    and optionally ``iou_gt`` (``ccrop.runs.read_events(run, "box_update")``). Left: mean box
+    area, share of near-full boxes (area >= 0.95) and the mean IoU with true boxes where given.
+    Right: number of degenerate heatmaps (full-box fallback)."""
     if not history:
         raise ValueError("history must hold at least one statistics dict")
     for k, row in enumerate(history):
@@ -529,31 +390,13 @@ def _check_history(history: Sequence[Mapping[str, Any]]) -> list[Mapping[str, An
         vals = [row[key] for key in _STAT_KEYS] + ([row["iou_gt"]] if "iou_gt" in row else [])
         if not all(math.isfinite(float(v)) for v in vals):
             raise ValueError(f"history[{k}] holds a non-finite value: {dict(row)}")
-    return sorted(history, key=lambda r: float(r["epoch"]))
-
-
-def plot_box_stats(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Box statistics over the localization updates of a run.
-
-    Left: mean box area, share of near-full boxes (area >= 0.95) and, where given, the mean IoU
-    with ground-truth boxes. Right: number of degenerate heatmaps (full-box fallback).
-
-    Args:
-        history: one dict per update with ``epoch``, ``mean_area``, ``full_share``,
-            ``degenerate`` and optionally ``iou_gt`` (``ccrop.localize.update_boxes`` statistics
-            plus ``epoch``).
-        path: output file.
-
-    Returns:
-        The path written.
-    """
-    rows = _check_history(history)
+    rows = sorted(history, key=lambda r: float(r["epoch"]))
     ep = [float(r["epoch"]) for r in rows]
     fig = _figure(10.0, 3.8)
     left, right = fig.subplots(1, 2, width_ratios=(3, 2))
     left.plot(ep, [r["mean_area"] for r in rows], "o-", label="mean box area")
     left.plot(ep, [r["full_share"] for r in rows], "s-",
-              label=f"share of near-full boxes (area ≥ {FULL_SHARE_AREA:g})")
+              label=f"share of near-full boxes (area ≥ {loc.FULL_SHARE_AREA:g})")
     iou = [(float(r["epoch"]), float(r["iou_gt"])) for r in rows if "iou_gt" in r]
     if iou:
         left.plot(*zip(*iou), "^-", label="mean IoU with ground truth")
@@ -561,7 +404,9 @@ def plot_box_stats(history: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
     left.set_ylabel("fraction")
     left.set_title("boxes after each localization update", fontsize=10)
     left.legend(fontsize=8, loc="best")
-    right.bar(ep, [float(r["degenerate"]) for r in rows], width=_bar_width(ep), color="#c0504d")
+    gaps = [b - a for a, b in zip(ep, ep[1:]) if b > a]  # bars: 60% of the smallest gap
+    right.bar(ep, [float(r["degenerate"]) for r in rows], width=0.6 * min(gaps) if gaps else 1.0,
+              color="#c0504d")
     right.set_ylabel("degenerate heatmaps (count)")
     right.set_title("degenerate maps (full-box fallback)", fontsize=10)
     right.set_ylim(0, max(1.0, 1.15 * max(float(r["degenerate"]) for r in rows)))
@@ -576,15 +421,6 @@ def plot_box_stats(history: Sequence[Mapping[str, Any]], path: str | Path) -> Pa
     return _save(fig, path)
 
 
-def _bar_width(epochs: list[float]) -> float:
-    """Bar width: 60% of the smallest gap between updates (1 for a single update)."""
-    gaps = [b - a for a, b in zip(epochs, epochs[1:]) if b > a]
-    return 0.6 * min(gaps) if gaps else 1.0
-
-
-# ----------------------------------------------------------------------------- TensorBoard
-
-
 def _pixel_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Normalised (B, 4) boxes -> inclusive integer pixel corners (B, 4) ``(x0, y0, x1, y1)``."""
     scale = torch.tensor([w, h, w, h], dtype=torch.float64)
@@ -596,41 +432,15 @@ def _pixel_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return torch.cat([lo, hi], dim=1).to(torch.int64)
 
 
-def _outline(img: torch.Tensor, corners: Sequence[int], color: Sequence[int], width: int) -> None:
-    """Paint the outline of the inclusive pixel box ``corners`` on a (3, H, W) uint8 image, in
-    place; lines grow inwards and never leave the box. (PIL's rectangle, used by torchvision's
-    ``draw_bounding_boxes``, paints an extra row for one-pixel-high boxes.)"""
-    x0, y0, x1, y1 = (int(v) for v in corners)
-    rgb = torch.tensor(color, dtype=torch.uint8)[:, None]  # (3, 1)
-    for t in range(width):
-        img[:, min(y0 + t, y1), x0 : x1 + 1] = rgb  # top, bottom rows
-        img[:, max(y1 - t, y0), x0 : x1 + 1] = rgb
-        img[:, y0 : y1 + 1, min(x0 + t, x1)] = rgb  # left, right columns
-        img[:, y0 : y1 + 1, max(x1 - t, x0)] = rgb
-
-
-def box_grid(
-    images: torch.Tensor,
-    boxes: torch.Tensor,
-    gt_boxes: torch.Tensor | None = None,
-    nrow: int = 8,
-    width: int = 1,
-    upscale: int = 1,
-    padding: int = 2,
-) -> torch.Tensor:
+def box_grid(images: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor | None = None,
+             nrow: int = 8, width: int = 1, upscale: int = 1, padding: int = 2) -> torch.Tensor:
     """Image grid with predicted boxes (green) and ground-truth boxes (magenta), for TensorBoard.
 
-    Args:
-        images: (B, 3, H, W) or (B, 1, H, W) float images in [0, 1] (clamped).
-        boxes: (B, 4) normalised predicted boxes.
-        gt_boxes: optional (B, 4) normalised ground-truth boxes.
-        nrow: images per grid row.
-        width: box line width in pixels (of the upscaled image).
-        upscale: nearest-neighbour upscaling factor (>= 1) so boxes on tiny images stay visible.
-        padding: grid padding in pixels.
-
-    Returns:
-        (3, H', W') uint8 grid, ready for ``SummaryWriter.add_image``.
+    ``images`` are (B, 3, H, W) or (B, 1, H, W) floats in [0, 1] (clamped), ``boxes`` and the
+    optional ``gt_boxes`` (B, 4) normalised; ``nrow`` images per grid row, ``padding`` pixels
+    between them, box lines ``width`` pixels wide on images upscaled ``upscale`` times (nearest,
+    so boxes on tiny images stay visible). Returns a (3, H', W') uint8 grid for
+    ``SummaryWriter.add_image``.
     """
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
         shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
@@ -650,88 +460,40 @@ def box_grid(
     x = x.clone()  # (B, 3, H', W') own memory: drawn on in place
     h, w = x.shape[-2:]
     layers = ([] if gt is None else [(gt, (255, 0, 255))]) + [(pred, (0, 255, 0))]  # pred on top
+    # outlines of the inclusive pixel boxes, growing inwards and never leaving the box (PIL's
+    # rectangle, in torchvision's draw_bounding_boxes, paints an extra row for 1-px-high boxes)
     for boxes_k, color in layers:
-        for i, corners in enumerate(_pixel_boxes(boxes_k, h, w).tolist()):
-            _outline(x[i], corners, color, int(width))
+        rgb = torch.tensor(color, dtype=torch.uint8)[:, None]  # (3, 1)
+        for img, (x0, y0, x1, y1) in zip(x, _pixel_boxes(boxes_k, h, w).tolist()):
+            for t in range(int(width)):
+                img[:, min(y0 + t, y1), x0 : x1 + 1] = rgb  # top, bottom rows
+                img[:, max(y1 - t, y0), x0 : x1 + 1] = rgb
+                img[:, y0 : y1 + 1, min(x0 + t, x1)] = rgb  # left, right columns
+                img[:, y0 : y1 + 1, max(x1 - t, x0)] = rgb
     return make_grid(x, nrow=int(nrow), padding=int(padding))  # (3, H', W')
 
 
 def plot_knn_curves(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
-    """kNN top-1 per epoch of several runs (from each ``metrics.jsonl``), one line per run.
-
-    Args:
-        run_dirs: run folders written by ``ccrop pretrain``.
-        path: output PNG.
+    """kNN top-1 per epoch of several runs, one line per run: the monitor epochs of each
+    ``metrics.jsonl`` and the final value of ``summary.json`` (``ccrop.runs.knn_curve``).
 
     Raises:
         FileNotFoundError: a run folder has no ``metrics.jsonl``.
     """
-    import json
-
     fig = _figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)
-    for run in run_dirs:
-        metrics = Path(run) / "metrics.jsonl"
-        if not metrics.is_file():
-            raise FileNotFoundError(f"{str(metrics)!r} not found: is {str(run)!r} a ccrop run?")
-        rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        pts = [(r["epoch"], r["knn_top1"]) for r in rows if "knn_top1" in r]
-        summary = Path(run) / "summary.json"
-        if summary.is_file():
-            final = json.loads(summary.read_text())
-            if "knn_top1" in final:
-                pts.append((final["epochs"], final["knn_top1"]))
-        if pts:
-            xs, ys = zip(*sorted(set(pts)))
-            ax.plot(xs, ys, marker="o", label=Path(run).name)
+    for run in map(Path, run_dirs):
+        if not (run / METRICS_FILE).is_file():
+            raise FileNotFoundError(f"{str(run / METRICS_FILE)!r} not found: is {str(run)!r} a "
+                                    "ccrop run?")
+        summary = read_json(run / SUMMARY_FILE) if (run / SUMMARY_FILE).is_file() else None
+        if pts := knn_curve(run, summary):
+            ax.plot(*zip(*pts), marker="o", label=run.name)
     ax.set_xlabel("epoch")
     ax.set_ylabel("kNN top-1 (%)  [protocol: knn, k=200, T=0.1]")
     ax.set_title("kNN accuracy during pretraining")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, path)
-
-
-def plot_epoch_times(times: Mapping[str, float], path: str | Path, title: str = "",
-                     reference: str | None = None, target: float | None = None) -> Path:
-    """Horizontal bars of seconds per epoch, each labelled with its speed-up over ``reference``.
-
-    Args:
-        times: ``{label: seconds per epoch}`` (> 0), drawn top to bottom in order.
-        path: output PNG.
-        title: figure title (name the device and the setting).
-        reference: the label speed-ups are relative to (default: the slowest entry).
-        target: optional target seconds, drawn as a dashed line.
-
-    Raises:
-        ValueError: no entries, a non-positive or non-finite time, or an unknown ``reference``.
-    """
-    if not times:
-        raise ValueError("times: expected at least one {label: seconds} entry")
-    bad = {k: v for k, v in times.items() if not (math.isfinite(v) and v > 0)}
-    if bad:
-        raise ValueError(f"times: seconds must be finite and > 0, got {bad}")
-    if reference is None:
-        reference = max(times, key=times.get)
-    if reference not in times:
-        raise ValueError(f"reference {reference!r} is not one of {list(times)}")
-    labels, secs = list(times), [float(v) for v in times.values()]
-    fig = _figure(7, 0.6 * len(labels) + 1.2)
-    ax = fig.add_subplot(1, 1, 1)
-    ys = list(range(len(labels)))[::-1]
-    ax.barh(ys, secs, color=["#888888" if k == reference else "#2a7ab9" for k in labels])
-    ax.set_xscale("log")
-    for y, s in zip(ys, secs):
-        ax.text(s * 1.05, y, f"{s:.2f} s  ({times[reference] / s:.1f}x)", va="center",
-                fontsize=8)
-    ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlim(min(secs) / 1.5, max(secs) * 4)
-    if target is not None:
-        ax.axvline(target, color="#c0392b", ls="--", lw=1)
-        ax.text(target, ys[-1] - 0.55, f" target {target:g} s", color="#c0392b", fontsize=8)
-    ax.set_xlabel("seconds per epoch (log scale)")
-    fig.suptitle(textwrap.fill(title, 90), fontsize=9)
-    ax.grid(alpha=0.3, axis="x")
     return _save(fig, path)
 
 
@@ -760,14 +522,9 @@ def plot_knn_bands(groups: Mapping[str, Sequence[Sequence[Sequence[float]]]],
                    path: str | Path) -> Path:
     """kNN top-1 per epoch of an A/B, one band per arm: mean across seeds, min–max shaded.
 
-    Args:
-        groups: ``{arm: [curve per seed]}`` in legend order; a curve is a sequence of
-            ``(epoch, top1 %)`` points (the monitor epochs of ``metrics.jsonl`` and the final
-            value of ``summary.json``). An epoch only some seeds reached averages those seeds.
-        path: output PNG.
-
-    Returns:
-        The path written.
+    ``groups`` is ``{arm: [curve per seed]}`` in legend order, a curve ``(epoch, top1 %)`` points
+    (``ccrop.runs.knn_curve``); an epoch only some seeds reached averages those seeds. Returns
+    the path written.
     """
     fig = _figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)

@@ -6,18 +6,10 @@ import shutil
 
 import pytest
 
-from ccrop.ab import (
-    BUILTIN_ARMS,
-    T975,
-    collect_groups,
-    paired_stats,
-    parse_arms,
-    parse_seeds,
-    summarise,
-    t_quantile_975,
-)
+from ccrop.ab import BUILTIN_ARMS, collect_groups, paired_stats, parse_arms, parse_seeds, summarise
 from ccrop.cli import main
 from ccrop.config import ConfigError, load_config
+from ccrop.runs import knn_curve, load_run, read_events, run_seed
 
 # crop.full_box_guard=null: with one epoch no box update happens, so ContrastiveCrop samples from
 # the full box; without the guard that is the paper's Beta law, not RandomResizedCrop, and the
@@ -66,13 +58,18 @@ def test_summarise_uses_the_sample_std():
     assert summarise([])["mean"] is None
 
 
-def test_t_quantiles_match_scipy():
-    stats = pytest.importorskip("scipy.stats")
-    assert len(T975) == 30
-    for df in [*range(1, 31), 31, 40, 60, 100, 1000, 10**6]:
-        assert t_quantile_975(df) == pytest.approx(stats.t.ppf(0.975, df), abs=2e-6), df
-    with pytest.raises(ValueError):
-        t_quantile_975(0)
+@pytest.mark.parametrize("n", [2, 3, 5, 8, 31, 200])
+def test_paired_interval_is_scipys_student_t_interval(n):
+    from scipy import stats
+
+    base = {s: float(s % 3) for s in range(n)}
+    other = {s: base[s] + 0.5 + 0.37 * ((s * 7) % 5) for s in range(n)}
+    d = [other[s] - base[s] for s in range(n)]
+    low, high = stats.t.interval(0.95, n - 1, loc=sum(d) / n, scale=stats.sem(d))
+    p = paired_stats(base, other)
+    assert p["t"] == stats.t.ppf(0.975, n - 1)
+    assert p["ci_low"] == pytest.approx(low, rel=1e-12, abs=1e-12)
+    assert p["ci_high"] == pytest.approx(high, rel=1e-12, abs=1e-12)
 
 
 # ----------------------------------------------------------------------------- arms and seeds
@@ -97,6 +94,29 @@ def test_custom_arm_keeps_list_values():
     assert crop.alpha == 0.1 and crop.scale == [0.3, 1.0] and crop.ratio == [0.5, 2.0]
 
 
+@pytest.mark.parametrize("spec,arms", [
+    ("rcrop,ccrop,oracle", {"rcrop": BUILTIN_ARMS["rcrop"], "ccrop": BUILTIN_ARMS["ccrop"],
+                            "oracle": BUILTIN_ARMS["oracle"]}),
+    # benchmarks/results/ab-2026-12-04/PLAN.md: a custom arm between built-ins
+    ("rcrop,ccrop,oracle,ccrop-old:crop.heatmap=sum,crop.center_prior=0,crop.min_confidence=0,"
+     "saliency-warmup,saliency",
+     {"rcrop": BUILTIN_ARMS["rcrop"], "ccrop": BUILTIN_ARMS["ccrop"],
+      "oracle": BUILTIN_ARMS["oracle"],
+      "ccrop-old": ("crop.heatmap=sum", "crop.center_prior=0", "crop.min_confidence=0"),
+      "saliency-warmup": BUILTIN_ARMS["saliency-warmup"], "saliency": BUILTIN_ARMS["saliency"]}),
+    ("ccrop,official:crop.placement=official",  # README.md
+     {"ccrop": BUILTIN_ARMS["ccrop"], "official": ("crop.placement=official",)}),
+    (" x : crop.box_source=file:/a/b.json , crop.scale=[0.2, 1.0] ",  # ':' in a value, spaces
+     {"x": ("crop.box_source=file:/a/b.json", "crop.scale=[0.2, 1.0]")}),
+    (["rcrop", "a:crop.alpha=0.1"], {"rcrop": BUILTIN_ARMS["rcrop"], "a": ("crop.alpha=0.1",)}),
+])
+def test_documented_arm_specs(spec, arms):
+    got = parse_arms(spec)
+    assert {a.name: a.overrides for a in got} == arms and [a.name for a in got] == list(arms)
+    for a in got:
+        load_config(None, list(a.overrides))  # every override is a valid config key
+
+
 @pytest.mark.parametrize("spec,needle", [
     ("rcrop,rcrop", "rcrop"),
     ("rcrop,rcorp", "rcorp"),
@@ -106,6 +126,9 @@ def test_custom_arm_keeps_list_values():
     ("rcrop,x:alpha=0.1", "alpha=0.1"),
     ("ccrop:crop.alpha=0.1", "ccrop"),
     ("crop.alpha=0.1,rcrop", "crop.alpha=0.1"),
+    ("rcrop,crop.alpha=0.1", "crop.alpha=0.1"),  # overrides follow a custom arm only
+    ("rcrop,,ccrop", "''"),
+    ("a:crop.scale=[0.2,1.0,b", "'1.0'"),  # an unclosed bracket does not swallow the rest
     ("rcrop,ccrop,s:train.seed=3", "train.seed"),
 ])
 def test_bad_arm_specs_name_the_problem_and_the_builtins(spec, needle):
@@ -241,6 +264,34 @@ def test_compare_groups_the_ab_folder_by_arm(ab_dir, tmp_path, capsys):
     rows = [ln.split("|")[1].strip() for ln in capsys.readouterr().out.splitlines()
             if ln.startswith("| ") and "---" not in ln][1:]
     assert rows == ["ccrop", "rcrop"]
+
+
+def test_run_reader_picks_epoch_events_skips_a_torn_line_and_reads_the_seed(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lines = [{"event": "epoch", "epoch": 1, "knn_top1": 10.0},
+             {"event": "box_update", "epoch": 1, "mean_area": 0.5, "knn_top1": 99.0},
+             {"event": "epoch", "epoch": 2, "loss": 1.0},  # no monitor this epoch
+             {"event": "epoch", "epoch": 3, "knn_top1": 30.0}]
+    torn = json.dumps({"event": "epoch", "epoch": 4, "knn_top1": 40.0})[:20]
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + torn)
+    (run / "summary.json").write_text(json.dumps(
+        {"epochs": 4, "knn_top1": 45.0, "knn_k": 200, "time": {"median_epoch_s": 2.0},
+         "box_updates": [1]}))
+    (run / "config.yaml").write_text("train:\n  seed: 7\n")
+    assert [r["epoch"] for r in read_events(run)] == [1, 2, 3]
+    assert [r["mean_area"] for r in read_events(run, "box_update")] == [0.5]
+    assert knn_curve(run) == [[1, 10.0], [3, 30.0]]
+    rec = load_run(run)
+    assert rec["curve"] == [[1, 10.0], [3, 30.0], [4, 45.0]]  # the final value of summary.json
+    assert rec["seed"] == 7 and rec["epochs"] == 4 and rec["box_updates"] == 1
+    assert rec["knn_k"] == 200.0 and rec["linear_fast"] is None and rec["overrides"] is None
+    (run / "ab_arm.json").write_text(json.dumps({"arm": "x", "seed": 3, "overrides": ["a.b=1"]}))
+    assert run_seed(run, json.loads((run / "ab_arm.json").read_text())) == 3
+    assert load_run(run)["seed"] == 3 and load_run(run)["overrides"] == ["a.b=1"]
+    (run / "ab_arm.json").unlink()
+    (run / "config.yaml").unlink()
+    assert load_run(run)["seed"] is None  # no ab_arm.json, no config.yaml: cannot be paired
 
 
 @pytest.mark.parametrize("content,needle", [

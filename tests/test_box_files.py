@@ -273,6 +273,32 @@ def test_csv_errors_name_file_and_line(tmp_path, text, paths, line, message):
     assert f"boxes.csv {line}:" in str(err.value) if line else True
 
 
+@pytest.mark.parametrize(
+    "rows,line,message",
+    [  # the first bad row is named, whether its fault is in the box or elsewhere
+        (["1,0.5,0,0.2,1", "2,0,0", "five,0,0,1,1"], "line 2", r"x1=0\.2 is less than x0=0\.5"),
+        (["1,0,0,1,1", "1,0,0,1,1", "2,0.5,0,0.2,1"], "line 3", r"image 1 appears twice"),
+        (["1,0,0,1,1", "2,0,0,1,nan", "1,0,0,1,1"], "line 3", "value 'nan' is not a finite"),
+        (["1,0,0,1,1", "2,0,0,1", "3,0,0,1,9"], "line 3", "expected 5 values"),
+    ],
+)
+def test_csv_error_names_the_first_bad_row(tmp_path, rows, line, message):
+    path = write_text(tmp_path, "b.csv", "\n".join(["index,x0,y0,x1,y1", *rows]) + "\n")
+    with pytest.raises(BoxFileError, match=f"b\\.csv {line}: {message}"):
+        read_boxes(path, 6)
+
+
+def test_json_error_names_the_first_bad_annotation(tmp_path):
+    anns = [{"image_id": 0, "bbox": [0, 0, 1, 1]}, {"image_id": 0, "bbox": [0, 0, 200, 1]},
+            {"image_id": 0, "bbox": [0, 0, -1, 1]}]
+    path = write_text(tmp_path, "b.json", coco([IMG], anns))
+    with pytest.raises(BoxFileError, match=r"annotations\[1\] \(image 0\): bbox \[0, 0, 200, 1\]"):
+        read_boxes(path, 6)
+    path = write_text(tmp_path, "b.json", coco([IMG], anns[:1] + anns[2:] + anns[1:2]))
+    with pytest.raises(BoxFileError, match=r"annotations\[1\] \(image 0\): bbox .*negative"):
+        read_boxes(path, 6)
+
+
 def coco(images, annotations):
     return json.dumps({"images": images, "annotations": annotations})
 
@@ -316,7 +342,7 @@ JSON_ERRORS = [
         coco(
             [IMG], [{"image_id": 0, "bbox": [0, 0, 1, 1]}, {"image_id": 0, "bbox": [50, 0, 60, 1]}]
         ),
-        r"annotations\[1\] \(image 0\): bbox .*leaves the 100x50 image",
+        r"annotations\[1\] \(image 0\): bbox .* 100x50 image: x1=1\.1 is outside \[0, 1\]",
     ),
     (coco([IMG], [{"image_id": 0, "bbox": [0, 0, -1, 1]}]), r"annotations\[0\].*negative"),
     (coco([IMG], [{"image_id": 3, "bbox": [0, 0, 1, 1]}]), r"annotations\[0\]: image_id 3 is not"),

@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 from ccrop import BoxStore, box_iou
-from ccrop.boxes import box_area
+from ccrop.boxes import box_area, check_boxes
+from ccrop.crop import check_box
 
 
 def test_init_full_and_given_box():
@@ -47,6 +48,52 @@ def test_bad_update_rejected_and_nothing_written(boxes, word):
     with pytest.raises(ValueError, match=word):
         store.update(torch.tensor([0]), boxes)
     assert torch.equal(store.boxes, before) and store.version == 0
+
+
+@pytest.mark.parametrize(
+    "bad,message",
+    [
+        ([0.5, 0.0, 0.4, 1.0], r"boxes row 2: x1=0\.4 is less than x0=0\.5"),
+        ([0.0, 0.3, 1.0, 0.2], r"boxes row 2: y1=0\.2 is less than y0=0\.3"),
+        ([0.0, 0.0, 1.0, 1.5], r"boxes row 2: y1=1\.5 is outside \[0, 1\]"),
+        ([0.0, float("inf"), 1.0, 1.0], r"boxes row 2: value 'inf' is not a finite number"),
+    ],
+)
+def test_check_boxes_names_the_first_bad_row_and_why(bad, message):
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0]] * 5)
+    boxes[2] = torch.tensor(bad)
+    boxes[4] = torch.tensor([float("nan")] * 4)  # a later bad row is not the one named
+    with pytest.raises(ValueError, match=message):
+        check_boxes(boxes)
+    with pytest.raises(ValueError, match=r"^line 7: "):
+        check_boxes(boxes, where=lambda r: f"line {r + 5}")
+    with pytest.raises(ValueError, match=r"^c: "):
+        check_boxes(boxes, where="abcde")
+
+
+def test_check_boxes_tolerance_dtype_and_output():
+    ok = torch.tensor([[0.0, 0.1, 0.5, 1.0]], dtype=torch.float64)
+    out = check_boxes(ok)
+    assert out.dtype == torch.float32 and torch.equal(out, ok.float())
+    assert check_boxes(ok, dtype=torch.float64).dtype == torch.float64
+    over = torch.tensor([[-1e-7, -0.0, 0.5, 1 + 1e-7]], dtype=torch.float64)
+    with pytest.raises(ValueError, match=r"x0=-1e-07 is outside \[0, 1\]"):
+        check_boxes(over, dtype=torch.float64)
+    clamped = check_boxes(over, dtype=torch.float64, tol=1e-6)
+    assert clamped.tolist() == [[0.0, 0.0, 0.5, 1.0]] and str(clamped[0, 1].item()) == "-0.0"
+    with pytest.raises(ValueError, match=r"by more than 1e-06"):
+        check_boxes(over * 100, dtype=torch.float64, tol=1e-6)
+    assert check_boxes(torch.empty(0, 4)).shape == (0, 4)
+
+
+def test_check_box_returns_the_values_given():
+    """The single-box check of the crop code checks in float64: nothing is rounded."""
+    assert check_box((0.1, 0.2, 0.3, 0.4)) == (0.1, 0.2, 0.3, 0.4)
+    assert check_box(torch.tensor([0.0, 0.0, 1.0, 1.0])) == (0.0, 0.0, 1.0, 1.0)
+    with pytest.raises(ValueError, match=r"init_box .*x1=0\.4 is less than x0=0\.5"):
+        check_box((0.5, 0.0, 0.4, 1.0), "init_box")
+    with pytest.raises(ValueError, match=r"y1=1\.0000000001 is outside"):
+        check_box((0.0, 0.0, 1.0, 1.0000000001))  # float32 would round it to 1
 
 
 def test_bad_indices_and_lengths():

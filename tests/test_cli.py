@@ -1,6 +1,7 @@
 """End-to-end tests of the ``ccrop`` command line on a tiny synthetic run."""
 
 import contextlib
+import errno
 import io
 import json
 import math
@@ -9,9 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from ccrop.box_files import BoxFileError
 from ccrop.checkpoint import ckpt_path, load_checkpoint
 from ccrop.cli import main
 from ccrop.config import ConfigError
+from ccrop.errors import DataError
 
 TINY = ["data.dataset_kwargs.num_images=48", "data.batch_size=16", "data.num_workers=0",
         "model.width=8", "train.epochs=2", "crop.warmup_epochs=1", "crop.loc_interval=1",
@@ -241,6 +244,77 @@ def test_count_arguments_must_be_at_least_one(tmp_path, capsys, argv, flag):
     out = tmp_path / "out"
     _one_line_error(capsys, [*argv, "--out", str(out)], flag, ">= 1")
     assert not out.exists()
+
+
+def _broken_epoch(monkeypatch, exc: BaseException) -> None:
+    """Make the first training epoch of ``ccrop pretrain`` raise ``exc``."""
+    import ccrop.engine
+
+    def broken_train_epoch(run, epoch):
+        raise exc
+
+    monkeypatch.setattr(ccrop.engine, "train_epoch", broken_train_epoch)
+
+
+@pytest.mark.parametrize("exc", [
+    ValueError("internal shape bug"), KeyError("internal"), IndexError("internal"),
+    FileNotFoundError(errno.ENOENT, "No such file or directory", "/internal/cache.bin"),
+    OSError("a socket went away")])
+def test_a_bug_inside_training_keeps_its_traceback(tmp_path, monkeypatch, capsys, exc):
+    """Only bad input and a failing disk are one line with exit 2: a ValueError (or any other
+    exception) raised inside training is a bug and propagates with its traceback."""
+    _broken_epoch(monkeypatch, exc)
+    with pytest.raises(type(exc)) as caught:
+        main(["pretrain", *TINY, f"train.out_dir={tmp_path / 'run'}"])
+    assert caught.value is exc
+    frames = [entry.name for entry in caught.traceback]
+    assert frames[-1] == "broken_train_epoch" and "fit" in frames and "main" in frames
+    assert "ccrop: error" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("exc,code", [
+    (OSError(errno.ENOSPC, "No space left on device", "/run/x"), 2),
+    (PermissionError(errno.EACCES, "Permission denied", "/run/x"), 2),
+    (OSError(errno.EROFS, "Read-only file system", "/run/x"), 2),
+    (ConfigError("bad value"), 2), (DataError("bad data file"), 2),
+    (BoxFileError("boxes.csv: row 3 is bad"), 2), (KeyboardInterrupt(), 130)])
+def test_user_errors_inside_training_are_one_line(tmp_path, monkeypatch, capsys, exc, code):
+    """The error family (``ccrop.errors.CcropError``), box files and an OSError of a failing
+    environment are reported as one line wherever they are raised; Ctrl-C exits with 130."""
+    _broken_epoch(monkeypatch, exc)
+    assert main(["pretrain", *TINY, f"train.out_dir={tmp_path / 'run'}"]) == code
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.strip()]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0] == "ccrop: interrupted" if code == 130 else err[0].startswith("ccrop: error: ")
+
+
+def test_error_family():
+    from ccrop.checkpoint import CheckpointError
+    from ccrop.data.base import DatasetMissingError
+    from ccrop.data.folder import BadImageError
+    from ccrop.errors import CcropError, DataPathError
+
+    for cls in (ConfigError, DataError, DataPathError, DatasetMissingError, BadImageError,
+                CheckpointError):
+        assert issubclass(cls, CcropError), cls
+    for cls in (ConfigError, DataError, DataPathError, DatasetMissingError, BadImageError):
+        assert issubclass(cls, ValueError), cls  # callers catching ValueError keep working
+    assert issubclass(DataPathError, FileNotFoundError)
+    assert issubclass(CheckpointError, RuntimeError)
+
+
+def test_output_paths_that_cannot_be_written_are_one_line(tmp_path, capsys):
+    """``--out`` with a file where a folder must be (or a folder where a file must be) is bad
+    input found before any work, not an OSError traceback at the end."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    _one_line_error(capsys, ["viz", "--out", str(afile)], "--out", "is a file")
+    _one_line_error(capsys, ["viz", "--out", str(afile / "figs")], "--out", "is a file")
+    _one_line_error(capsys, ["bench", "--out", str(tmp_path)], "--out", "is a folder")
+    _one_line_error(capsys, ["compare", "--paper", "--out", str(afile / "t.md")], "--out")
+    _one_line_error(capsys, ["ab", "--out", str(afile)], "--out", "is a file")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before and afile.read_text() == "x"
 
 
 def test_run_bench_refuses_zero_steps():

@@ -6,6 +6,7 @@ resumed with ``--resume auto``; its final state must equal an uninterrupted run'
 """
 
 import io
+import json
 import os
 import random
 import re
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -35,6 +37,7 @@ from ccrop.checkpoint import (
     seed_rngs,
 )
 from ccrop.config import load_config
+from ccrop.evaluate.results import append_result
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*the whole image")
 
@@ -72,6 +75,33 @@ def final_state(run_dir: Path) -> dict:
 def newest_epoch(run_dir: Path) -> int:
     names = [p.name for p in list_checkpoints(run_dir)]
     return max((int(re.findall(r"\d+", n)[0]) for n in names), default=0)
+
+
+def logged(text: bytes, event: str = "epoch") -> list[int]:
+    """The epochs of the ``event`` records of a ``metrics.jsonl``, in file order."""
+    return [json.loads(ln)["epoch"] for ln in text.splitlines()
+            if json.loads(ln).get("event") == event]
+
+
+def rewound(text: bytes, state: dict) -> bytes:
+    """The lines of a ``metrics.jsonl`` that a resume from checkpoint ``state`` keeps: the
+    records of its history (the epochs and box updates it has done), in file order."""
+    done, kept = {(h["event"], h["epoch"]) for h in state["history"]}, []
+    for line in text.split(b"\n"):
+        try:
+            record = json.loads(line)
+        except ValueError:  # a line torn by the kill
+            continue
+        if (record["event"], record["epoch"]) in done:
+            kept.append(line + b"\n")
+    return b"".join(kept)
+
+
+def assert_once_each(text: bytes, epochs: int = EPOCHS, updates: range = range(1, EPOCHS)) -> None:
+    """Every epoch and every box update (``crop.warmup_epochs=1``, ``loc_interval=1``: after
+    each epoch but the last) logged exactly once, in order."""
+    assert logged(text) == list(range(1, epochs + 1))
+    assert logged(text, "box_update") == list(updates)
 
 
 def assert_same_state(a: dict, b: dict) -> None:
@@ -149,13 +179,16 @@ def test_sigkill_at_random_moments_then_resume_auto_is_bit_identical(tmp_path, r
         for path in list_checkpoints(out):  # whatever the moment, no partial file has a real name
             load_checkpoint(path)
         now = (out / "metrics.jsonl").read_bytes()
-        assert now.startswith(metrics)  # lines are appended, never rewritten
-        metrics = now
+        # the resume kept the lines of its checkpoint and appended the epochs after it
+        assert now.startswith(metrics)
+        metrics = rewound(now, final_state(out))  # what the next resume keeps
     assert kills == 3
     done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
                           timeout=400)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (out / "metrics.jsonl").read_bytes().startswith(metrics)
+    text = (out / "metrics.jsonl").read_bytes()
+    assert text.startswith(metrics)
+    assert_once_each(text)  # no record of an epoch trained again after a kill twice
     assert_same_state(final_state(out), reference[1])
     assert not list((out / "checkpoints").glob(".*.tmp-*"))  # temp files of killed writers
 
@@ -236,6 +269,8 @@ def test_sigkill_then_resume_auto_writes_the_same_whole_checkpoints(tmp_path):
         a, b = (load_checkpoint(ckpt_path(d, epoch)) for d in (straight, out))
         assert a["epoch"] == epoch and "cuda" not in a["rng"]
         assert_same_tree(without_timings(a), without_timings(b), f"epoch {epoch}")
+    for folder in (straight, out):  # the same records, once each, as the uninterrupted run
+        assert_once_each((folder / "metrics.jsonl").read_bytes(), WHOLE_EPOCHS, range(2, 3))
 
 
 def test_seed_rngs_is_a_function_of_seed_epoch_and_rank():
@@ -274,7 +309,9 @@ def test_killed_during_box_update_then_resume_is_bit_identical(tmp_path, monkeyp
     assert resumed.epoch == 3 and torch.equal(resumed.store.boxes, calls[1])  # saved boxes
     engine.fit(resumed)
     assert_same_state(final_state(out), reference[1])
-    assert (out / "metrics.jsonl").read_bytes().startswith(lines_before)
+    text = (out / "metrics.jsonl").read_bytes()
+    assert text.startswith(lines_before)  # killed before the update's line: nothing to undo
+    assert_once_each(text)
 
 
 @pytest.mark.slow  # the module-scope reference run trains
@@ -306,17 +343,69 @@ def test_killed_while_writing_a_checkpoint_then_resume_is_bit_identical(tmp_path
     assert [p.name for p in list_checkpoints(out)] == ["ckpt-epoch00003.pt", "ckpt-epoch00004.pt"]
     assert list((out / "checkpoints").glob(".*.tmp-999999"))
     lines_before = (out / "metrics.jsonl").read_bytes()
+    # epoch 5 and the box update after it were logged before the kill, not checkpointed
+    assert logged(lines_before) == [1, 2, 3, 4, 5]
+    assert logged(lines_before, "box_update") == [1, 2, 3, 4]
     monkeypatch.setattr(torch, "save", real_save)
     resumed = build_run(tiny(out), resume_from="auto")
     assert resumed.epoch == 4
+    kept = (out / "metrics.jsonl").read_bytes()  # rewound to checkpoint 4 by the resume
+    assert kept == rewound(lines_before, final_state(out)) and lines_before.startswith(kept)
+    assert logged(kept) == [1, 2, 3, 4] and logged(kept, "box_update") == [1, 2, 3]
     engine.fit(resumed)
     assert_same_state(final_state(out), reference[1])
     assert not list((out / "checkpoints").glob(".*.tmp-*"))
     text = (out / "metrics.jsonl").read_bytes()
-    assert text.startswith(lines_before)
-    epochs = [int(re.search(rb'"epoch": (\d+)', ln).group(1)) for ln in text.splitlines()
-              if b'"event": "epoch"' in ln]
-    assert epochs == [1, 2, 3, 4, 5, 5, 6, 7, 8, 9, 10]  # epoch 5 trained again after the kill
+    assert text.startswith(kept)
+    assert_once_each(text)  # epoch 5 trained again after the kill, logged once
+
+
+def _jsonl(*records: dict) -> bytes:
+    return b"".join(json.dumps(r).encode() + b"\n" for r in records)
+
+
+def test_rewind_logs_keeps_the_records_of_the_restored_state(tmp_path):
+    """After a resume at epoch 3 the logs hold what checkpoint 3 holds: epochs 1..3, the box
+    updates of its history (once each, the newest), the results of epochs <= 3; torn lines and
+    records of later epochs go (the resumed run writes them again)."""
+    def ep(e: int, **kw) -> dict:
+        return {"event": "epoch", "epoch": e, "step": 2 * e, **kw}
+
+    def box(e: int, **kw) -> dict:
+        return {"event": "box_update", "epoch": e, "source": "heatmap", **kw}
+
+    history = [ep(1), box(1), ep(2), box(2), ep(3)]
+    metrics = tmp_path / "metrics.jsonl"
+    # epoch 2 twice (a log of an older ccrop), then epoch 4 and its update, then a torn line
+    metrics.write_bytes(_jsonl(ep(1), box(1), ep(2, loss=1.0), ep(2, loss=2.0), box(2),
+                               {"event": "note"}, ep(3), box(3), ep(4), box(4))
+                        + b'{"event": "epoch", "epo')
+    for epoch in (None, 2, 3, 4, 4):
+        append_result(tmp_path, {"protocol": "knn", "dataset": "synthetic", "split": "test",
+                                 "checkpoint": None, "epoch": epoch, "top1": 50.0})
+    with open(tmp_path / "results.jsonl", "ab") as fh:
+        fh.write(b'{"protocol": "kn')  # torn
+    (tmp_path / ".metrics.jsonl.tmp-999999").write_bytes(b"{")  # of a rewrite killed before
+    run = SimpleNamespace(run_dir=tmp_path, epoch=3, history=history)
+    engine.rewind_logs(run)
+    assert metrics.read_bytes() == _jsonl(ep(1), box(1), ep(2, loss=2.0), box(2),
+                                          {"event": "note"}, ep(3))
+    results = [json.loads(ln) for ln in (tmp_path / "results.jsonl").read_bytes().splitlines()]
+    assert [r["epoch"] for r in results] == [None, 2, 3]
+    assert not list(tmp_path.glob(".*tmp*"))
+    # a log that matches already is left alone (same file, not rewritten)
+    inode = metrics.stat().st_ino, (tmp_path / "results.jsonl").stat().st_ino
+    engine.rewind_logs(run)
+    assert (metrics.stat().st_ino, (tmp_path / "results.jsonl").stat().st_ino) == inode
+    # the update after the restored epoch stays only when the checkpoint holds it
+    metrics.write_bytes(_jsonl(ep(1), box(1), box(2)))
+    engine.rewind_logs(SimpleNamespace(run_dir=tmp_path, epoch=1, history=[ep(1), box(1)]))
+    assert metrics.read_bytes() == _jsonl(ep(1), box(1))
+    engine.rewind_logs(SimpleNamespace(run_dir=tmp_path, epoch=1, history=[ep(1)]))
+    assert metrics.read_bytes() == _jsonl(ep(1))
+    # no log yet: nothing is created
+    engine.rewind_logs(SimpleNamespace(run_dir=tmp_path / "new", epoch=0, history=[]))
+    assert not (tmp_path / "new").exists()
 
 
 @pytest.mark.slow  # the module-scope reference run trains

@@ -196,6 +196,32 @@ def test_localization_figure_boxes_follow_the_encoder(tmp_path, monkeypatch) -> 
     assert ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]) < 0.6).all()
 
 
+@pytest.mark.parametrize("min_confidence", [0.0, 0.2, 0.9])
+def test_localization_figure_boxes_and_fallbacks_are_localizes(tmp_path, monkeypatch,
+                                                              min_confidence) -> None:
+    captured: dict = {}
+    monkeypatch.setattr(viz, "plot_localization",
+                        lambda images, heatmaps, boxes, path, **kw: captured.update(
+                            heat=heatmaps, boxes=boxes, **kw) or Path(path))
+    imgs = [square_image(32, (8, 16), (16, 28))] + random_images(3, 32, seed=4)
+    enc = BrightnessEncoder().eval()
+    rule = dict(heatmap="contrast", polarity="auto", center_prior=1.0)
+    viz.localization_figure(enc, ListDataset(imgs), [0, 1, 2, 3], tmp_path / "x.png",
+                            threshold=0.5, mode="quantile", region="peak", mean=(0.5,) * 3,
+                            std=(0.25,) * 3, min_confidence=min_confidence, **rule)
+    x = torch.stack([torch.from_numpy(np.asarray(im)).permute(2, 0, 1) / 255 for im in imgs])
+    fmap = enc.forward_features((x - 0.5) / 0.25).detach()
+    found = localize(fmap, (32, 32), 0.5, "quantile", region="peak",
+                     min_confidence=min_confidence, **rule)
+    torch.testing.assert_close(captured["heat"], heatmaps_from_features(fmap, (32, 32), **rule)[0])
+    torch.testing.assert_close(captured["boxes"], found.boxes)
+    assert torch.equal(captured["degenerate"], found.degenerate)
+    fell = f"{int(found.fallback.sum())}/4 fell back to the full image"
+    assert (fell in captured["title"]) == (min_confidence > 0)
+    if min_confidence == 0.9:
+        assert found.fallback.any()  # the case is not blind
+
+
 def test_localization_figure_sizes_and_errors(tmp_path: Path) -> None:
     enc = RandomEncoder()
     mixed = ListDataset(random_images(1, 32) + random_images(1, 40, seed=1))
@@ -234,11 +260,17 @@ def test_plot_centre_distribution_rejects_bad_args(tmp_path: Path, kw: dict) -> 
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.1, 0.6, 1.0, 2.5, 7.0])
-def test_beta_pdf_matches_scipy(alpha: float) -> None:
-    from scipy import stats  # a dev dependency
+def test_centre_law_panel_draws_the_beta_density_on_the_box(alpha: float) -> None:
+    from scipy import stats
 
-    u = np.linspace(0.01, 0.99, 41)
-    np.testing.assert_allclose(viz.beta_pdf(u, alpha), stats.beta.pdf(u, alpha, alpha), rtol=1e-9)
+    ax = viz._figure(4, 3).add_subplot(1, 1, 1)
+    lo, hi = 0.2, 0.7
+    viz._marginal_panel(ax, np.random.default_rng(0).uniform(lo, hi, 500), lo, hi, alpha, None)
+    (curve,) = [ln for ln in ax.lines if ln.get_label().startswith("drawn centre: Beta")]
+    x, y = np.asarray(curve.get_xdata()), np.asarray(curve.get_ydata())
+    u = (x - lo) / (hi - lo)  # the density of x = lo + (hi - lo) * u, u ~ Beta(alpha, alpha)
+    np.testing.assert_allclose(y, stats.beta.pdf(u, alpha, alpha) / (hi - lo), rtol=1e-9)
+    assert x.min() > lo and x.max() < hi
 
 
 # ----------------------------------------------------------------------------- box statistics
@@ -336,7 +368,7 @@ def test_box_grid_rejects_bad_input(images: torch.Tensor, boxes: torch.Tensor) -
         viz.box_grid(images, boxes)
 
 
-def test_plot_knn_curves(tmp_path):
+def test_plot_knn_curves(tmp_path, monkeypatch):
     import json
 
     from ccrop.viz import plot_knn_curves
@@ -346,17 +378,30 @@ def test_plot_knn_curves(tmp_path):
         run.mkdir()
         lines = [json.dumps({"event": "epoch", "epoch": e + 1, "knn_top1": a})
                  for e, a in enumerate(accs)]
-        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        lines.insert(1, json.dumps({"event": "box_update", "epoch": 1, "mean_area": 0.5}))
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n" + '{"event": "ep')  # torn
         (run / "summary.json").write_text(json.dumps({"epochs": 3, "knn_top1": accs[-1] + 5}))
     out = plot_knn_curves([tmp_path / "a", tmp_path / "b"], tmp_path / "knn.png")
     img = Image.open(out)
     assert img.size[0] > 300 and len(img.getcolors(1 << 20)) > 20
+    drawn = []  # the lines drawn: epoch events, then the final value of summary.json
+    plot = viz.Axes.plot
+    monkeypatch.setattr(viz.Axes, "plot", lambda self, *a, **k: drawn.append((a, k["label"]))
+                        or plot(self, *a, **k))
+    plot_knn_curves([tmp_path / "a", tmp_path / "b"], tmp_path / "knn2.png")
+    assert drawn == [(((1, 2, 3), (20.0, 30.0, 35.0)), "a"), (((1, 2, 3), (25.0, 40.0, 45.0)), "b")]
     with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
         plot_knn_curves([tmp_path / "missing"], tmp_path / "x.png")
 
 
 def test_plot_epoch_times_writes_a_png_and_rejects_bad_input(tmp_path):
-    from ccrop.viz import plot_epoch_times
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "plot_gpu_check.py"
+    spec = importlib.util.spec_from_file_location("plot_gpu_check", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    plot_epoch_times = module.plot_epoch_times
 
     out = plot_epoch_times({"official": 66.0, "cpu path": 4.3, "gpu path": 3.1},
                            tmp_path / "speed", "title", reference="official", target=2.5)

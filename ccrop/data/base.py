@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-from ccrop.config import ConfigError
+from ccrop.errors import ConfigError, DataError
 
 # Layout names of a dataset's ``.data`` array, read by ``dataset_to_uint8``.
 NHWC = "NHWC"  # (N, H, W, 3) uint8, e.g. CIFAR, synthetic
@@ -24,7 +24,7 @@ NCHW = "NCHW"  # (N, 3, H, W) uint8, e.g. STL-10
 
 
 def check_split(split: str, allowed: Sequence[str], name: str) -> None:
-    """Raise ``ValueError`` unless ``split`` is one of ``allowed``.
+    """Raise ``DataError`` (a ``ValueError``) unless ``split`` is one of ``allowed``.
 
     Args:
         split: Requested split name.
@@ -32,7 +32,7 @@ def check_split(split: str, allowed: Sequence[str], name: str) -> None:
         name: Dataset name, used in the message.
     """
     if split not in allowed:
-        raise ValueError(
+        raise DataError(
             f"split={split!r} is not valid for dataset {name!r}; allowed: {list(allowed)}"
         )
 
@@ -93,11 +93,11 @@ class ArrayDataset(ImageDataset):
             or data.ndim not in (3, 4)
             or (data.ndim == 4 and data.shape[3] != 3)
         ):
-            raise ValueError(
+            raise DataError(
                 f"data must be uint8 (N,H,W,3) or (N,H,W), got {data.dtype} {tuple(data.shape)}"
             )
         if len(targets) != len(data):
-            raise ValueError(f"got {len(targets)} targets for {len(data)} images; they must match")
+            raise DataError(f"got {len(targets)} targets for {len(data)} images; they must match")
         self.data = data
         self.targets = [int(t) for t in targets]
         self.classes = list(classes)
@@ -121,12 +121,13 @@ class ArrayDataset(ImageDataset):
 DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, RuntimeError)
 
 
-class DatasetMissingError(ConfigError, FileNotFoundError):
+class DatasetMissingError(DataError, ConfigError, FileNotFoundError):
     """Dataset files are missing and download is off, or the download failed.
 
-    A ``ConfigError`` (a ``ValueError``: the CLI prints one line and exits with code 2) and a
-    ``FileNotFoundError``, so code catching either keeps working. The message names the dataset,
-    the folder searched, the expected layout, the official URL and the config keys to set.
+    A ``DataError`` and a ``ConfigError`` (both ``ValueError``: the CLI prints one line and
+    exits with code 2) and a ``FileNotFoundError``, so code catching any of them keeps working.
+    The message names the dataset, the folder searched, the expected layout, the official URL
+    and the config keys to set.
     """
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from .base import (
     ArrayDataset,
     DatasetMissingError,
@@ -93,12 +94,12 @@ def _load_pickle(path: Path) -> dict[str, Any]:
         with open(path, "rb") as f:
             entry = _NumpyUnpickler(f, encoding="latin1").load()
     except Exception as exc:  # truncated pickles fail in many ways (EOFError, UnpicklingError, ...)
-        raise ValueError(
+        raise DataError(
             f"{path}: truncated or corrupt CIFAR pickle ({exc!r}); expected a python pickle "
             "dict holding 'data' (N x 3072 uint8) and the labels"
         ) from exc
     if not isinstance(entry, dict):
-        raise ValueError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
+        raise DataError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
     return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 
@@ -115,12 +116,12 @@ def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, list
     path = Path(path)
     entry = _load_pickle(path)
     if "data" not in entry or label_key not in entry:
-        raise ValueError(f"{path}: expected keys 'data' and {label_key!r}, found {sorted(entry)}")
+        raise DataError(f"{path}: expected keys 'data' and {label_key!r}, found {sorted(entry)}")
     labels = [int(t) for t in entry[label_key]]
     data = np.asarray(entry["data"])
     n = len(labels)
     if data.dtype != np.uint8 or data.size != n * _IMAGE_BYTES:
-        raise ValueError(
+        raise DataError(
             f"{path}: 'data' is {data.dtype} with {data.size} values; expected uint8 with "
             f"{n} x {_IMAGE_BYTES} = {n * _IMAGE_BYTES} values for {n} labels"
         )

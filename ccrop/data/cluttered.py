@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from ..errors import DataError
 from .base import ArrayDataset, check_split
 from .fashion_mnist import _SUBDIRS, CLASSES, SYSTEM_DIRS, FashionMNIST, _find
 from .synthetic import _hsv_to_rgb, mask_boxes
@@ -70,7 +71,7 @@ def split_rows(split: str, file_len: int) -> np.ndarray:
         return np.arange(file_len, dtype=np.int64)
     num_val = max(1, file_len // 6)
     if file_len - num_val < 1:
-        raise ValueError(f"the train file has {file_len} items; need >= 2 to carve out val")
+        raise DataError(f"the train file has {file_len} items; need >= 2 to carve out val")
     start, stop = (0, file_len - num_val) if split == "train" else (file_len - num_val, file_len)
     return np.arange(start, stop, dtype=np.int64)
 
@@ -306,7 +307,7 @@ def _build(
     rows = split_rows(split, len(source))
     n = len(rows) if num_images is None else num_images
     if n > len(rows):
-        raise ValueError(
+        raise DataError(
             f"num_images={num_images} is larger than split {split!r} ({len(rows)} images)"
         )
     param_seq, pixel_seq = np.random.SeedSequence([seed, _SPLIT_STREAM[split]]).spawn(2)
@@ -359,9 +360,9 @@ class ClutteredFashionMNIST(ArrayDataset):
     ) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "fashion-mnist-cluttered")
         if int(image_size) != image_size or image_size < 16:
-            raise ValueError(f"image_size={image_size} must be an integer >= 16")
+            raise DataError(f"image_size={image_size} must be an integer >= 16")
         if num_images is not None and num_images < 1:
-            raise ValueError(f"num_images={num_images} must be None or >= 1")
+            raise DataError(f"num_images={num_images} must be None or >= 1")
         key = (str(_images_file(root, split, download)), split, int(image_size), num_images, seed)
         if key not in _CACHE:
             _CACHE[key] = _build(root, split, int(image_size), num_images, seed)

@@ -14,6 +14,7 @@ from PIL import Image
 
 from ccrop.config import ConfigError
 
+from ..errors import DataError
 from .base import (
     ArrayDataset,
     DatasetMissingError,
@@ -61,9 +62,9 @@ def read_idx(path: str | Path) -> np.ndarray:
         with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as exc:  # bad or truncated gzip stream
-        raise ValueError(f"{path}: cannot read IDX file ({exc}); the file is corrupt") from exc
+        raise DataError(f"{path}: cannot read IDX file ({exc}); the file is corrupt") from exc
     if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-        raise ValueError(
+        raise DataError(
             f"{path}: header {raw[:4].hex()} is not an unsigned-byte IDX magic 000008NN"
         )
     ndim = raw[3]
@@ -71,7 +72,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     dims = struct.unpack(f">{ndim}I", raw[4:header]) if len(raw) >= header else ()
     expected = header + math.prod(dims)
     if len(dims) != ndim or len(raw) != expected:
-        raise ValueError(
+        raise DataError(
             f"{path}: {len(raw)} bytes (uncompressed), expected {expected} for shape {dims}; "
             "the file is truncated or corrupt"
         )
@@ -101,7 +102,7 @@ def pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
         return images
     h, w = images.shape[1:]
     if pad_to < max(h, w):
-        raise ValueError(f"pad_to={pad_to} must be None or >= the image side {max(h, w)}")
+        raise DataError(f"pad_to={pad_to} must be None or >= the image side {max(h, w)}")
     top, left = (pad_to - h) // 2, (pad_to - w) // 2
     return np.pad(images, ((0, 0), (top, pad_to - h - top), (left, pad_to - w - left)))
 
@@ -174,7 +175,7 @@ class FashionMNIST(ArrayDataset):
         assert images_path is not None and labels_path is not None  # found or downloaded
         images, labels = read_idx(images_path), read_idx(labels_path)
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError(
+            raise DataError(
                 f"{images_path} / {labels_path}: expected (N, H, W) images and (N,) labels, got "
                 f"{images.shape} and {labels.shape}"
             )

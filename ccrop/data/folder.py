@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
+from ..errors import DataError, DataPathError
 from .base import ImageDataset
 from .images import to_rgb
 
@@ -28,8 +29,9 @@ BAD_IMAGE_MODES = ("error", "skip")
 _EXIF_ORIENTATION = 0x0112
 
 
-class BadImageError(ValueError):
-    """An image file that exists but cannot be decoded (corrupt, truncated, empty, unknown)."""
+class BadImageError(DataError):
+    """An image file that exists but cannot be decoded (corrupt, truncated, empty, unknown); a
+    ``ValueError``."""
 
 
 #: ``(height, width) -> (h, w)``: the size an upright image of ``height x width`` is resized to.
@@ -134,8 +136,8 @@ def _open(path: str | Path, fit: SizeRule | None, draft: bool
         img, orientation = _exif_upright(img)
         img = to_rgb(img, exif=False)
         target = _target(fit, full, orientation) if fit is not None else img.size[::-1]
-    except FileNotFoundError:
-        raise
+    except FileNotFoundError as exc:  # a sample listed but gone: a missing data path
+        raise DataPathError(f"{path}: image file not found ({exc.strerror or exc})") from exc
     except Exception as exc:
         raise _bad_image(path, exc) from exc
     region = (0, 0, *img.size) if reduced is None else _upright_region(reduced, stored,
@@ -157,7 +159,7 @@ def load_rgb(path: str | Path) -> Image.Image:
         Fully decoded RGB image; the file is closed.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
+        DataPathError: ``path`` does not exist (a ``FileNotFoundError``).
         BadImageError: the file is empty, corrupt, truncated or not an image (a ``ValueError``).
     """
     return _open(path, None, False)[0]
@@ -199,7 +201,7 @@ def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
     import numpy as np
 
     if decoder not in DECODERS:
-        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+        raise DataError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     fast = _torchvision_jpeg(path, fit, draft) if decoder == "auto" else None
     if fast is not None:
         x, (h, w) = fast  # (3, H, W)
@@ -290,12 +292,12 @@ def split_folder(root: str | Path, split: str, layout: str) -> Path:
     """
     root = Path(root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset root {root} not found; expected the layout {layout}")
+        raise DataPathError(f"dataset root {root} not found; expected the layout {layout}")
     if (root / split).is_dir():
         return root / split
     present = [s for s in ("train", "val", "test", "unlabeled") if (root / s).is_dir()]
     if present:
-        raise FileNotFoundError(f"{root / split} not found; {root} has split folders {present}")
+        raise DataPathError(f"{root / split} not found; {root} has split folders {present}")
     if split != "train":
         logger.warning(
             "no %r sub-folder in %s; using the folder itself as split %r", split, root, split
@@ -316,13 +318,13 @@ def read_class_list(path: str | Path) -> list[str]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(
+        raise DataPathError(
             f"class_list {path} not found; expected a text file, one wnid a line"
         )
     names = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and ln[0] != "#"]
     dupes = sorted(n for n, c in Counter(names).items() if c > 1)
     if not names or dupes:
-        raise ValueError(
+        raise DataError(
             f"class_list {path}: expected unique class names, got {len(names)}, dupes {dupes}"
         )
     return names
@@ -352,9 +354,9 @@ class FileListDataset(ImageDataset):
     ) -> None:
         super().__init__(transform)
         if on_bad_image not in BAD_IMAGE_MODES:
-            raise ValueError(f"on_bad_image={on_bad_image!r}; allowed: {list(BAD_IMAGE_MODES)}")
+            raise DataError(f"on_bad_image={on_bad_image!r}; allowed: {list(BAD_IMAGE_MODES)}")
         if not samples:
-            raise ValueError(f"no images found under {root}; the dataset would be empty")
+            raise DataError(f"no images found under {root}; the dataset would be empty")
         self.samples = [(str(p), int(t)) for p, t in samples]
         self.targets = [t for _, t in self.samples]
         self.classes = list(classes)
@@ -415,7 +417,7 @@ class FileListDataset(ImageDataset):
                 self.bad_mask[i] = True
                 self.bad_images.append(path)
                 logger.debug("skipping bad image (%d so far): %s", len(self.bad_images), exc)
-        raise ValueError(f"no readable image under {self.root}: all {n} files failed to decode")
+        raise DataError(f"no readable image under {self.root}: all {n} files failed to decode")
 
 
 def decodes_to_size(dataset: Any) -> bool:
@@ -476,7 +478,7 @@ def class_samples(
     for label, name in enumerate(classes):
         class_dir = folder / name / sub if sub else folder / name
         if strict and not class_dir.is_dir():
-            raise FileNotFoundError(f"class {name!r} has no folder {class_dir}")
+            raise DataPathError(f"class {name!r} has no folder {class_dir}")
         files = list_images(class_dir)
         if not files:
             logger.warning(

@@ -24,6 +24,7 @@ import torch
 from PIL import Image
 from torchvision.ops import roi_align
 
+from ..errors import DataError
 from .base import ArrayDataset, check_split
 from .synthetic import mask_boxes
 
@@ -277,9 +278,9 @@ class IconsOnPhotos(ArrayDataset):
     ) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "icons")
         if int(image_size) != image_size or image_size < 16:
-            raise ValueError(f"image_size={image_size} must be an integer >= 16")
+            raise DataError(f"image_size={image_size} must be an integer >= 16")
         if int(num_images) != num_images or num_images < 1:
-            raise ValueError(f"num_images={num_images} must be an integer >= 1")
+            raise DataError(f"num_images={num_images} must be an integer >= 1")
         root = None if root is None else Path(root).expanduser()
         size, n = int(image_size), int(num_images)
         src = _sources(root, split, size)

@@ -9,6 +9,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from ..errors import DataError
 from .base import check_split
 from .cifar import CIFAR10, CIFAR100
 from .cluttered import ClutteredFashionMNIST
@@ -61,7 +62,7 @@ def _imagenet200(
     root: Any, split: str, download: bool, class_list: Any = None, **kw: Any
 ) -> Dataset:
     if class_list is None:
-        raise ValueError("imagenet200 needs class_list=<text file, one wnid per line (200 lines)>")
+        raise DataError("imagenet200 needs class_list=<text file, one wnid per line (200 lines)>")
     return ImageFolder(root, split, class_list=class_list, **kw)
 
 
@@ -136,10 +137,10 @@ def build_dataset(
     """
     entry = _REGISTRY.get(name)
     if entry is None:
-        raise ValueError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")
+        raise DataError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")
     check_split(split, entry.splits, name)
     if entry.needs_root and root is None:
-        raise ValueError(f"dataset {name!r} needs root=<data folder>")
+        raise DataError(f"dataset {name!r} needs root=<data folder>")
     if download and not entry.downloadable:
-        raise ValueError(f"download=True is not supported for {name!r}; put the files under root")
+        raise DataError(f"download=True is not supported for {name!r}; put the files under root")
     return entry.build(root, split, download, **kwargs)

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from ..errors import DataError
 from .base import (
     NCHW,
     DatasetMissingError,
@@ -50,7 +51,7 @@ def open_stl_images(path: str | Path) -> np.ndarray:
     path = Path(path)
     size = path.stat().st_size
     if size == 0 or size % IMAGE_BYTES:
-        raise ValueError(
+        raise DataError(
             f"{path}: size {size} bytes is not a positive multiple of {IMAGE_BYTES} "
             f"(3 x {SIDE} x {SIDE} uint8 per image); the file is truncated or not STL-10"
         )
@@ -70,9 +71,9 @@ def read_stl_labels(path: str | Path, count: int) -> list[int]:
     """
     raw = np.fromfile(path, np.uint8)
     if len(raw) != count:
-        raise ValueError(f"{path}: {len(raw)} bytes, expected {count} (one label byte per image)")
+        raise DataError(f"{path}: {len(raw)} bytes, expected {count} (one label byte per image)")
     if count and (raw.min() < 1 or raw.max() > 10):
-        raise ValueError(f"{path}: labels must lie in 1..10, found {raw.min()}..{raw.max()}")
+        raise DataError(f"{path}: labels must lie in 1..10, found {raw.min()}..{raw.max()}")
     return (raw.astype(np.int64) - 1).tolist()
 
 

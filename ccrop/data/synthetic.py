@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..errors import DataError
 from .base import ArrayDataset, check_split
 
 SHAPES = (
@@ -254,7 +255,7 @@ class SyntheticObjects(ArrayDataset):
     ) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "synthetic")
         if num_images < 1 or image_size < 8 or not 1 <= num_classes <= len(SHAPES):
-            raise ValueError(
+            raise DataError(
                 f"need num_images >= 1 (got {num_images}), image_size >= 8 (got {image_size}), "
                 f"1 <= num_classes <= {len(SHAPES)} (got {num_classes})"
             )

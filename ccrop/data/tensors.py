@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ..errors import DataError
 from ..runtime import progress as progress_bar
 from .base import NCHW, NHW, NHWC
 
@@ -22,7 +23,7 @@ def _hw(image_size: int | Sequence[int] | None) -> tuple[int, int] | None:
         return None
     h, w = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
     if h < 1 or w < 1:
-        raise ValueError(f"image_size must be positive, got {image_size}")
+        raise DataError(f"image_size must be positive, got {image_size}")
     return int(h), int(w)
 
 
@@ -122,14 +123,14 @@ def _from_items(
     """Decode every item into one (N, 3, H, W) tensor; all images must share one size."""
     items = _Uint8Items(dataset, size)
     if len(items) == 0:
-        raise ValueError("dataset is empty; nothing to convert")
+        raise DataError("dataset is empty; nothing to convert")
     out = torch.empty((len(items), *items[0].shape), dtype=torch.uint8)
     loader = DataLoader(items, batch_size=64, num_workers=num_workers, collate_fn=_as_list)
     i = 0
     for batch in progress_bar(loader, "to uint8", progress):
         for img in batch:
             if img.shape != out.shape[1:]:
-                raise ValueError(
+                raise DataError(
                     f"item {i} has shape {tuple(img.shape)} but item 0 has {tuple(out.shape[1:])}; "
                     "pass image_size to resize all images to one size"
                 )

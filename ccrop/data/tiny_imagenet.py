@@ -8,6 +8,7 @@ from typing import Any
 
 from PIL import Image
 
+from ..errors import DataError, DataPathError
 from .base import DatasetMissingError, check_split, download_or_fail, missing_data_message
 from .folder import FileListDataset, class_samples
 
@@ -51,14 +52,14 @@ def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str
         ``(image path, label)`` pairs in file order.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"tiny-imagenet: {path} not found; expected root/{LAYOUT}")
+        raise DataPathError(f"tiny-imagenet: {path} not found; expected root/{LAYOUT}")
     samples = []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
         if len(fields) < 2 or fields[1] not in label_of:
-            raise ValueError(
+            raise DataError(
                 f"{path}:{n}: expected '<file> <wnid from wnids.txt> ...', got {line!r}"
             )
         samples.append((str(path.parent / "images" / fields[0]), label_of[fields[1]]))

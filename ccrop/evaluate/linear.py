@@ -10,6 +10,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.lr_scheduler import MultiStepLR
 from torchvision import transforms as T
 
 from ccrop.evaluate.features import (
@@ -31,7 +32,9 @@ __all__ = [
     "eval_transform",
     "evaluate_classifier",
     "linear_lr_at",
+    "linear_lrs",
     "linear_milestones",
+    "linear_scheduler",
     "linear_train_transform",
     "probe_on_features",
     "run_fast_probe",
@@ -73,28 +76,39 @@ def linear_milestones(epochs: int, milestones: Sequence[int] | None = None) -> t
     return m
 
 
-def linear_lr_at(epoch: int, base_lr: float, epochs: int = 100,
-                 milestones: Sequence[int] | None = None) -> float:
-    """Learning rate of the official linear protocol during 0-based `epoch`.
+def linear_scheduler(optimizer: torch.optim.Optimizer, epochs: int,
+                     milestones: Sequence[int] | None = None) -> MultiStepLR:
+    """The official linear protocol's step schedule: `MultiStepLR`, lr x0.1 at each milestone
+    (`linear_milestones`); step it once after every epoch."""
+    return MultiStepLR(optimizer, list(linear_milestones(epochs, milestones)), gamma=0.1)
 
-    Step schedule: `base_lr`, divided by 10 at each milestone (`linear_milestones`). With 100
-    epochs: epochs 0-59 -> base_lr, 60-79 -> base_lr/10, 80-99 -> base_lr/100.
 
-    Args:
-        epoch: 0-based epoch, in [0, epochs).
-        base_lr: initial lr (official: 10 at batch 512, 30 at batch 256 on ImageNet).
-        epochs: total number of epochs, >= 1.
-        milestones: explicit milestone epochs (default: 60% and 80% of `epochs`).
+def linear_lrs(base_lr: float, epochs: int = 100,
+               milestones: Sequence[int] | None = None) -> list[float]:
+    """The lr of every epoch under `linear_scheduler` (read off it, on a parameterless SGD).
 
-    Returns:
-        The lr for that epoch.
+    With 100 epochs: epochs 0-59 -> base_lr, 60-79 -> base_lr/10, 80-99 -> base_lr/100.
     """
-    steps = linear_milestones(epochs, milestones)
-    if not 0 <= epoch < epochs:
-        raise ValueError(f"epoch: must be in [0, {epochs}), got {epoch}")
     if base_lr <= 0:
         raise ValueError(f"base_lr: must be > 0, got {base_lr}")
-    return base_lr * 0.1 ** sum(epoch >= m for m in steps)
+    optimizer = torch.optim.SGD([torch.zeros(0, requires_grad=True)], lr=base_lr)
+    scheduler = linear_scheduler(optimizer, epochs, milestones)
+    lrs = []
+    for _ in range(epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()  # no gradient: nothing changes, but the scheduler sees a step
+        scheduler.step()
+    return lrs
+
+
+def linear_lr_at(epoch: int, base_lr: float, epochs: int = 100,
+                 milestones: Sequence[int] | None = None) -> float:
+    """Learning rate of the official linear protocol during 0-based `epoch` in [0, epochs)
+    (`linear_lrs`; base lr official: 10 at batch 512, 30 at batch 256 on ImageNet)."""
+    linear_milestones(epochs, milestones)  # validates epochs and milestones first
+    if not 0 <= epoch < epochs:
+        raise ValueError(f"epoch: must be in [0, {epochs}), got {epoch}")
+    return linear_lrs(base_lr, epochs, milestones)[epoch]
 
 
 # ----------------------------------------------------------------------------- transforms
@@ -295,10 +309,10 @@ def run_linear(
     The backbone is frozen (requires_grad False) and kept in eval mode every epoch, so its
     BatchNorm running statistics never change; it is moved to `device`, and its requires_grad
     flags and train/eval mode are restored on return. Classifier: `nn.Linear(feat_dim, C)` on
-    pooled features, SGD(momentum 0.9, wd 0), lr from `linear_lr_at` (x0.1 at 60 % and 80 % of
-    `epochs`). Official lr: 10 at batch 512 on the small sets (`LINEAR_LR_SMALL`), 30 at batch
-    256 on ImageNet (`LINEAR_LR_IMAGENET`). The train loader should apply
-    `linear_train_transform`, the test loader `eval_transform`.
+    pooled features, SGD(momentum 0.9, wd 0), lr from `linear_scheduler` (`MultiStepLR`, x0.1 at
+    60 % and 80 % of `epochs`). Official lr: 10 at batch 512 on the small sets
+    (`LINEAR_LR_SMALL`), 30 at batch 256 on ImageNet (`LINEAR_LR_IMAGENET`). The train loader
+    should apply `linear_train_transform`, the test loader `eval_transform`.
 
     "top1_last" (the final classifier) is the number to report; "top1_best" is the maximum over
     evaluated epochs and is selected on the test set, hence optimistic.
@@ -327,19 +341,20 @@ def run_linear(
     """
     if eval_every < 1:
         raise ValueError(f"eval_every: must be >= 1, got {eval_every}")
-    linear_lr_at(0, lr, epochs, milestones)  # validates lr, epochs and milestones
+    linear_milestones(epochs, milestones)  # validates epochs and milestones
+    if lr <= 0:
+        raise ValueError(f"base_lr: must be > 0, got {lr}")
     device = torch.device(device)
     backbone.to(device)
     classifier = _new_classifier(backbone, num_classes, device)
     optimizer = torch.optim.SGD(
         classifier.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay
     )
+    scheduler = linear_scheduler(optimizer, epochs, milestones)
     opts = {"amp": amp, "channels_last": channels_last, "progress": progress}
     history: list[dict[str, Any]] = []
     with _frozen(backbone):
         for epoch in range(epochs):
-            for group in optimizer.param_groups:
-                group["lr"] = linear_lr_at(epoch, lr, epochs, milestones)
             opts["desc"] = f"linear {epoch + 1}/{epochs}"
             record = {"epoch": epoch + 1, "lr": optimizer.param_groups[0]["lr"]}
             record.update(_train_epoch(backbone, classifier, train_loader, optimizer, device, opts))
@@ -349,6 +364,7 @@ def run_linear(
                 if tested else None
             )
             history.append(record)
+            scheduler.step()
             if log_fn is not None:
                 log_fn(record)
     return _linear_summary(history, epochs, lr)

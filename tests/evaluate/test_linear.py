@@ -16,7 +16,9 @@ from ccrop.evaluate.linear import (
     FAST_PROBE_PROTOCOL,
     eval_transform,
     linear_lr_at,
+    linear_lrs,
     linear_milestones,
+    linear_scheduler,
     linear_train_transform,
     probe_on_features,
     run_fast_probe,
@@ -84,10 +86,35 @@ def test_milestones_scale_with_epochs():
     assert linear_milestones(50) == (30, 40)
 
 
+def old_step_lr(epoch, base_lr, milestones):
+    """The hand-written schedule ``linear_scheduler`` replaced: lr x0.1 at each milestone."""
+    return base_lr * 0.1 ** sum(epoch >= m for m in milestones)
+
+
+@settings(max_examples=100, deadline=None)
+@given(epochs=st.integers(1, 300), base_lr=st.floats(1e-3, 100.0),
+       explicit=st.lists(st.integers(1, 299), max_size=4))
+def test_multisteplr_gives_the_old_step_schedule_at_every_epoch(epochs, base_lr, explicit):
+    given_steps = sorted(m for m in explicit if m < epochs) or None
+    steps = linear_milestones(epochs, given_steps)
+    lrs = linear_lrs(base_lr, epochs, given_steps)
+    assert len(lrs) == epochs
+    for e, lr in enumerate(lrs):  # MultiStepLR multiplies step by step: equal to the last ulp
+        assert lr == pytest.approx(old_step_lr(e, base_lr, steps), rel=1e-14, abs=0), e
+    assert linear_lr_at(epochs - 1, base_lr, epochs, given_steps) == lrs[-1]
+
+
+def test_run_linear_steps_a_multisteplr():
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=10.0)
+    scheduler = linear_scheduler(optimizer, 100)
+    assert isinstance(scheduler, torch.optim.lr_scheduler.MultiStepLR)
+    assert sorted(scheduler.milestones) == [60, 80] and scheduler.gamma == 0.1
+
+
 @settings(max_examples=100, deadline=None)
 @given(epochs=st.integers(1, 300), base_lr=st.floats(1e-3, 100.0))
 def test_schedule_is_stepwise_non_increasing(epochs, base_lr):
-    lrs = [linear_lr_at(e, base_lr, epochs) for e in range(epochs)]
+    lrs = linear_lrs(base_lr, epochs)
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
     allowed = [base_lr, base_lr * 0.1, base_lr * 0.01]
     assert all(any(lr == pytest.approx(a) for a in allowed) for lr in lrs)
