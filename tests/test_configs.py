@@ -1,7 +1,14 @@
-"""Tests of the shipped YAML configs: they load, match the official settings and stay consistent."""
+"""Tests of the shipped YAML configs: they load, match the official settings and stay consistent.
+
+The official values are written once, in the tables below (per dataset family, per method, per
+dataset). Each test checks every file against a table in one loop, collects every mismatch as
+``file: key = got, expected want`` and asserts that the list is empty, so one failure names every
+bad file and key at once.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, fields
 from functools import cache
 from pathlib import Path
@@ -11,7 +18,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from ccrop.cli import DEMO_OVERRIDES
-from ccrop.config import Config, ConfigError, load_config
+from ccrop.config import Config, ConfigError, load_config, resolve_config_path
 from ccrop.crop import CropPlan
 from ccrop.methods import build_method, method_hparams
 from ccrop.models import build_backbone
@@ -22,8 +29,83 @@ ALL_FILES = sorted(CONFIG_DIR.rglob("*.yaml"))
 LEAF_FILES = [p for p in ALL_FILES if not p.name.startswith("_")]
 CPU_SETS = ("synthetic", "cluttered", "icons")  # laptop-size runs, not paper settings
 PAPER_FILES = [p for p in LEAF_FILES if p.parent.name not in CPU_SETS]
+SYNTHETIC_FILES = [p for p in LEAF_FILES if p.parent.name == "synthetic"]
+BASELINE_KINDS = ("rcrop", "simccrop")  # the same setting as the ccrop sibling, other crops
+BASELINE_FILES = [p for p in LEAF_FILES if p.stem.split("_")[-1] in BASELINE_KINDS]
+
+
+# ----------------------------------------------------------------------------- official values
+# Peng et al., CVPR 2022, and the official repository's configs.
+
 SMALL_SETS = ("cifar10", "cifar100", "stl10", "tiny-imagenet")
 IMAGENET_SETS = ("imagenet1k", "imagenet200")
+FAMILY = {**dict.fromkeys(SMALL_SETS, "small"), **dict.fromkeys(IMAGENET_SETS, "imagenet")}
+
+#: Backbone, data, optimizer and schedule of each dataset family.
+OFFICIAL = {
+    "small": {"model.arch": "resnet18", "model.stem": "cifar", "model.width": 64,
+              "data.recipe": "cifar", "data.batch_size": 512, "train.epochs": 500,
+              "optim.momentum": 0.9, "optim.warmup_epochs": 0, "optim.min_lr_ratio": 0.1,
+              "crop.alpha": 0.1},  # optim.lr, optim.weight_decay: SMALL_SET_OPTIM
+    "imagenet": {"model.arch": "resnet50", "model.stem": "imagenet", "model.width": 64,
+                 "data.recipe": "imagenet", "data.batch_size": 256, "train.epochs": 100,
+                 "data.image_size": 224, "data.loc_image_size": 224,
+                 "optim.lr": 0.03, "optim.weight_decay": 1e-4,
+                 "optim.momentum": 0.9, "optim.warmup_epochs": 0, "optim.min_lr_ratio": 0.0,
+                 "crop.alpha": 0.6},
+}
+
+#: Completed epochs after which ccrop updates its boxes (rcrop and simccrop: never).
+BOX_UPDATES = {"small": [100, 200, 300, 400], "imagenet": [20, 40, 60, 80]}
+
+#: The paper's heatmap -> box rule and crop law (every paper file, every family).
+PAPER_LOCALIZATION = {
+    "crop.heatmap_stages": [4], "crop.threshold_mode": "fixed", "crop.threshold": 0.1,
+    "crop.box_region": "extent", "crop.heatmap_align": "paper", "crop.placement": "official",
+    "crop.heatmap": "sum", "crop.polarity": "none", "crop.center_prior": 0.0,
+    "crop.min_confidence": 0.0, "crop.full_box_guard": None, "crop.scale": [0.2, 1.0],
+    "crop.box_source": "heatmap", "crop.warmup_boxes": "none",
+}
+
+_MOCO = {"version": 2, "proj_dim": 128, "queue_size": 65536, "momentum": 0.999,
+         "temperature": 0.2, "symmetric": False}
+
+#: ``method.params`` by the method part of the file name (exactly these keys).
+OFFICIAL_PARAMS = {
+    "simclr": {"proj_hidden": 512, "proj_dim": 128, "temperature": 0.5},
+    "moco": {**_MOCO, "proj_hidden": 512},  # MoCo v2 on ResNet-18 features: 512-512-128
+    "mocov1": {**_MOCO, "version": 1, "temperature": 0.07},  # linear head 2048-128
+    "mocov2": {**_MOCO, "proj_hidden": 2048},  # ResNet-50 features: 2048-2048-128 head
+    "byol": {"proj_hidden": 512, "proj_dim": 128, "momentum": 0.996},
+    "simsiam": {"proj_dim": 512, "pred_hidden": 128, "fixed_predictor_lr": True},
+}
+
+#: Small-set lr and weight decay per method: officially lr 0.5, wd 1e-4 for all four. The official
+#: SimCLR loss is NT-Xent times T / 0.07, ours plain NT-Xent; SGD on loss * s equals lr * s with
+#: wd / s, so SimCLR's same steps are lr 0.5 * s, wd 1e-4 / s.
+_SIMCLR_S = OFFICIAL_PARAMS["simclr"]["temperature"] / 0.07
+SMALL_SET_OPTIM = {
+    "simclr": {"optim.lr": 0.5 * _SIMCLR_S, "optim.weight_decay": 1e-4 / _SIMCLR_S},
+    **{m: {"optim.lr": 0.5, "optim.weight_decay": 1e-4} for m in ("moco", "byol", "simsiam")},
+}
+
+PRESENT = "<set>"  # expected value: the key exists and is not empty
+
+#: Dataset, splits and sizes per dataset folder.
+DATASETS = {
+    "cifar10": {"data.dataset": "cifar10", "data.image_size": 32},
+    "cifar100": {"data.dataset": "cifar100", "data.image_size": 32},
+    "stl10": {"data.dataset": "stl10", "data.train_split": "train+unlabeled",
+              "data.eval_train_split": "train", "data.test_split": "test", "data.image_size": 96},
+    "tiny-imagenet": {"data.dataset": "tiny-imagenet", "data.test_split": "val",
+                      "data.image_size": 64},
+    "imagenet1k": {"data.dataset": "imagefolder", "data.test_split": "val"},
+    "imagenet200": {"data.dataset": "imagenet200", "data.test_split": "val",
+                    "data.dataset_kwargs.class_list": PRESENT},
+}
+
+
+# ----------------------------------------------------------------------------- helpers
 
 
 def _rel(path: Path) -> str:
@@ -40,6 +122,12 @@ def _load(path: Path) -> Config:
     return load_config(path)
 
 
+@cache
+def _values(path: Path) -> dict[str, Any]:
+    """``{"section.key[.sub]": value}`` of a file's config (method params one by one)."""
+    return _leaves(asdict(_load(path)))
+
+
 def _flat(cfg: Config) -> dict[str, Any]:
     """``{"section.key": value}`` of a config (method params as one value)."""
     return {f"{s}.{k}": v for s, sec in asdict(cfg).items() for k, v in sec.items()}
@@ -48,6 +136,57 @@ def _flat(cfg: Config) -> dict[str, Any]:
 def _diff(a: Config, b: Config) -> set[str]:
     fa, fb = _flat(a), _flat(b)
     return {k for k in fa if fa[k] != fb[k]}
+
+
+def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in tree.items():
+        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _written(path: Path) -> dict[str, Any]:
+    """``{"section.key[.sub]": value}`` the file and its ``_base_`` chain write (the leaf
+    wins), read with plain OmegaConf, not with ``load_config``."""
+    raw = OmegaConf.to_container(OmegaConf.load(path))
+    base = raw.pop("_base_", None)
+    own = _leaves(raw)
+    return {**_written(path.parent / base), **own} if base else own
+
+
+_MISSING = "<missing>"
+
+
+def _same(got: Any, want: Any) -> bool:
+    if want is PRESENT:
+        return got not in (_MISSING, None, "")
+    if isinstance(want, list) and isinstance(got, list):
+        return len(got) == len(want) and all(_same(g, w) for g, w in zip(got, want))
+    if isinstance(want, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+        return math.isclose(got, want, rel_tol=1e-9, abs_tol=1e-15)
+    return bool(got == want)
+
+
+def _mismatches(rel: str, got: dict[str, Any], want: dict[str, Any], what: str = "expected",
+                exact: bool = False) -> list[str]:
+    """``"file: key = got, expected want"`` for every key of ``want`` that ``got`` does not
+    match; with ``exact``, also every key of ``got`` that ``want`` lacks."""
+    bad = [f"{rel}: {k} = {got.get(k, _MISSING)!r}, {what} {v!r}"
+           for k, v in want.items() if not _same(got.get(k, _MISSING), v)]
+    if exact:
+        bad += [f"{rel}: {k} = {v!r}, {what} no such key" for k, v in got.items() if k not in want]
+    return bad
+
+
+def _report(bad: list[str]) -> str:
+    return f"{len(bad)} mismatch(es):\n" + "\n".join(bad)
+
+
+def _updates(path: Path) -> list[int]:
+    cfg = _load(path)
+    c = cfg.crop
+    return box_update_epochs(cfg.train.epochs, c.warmup_epochs, c.loc_interval,
+                             CropPlan.from_config(c).localizes)
 
 
 # ----------------------------------------------------------------------------- every file
@@ -67,40 +206,71 @@ def test_every_official_setting_has_a_file():
     assert expected <= set(_ids(LEAF_FILES)), expected - set(_ids(LEAF_FILES))
 
 
-def _written(path: Path) -> dict[str, Any]:
-    """``{"section.key[.sub]": value}`` the file and its ``_base_`` chain write (the leaf
-    wins), read with plain OmegaConf, not with ``load_config``."""
-    raw = OmegaConf.to_container(OmegaConf.load(path))
-    base = raw.pop("_base_", None)
-    own = _leaves(raw)
-    return {**_written(path.parent / base), **own} if base else own
+def test_every_folder_is_a_paper_dataset_or_a_cpu_set():
+    """A paper folder has its family and dataset in the tables; CPU sets are not paper files."""
+    folders = {p.parent.name for p in LEAF_FILES}
+    assert not set(CPU_SETS) & set(FAMILY)
+    assert set(FAMILY) == set(DATASETS) and set(FAMILY.values()) == set(OFFICIAL) == \
+        set(BOX_UPDATES)
+    assert folders - set(CPU_SETS) <= set(FAMILY), folders - set(CPU_SETS) - set(FAMILY)
+    assert PAPER_FILES and BASELINE_FILES and SYNTHETIC_FILES  # no loop below is empty
+    assert not any(p.parent.name in CPU_SETS for p in PAPER_FILES)
 
 
-def _leaves(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in tree.items():
-        out.update(_leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
+def test_every_file_loads_what_it_writes_and_defaults_elsewhere(tmp_path, monkeypatch):
+    """Every YAML (bases too) loads with ``load_config``; every value its ``_base_`` chain writes
+    is in the config and every other key keeps the dataclass default (nothing dropped, renamed
+    or overridden by a base file); every leaf's packaged name resolves to it from any folder
+    (``load_config(name)`` reads that file: see test_config_names_resolve_from_any_folder)."""
+    default, bad = _leaves(asdict(Config())), []
+    for path in ALL_FILES:
+        rel = _rel(path)
+        try:
+            got = _values(path)
+        except Exception as err:  # noqa: BLE001 - report every file that fails
+            bad.append(f"{rel}: load_config fails: {err}")
+            continue
+        written = _written(path)
+        if not written:
+            bad.append(f"{rel}: writes no value")
+        bad += _mismatches(rel, got, written, "file writes")
+        bad += _mismatches(rel, {k: v for k, v in got.items() if k not in written},
+                           {k: v for k, v in default.items() if k not in written},
+                           "default", exact=True)
+    monkeypatch.chdir(tmp_path)  # no configs/ here: the packaged file is used
+    for path in LEAF_FILES:
+        rel = _rel(path)
+        try:
+            found = resolve_config_path(rel).resolve()
+        except ConfigError as err:
+            bad.append(f"{rel}: the packaged name does not resolve from another folder: {err}")
+            continue
+        if found != path.resolve():
+            bad.append(f"{rel}: the packaged name resolves to {found}, not to {path}")
+    assert not bad, _report(bad)
 
 
-@pytest.mark.parametrize("path", ALL_FILES, ids=_ids(ALL_FILES))
-def test_loads_the_values_written_and_defaults_elsewhere(path: Path):
-    """Every value the file chain writes is in the config; every other key keeps the
-    dataclass default (nothing dropped, renamed or overridden by a base file)."""
-    got, default, written = _leaves(asdict(_load(path))), _leaves(asdict(Config())), _written(path)
-    assert written, path
-    assert {k: got.get(k, "<missing>") for k in written} == written
-    assert {k: v for k, v in got.items() if k not in written} == \
-        {k: v for k, v in default.items() if k not in written}
-
-
-@pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))
-def test_method_params_are_accepted(path: Path):
-    cfg = _load(path)
-    params = cfg.method.params
-    assert set(params) <= set(method_hparams(cfg.method.name)), params
-    # A narrow backbone of the same arch checks the values too (version, queue size, ...).
-    assert _builds(cfg.model.arch, cfg.model.stem, cfg.method.name, tuple(sorted(params.items())))
+def test_method_params_are_accepted():
+    """Every leaf's method params are the method's hyper-parameters, and a narrow backbone of the
+    same arch builds the method with them (checks the values too: version, queue size, ...)."""
+    bad = []
+    for path in LEAF_FILES:
+        cfg, rel = _load(path), _rel(path)
+        params = cfg.method.params
+        unknown = sorted(set(params) - set(method_hparams(cfg.method.name)))
+        if unknown:
+            bad.append(f"{rel}: method.params {unknown} unknown to {cfg.method.name}")
+            continue
+        try:
+            ok = _builds(cfg.model.arch, cfg.model.stem, cfg.method.name,
+                         tuple(sorted(params.items())))
+        except Exception as err:  # noqa: BLE001
+            ok, err_text = False, f"{type(err).__name__}: {err}"
+        else:
+            err_text = "the method does not hold the backbone"
+        if not ok:
+            bad.append(f"{rel}: method {cfg.method.name}{params} does not build: {err_text}")
+    assert not bad, _report(bad)
 
 
 @cache
@@ -110,154 +280,121 @@ def _builds(arch: str, stem: str, name: str, params: tuple[tuple[str, Any], ...]
     return build_method(name, backbone, **dict(params)).backbone is backbone
 
 
-@pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))
-def test_out_dir_is_runs_folder_stem(path: Path):
-    assert _load(path).train.out_dir == f"runs/{path.parent.name}/{path.stem}"
-
-
-def test_out_dirs_are_unique():
+def test_file_names_match_out_dir_method_and_crop():
+    """``<folder>/<method>_<crop>.yaml`` writes to ``runs/<folder>/<stem>`` (unique), runs that
+    method (``mocov1``/``mocov2``: MoCo of that version) and that crop kind."""
+    bad = []
+    for path in LEAF_FILES:
+        cfg, rel = _load(path), _rel(path)
+        method, crop = path.stem.split("_")
+        want = {"train.out_dir": f"runs/{path.parent.name}/{path.stem}", "crop.kind": crop}
+        if method in ("mocov1", "mocov2"):
+            want.update({"method.name": "moco", "method.params.version": int(method[-1])})
+        elif method.startswith(cfg.method.name):
+            want["method.name"] = cfg.method.name  # e.g. a longer name of the same method
+        else:
+            want["method.name"] = method
+        bad += _mismatches(rel, _values(path), want)
     dirs = [_load(p).train.out_dir for p in LEAF_FILES]
-    assert len(dirs) == len(set(dirs))
-
-
-@pytest.mark.parametrize("path", LEAF_FILES, ids=_ids(LEAF_FILES))
-def test_file_stem_matches_method_and_crop(path: Path):
-    cfg = _load(path)
-    method, crop = path.stem.split("_")
-    assert crop == cfg.crop.kind
-    assert method.startswith(cfg.method.name) or (method.startswith("moco")
-                                                   and cfg.method.name == "moco")
-    if method in ("mocov1", "mocov2"):
-        assert cfg.method.params["version"] == int(method[-1])
+    bad += [f"train.out_dir {d!r} is shared by several files" for d in sorted(set(dirs))
+            if dirs.count(d) > 1]
+    assert not bad, _report(bad)
 
 
 # ----------------------------------------------------------------------------- crop schedule
 
 
-RCROP_FILES = [p for p in LEAF_FILES if p.stem.endswith("_rcrop")]
+def test_baselines_are_their_ccrop_sibling():
+    """``*_rcrop``: its ``*_ccrop`` sibling with ``crop.kind: rcrop`` and warm-up = epochs (no box
+    update ever); ``*_simccrop``: the sibling with ``crop.kind: simccrop`` and warm-up 0 (a fixed
+    box from the first epoch, no localization). Nothing else differs but ``train.out_dir``."""
+    bad = []
+    for path in BASELINE_FILES:
+        cfg, rel = _load(path), _rel(path)
+        method, kind = path.stem.split("_")
+        sibling = path.with_name(f"{method}_ccrop.yaml")
+        if not sibling.is_file():
+            bad.append(f"{rel}: no ccrop sibling {_rel(sibling)}")
+            continue
+        warmup = cfg.train.epochs if kind == "rcrop" else 0
+        bad += _mismatches(rel, _values(path), {"crop.kind": kind, "crop.warmup_epochs": warmup})
+        if _updates(path):
+            bad.append(f"{rel}: box updates after epochs {_updates(path)}, expected none")
+        other = _diff(cfg, _load(sibling)) - {"crop.kind", "crop.warmup_epochs", "train.out_dir"}
+        bad += [f"{rel}: {k} = {_flat(cfg)[k]!r}, ccrop sibling has {_flat(_load(sibling))[k]!r}"
+                for k in sorted(other)]
+    assert not bad, _report(bad)
 
 
-@pytest.mark.parametrize("path", RCROP_FILES, ids=_ids(RCROP_FILES))
-def test_rcrop_is_ccrop_with_warmup_equal_epochs(path: Path):
-    cfg = _load(path)
-    assert cfg.crop.warmup_epochs == cfg.train.epochs
-    c = cfg.crop
-    assert box_update_epochs(cfg.train.epochs, c.warmup_epochs, c.loc_interval,
-                             CropPlan.from_config(c).localizes) == []
-    # Same setting as the ccrop sibling in everything else.
-    sibling = _load(path.with_name(path.stem.replace("_rcrop", "_ccrop") + ".yaml"))
-    assert _diff(cfg, sibling) == {"crop.kind", "crop.warmup_epochs", "train.out_dir"}
+def test_paper_box_updates_at_official_epochs():
+    bad = []
+    for path in PAPER_FILES:
+        kind = _load(path).crop.kind
+        want = BOX_UPDATES[FAMILY[path.parent.name]] if kind == "ccrop" else []
+        if _updates(path) != want:
+            bad.append(f"{_rel(path)}: box updates after epochs {_updates(path)} ({kind}), "
+                       f"expected {want}")
+    assert not bad, _report(bad)
 
 
-@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
-def test_paper_box_updates_at_official_epochs(path: Path):
-    cfg = _load(path)
-    c = cfg.crop
-    got = box_update_epochs(cfg.train.epochs, c.warmup_epochs, c.loc_interval,
-                             CropPlan.from_config(c).localizes)
-    expected = {"ccrop": [100, 200, 300, 400] if path.parent.name in SMALL_SETS
-                else [20, 40, 60, 80], "rcrop": [], "simccrop": []}[c.kind]
-    assert got == expected
-
-
-@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
-def test_paper_files_use_exact_paper_law(path: Path):
-    c = _load(path).crop
-    assert c.full_box_guard is None and c.heatmap_align == "paper"
-    assert (c.threshold_mode, c.threshold) == ("fixed", 0.1)
-    assert c.scale == [0.2, 1.0]
-    assert c.alpha == (0.1 if path.parent.name in SMALL_SETS else 0.6)
-
-
-def test_simccrop_is_moco_ccrop_with_fixed_box():
-    for ds in ("cifar10", "cifar100"):
-        sim = _load(CONFIG_DIR / ds / "moco_simccrop.yaml")
-        ref = _load(CONFIG_DIR / ds / "moco_ccrop.yaml")
-        assert sim.crop.kind == "simccrop" and sim.crop.warmup_epochs == 0
-        assert _diff(sim, ref) == {"crop.kind", "crop.warmup_epochs", "train.out_dir"}
+def test_paper_files_use_the_paper_localization_rule():
+    bad = []
+    for path in PAPER_FILES:
+        bad += _mismatches(_rel(path), _values(path), PAPER_LOCALIZATION)
+    assert not bad, _report(bad)
 
 
 # ----------------------------------------------------------------------------- official values
 
 
-@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
-def test_paper_backbone_batch_and_schedule(path: Path):
-    cfg = _load(path)
-    small = path.parent.name in SMALL_SETS
-    m, o, d = cfg.model, cfg.optim, cfg.data
-    assert (m.arch, m.stem, m.width) == (("resnet18", "cifar", 64) if small
-                                         else ("resnet50", "imagenet", 64))
-    assert d.batch_size == (512 if small else 256)
-    assert cfg.train.epochs == (500 if small else 100)
-    assert o.momentum == 0.9 and o.warmup_epochs == 0
-    assert o.min_lr_ratio == (0.1 if small else 0.0)
-    assert d.recipe == ("cifar" if small else "imagenet")
-    if not small:
-        assert (d.image_size, d.loc_image_size) == (224, 224)
-        assert (o.lr, o.weight_decay) == (0.03, 1e-4)
+def test_paper_backbone_data_optimizer_and_schedule():
+    """Arch, stem, width, batch, recipe, epochs, lr, momentum, weight decay, lr warm-up and
+    floor, alpha (and the ImageNet image sizes) of each family; small-set lr/wd per method."""
+    bad = []
+    for path in PAPER_FILES:
+        family = FAMILY[path.parent.name]
+        want = dict(OFFICIAL[family])
+        if family == "small":
+            want.update(SMALL_SET_OPTIM[_load(path).method.name])
+        bad += _mismatches(_rel(path), _values(path), want)
+    assert not bad, _report(bad)
 
 
-@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
-def test_paper_lr_and_weight_decay(path: Path):
-    cfg = _load(path)
-    if path.parent.name in IMAGENET_SETS:
-        return  # checked above
-    lr, wd = cfg.optim.lr, cfg.optim.weight_decay
-    if cfg.method.name == "simclr":
-        # official lr 0.5, wd 1e-4 with the loss scaled by T / 0.07: same SGD steps
-        scale = cfg.method.params["temperature"] / 0.07
-        assert lr == pytest.approx(0.5 * scale) and wd == pytest.approx(1e-4 / scale)
-    else:
-        assert (lr, wd) == (0.5, 1e-4)
+def test_paper_method_params():
+    """Exactly the official ``method.params`` (MoCo K and m, BYOL m, temperatures, heads,
+    SimSiam's fixed predictor lr) of the method the file is named after."""
+    bad = []
+    for path in PAPER_FILES:
+        want = {f"method.params.{k}": v
+                for k, v in OFFICIAL_PARAMS[path.stem.split("_")[0]].items()}
+        got = {k: v for k, v in _values(path).items() if k.startswith("method.params.")}
+        bad += _mismatches(_rel(path), got, want, exact=True)
+    assert not bad, _report(bad)
 
 
-OFFICIAL_PARAMS = {
-    "simclr": {"proj_hidden": 512, "proj_dim": 128, "temperature": 0.5},
-    "moco": {"version": 2, "proj_dim": 128, "queue_size": 65536, "momentum": 0.999,
-             "temperature": 0.2, "symmetric": False},
-    "byol": {"proj_hidden": 512, "proj_dim": 128, "momentum": 0.996},
-    "simsiam": {"proj_dim": 512, "pred_hidden": 128, "fixed_predictor_lr": True},
-}
-
-
-@pytest.mark.parametrize("path", PAPER_FILES, ids=_ids(PAPER_FILES))
-def test_paper_method_params(path: Path):
-    cfg = _load(path)
-    p = cfg.method.params
-    expected = dict(OFFICIAL_PARAMS[cfg.method.name])
-    if path.stem.startswith("mocov1"):
-        expected.update(version=1, temperature=0.07)
-    elif path.stem.startswith("mocov2"):
-        expected.update(proj_hidden=2048)  # ResNet-50 features: 2048-2048-128 head
-    assert {k: p.get(k) for k in expected} == expected
-
-
-def test_dataset_splits_and_sizes():
-    stl = _load(CONFIG_DIR / "stl10" / "simclr_ccrop.yaml").data
-    assert (stl.dataset, stl.train_split, stl.eval_train_split, stl.test_split,
-            stl.image_size) == ("stl10", "train+unlabeled", "train", "test", 96)
-    tiny = _load(CONFIG_DIR / "tiny-imagenet" / "simclr_ccrop.yaml").data
-    assert (tiny.dataset, tiny.test_split, tiny.image_size) == ("tiny-imagenet", "val", 64)
-    in1k = _load(CONFIG_DIR / "imagenet1k" / "mocov2_ccrop.yaml").data
-    assert (in1k.dataset, in1k.test_split) == ("imagefolder", "val")
-    in200 = _load(CONFIG_DIR / "imagenet200" / "mocov2_ccrop.yaml").data
-    assert in200.dataset == "imagenet200" and "class_list" in in200.dataset_kwargs
+def test_paper_datasets_splits_and_sizes():
+    bad = []
+    for path in PAPER_FILES:
+        bad += _mismatches(_rel(path), _values(path), DATASETS[path.parent.name])
+    assert not bad, _report(bad)
 
 
 # ----------------------------------------------------------------------------- synthetic
 
 
-SYNTHETIC_FILES = [p for p in LEAF_FILES if p.parent.name == "synthetic"]
-
-
-@pytest.mark.parametrize("path", SYNTHETIC_FILES, ids=_ids(SYNTHETIC_FILES))
-def test_synthetic_matches_demo(path: Path):
-    cfg, demo = _load(path), load_config(None, DEMO_OVERRIDES)
-    allowed = {"method.name", "method.params", "train.out_dir", "optim.lr"}
-    if cfg.crop.kind == "rcrop":
-        allowed |= {"crop.kind", "crop.warmup_epochs"}
-    assert _diff(cfg, demo) <= allowed
-    assert cfg.data.dataset == "synthetic" and cfg.train.epochs == 10
+def test_synthetic_files_match_the_demo():
+    """Each synthetic file is ``ccrop pretrain`` without a config (cli.DEMO_OVERRIDES) but for its
+    method, lr and out_dir (rcrop: also the crop kind and warm-up): 10 epochs on synthetic data."""
+    demo, bad = load_config(None, DEMO_OVERRIDES), []
+    for path in SYNTHETIC_FILES:
+        cfg, rel = _load(path), _rel(path)
+        allowed = {"method.name", "method.params", "train.out_dir", "optim.lr"}
+        if cfg.crop.kind == "rcrop":
+            allowed |= {"crop.kind", "crop.warmup_epochs"}
+        bad += [f"{rel}: {k} = {_flat(cfg)[k]!r}, demo has {_flat(demo)[k]!r}"
+                for k in sorted(_diff(cfg, demo) - allowed)]
+        bad += _mismatches(rel, _values(path), {"data.dataset": "synthetic", "train.epochs": 10})
+    assert not bad, _report(bad)
 
 
 # ----------------------------------------------------------------------------- README, errors
@@ -266,7 +403,7 @@ def test_synthetic_matches_demo(path: Path):
 def test_readme_lists_every_leaf_file():
     readme = (CONFIG_DIR / "README.md").read_text()
     missing = [r for r in _ids(LEAF_FILES) if f"`{r}`" not in readme]
-    assert not missing
+    assert not missing, f"configs/README.md does not list: {missing}"
 
 
 def test_unknown_key_fails_naming_it(tmp_path: Path):
