@@ -9,6 +9,7 @@ bad file and key at once.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import asdict, fields
 from functools import cache
 from pathlib import Path
@@ -182,6 +183,29 @@ def _report(bad: list[str]) -> str:
     return f"{len(bad)} mismatch(es):\n" + "\n".join(bad)
 
 
+def _loaded(paths: list[Path], bad: list[str]) -> Iterator[tuple[Path, str, Config]]:
+    """``(path, rel, config)`` of each file that loads; one that does not is reported in ``bad``
+    (and skipped), so a broken file does not hide the mismatches of the others."""
+    for path in paths:
+        try:
+            cfg = _load(path)
+        except Exception as err:  # report every file that fails
+            bad.append(f"{_rel(path)}: load_config fails: {err}")
+            continue
+        yield path, _rel(path), cfg
+
+
+def _paper_files(bad: list[str]) -> Iterator[tuple[Path, str, Config, str]]:
+    """``(path, rel, config, family)`` of every paper file that loads; a folder without a row in
+    the tables is reported in ``bad`` (and skipped)."""
+    for path, rel, cfg in _loaded(PAPER_FILES, bad):
+        folder = path.parent.name
+        if folder in FAMILY and folder in DATASETS:
+            yield path, rel, cfg, FAMILY[folder]
+        else:
+            bad.append(f"{rel}: folder {folder!r} is neither in FAMILY/DATASETS nor a CPU set")
+
+
 def _updates(path: Path) -> list[int]:
     cfg = _load(path)
     c = cfg.crop
@@ -212,7 +236,8 @@ def test_every_folder_is_a_paper_dataset_or_a_cpu_set():
     assert not set(CPU_SETS) & set(FAMILY)
     assert set(FAMILY) == set(DATASETS) and set(FAMILY.values()) == set(OFFICIAL) == \
         set(BOX_UPDATES)
-    assert folders - set(CPU_SETS) <= set(FAMILY), folders - set(CPU_SETS) - set(FAMILY)
+    unknown = sorted(folders - set(CPU_SETS) - set(FAMILY))
+    assert not unknown, f"folders neither in FAMILY nor in CPU_SETS: {unknown}"
     assert PAPER_FILES and BASELINE_FILES and SYNTHETIC_FILES  # no loop below is empty
     assert not any(p.parent.name in CPU_SETS for p in PAPER_FILES)
 
@@ -223,13 +248,8 @@ def test_every_file_loads_what_it_writes_and_defaults_elsewhere(tmp_path, monkey
     or overridden by a base file); every leaf's packaged name resolves to it from any folder
     (``load_config(name)`` reads that file: see test_config_names_resolve_from_any_folder)."""
     default, bad = _leaves(asdict(Config())), []
-    for path in ALL_FILES:
-        rel = _rel(path)
-        try:
-            got = _values(path)
-        except Exception as err:  # noqa: BLE001 - report every file that fails
-            bad.append(f"{rel}: load_config fails: {err}")
-            continue
+    for path, rel, _ in _loaded(ALL_FILES, bad):
+        got = _values(path)
         written = _written(path)
         if not written:
             bad.append(f"{rel}: writes no value")
@@ -254,8 +274,7 @@ def test_method_params_are_accepted():
     """Every leaf's method params are the method's hyper-parameters, and a narrow backbone of the
     same arch builds the method with them (checks the values too: version, queue size, ...)."""
     bad = []
-    for path in LEAF_FILES:
-        cfg, rel = _load(path), _rel(path)
+    for _, rel, cfg in _loaded(LEAF_FILES, bad):
         params = cfg.method.params
         unknown = sorted(set(params) - set(method_hparams(cfg.method.name)))
         if unknown:
@@ -264,7 +283,7 @@ def test_method_params_are_accepted():
         try:
             ok = _builds(cfg.model.arch, cfg.model.stem, cfg.method.name,
                          tuple(sorted(params.items())))
-        except Exception as err:  # noqa: BLE001
+        except Exception as err:
             ok, err_text = False, f"{type(err).__name__}: {err}"
         else:
             err_text = "the method does not hold the backbone"
@@ -283,9 +302,9 @@ def _builds(arch: str, stem: str, name: str, params: tuple[tuple[str, Any], ...]
 def test_file_names_match_out_dir_method_and_crop():
     """``<folder>/<method>_<crop>.yaml`` writes to ``runs/<folder>/<stem>`` (unique), runs that
     method (``mocov1``/``mocov2``: MoCo of that version) and that crop kind."""
-    bad = []
-    for path in LEAF_FILES:
-        cfg, rel = _load(path), _rel(path)
+    bad: list[str] = []
+    dirs: dict[str, list[str]] = {}
+    for path, rel, cfg in _loaded(LEAF_FILES, bad):
         method, crop = path.stem.split("_")
         want = {"train.out_dir": f"runs/{path.parent.name}/{path.stem}", "crop.kind": crop}
         if method in ("mocov1", "mocov2"):
@@ -295,9 +314,9 @@ def test_file_names_match_out_dir_method_and_crop():
         else:
             want["method.name"] = method
         bad += _mismatches(rel, _values(path), want)
-    dirs = [_load(p).train.out_dir for p in LEAF_FILES]
-    bad += [f"train.out_dir {d!r} is shared by several files" for d in sorted(set(dirs))
-            if dirs.count(d) > 1]
+        dirs.setdefault(cfg.train.out_dir, []).append(rel)
+    bad += [f"{', '.join(rels)}: train.out_dir {d!r} is shared" for d, rels in sorted(dirs.items())
+            if len(rels) > 1]
     assert not bad, _report(bad)
 
 
@@ -309,12 +328,13 @@ def test_baselines_are_their_ccrop_sibling():
     update ever); ``*_simccrop``: the sibling with ``crop.kind: simccrop`` and warm-up 0 (a fixed
     box from the first epoch, no localization). Nothing else differs but ``train.out_dir``."""
     bad = []
-    for path in BASELINE_FILES:
-        cfg, rel = _load(path), _rel(path)
+    for path, rel, cfg in _loaded(BASELINE_FILES, bad):
         method, kind = path.stem.split("_")
         sibling = path.with_name(f"{method}_ccrop.yaml")
         if not sibling.is_file():
             bad.append(f"{rel}: no ccrop sibling {_rel(sibling)}")
+            continue
+        if not list(_loaded([sibling], bad)):
             continue
         warmup = cfg.train.epochs if kind == "rcrop" else 0
         bad += _mismatches(rel, _values(path), {"crop.kind": kind, "crop.warmup_epochs": warmup})
@@ -328,19 +348,19 @@ def test_baselines_are_their_ccrop_sibling():
 
 def test_paper_box_updates_at_official_epochs():
     bad = []
-    for path in PAPER_FILES:
-        kind = _load(path).crop.kind
-        want = BOX_UPDATES[FAMILY[path.parent.name]] if kind == "ccrop" else []
+    for path, rel, cfg, family in _paper_files(bad):
+        kind = cfg.crop.kind
+        want = BOX_UPDATES[family] if kind == "ccrop" else []
         if _updates(path) != want:
-            bad.append(f"{_rel(path)}: box updates after epochs {_updates(path)} ({kind}), "
+            bad.append(f"{rel}: box updates after epochs {_updates(path)} ({kind}), "
                        f"expected {want}")
     assert not bad, _report(bad)
 
 
 def test_paper_files_use_the_paper_localization_rule():
     bad = []
-    for path in PAPER_FILES:
-        bad += _mismatches(_rel(path), _values(path), PAPER_LOCALIZATION)
+    for path, rel, _, _ in _paper_files(bad):
+        bad += _mismatches(rel, _values(path), PAPER_LOCALIZATION)
     assert not bad, _report(bad)
 
 
@@ -351,12 +371,11 @@ def test_paper_backbone_data_optimizer_and_schedule():
     """Arch, stem, width, batch, recipe, epochs, lr, momentum, weight decay, lr warm-up and
     floor, alpha (and the ImageNet image sizes) of each family; small-set lr/wd per method."""
     bad = []
-    for path in PAPER_FILES:
-        family = FAMILY[path.parent.name]
+    for path, rel, cfg, family in _paper_files(bad):
         want = dict(OFFICIAL[family])
         if family == "small":
-            want.update(SMALL_SET_OPTIM[_load(path).method.name])
-        bad += _mismatches(_rel(path), _values(path), want)
+            want.update(SMALL_SET_OPTIM[cfg.method.name])
+        bad += _mismatches(rel, _values(path), want)
     assert not bad, _report(bad)
 
 
@@ -364,18 +383,21 @@ def test_paper_method_params():
     """Exactly the official ``method.params`` (MoCo K and m, BYOL m, temperatures, heads,
     SimSiam's fixed predictor lr) of the method the file is named after."""
     bad = []
-    for path in PAPER_FILES:
-        want = {f"method.params.{k}": v
-                for k, v in OFFICIAL_PARAMS[path.stem.split("_")[0]].items()}
+    for path, rel, _, _ in _paper_files(bad):
+        method = path.stem.split("_")[0]
+        if method not in OFFICIAL_PARAMS:
+            bad.append(f"{rel}: method {method!r} has no row in OFFICIAL_PARAMS")
+            continue
+        want = {f"method.params.{k}": v for k, v in OFFICIAL_PARAMS[method].items()}
         got = {k: v for k, v in _values(path).items() if k.startswith("method.params.")}
-        bad += _mismatches(_rel(path), got, want, exact=True)
+        bad += _mismatches(rel, got, want, exact=True)
     assert not bad, _report(bad)
 
 
 def test_paper_datasets_splits_and_sizes():
     bad = []
-    for path in PAPER_FILES:
-        bad += _mismatches(_rel(path), _values(path), DATASETS[path.parent.name])
+    for path, rel, _, _ in _paper_files(bad):
+        bad += _mismatches(rel, _values(path), DATASETS[path.parent.name])
     assert not bad, _report(bad)
 
 
@@ -386,8 +408,7 @@ def test_synthetic_files_match_the_demo():
     """Each synthetic file is ``ccrop pretrain`` without a config (cli.DEMO_OVERRIDES) but for its
     method, lr and out_dir (rcrop: also the crop kind and warm-up): 10 epochs on synthetic data."""
     demo, bad = load_config(None, DEMO_OVERRIDES), []
-    for path in SYNTHETIC_FILES:
-        cfg, rel = _load(path), _rel(path)
+    for path, rel, cfg in _loaded(SYNTHETIC_FILES, bad):
         allowed = {"method.name", "method.params", "train.out_dir", "optim.lr"}
         if cfg.crop.kind == "rcrop":
             allowed |= {"crop.kind", "crop.warmup_epochs"}
