@@ -7,6 +7,7 @@ import operator
 import os
 import shutil
 import urllib.error
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,29 @@ def check_split(split: str, allowed: Sequence[str], name: str) -> None:
         raise DataError(
             f"split={split!r} is not valid for dataset {name!r}; allowed: {list(allowed)}"
         )
+
+
+def check_render_args(
+    image_size: Any, num_images: Any, none_means_all: bool = False
+) -> tuple[int, int | None]:
+    """Check the size arguments of a rendered dataset (icons, cluttered Fashion-MNIST).
+
+    Args:
+        image_size: Side H = W in pixels; an integer >= 16.
+        num_images: Number of images; an integer >= 1, or ``None`` with ``none_means_all``.
+        none_means_all: Accept ``num_images=None`` (all images of the split).
+
+    Returns:
+        ``(image_size, num_images)`` as ints (``num_images`` stays ``None`` where accepted).
+    """
+    if int(image_size) != image_size or image_size < 16:
+        raise DataError(f"image_size={image_size} must be an integer >= 16")
+    if num_images is None and none_means_all:
+        return int(image_size), None
+    if num_images is None or int(num_images) != num_images or num_images < 1:
+        allowed = "None or an integer >= 1" if none_means_all else "an integer >= 1"
+        raise DataError(f"num_images={num_images} must be {allowed}")
+    return int(image_size), int(num_images)
 
 
 class ImageDataset(Dataset):
@@ -117,8 +141,9 @@ class ArrayDataset(ImageDataset):
 # ----------------------------------------------------------------------------- missing data
 
 #: What a failed download raises: no network (``URLError`` is an ``OSError``), a disk error, or
-#: torchvision's checks (``RuntimeError``: bad checksum, every mirror failed).
-DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, RuntimeError)
+#: torchvision's checks (``RuntimeError``: bad checksum, every mirror failed), or an archive
+#: that does not unpack (``zipfile.BadZipFile``: Tiny ImageNet's zip has no checksum).
+DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, RuntimeError, zipfile.BadZipFile)
 
 
 class DatasetMissingError(DataError, ConfigError, FileNotFoundError):

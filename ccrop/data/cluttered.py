@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..errors import DataError
-from .base import ArrayDataset, check_split
+from .base import ArrayDataset, check_render_args, check_split
 from .fashion_mnist import _SUBDIRS, CLASSES, SYSTEM_DIRS, FashionMNIST, _find
-from .synthetic import _hsv_to_rgb, mask_boxes
+from .synthetic import _hsv_to_rgb, mask_boxes, visible_masks
 
 VISIBLE_ALPHA = 0.2  # an item pixel is visible (in the mask and the box) where alpha > this
 _ALPHA_GAIN = 1.4  # alpha = min(1, gain * intensity / 255): slightly bolder strokes
@@ -237,17 +237,6 @@ def _to_uint8(img: torch.Tensor) -> np.ndarray:
     return out.copy_(img.permute(0, 2, 3, 1)).numpy()
 
 
-def _visible(alpha: torch.Tensor, p: Params, size: int) -> np.ndarray:
-    """Visible item pixels bool (n, H, W); an empty one gets the pixel at its frame's centre."""
-    mask = (alpha > VISIBLE_ALPHA).numpy()
-    empty = np.flatnonzero(~mask.any(axis=(1, 2)))
-    half = p["side"][empty] / 2
-    cx = np.clip((p["x0"][empty] + half).astype(int), 0, size - 1)
-    cy = np.clip((p["y0"][empty] + half).astype(int), 0, size - 1)
-    mask[empty, cy, cx] = True
-    return mask
-
-
 def _tensors(p: Params) -> dict[str, torch.Tensor]:
     """Parameters as tensors sharing memory with the arrays."""
     return {k: torch.from_numpy(v) for k, v in p.items()}
@@ -284,7 +273,7 @@ def _render_all(
         noise -= 0.5  # uniform noise with standard deviation p["noise"]
         img += noise.mul_(p["noise"][:, None, None, None] * math.sqrt(12))
         data[sl] = _to_uint8(img)
-        boxes[sl] = mask_boxes(_visible(alpha, p_np, size))
+        boxes[sl] = mask_boxes(visible_masks(alpha, VISIBLE_ALPHA, p_np, size))
     return data, boxes
 
 
@@ -359,15 +348,12 @@ class ClutteredFashionMNIST(ArrayDataset):
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "fashion-mnist-cluttered")
-        if int(image_size) != image_size or image_size < 16:
-            raise DataError(f"image_size={image_size} must be an integer >= 16")
-        if num_images is not None and num_images < 1:
-            raise DataError(f"num_images={num_images} must be None or >= 1")
-        key = (str(_images_file(root, split, download)), split, int(image_size), num_images, seed)
+        size, n = check_render_args(image_size, num_images, none_means_all=True)
+        key = (str(_images_file(root, split, download)), split, size, n, seed)
         if key not in _CACHE:
-            _CACHE[key] = _build(root, split, int(image_size), num_images, seed)
+            _CACHE[key] = _build(root, split, size, n, seed)
         rendered = _CACHE[key]
-        self.image_size = int(image_size)
+        self.image_size = size
         self.params = rendered.params
         self.source_indices = rendered.source_indices
         self.gt_boxes = torch.tensor(rendered.boxes)  # a copy: callers may edit their boxes
@@ -404,7 +390,7 @@ class ClutteredFashionMNIST(ArrayDataset):
         """
         idx = self._indices(indices)
         alpha = torch.from_numpy(self.item_alpha(idx))
-        return _visible(alpha, _take(self.params, idx), self.image_size)
+        return visible_masks(alpha, VISIBLE_ALPHA, _take(self.params, idx), self.image_size)
 
     def backgrounds(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Re-render the images without the item and without pixel noise.

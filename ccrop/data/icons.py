@@ -24,9 +24,8 @@ import torch
 from PIL import Image
 from torchvision.ops import roi_align
 
-from ..errors import DataError
-from .base import ArrayDataset, check_split
-from .synthetic import mask_boxes
+from .base import ArrayDataset, check_render_args, check_split
+from .synthetic import mask_boxes, visible_masks
 
 PACKAGES = ("tango-icon-theme", "gnome-backgrounds", "plasma-workspace-wallpapers")
 CLASSES = ("actions", "apps", "categories", "devices", "mimetypes", "places", "status")
@@ -213,16 +212,6 @@ def _background_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
     return bg
 
 
-def _visible(alpha: torch.Tensor, p: dict, size: int) -> np.ndarray:
-    """Visible icon pixels bool (n, H, W); an empty one gets the pixel at its frame's centre."""
-    mask = (alpha > VISIBLE_ALPHA).numpy()
-    empty = np.flatnonzero(~mask.any(axis=(1, 2)))
-    half = p["side"][empty] / 2
-    mask[empty, np.clip((p["y0"][empty] + half).astype(int), 0, size - 1),
-         np.clip((p["x0"][empty] + half).astype(int), 0, size - 1)] = True
-    return mask
-
-
 def _render(src: _Sources, params: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (N, H, W, 3) and float32 boxes (N, 4), in chunks of ``_CHUNK``."""
     n = len(params["label"])
@@ -235,7 +224,7 @@ def _render(src: _Sources, params: dict, size: int) -> tuple[np.ndarray, np.ndar
         img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
         img = img.mul_(255).clamp_(0, 255).add_(0.5).to(torch.uint8)  # rounded
         data[sl] = img.permute(0, 2, 3, 1).numpy()
-        boxes[sl] = mask_boxes(_visible(icon[:, 3], p, size))
+        boxes[sl] = mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p, size))
     return data, boxes
 
 
@@ -277,12 +266,8 @@ class IconsOnPhotos(ArrayDataset):
         transform: Callable[[Image.Image], Any] | None = None,
     ) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "icons")
-        if int(image_size) != image_size or image_size < 16:
-            raise DataError(f"image_size={image_size} must be an integer >= 16")
-        if int(num_images) != num_images or num_images < 1:
-            raise DataError(f"num_images={num_images} must be an integer >= 1")
+        size, n = check_render_args(image_size, num_images)
         root = None if root is None else Path(root).expanduser()
-        size, n = int(image_size), int(num_images)
         src = _sources(root, split, size)
         key = (str(root), split, size, n, seed)
         if key not in _CACHE:

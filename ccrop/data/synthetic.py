@@ -9,7 +9,7 @@ is known) and to train tiny models in seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -225,6 +225,30 @@ def mask_boxes(mask: np.ndarray) -> np.ndarray:
     x0, x1 = cols.argmax(1), w - cols[:, ::-1].argmax(1)
     y0, y1 = rows.argmax(1), h - rows[:, ::-1].argmax(1)
     return (np.stack([x0, y0, x1, y1], 1) / np.array([w, h, w, h])).astype(np.float32)
+
+
+def visible_masks(
+    alpha: torch.Tensor, threshold: float, frames: Mapping[str, np.ndarray], size: int
+) -> np.ndarray:
+    """Masks of the pixels more opaque than ``threshold``, none empty (for ``mask_boxes``).
+
+    Args:
+        alpha: float opacity (n, H, W) of each image's object, H = W = ``size``.
+        threshold: A pixel is visible where its alpha exceeds this.
+        frames: Per-image arrays ``x0``, ``y0`` (corner) and ``side`` of the object's square
+            frame in canvas pixels (n rows each).
+        size: Canvas side.
+
+    Returns:
+        bool array (n, H, W); an empty mask gets the pixel at its frame's centre.
+    """
+    mask = (alpha > threshold).numpy()
+    empty = np.flatnonzero(~mask.any(axis=(1, 2)))
+    half = frames["side"][empty] / 2
+    cx = np.clip((frames["x0"][empty] + half).astype(int), 0, size - 1)
+    cy = np.clip((frames["y0"][empty] + half).astype(int), 0, size - 1)
+    mask[empty, cy, cx] = True
+    return mask
 
 
 class SyntheticObjects(ArrayDataset):

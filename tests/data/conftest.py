@@ -249,3 +249,21 @@ def fashion_root(tmp_path_factory: pytest.TempPathFactory) -> Written:
                 (root / name).write_bytes(data)
         out.images[split], out.labels[split] = imgs, labels.tolist()
     return out
+
+
+def _edges_touch_mask(mask: np.ndarray, box: np.ndarray) -> bool:
+    """Every edge of the pixel box (x0, y0, x1, y1) has a mask pixel on it, none outside."""
+    x0, y0, x1, y1 = box
+    inside = np.zeros_like(mask)
+    inside[y0:y1, x0:x1] = True
+    sub = mask[y0:y1, x0:x1]
+    return not (mask & ~inside).any() and all(
+        e.any() for e in (sub[0], sub[-1], sub[:, 0], sub[:, -1])
+    )
+
+
+@pytest.fixture(scope="session")
+def edges_touch_mask():
+    """The check that a pixel box is the tight extent of a bool mask (H, W): ``f(mask, box)``.
+    A fixture, since conftest modules cannot be imported by path (tests are not packages)."""
+    return _edges_touch_mask

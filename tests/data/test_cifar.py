@@ -3,13 +3,11 @@
 import os
 import pickle
 import shutil
-import urllib.error
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from ccrop.config import ConfigError
 from ccrop.data import CIFAR10, CIFAR100, build_dataset
 from ccrop.data.cifar import read_cifar_batch
 
@@ -85,71 +83,3 @@ def test_missing_files_name_path_and_layout(tmp_path):
 def test_bad_split_is_named(cifar_root):
     with pytest.raises(ValueError, match="'val'.*train.*test"):
         CIFAR10(cifar_root.root, "val")
-
-
-def _offline(monkeypatch, corrupt=False):
-    """Make torchvision's downloads fail as without network: each fetch writes a partial archive,
-    then raises URLError (or, with ``corrupt``, returns so torchvision's checksum fails)."""
-    from torchvision.datasets import utils
-
-    fetched = []
-
-    def urlretrieve(url, filename, chunk_size=0):
-        fetched.append(url)
-        with open(filename, "wb") as f:
-            f.write(b"half an archive")
-        if not corrupt:
-            raise urllib.error.URLError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
-    monkeypatch.setattr(utils, "_urlretrieve", urlretrieve)
-    return fetched
-
-
-@pytest.mark.parametrize(
-    "cls,layout,url",
-    [
-        (CIFAR10, "cifar-10-batches-py/{data_batch_1..5, test_batch", "cifar-10-python.tar.gz"),
-        (CIFAR100, "cifar-100-python/{train, test, meta}", "cifar-100-python.tar.gz"),
-    ],
-)
-@pytest.mark.parametrize("corrupt", [False, True])
-def test_failed_download_removes_what_it_created(tmp_path, monkeypatch, cls, layout, url, corrupt):
-    fetched = _offline(monkeypatch, corrupt)
-    root = tmp_path / "data" / "cifar"  # neither folder exists yet
-    with pytest.raises(ConfigError) as err:
-        cls(root, "train", download=True)
-    assert fetched, "the download was not attempted"
-    msg = str(err.value)
-    assert isinstance(err.value, ValueError) and "\n" not in msg
-    assert msg.startswith(f"{cls.spec.name}: downloading https://www.cs.toronto.edu/~kriz/{url}")
-    assert f"into {root} (data.root) failed" in msg and layout in msg
-    assert ("RuntimeError" if corrupt else "Name or service not known") in msg
-    assert "data.download=true" in msg and "data.root=<folder>" in msg
-    assert os.listdir(tmp_path) == []  # data/ and data/cifar, and the partial archive, are gone
-
-
-def test_failed_download_keeps_a_folder_that_existed(tmp_path, monkeypatch):
-    fetched = _offline(monkeypatch)
-    root = tmp_path / "data"
-    (root / "other").mkdir(parents=True)
-    (root / "other" / "notes.txt").write_text("mine")
-    (root / "cifar-10-python.tar.gz.old").write_bytes(b"kept")
-    before = sorted(p.relative_to(root) for p in root.rglob("*"))
-    with pytest.raises(ValueError, match="cifar10: downloading .* failed"):
-        build_dataset("cifar10", root, split="test", download=True)
-    assert fetched
-    assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
-    assert (root / "other" / "notes.txt").read_text() == "mine"
-
-
-def test_missing_files_without_download_name_the_config_keys(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        CIFAR10(tmp_path / "nowhere", "test")
-    msg = str(err.value)
-    assert f"not found in {tmp_path / 'nowhere'} (data.root)" in msg
-    assert "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}" in msg
-    assert "Set data.download=true" in msg and "data.root=<folder>" in msg
-    assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in msg
-    assert "pass download=True" not in msg
-    assert not (tmp_path / "nowhere").exists()

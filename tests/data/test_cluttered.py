@@ -18,17 +18,6 @@ from ccrop.data.synthetic import mask_boxes
 SEEDS = range(6)  # the fixture's train split has only 4 images: vary the seed for more
 
 
-def _edges_touch_mask(mask: np.ndarray, box: np.ndarray) -> bool:
-    """Every edge of the pixel box (x0, y0, x1, y1) has a mask pixel on it, none outside."""
-    x0, y0, x1, y1 = box
-    inside = np.zeros_like(mask)
-    inside[y0:y1, x0:x1] = True
-    sub = mask[y0:y1, x0:x1]
-    return not (mask & ~inside).any() and all(
-        e.any() for e in (sub[0], sub[-1], sub[:, 0], sub[:, -1])
-    )
-
-
 def test_types_shapes_labels_and_items(fashion_root):
     ds = ClutteredFashionMNIST(fashion_root.root, "train", image_size=32, seed=1)
     assert ds.data.shape == (4, 32, 32, 3) and ds.data.dtype == np.uint8
@@ -57,7 +46,7 @@ def test_splits_are_disjoint_and_sized_by_the_rule(fashion_root):
 
 
 @pytest.mark.parametrize("size", [16, 32, 64])
-def test_gt_boxes_are_the_tight_extent_of_the_visible_pixels(fashion_root, size):
+def test_gt_boxes_are_the_tight_extent_of_the_visible_pixels(fashion_root, size, edges_touch_mask):
     for seed in SEEDS:
         ds = ClutteredFashionMNIST(fashion_root.root, "train", image_size=size, seed=seed)
         masks = ds.item_masks()
@@ -65,7 +54,7 @@ def test_gt_boxes_are_the_tight_extent_of_the_visible_pixels(fashion_root, size)
         np.testing.assert_array_equal(masks, ds.item_alpha() > cl.VISIBLE_ALPHA)
         np.testing.assert_array_equal(ds.gt_boxes.numpy(), mask_boxes(masks))
         for mask, box in zip(masks, ds.gt_boxes.numpy()):
-            assert _edges_touch_mask(mask, np.rint(box * size).astype(int))
+            assert edges_touch_mask(mask, np.rint(box * size).astype(int))
         np.testing.assert_array_equal(ds.item_masks([2, 0]), masks[[2, 0]])  # by index
 
 
@@ -126,6 +115,7 @@ def test_num_images_keeps_the_first_images(fashion_root):
     "kw,match",
     [
         (dict(num_images=0), "num_images=0"),
+        (dict(num_images=2.5), r"num_images=2.5 must be None or an integer >= 1"),
         (dict(num_images=5), r"num_images=5 .*'train' \(4 images\)"),
         (dict(image_size=15), "image_size=15"),
         (dict(split="unlabeled"), "split='unlabeled'.*allowed"),

@@ -30,24 +30,14 @@ def icons_root(tmp_path_factory):
     return root
 
 
-def _edges_touch_mask(mask: np.ndarray, box: np.ndarray) -> bool:
-    """Every edge of the pixel box (x0, y0, x1, y1) has a mask pixel on it, none outside."""
-    x0, y0, x1, y1 = box
-    inside = np.zeros_like(mask)
-    inside[y0:y1, x0:x1] = True
-    sub = mask[y0:y1, x0:x1]
-    return not (mask & ~inside).any() and all(
-        e.any() for e in (sub[0], sub[-1], sub[:, 0], sub[:, -1]))
-
-
 @pytest.mark.parametrize("size", [16, 32, 64])
-def test_gt_boxes_are_the_tight_extent_of_the_visible_icon(icons_root, size):
+def test_gt_boxes_are_the_tight_extent_of_the_visible_icon(icons_root, size, edges_touch_mask):
     ds = ic.IconsOnPhotos(icons_root, "train", image_size=size, num_images=40, seed=3)
     assert ds.data.shape == (40, size, size, 3) and ds.gt_boxes.shape == (40, 4)
     mask = ds.icon_alpha() > ic.VISIBLE_ALPHA
     pixel_boxes = (ds.gt_boxes.numpy() * size).round().astype(int)
     for i in range(len(ds)):
-        assert _edges_touch_mask(mask[i], pixel_boxes[i]), i
+        assert edges_touch_mask(mask[i], pixel_boxes[i]), i
     side = ds.params["side"] / size  # icon frames: 30-70% of the canvas
     assert side.min() >= 0.3 and side.max() <= 0.7
     frame = np.stack([ds.params["x0"], ds.params["y0"]], 1) / size
@@ -86,6 +76,20 @@ def test_splits_never_share_an_icon_and_labels_are_categories(icons_root):
     assert used <= {f"{cls}/{p.name}" for c, cls in enumerate(ic.CLASSES) for p in parts["test"][c]}
     for i in range(len(ds)):  # the label is the icon's category
         assert ds.icon_names[ds.params["icon"][i]].split("/")[0] == ic.CLASSES[ds.targets[i]]
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        (dict(image_size=15), "image_size=15 must be an integer >= 16"),
+        (dict(num_images=0), "num_images=0 must be an integer >= 1"),
+        (dict(num_images=None), "num_images=None must be an integer >= 1"),
+        (dict(split="unlabeled"), "split='unlabeled'.*allowed"),
+    ],
+)
+def test_bad_arguments_are_named(icons_root, kw, match):
+    with pytest.raises(ValueError, match=match):
+        ic.IconsOnPhotos(icons_root, **kw)
 
 
 def test_missing_files_name_the_debian_packages(tmp_path):

@@ -1,9 +1,7 @@
 """Tests of the STL-10 binary reader: column-major storage, splits, memory maps, bad sizes."""
 
-import os
 import pickle
 import shutil
-import urllib.error
 
 import numpy as np
 import pytest
@@ -11,7 +9,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from ccrop.config import ConfigError
 from ccrop.data import STL10, build_dataset
 from ccrop.data.stl10 import IMAGE_BYTES, open_stl_images
 
@@ -94,61 +91,3 @@ def test_any_partial_size_is_rejected(tmp_path_factory, size):
     path.write_bytes(bytes(size))
     with pytest.raises(ValueError, match=str(IMAGE_BYTES)):
         open_stl_images(path)
-
-
-def _offline(monkeypatch):
-    """Make torchvision's downloads fail as without network: each fetch writes a partial
-    archive, then raises URLError. Returns the list of URLs tried."""
-    from torchvision.datasets import utils
-
-    fetched = []
-
-    def urlretrieve(url, filename, chunk_size=0):
-        fetched.append(url)
-        with open(filename, "wb") as f:
-            f.write(b"half an archive")
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
-    monkeypatch.setattr(utils, "_urlretrieve", urlretrieve)
-    return fetched
-
-
-STL_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
-STL_LAYOUT = "stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin"
-
-
-def test_failed_download_removes_the_folder_it_created(tmp_path, monkeypatch):
-    fetched = _offline(monkeypatch)
-    root = tmp_path / "new" / "stl"
-    with pytest.raises(ConfigError) as err:
-        STL10(root, "unlabeled", download=True)
-    assert fetched == [STL_URL]
-    msg = str(err.value)
-    assert isinstance(err.value, ValueError) and "\n" not in msg
-    assert msg.startswith(f"stl10: downloading {STL_URL} into {root} (data.root) failed")
-    assert "Name or service not known" in msg and STL_LAYOUT in msg
-    assert "data.download=true" in msg and "data.root=<folder>" in msg
-    assert os.listdir(tmp_path) == []  # new/, new/stl and the partial archive are gone
-
-
-def test_failed_download_keeps_a_folder_that_existed(tmp_path, monkeypatch):
-    fetched = _offline(monkeypatch)
-    (tmp_path / "stl10_binary").mkdir()  # an incomplete copy: only one file
-    (tmp_path / "stl10_binary" / "class_names.txt").write_text("a b")
-    with pytest.raises(ValueError, match="stl10: downloading .* failed"):
-        build_dataset("stl10", tmp_path, split="train", download=True)
-    assert fetched
-    assert sorted(os.listdir(tmp_path)) == ["stl10_binary"]
-    assert os.listdir(tmp_path / "stl10_binary") == ["class_names.txt"]
-    assert (tmp_path / "stl10_binary" / "class_names.txt").read_text() == "a b"
-
-
-def test_missing_files_without_download_name_the_config_keys(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        STL10(tmp_path, "test")
-    msg = str(err.value)
-    assert f"stl10: dataset files not found in {tmp_path} (data.root)" in msg
-    assert STL_LAYOUT in msg and STL_URL in msg
-    assert "Set data.download=true" in msg and "data.root=<folder>" in msg
-    assert "download=True fetches" not in msg

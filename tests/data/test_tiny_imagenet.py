@@ -1,13 +1,10 @@
 """Tests of Tiny ImageNet read from the original unzipped layout."""
 
-import os
 import shutil
-import urllib.error
 
 import numpy as np
 import pytest
 
-from ccrop.config import ConfigError
 from ccrop.data import TinyImageNet, build_dataset
 
 
@@ -64,60 +61,3 @@ def test_unknown_wnid_in_annotations_names_line(tiny_root, tmp_path):
     ann.write_text(ann.read_text() + "val_9.JPEG\tn99999999\t0\t0\t1\t1\n")
     with pytest.raises(ValueError, match=r"val_annotations.txt:5"):
         TinyImageNet(root, "val")
-
-
-def _offline(monkeypatch):
-    """Make torchvision's downloads fail as without network: each fetch writes a partial
-    archive, then raises URLError. Returns the list of URLs tried."""
-    from torchvision.datasets import utils
-
-    fetched = []
-
-    def urlretrieve(url, filename, chunk_size=0):
-        fetched.append(url)
-        with open(filename, "wb") as f:
-            f.write(b"half an archive")
-        raise urllib.error.URLError("[Errno -2] Name or service not known")
-
-    monkeypatch.setattr(utils, "_get_redirect_url", lambda url, max_hops=3: url)
-    monkeypatch.setattr(utils, "_urlretrieve", urlretrieve)
-    return fetched
-
-
-
-TINY_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
-TINY_LAYOUT = "tiny-imagenet-200/{wnids.txt, train/<wnid>/images/*.JPEG"
-
-
-def test_failed_download_removes_the_folder_it_created(tmp_path, monkeypatch):
-    fetched = _offline(monkeypatch)
-    root = tmp_path / "data"
-    with pytest.raises(ConfigError) as err:
-        TinyImageNet(root, "val", download=True)
-    assert fetched == [TINY_URL]
-    msg = str(err.value)
-    assert isinstance(err.value, ValueError) and "\n" not in msg
-    assert msg.startswith(f"tiny-imagenet: downloading {TINY_URL} into {root} (data.root) failed")
-    assert "Name or service not known" in msg and TINY_LAYOUT in msg
-    assert "data.download=true" in msg and "data.root=<folder>" in msg
-    assert os.listdir(tmp_path) == []  # data/ and the partial zip are gone
-
-
-def test_failed_download_keeps_a_folder_that_existed(tmp_path, monkeypatch):
-    fetched = _offline(monkeypatch)
-    (tmp_path / "imagenet").mkdir()
-    (tmp_path / "readme.txt").write_text("mine")
-    with pytest.raises(ValueError, match="tiny-imagenet: downloading .* failed"):
-        build_dataset("tiny-imagenet", tmp_path, split="train", download=True)
-    assert fetched
-    assert sorted(os.listdir(tmp_path)) == ["imagenet", "readme.txt"]
-    assert (tmp_path / "readme.txt").read_text() == "mine"
-
-
-def test_missing_files_without_download_name_the_config_keys(tmp_path):
-    with pytest.raises(ConfigError) as err:
-        TinyImageNet(tmp_path, "train")
-    msg = str(err.value)
-    assert f"tiny-imagenet: dataset files not found in {tmp_path} (data.root)" in msg
-    assert TINY_LAYOUT in msg and TINY_URL in msg
-    assert "Set data.download=true" in msg and "data.root=<folder>" in msg
