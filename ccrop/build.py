@@ -182,11 +182,10 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
     run = Run(cfg, device, run_dir, method, model, build_optimizer(cfg, method), store,
               source, data, knn=evaluator.monitor(device), writer=_writer(cfg, run_dir),
               given_boxes=boxes, compiled=cfg.train.compile)
-    restored = resume_from is not None and resume(run, resume_from, loaded)
-    if resume_from not in (None, "auto") and not restored:
-        raise ConfigError(f"--resume {resume_from!r}: no checkpoint found")
-    if not restored:  # a start from scratch: what an attempt killed before its first
-        rewind_logs(run)  # checkpoint logged goes (resume() rewinds to its checkpoint)
+    if loaded is not None:  # None: a start from scratch (no --resume, or auto found none)
+        resume(run, loaded)
+    else:  # what an attempt killed before its first checkpoint logged goes
+        rewind_logs(run)  # (resume() rewinds to its checkpoint)
     save_run_config(run)
     return run
 

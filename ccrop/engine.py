@@ -377,21 +377,8 @@ def find_resume(run_dir: Path, target: str) -> tuple[str, dict[str, Any]] | None
     return where, found[2] if found is not None else load_checkpoint(where)
 
 
-_FIND = object()  # resume(): look the checkpoint up (no ``loaded`` given)
-
-
-def resume(run: Run, target: str, loaded: Any = _FIND) -> bool:
-    """Restore from ``target`` (``auto``: newest valid checkpoint in the run folder, or a path).
-
-    Args:
-        loaded: what ``find_resume(run.run_dir, target)`` returned, when it was called already.
-
-    Returns:
-        True when a checkpoint was loaded.
-    """
-    found = find_resume(run.run_dir, target) if loaded is _FIND else loaded
-    if found is None:
-        return False
+def resume(run: Run, found: tuple[str, dict[str, Any]]) -> None:
+    """Restore ``run`` from a checkpoint ``find_resume`` loaded: ``(path, state)``."""
     where, state = found
     try:
         run.method.load_state_dict(state["model"])
@@ -409,7 +396,6 @@ def resume(run: Run, target: str, loaded: Any = _FIND) -> bool:
         raise ConfigError(f"checkpoint is at epoch {run.epoch} but train.epochs is "
                           f"{run.cfg.train.epochs}; raise train.epochs to continue")
     rewind_logs(run)  # records written after this checkpoint (before a kill) are redone
-    return True
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -468,7 +454,7 @@ def _log_epoch(run: Run, metrics: dict[str, Any]) -> None:
     run.history.append(record)
     if not dist.is_main_process():
         return
-    _report_bad_images(run)
+    run.data.report_bad_images()  # data.on_bad_image=skip: one line per split
     append_jsonl(run.run_dir / "metrics.jsonl", record)
     if run.writer is not None:
         for key, value in metrics.items():
@@ -479,13 +465,6 @@ def _log_epoch(run: Run, metrics: dict[str, Any]) -> None:
         extra = f"  knn {metrics['knn_top1']:.2f}%" if "knn_top1" in metrics else ""
         print(f"epoch {run.epoch}/{run.cfg.train.epochs}  loss {metrics['loss']:.4f}  "
               f"lr {metrics['lr']:.4g}  {metrics['images_per_s']:.0f} img/s{extra}", flush=True)
-
-
-def _report_bad_images(run: Run) -> None:
-    """data.on_bad_image=skip: one line per split with newly skipped files (main process)."""
-    report = getattr(run.data, "report_bad_images", None)
-    if report is not None:
-        report()
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -637,7 +616,7 @@ def finish(run: Run) -> dict[str, Any]:
         summary["bad_images_skipped"] = len(skipped)
         summary["bad_image_paths"] = skipped[:100]
     if dist.is_main_process():
-        _report_bad_images(run)  # the evaluation splits read by the final kNN
+        run.data.report_bad_images()  # the evaluation splits read by the final kNN
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 

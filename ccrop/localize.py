@@ -219,6 +219,9 @@ def heatmap_parts(
     """
     maps = _as_maps(fmap)
     _check_align(align)
+    if heatmap not in HEATMAPS or polarity not in POLARITIES:
+        raise ValueError(f"heatmap must be one of {HEATMAPS} and polarity one of {POLARITIES}, "
+                         f"got {heatmap!r}, {polarity!r}")
     total = bad = flipped = None
     for m in maps:
         h, b = _normalised_maps(m, heatmap)  # (B, h, w) in [0, 1], (B,)
@@ -397,6 +400,11 @@ class Localized(NamedTuple):
     confidence: torch.Tensor  # (B,) ``box_confidence`` of the box found (before any fallback)
     fallback: torch.Tensor  # (B,) bool: confidence below ``min_confidence``, box set to full
     flipped: torch.Tensor  # (B,) bool: ``polarity="auto"`` flipped the map
+
+    @classmethod
+    def join(cls, parts: Iterable[Localized]) -> Localized:
+        """The batches' results as one, each field concatenated along B."""
+        return cls(*(torch.cat(field) for field in zip(*parts)))
 
 
 def localize(
@@ -684,6 +692,8 @@ def saliency_heatmaps(images: torch.Tensor, reference: str = "nearest") -> torch
     Returns:
         ``(heat (B, H, W) in [0, 1], degenerate (B,) bool)``.
     """
+    if reference not in ("mean", "nearest"):
+        raise ValueError(f"reference must be 'mean' or 'nearest', got {reference!r}")
     x = images.float()
     size = x.shape[-2:]
     if max(size) > SALIENCY_SIDE:
@@ -730,8 +740,7 @@ def saliency_boxes(loader: Iterable, store: BoxStore, gt_boxes: torch.Tensor | N
         heat, bad = saliency_heatmaps(images)
         idx.append(indices)
         found.append(boxes_from_heat(heat, bad, 0.0, "otsu", "peak", min_confidence))
-    return write_boxes(store, torch.cat(idx), Localized(*(torch.cat(p) for p in zip(*found))),
-                       gt_boxes, start)
+    return write_boxes(store, torch.cat(idx), Localized.join(found), gt_boxes, start)
 
 
 class FullBoxWarning(UserWarning):
@@ -838,8 +847,7 @@ def update_boxes(
     if not found:
         raise ValueError("loader yielded no images: cannot update boxes")
     stats = write_boxes(store, torch.cat([i for i, _ in found]),
-                        Localized(*(torch.cat(parts) for parts in zip(*(f for _, f in found)))),
-                        gt_boxes, start)
+                        Localized.join(f for _, f in found), gt_boxes, start)
     if warn_share is not None and dist.is_main_process():
         warn_unreliable(stats, warn_share)
     return stats
@@ -860,12 +868,13 @@ def write_boxes(store: BoxStore, idx: torch.Tensor, found: Localized,
         ``update_boxes``'s statistics.
     """
     idx = dist.all_gather(idx).cpu()  # (N,) over all ranks
-    parts = [dist.all_gather(t).cpu() for t in found]  # one host transfer each
-    store.update(idx, parts[0])
-    stats = box_stats(store, idx, parts[1], gt_boxes, 0.0)
+    every = Localized(*(dist.all_gather(t).cpu() for t in found))  # one host transfer each
+    store.update(idx, every.boxes)
+    stats = box_stats(store, idx, every.degenerate, gt_boxes, 0.0)
     n = max(len(idx), 1)
-    stats.update(fallback_share=float(parts[3].sum()) / n, flipped_share=float(parts[4].sum()) / n,
-                 mean_confidence=float(parts[2].mean()) if len(idx) else 0.0,
+    stats.update(fallback_share=float(every.fallback.sum()) / n,
+                 flipped_share=float(every.flipped.sum()) / n,
+                 mean_confidence=float(every.confidence.mean()) if len(idx) else 0.0,
                  seconds=time.perf_counter() - start)
     return stats
 

@@ -576,3 +576,12 @@ def test_saliency_boxes_find_a_coloured_blob_with_no_network():
     assert stats["iou_gt"] > 0.7 and stats["fallback_share"] == 0.0
     _, bad = saliency_heatmaps(torch.ones(1, 3, 16, 16))
     assert bad.all()  # a uniform image has no salient region
+
+
+@pytest.mark.parametrize("kwargs, word", [(dict(heatmap="contrst"), "heatmap"),
+                                          (dict(polarity="flip"), "polarity")])
+def test_unknown_heatmap_rule_is_an_error_not_a_silent_default(kwargs, word):
+    with pytest.raises(ValueError, match=word):
+        localize(torch.rand(2, 4, 4, 4), (16, 16), **kwargs)
+    with pytest.raises(ValueError, match="reference"):
+        saliency_heatmaps(torch.rand(1, 3, 8, 8), reference="median")
