@@ -76,7 +76,7 @@ def _synthetic(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
 
 @dataclass(frozen=True)
 class _Entry:
-    """How to build one dataset: ``build(root, split, download, **kwargs)`` and its splits."""
+    """``build(root, split, download, **kwargs)`` and the splits of one dataset."""
 
     build: Callable[..., Dataset]
     splits: tuple[str, ...]
@@ -116,24 +116,13 @@ def build_dataset(
     download: bool = False,
     **kwargs: Any,
 ) -> Dataset:
-    """Build a dataset by name; items are ``(PIL RGB image, int label)``, label -1 if none.
+    """Build a dataset of ``DATASET_INFO`` by name: items ``(PIL RGB image, int label)``, label
+    -1 if none, with ``targets`` (list[int]) and ``classes``.
 
-    Args:
-        name: One of ``DATASET_INFO``: cifar10, cifar100, stl10, tiny-imagenet, imagefolder,
-            imagenet (= imagefolder), imagenet200 (needs ``class_list=``), unlabeled-folder,
-            fashion-mnist, fashion-mnist-cluttered, icons, synthetic.
-        root: Data folder; optional for fashion-mnist, fashion-mnist-cluttered and icons
-            (system copies) and unused by synthetic.
-        split: ``train``, ``test``, ``val``, ``unlabeled`` or ``train+unlabeled``, as the
-            dataset supports (the error lists them).
-        download: Fetch missing files (cifar10/100, stl10, tiny-imagenet, fashion-mnist,
-            fashion-mnist-cluttered).
-        **kwargs: Passed to the reader, e.g. ``on_bad_image``, ``class_list``, ``pad_to``,
-            ``transform``, or ``num_images``/``image_size``/``num_classes``/``seed`` (synthetic;
-            fashion-mnist-cluttered and icons take ``num_images``/``image_size``/``seed``).
-
-    Returns:
-        Map-style dataset with ``targets`` (list[int]) and ``classes``.
+    ``root`` is optional for fashion-mnist, fashion-mnist-cluttered and icons (system copies)
+    and unused by synthetic; imagenet200 needs ``class_list=``; ``split`` and ``download`` as
+    the dataset supports (the errors list them); ``kwargs`` go to the reader (``on_bad_image``,
+    ``pad_to``, ``transform``, ``num_images``, ``image_size``, ``seed``, ...).
     """
     entry = _REGISTRY.get(name)
     if entry is None:
