@@ -22,12 +22,15 @@ NHW = "NHW"  # (N, H, W) uint8 grayscale, e.g. Fashion-MNIST
 NCHW = "NCHW"  # (N, 3, H, W) uint8, e.g. STL-10
 
 
+def check_choice(key: str, value: Any, allowed: Sequence[Any], where: str = "") -> None:
+    """``DataError`` (a ``ValueError``) naming ``key`` unless ``value`` is one of ``allowed``."""
+    if value not in allowed:
+        raise DataError(f"{key}={value!r} is not valid{where}; allowed: {list(allowed)}")
+
+
 def check_split(split: str, allowed: Sequence[str], name: str) -> None:
-    """Raise ``DataError`` (a ``ValueError``) unless ``split`` is one of ``allowed``."""
-    if split not in allowed:
-        raise DataError(
-            f"split={split!r} is not valid for dataset {name!r}; allowed: {list(allowed)}"
-        )
+    """``DataError`` unless ``split`` is one of the ``allowed`` splits of dataset ``name``."""
+    check_choice("split", split, allowed, f" for dataset {name!r}")
 
 
 def check_render_args(
@@ -151,7 +154,7 @@ def download_or_fail(fetch: Callable[[], Any], watch: Sequence[Path],
                      complete: Callable[[], bool], message: Callable[[str], str]) -> None:
     """Run ``fetch`` (a download into the ``watch`` folders); unless it succeeds and
     ``complete()`` is then true, remove what it created (new folders whole, new entries of
-    existing ones) and raise ``DatasetMissingError(message(reason))``; an interrupt or a bug
+    existing ones) and fail with ``DatasetMissingError(message(reason))``; an interrupt or a bug
     also cleans up, then propagates."""
     before = {f: set(os.listdir(f)) for f in watch if f.is_dir()}
     created = set()

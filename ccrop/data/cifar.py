@@ -24,7 +24,6 @@ from .base import (
     missing_data_message,
 )
 
-_IMAGE_BYTES = 3 * 32 * 32
 #: What a truncated or corrupt pickle raises (unicode errors are ``ValueError``s, ``KeyError``
 #: a ``LookupError``, a non-dict an ``AttributeError``).
 _CORRUPT = (EOFError, pickle.UnpicklingError, ValueError, TypeError, LookupError, AttributeError)
@@ -62,12 +61,8 @@ def _read(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
 
 
 def _batch(entry: dict[str, Any], label_key: str) -> tuple[np.ndarray, list[int]]:
-    labels = [int(t) for t in entry[label_key]]
-    data, n = np.asarray(entry["data"]), len(labels)
-    if data.dtype != np.uint8 or data.size != n * _IMAGE_BYTES:
-        raise ValueError(f"'data' is {data.dtype} with {data.size} values; expected uint8 with "
-                         f"{n} x {_IMAGE_BYTES} = {n * _IMAGE_BYTES} values for {n} labels")
-    return data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1), labels  # -> (N, H, W, 3)
+    labels = [int(t) for t in entry[label_key]]  # a wrong size fails the reshape (ValueError)
+    return np.asarray(entry["data"]).reshape(len(labels), 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, list[int]]:
@@ -79,12 +74,9 @@ def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, list
 class CIFAR10(ArrayDataset):
     """CIFAR-10 from ``root/cifar-10-batches-py``: ``data`` uint8 (N, 32, 32, 3), ``targets``.
 
-    Args:
-        root: Folder containing ``cifar-10-batches-py``.
-        split: ``"train"`` (data_batch_1..5) or ``"test"`` (test_batch).
-        download: Fetch the archive with torchvision if files are missing (a failed download
-            leaves nothing behind and raises ``DatasetMissingError``, as missing files do).
-        transform: Optional callable applied to each PIL image.
+    ``split``: ``"train"`` (data_batch_1..5) or ``"test"``. ``download`` fetches the archive with
+    torchvision if files are missing (a failed download leaves nothing behind and raises
+    ``DatasetMissingError``, as missing files do).
     """
 
     name, folder = "cifar10", "cifar-10-batches-py"

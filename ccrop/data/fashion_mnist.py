@@ -93,17 +93,13 @@ def _missing(root: Path | None, layout: str) -> str:
 
 
 class FashionMNIST(ArrayDataset):
-    """Fashion-MNIST: 28 x 28 grayscale, returned as RGB; ``data`` uint8 (N, H, W) after the
-    padding, ``targets`` list[int].
+    """Fashion-MNIST: 28 x 28 grayscale returned as RGB, zero-padded (centred) to ``pad_to``
+    (``None`` keeps 28); ``data`` uint8 (N, H, W) after the padding, ``targets``.
 
-    Args:
-        root: Folder holding the IDX files (also ``root/FashionMNIST/raw``, torchvision's
-            layout). ``None`` searches ``SYSTEM_DIRS`` (Debian: ``dataset-fashion-mnist``).
-        split: ``"train"`` (60k) or ``"test"`` (10k).
-        download: Fetch with torchvision into ``root`` if missing (needs a root; a failed
-            download leaves nothing behind and raises ``DatasetMissingError``).
-        pad_to: Output side (default 32, centred zero padding); ``None`` keeps 28.
-        transform: Optional callable applied to each PIL image.
+    ``root`` holds the IDX files (also in ``FashionMNIST/raw``, torchvision's layout); ``None``
+    searches ``SYSTEM_DIRS`` (Debian: ``dataset-fashion-mnist``). ``split``: ``"train"`` (60k)
+    or ``"test"`` (10k). ``download`` fetches them with torchvision into ``root`` if missing (a
+    failed download leaves nothing behind and raises ``DatasetMissingError``).
     """
 
     def __init__(self, root: str | Path | None = None, split: str = "train",

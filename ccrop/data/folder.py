@@ -19,7 +19,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError, DataPathError
-from .base import ImageDataset
+from .base import ImageDataset, check_choice
 from .images import orientation, to_rgb, upright
 
 logger = logging.getLogger(__name__)
@@ -115,33 +115,21 @@ def _open(path: str | Path, fit: SizeRule | None, draft: bool
 
 def load_rgb(path: str | Path) -> Image.Image:
     """Open an image file as an upright 8-bit RGB PIL image (modes as ``images.to_rgb``; a
-    malformed EXIF block is ignored), fully decoded, the file closed.
-
-    Raises:
-        DataPathError: ``path`` does not exist (a ``FileNotFoundError``).
-        BadImageError: the file is empty, corrupt, truncated or not an image (a ``ValueError``).
-    """
+    malformed EXIF block is ignored), fully decoded. ``DataPathError`` (a ``FileNotFoundError``)
+    if it does not exist, ``BadImageError`` if it is empty, corrupt, truncated or no image."""
     return _open(path, None, False)[0]
 
 
 def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
                   decoder: str = "auto") -> torch.Tensor:
-    """Decode an image file straight to the size ``fit`` gives it: ``(3, h, w)`` uint8 RGB.
+    """Decode an image file straight to ``(3, h, w)`` uint8 RGB, ``(h, w) = fit(height, width)``
+    of the upright original; errors as ``load_rgb``.
 
     The same image as ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling, at
-    about half the CPU time on photos (``benchmarks/bench_decode.py``): a JPEG at least twice
-    the target is decoded at a reduced DCT scale (``Image.draft``, if ``draft``); other RGB or
-    grayscale JPEGs by torchvision (``decoder="auto"``; ``"pil"``: PIL decodes every file);
-    the resize is torch's antialiased bilinear kernel, at the exact scale of the region the
-    original covers.
-
-    Args:
-        path: Image file (any format ``load_rgb`` reads).
-        fit: Size rule ``(height, width) -> (h, w)`` of the upright original, e.g.
-            ``functools.partial(ccrop.data.sources.fit_size, size=256, max_side=341)``.
-
-    Raises:
-        FileNotFoundError, BadImageError: as ``load_rgb``.
+    about half the CPU time (``benchmarks/bench_decode.py``): a JPEG at least twice the target
+    is decoded at a reduced DCT scale (``Image.draft``, if ``draft``), other RGB or grayscale
+    JPEGs by torchvision (``decoder="auto"``; ``"pil"``: PIL decodes all), then torch's
+    antialiased bilinear resize at the exact scale of the region the original covers.
     """
     fast = _torchvision_jpeg(path, fit, draft) if decoder == "auto" else None
     if fast is not None:
@@ -258,30 +246,19 @@ def read_class_list(path: str | Path) -> list[str]:
 
 
 class FileListDataset(ImageDataset):
-    """Dataset over a list of ``(image path, label)`` pairs, decoded with ``load_rgb``.
+    """Dataset over ``(image path, label)`` pairs (label -1 where there is none), decoded with
+    ``load_rgb``; ``root`` (where they came from) is named in errors.
 
-    Args:
-        samples: ``(path, label)`` pairs; label -1 where there is none.
-        classes: Class names, index = label.
-        root: Where the samples came from, named in errors.
-        on_bad_image: ``"error"`` raises ``BadImageError`` naming the file; ``"skip"`` records
-            the path in ``bad_images`` (this process only) and in ``skipped_paths()`` (every
-            process), logs it at DEBUG level and returns the next readable item instead;
-            ``report_skipped`` then logs one warning line (count and first path).
-        transform: Optional callable applied to each PIL image.
+    ``on_bad_image="error"`` raises ``BadImageError`` naming the file; ``"skip"`` records the
+    path in ``bad_images`` (this process) and ``skipped_paths()`` (every process), logs it at
+    DEBUG level and returns the next readable item instead.
     """
 
-    def __init__(
-        self,
-        samples: Sequence[tuple[str, int]],
-        classes: Sequence[str] = (),
-        root: str | Path = "",
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str] = (),
+                 root: str | Path = "", on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         super().__init__(transform)
-        if on_bad_image not in BAD_IMAGE_MODES:
-            raise DataError(f"on_bad_image={on_bad_image!r}; allowed: {list(BAD_IMAGE_MODES)}")
+        check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
         if not samples:
             raise DataError(f"no images found under {root}; the dataset would be empty")
         self.samples = [(str(p), int(t)) for p, t in samples]
@@ -342,17 +319,9 @@ def decodes_to_size(dataset: Any) -> bool:
 
 
 class FittedImages(Dataset):
-    """``index -> (index, transform(image))`` of a folder dataset, each image decoded straight
-    to the size ``fit`` gives it (``decode_fitted``): the localization input of folders.
-
-    Args:
-        base: Folder dataset without a transform (``decodes_to_size``).
-        fit: Size rule ``(height, width) -> (h, w)``, picklable for DataLoader workers (a
-            module-level function or a ``functools.partial`` of one).
-        transform: ``(3, h, w)`` uint8 tensor -> model input, e.g.
-            ``ccrop.data.views.EvalTransform``.
-        draft: Allow the reduced JPEG decode (False: full decode, the same resize).
-    """
+    """``index -> (index, transform(image))`` of a folder dataset without a transform
+    (``decodes_to_size``), each image decoded by ``decode_fitted`` straight to the size of the
+    picklable rule ``fit`` as (3, h, w) uint8: the localization input of folders."""
 
     def __init__(self, base: FileListDataset, fit: SizeRule,
                  transform: Callable[[torch.Tensor], Any], draft: bool = True) -> None:
@@ -383,36 +352,24 @@ def class_samples(
             raise DataPathError(f"class {name!r} has no folder {class_dir}")
         files = list_images(class_dir)
         if not files:
-            logger.warning(
-                "empty class folder %s ignored (label %d has no images)", class_dir, label
-            )
+            logger.warning("empty class folder %s ignored (label %d has no images)", class_dir,
+                           label)
         samples += [(f, label) for f in files]
     return samples
 
 
 class ImageFolder(FileListDataset):
-    """Labelled images in class sub-folders, e.g. ImageNet-1K, or ImageNet-200 with a class list.
+    """Labelled images in class sub-folders of ``root/<split>`` (or ``root``), e.g. ImageNet-1K.
 
-    Labels follow the sorted class-folder names, or the order of ``class_list`` if given (then
-    only the listed classes are read). An empty class folder is ignored with a warning but keeps
-    its label, so labels stay the same across splits.
-
-    Args:
-        root: Dataset root; the split is ``root/<split>`` if that folder exists, else ``root``.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        class_list: Optional text file, one class folder name (wnid) per line.
-        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
-        transform: Optional callable applied to each PIL image.
+    Labels follow the sorted class-folder names, or the order of the ``class_list`` text file
+    (one wnid a line; only those classes are read, e.g. ImageNet-200). An empty class folder
+    keeps its label (with a warning), so labels agree across splits. ``on_bad_image`` as in
+    ``FileListDataset``.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        class_list: str | Path | None = None,
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train",
+                 class_list: str | Path | None = None, on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         folder = split_folder(root, split, _FOLDER_LAYOUT)
         if class_list is not None:
             classes = read_class_list(class_list)
@@ -423,22 +380,10 @@ class ImageFolder(FileListDataset):
 
 
 class UnlabeledFolder(FileListDataset):
-    """Every image under a folder, recursively, with label -1.
+    """Every image under ``root/<split>`` (or ``root``), recursively, with label -1."""
 
-    Args:
-        root: Folder; the split is ``root/<split>`` if that folder exists, else ``root``.
-        split: ``"train"``, ``"unlabeled"``, ``"val"`` or ``"test"``.
-        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
-        transform: Optional callable applied to each PIL image.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         folder = split_folder(root, split, "root/**/<images> (any nesting)")
         samples = [(f, -1) for f in list_images(folder)]
         super().__init__(samples, [], folder, on_bad_image, transform)

@@ -128,8 +128,9 @@ def build_dataset(
     if entry is None:
         raise DataError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")
     check_split(split, entry.splits, name)
-    if entry.needs_root and root is None:
-        raise DataError(f"dataset {name!r} needs root=<data folder>")
-    if download and not entry.downloadable:
-        raise DataError(f"download=True is not supported for {name!r}; put the files under root")
+    problem = (f"dataset {name!r} needs root=<data folder>" if entry.needs_root and root is None
+               else f"download=True is not supported for {name!r}; put the files under root"
+               if download and not entry.downloadable else None)
+    if problem:
+        raise DataError(problem)
     return entry.build(root, split, download, **kwargs)

@@ -75,8 +75,6 @@ def build_data(cfg: Config) -> RunData:
         raise ConfigError(f"data.dataset must be one of {sorted(DATASET_INFO)}, got {d.dataset!r}")
     info = DATASET_INFO[d.dataset]
     train = _dataset(cfg, d.train_split)
-    if len(train) == 0:
-        raise ConfigError(f"data.dataset {d.dataset!r} split {d.train_split!r} is empty")
     if d.batch_size > len(train):
         raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the dataset "
                           f"({len(train)} images)")

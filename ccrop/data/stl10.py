@@ -60,14 +60,10 @@ def read_stl_labels(path: str | Path, count: int) -> list[int]:
 class STL10(ImageDataset):
     """STL-10 from ``root/stl10_binary``: 96 x 96 RGB, labels 0..9 (-1 for unlabeled images).
 
-    Args:
-        root: Folder containing ``stl10_binary``.
-        split: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or
-            ``"train+unlabeled"`` (105k, the pretraining set: train first).
-        download: Fetch the archive (2.5 GB) with torchvision if files are missing (a failed
-            download leaves nothing behind and raises ``DatasetMissingError``, as missing
-            files do).
-        transform: Optional callable applied to each PIL image.
+    ``split``: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or ``"train+unlabeled"``
+    (the pretraining set, train first). ``download`` fetches the archive (2.5 GB) with
+    torchvision if files are missing (a failed download leaves nothing behind and raises
+    ``DatasetMissingError``, as missing files do).
     """
 
     data_layout = NCHW

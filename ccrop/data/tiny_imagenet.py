@@ -57,27 +57,18 @@ def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str
 
 
 class TinyImageNet(FileListDataset):
-    """Tiny ImageNet, 64 x 64 RGB, labels 0..199 in sorted-wnid order (as an ImageFolder over
-    ``train/``).
+    """Tiny ImageNet from ``root/tiny-imagenet-200`` (or that folder): 64 x 64 RGB, labels
+    0..199 in sorted-wnid order (as an ImageFolder over ``train/``).
 
-    Args:
-        root: Folder containing ``tiny-imagenet-200`` (or that folder itself).
-        split: ``"train"`` (100k) or ``"val"`` (10k, labelled); ``"test"`` is an alias of
-            ``"val"`` because the official test images have no labels.
-        download: Fetch and unzip the archive from the Stanford CS231n site if missing (a
-            failed download leaves nothing behind and raises ``DatasetMissingError``).
-        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
-        transform: Optional callable applied to each PIL image.
+    ``split`` is ``"train"`` (100k) or ``"val"`` (10k; ``"test"`` is an alias, the official test
+    images have no labels). ``download`` fetches and unzips the CS231n archive if missing (a
+    failed download leaves nothing behind and raises ``DatasetMissingError``, as missing files
+    do). ``on_bad_image`` as in ``FileListDataset``.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        download: bool = False,
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", download: bool = False,
+                 on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, ("train", "val", "test"), "tiny-imagenet")
         base = _base_folder(Path(root).expanduser(), download)
         classes = sorted((base / "wnids.txt").read_text().split())
