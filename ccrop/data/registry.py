@@ -54,24 +54,11 @@ DATASET_INFO: dict[str, dict[str, Any]] = {
 }
 
 
-def _folder(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
-    return ImageFolder(root, split, **kw)
-
-
-def _imagenet200(
-    root: Any, split: str, download: bool, class_list: Any = None, **kw: Any
-) -> Dataset:
+def _imagenet200(root: Any, split: str, download: bool, class_list: Any = None,
+                 **kw: Any) -> Dataset:
     if class_list is None:
         raise DataError("imagenet200 needs class_list=<text file, one wnid per line (200 lines)>")
     return ImageFolder(root, split, class_list=class_list, **kw)
-
-
-def _unlabeled(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
-    return UnlabeledFolder(root, split, **kw)
-
-
-def _synthetic(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
-    return SyntheticObjects(split=split, **kw)  # generated: root is not used
 
 
 @dataclass(frozen=True)
@@ -90,12 +77,13 @@ _REGISTRY: dict[str, _Entry] = {
     "cifar100": _Entry(CIFAR100, ("train", "test")),
     "stl10": _Entry(STL10, STL10_SPLITS),
     "tiny-imagenet": _Entry(TinyImageNet, ("train", "val", "test")),
-    "imagefolder": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
-    "imagenet": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
+    "imagefolder": _Entry(lambda root, split, _, **kw: ImageFolder(root, split, **kw),
+                          _FOLDER_SPLITS, downloadable=False),
+    "imagenet": _Entry(lambda root, split, _, **kw: ImageFolder(root, split, **kw),
+                       _FOLDER_SPLITS, downloadable=False),
     "imagenet200": _Entry(_imagenet200, _FOLDER_SPLITS, downloadable=False),
-    "unlabeled-folder": _Entry(
-        _unlabeled, ("train", "unlabeled", "val", "test"), downloadable=False
-    ),
+    "unlabeled-folder": _Entry(lambda root, split, _, **kw: UnlabeledFolder(root, split, **kw),
+                               ("train", "unlabeled", "val", "test"), downloadable=False),
     "fashion-mnist": _Entry(FashionMNIST, ("train", "test"), needs_root=False),
     # reads the fashion-mnist files (system copies or root, downloadable); val is carved from train
     "fashion-mnist-cluttered": _Entry(
@@ -104,8 +92,8 @@ _REGISTRY: dict[str, _Entry] = {
     # Tango icons on wallpapers, from Debian packages (root optional); val/test hold other icons
     "icons": _Entry(IconsOnPhotos, ("train", "val", "test"), needs_root=False,
                     downloadable=False),
-    "synthetic": _Entry(_synthetic, ("train", "val", "test"), needs_root=False,
-                        downloadable=False),
+    "synthetic": _Entry(lambda _, split, __, **kw: SyntheticObjects(split=split, **kw),
+                        ("train", "val", "test"), needs_root=False, downloadable=False),
 }
 
 
