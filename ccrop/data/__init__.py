@@ -14,24 +14,8 @@ from .tiny_imagenet import TinyImageNet
 from .views import build_view_transform
 
 __all__ = [
-    "DATASET_INFO",
-    "SHAPES",
-    "STL10",
-    "ArrayDataset",
-    "BadImageError",
-    "BoxedDataset",
-    "CIFAR10",
-    "CIFAR100",
-    "ClutteredFashionMNIST",
-    "FashionMNIST",
-    "FileListDataset",
-    "ImageDataset",
-    "ImageFolder",
-    "SyntheticObjects",
-    "TinyImageNet",
-    "UnlabeledFolder",
-    "build_dataset",
-    "build_view_transform",
-    "dataset_to_uint8",
-    "load_rgb",
-]
+    "DATASET_INFO", "SHAPES", "STL10", "ArrayDataset", "BadImageError", "BoxedDataset", "CIFAR10",
+    "CIFAR100", "ClutteredFashionMNIST", "FashionMNIST", "FileListDataset", "ImageDataset",
+    "ImageFolder", "SyntheticObjects", "TinyImageNet", "UnlabeledFolder", "build_dataset",
+    "build_view_transform", "dataset_to_uint8", "load_rgb",
+]  # fmt: skip

@@ -1,10 +1,14 @@
-"""CIFAR-10 / CIFAR-100 read from the original python pickle batches."""
+"""CIFAR-10 / CIFAR-100 read from the original python pickle batches.
+
+torchvision's ``datasets.CIFAR10`` only fetches the archive here: its reader refuses any file
+that is not byte-identical to the official one (md5) and unpickles without restriction, while
+this one reads any batch in the published format and builds nothing but numpy arrays.
+"""
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,65 +24,20 @@ from .base import (
     missing_data_message,
 )
 
-_IMAGE_BYTES = 3 * 32 * 32
-
-
-@dataclass(frozen=True)
-class _CifarSpec:
-    """Where one CIFAR variant keeps its files and labels."""
-
-    name: str
-    folder: str
-    train: tuple[str, ...]
-    test: tuple[str, ...]
-    label_key: str
-    meta: tuple[str, str]  # (file, key of the class names)
-    url: str  # the official archive (what torchvision fetches)
-    archive: str  # its file name, downloaded into root
-
-    @property
-    def layout(self) -> str:
-        """The expected files below root, e.g. ``cifar-10-batches-py/{data_batch_1..5, ...}``."""
-        train = (
-            f"data_batch_1..{len(self.train)}" if len(self.train) > 1 else ", ".join(self.train)
-        )
-        return f"{self.folder}/{{{train}, {', '.join(self.test)}, {self.meta[0]}}}"
-
-
-_CIFAR10 = _CifarSpec(
-    "cifar10",
-    "cifar-10-batches-py",
-    tuple(f"data_batch_{i}" for i in range(1, 6)),
-    ("test_batch",),
-    "labels",
-    ("batches.meta", "label_names"),
-    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-    "cifar-10-python.tar.gz",
-)
-_CIFAR100 = _CifarSpec(
-    "cifar100",
-    "cifar-100-python",
-    ("train",),
-    ("test",),
-    "fine_labels",
-    ("meta", "fine_label_names"),
-    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-    "cifar-100-python.tar.gz",
-)
+#: What a truncated or corrupt pickle raises (unicode errors are ``ValueError``s, ``KeyError``
+#: a ``LookupError``, a non-dict an ``AttributeError``).
+_CORRUPT = (EOFError, pickle.UnpicklingError, ValueError, TypeError, LookupError, AttributeError)
 
 
 class _NumpyUnpickler(pickle.Unpickler):
     """Unpickler that only builds numpy arrays, so a tampered batch file cannot run code."""
 
     _ALLOWED = {
-        ("numpy", "ndarray"),
-        ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"),
-        ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy._core.multiarray", "scalar"),
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
         ("_codecs", "encode"),  # bytes inside protocol-2 pickles written by Python 3
-    }
+    }  # fmt: skip
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -88,113 +47,75 @@ class _NumpyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _load_pickle(path: Path) -> dict[str, Any]:
-    """Load a CIFAR pickle (Python 2 or 3) as a dict with str keys."""
+def _read(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
+    """``parse`` of a CIFAR pickle (Python 2 or 3) as a dict with str keys; one ``DataError``
+    naming the file if it is truncated or not what ``parse`` expects."""
     try:
         with open(path, "rb") as f:
             entry = _NumpyUnpickler(f, encoding="latin1").load()
-    except Exception as exc:  # truncated pickles fail in many ways (EOFError, UnpicklingError, ...)
-        raise DataError(
-            f"{path}: truncated or corrupt CIFAR pickle ({exc!r}); expected a python pickle "
-            "dict holding 'data' (N x 3072 uint8) and the labels"
-        ) from exc
-    if not isinstance(entry, dict):
-        raise DataError(f"{path}: expected a pickled dict, got {type(entry).__name__}")
-    return {k.decode("latin1") if isinstance(k, bytes) else k: v for k, v in entry.items()}
+        return parse({k.decode("latin1") if isinstance(k, bytes) else k: v
+                      for k, v in entry.items()})
+    except _CORRUPT as exc:
+        raise DataError(f"{path}: truncated or corrupt CIFAR pickle ({exc!r}); expected a python "
+                        "pickle dict holding 'data' (N x 3072 uint8) and the labels") from exc
+
+
+def _batch(entry: dict[str, Any], label_key: str) -> tuple[np.ndarray, list[int]]:
+    labels = [int(t) for t in entry[label_key]]  # a wrong size fails the reshape (ValueError)
+    return np.asarray(entry["data"]).reshape(len(labels), 3, 32, 32).transpose(0, 2, 3, 1), labels
 
 
 def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, list[int]]:
-    """Read one CIFAR python batch.
-
-    Args:
-        path: Batch file, e.g. ``cifar-10-batches-py/data_batch_1``.
-        label_key: ``"labels"`` (CIFAR-10) or ``"fine_labels"`` (CIFAR-100).
-
-    Returns:
-        ``(images, labels)``: uint8 array (N, 32, 32, 3) and N integer labels.
-    """
-    path = Path(path)
-    entry = _load_pickle(path)
-    if "data" not in entry or label_key not in entry:
-        raise DataError(f"{path}: expected keys 'data' and {label_key!r}, found {sorted(entry)}")
-    labels = [int(t) for t in entry[label_key]]
-    data = np.asarray(entry["data"])
-    n = len(labels)
-    if data.dtype != np.uint8 or data.size != n * _IMAGE_BYTES:
-        raise DataError(
-            f"{path}: 'data' is {data.dtype} with {data.size} values; expected uint8 with "
-            f"{n} x {_IMAGE_BYTES} = {n * _IMAGE_BYTES} values for {n} labels"
-        )
-    images = data.reshape(n, 3, 32, 32).transpose(0, 2, 3, 1)  # (N, 3, H, W) -> (N, H, W, 3)
-    return images, labels
-
-
-def _class_names(folder: Path, spec: _CifarSpec) -> list[str]:
-    """Class names from the meta file, or an empty list if it is missing."""
-    meta = folder / spec.meta[0]
-    if not meta.is_file():
-        return []
-    return [str(n) for n in _load_pickle(meta).get(spec.meta[1], [])]
-
-
-def _download(spec: _CifarSpec, root: Path, files: list[Path]) -> None:
-    """Fetch the archive with torchvision (read afterwards with our own reader); on failure
-    remove what the attempt created and raise ``DatasetMissingError``."""
-    from torchvision import datasets
-
-    cls = datasets.CIFAR10 if spec.name == "cifar10" else datasets.CIFAR100
-    download_or_fail(
-        lambda: cls(str(root), train=True, download=True),
-        watch=[root, root / spec.folder],
-        complete=lambda: all(f.is_file() for f in files),
-        message=lambda reason: missing_data_message(
-            spec.name, root, spec.layout, spec.url, reason
-        ),
-    )
+    """Read one CIFAR python batch, e.g. ``cifar-10-batches-py/data_batch_1``, with labels under
+    ``label_key`` (``"labels"``, CIFAR-100: ``"fine_labels"``): uint8 (N, 32, 32, 3), N labels."""
+    return _read(Path(path), lambda entry: _batch(entry, label_key))
 
 
 class CIFAR10(ArrayDataset):
-    """CIFAR-10 from ``root/cifar-10-batches-py`` (the python version of the archive).
+    """CIFAR-10 from ``root/cifar-10-batches-py``: ``data`` uint8 (N, 32, 32, 3), ``targets``.
 
-    Attributes ``data`` (N, 32, 32, 3) uint8 and ``targets`` list[int] follow torchvision.
-
-    Args:
-        root: Folder containing ``cifar-10-batches-py``.
-        split: ``"train"`` (data_batch_1..5) or ``"test"`` (test_batch).
-        download: Fetch the archive with torchvision if files are missing (a failed download
-            leaves nothing behind and raises ``DatasetMissingError``).
-        transform: Optional callable applied to each PIL image.
-
-    Raises:
-        DatasetMissingError: files missing with ``download=False``, or the download failed.
+    ``split``: ``"train"`` (data_batch_1..5) or ``"test"``. ``download`` fetches the archive with
+    torchvision if files are missing (a failed download leaves nothing behind and raises
+    ``DatasetMissingError``, as missing files do).
     """
 
-    spec = _CIFAR10
+    name, folder = "cifar10", "cifar-10-batches-py"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what torchvision fetches
+    files = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+    label_key, meta = "labels", ("batches.meta", "label_names")
+    layout = "cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}"
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        download: bool = False,
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
-        check_split(split, ("train", "test"), self.spec.name)
+    def __init__(self, root: str | Path, split: str = "train", download: bool = False,
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
+        check_split(split, ("train", "test"), self.name)
         root = Path(root).expanduser()
-        folder = root / self.spec.folder
-        files = [folder / f for f in (self.spec.train if split == "train" else self.spec.test)]
+        folder = root / self.folder
+        files = [folder / f for f in self.files[split]]
         if not all(f.is_file() for f in files):
+            def message(reason: str | None = None) -> str:
+                return missing_data_message(self.name, root, self.layout, self.url, reason)
+
             if not download:
-                raise DatasetMissingError(
-                    missing_data_message(self.spec.name, root, self.spec.layout, self.spec.url)
-                )
-            _download(self.spec, root, files)
-        parts = [read_cifar_batch(f, self.spec.label_key) for f in files]
+                raise DatasetMissingError(message())
+            from torchvision import datasets
+
+            fetch = datasets.CIFAR10 if self.name == "cifar10" else datasets.CIFAR100
+            download_or_fail(lambda: fetch(str(root), train=True, download=True),
+                             [root, folder], lambda: all(f.is_file() for f in files),
+                             message)
+        parts = [read_cifar_batch(f, self.label_key) for f in files]
+        meta = folder / self.meta[0]
+        classes = _read(meta, lambda e: [str(n) for n in e[self.meta[1]]]) if meta.is_file() \
+            else []
         data = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))  # (N, 32, 32, 3)
-        targets = [t for p in parts for t in p[1]]
-        super().__init__(data, targets, _class_names(folder, self.spec), transform)
+        super().__init__(data, [t for p in parts for t in p[1]], classes, transform)
 
 
 class CIFAR100(CIFAR10):
     """CIFAR-100 (fine labels) from ``root/cifar-100-python``; same arguments as ``CIFAR10``."""
 
-    spec = _CIFAR100
+    name, folder = "cifar100", "cifar-100-python"
+    url = "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"
+    files = {"train": ["train"], "test": ["test"]}
+    label_key, meta = "fine_labels", ("meta", "fine_label_names")
+    layout = "cifar-100-python/{train, test, meta}"

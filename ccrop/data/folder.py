@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 import warnings
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -11,13 +12,15 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from PIL import Image, ImageOps
+import torch.nn.functional as F
+from PIL import Image
 from torch.utils.data import Dataset
 
 from ..errors import DataError, DataPathError
-from .base import ImageDataset
-from .images import to_rgb
+from .base import ImageDataset, check_choice
+from .images import orientation, to_rgb, upright
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +29,17 @@ IMG_EXTENSIONS = (
     ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
 )  # fmt: skip
 BAD_IMAGE_MODES = ("error", "skip")
-_EXIF_ORIENTATION = 0x0112
 
 
 class BadImageError(DataError):
-    """An image file that exists but cannot be decoded (corrupt, truncated, empty, unknown); a
-    ``ValueError``."""
+    """An image file that exists but cannot be decoded (corrupt, truncated, empty, unknown)."""
 
 
 #: ``(height, width) -> (h, w)``: the size an upright image of ``height x width`` is resized to.
 SizeRule = Callable[[int, int], tuple[int, int]]
-
+#: What decoding a bad file raises (``UnidentifiedImageError`` and truncation are ``OSError``s).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, LookupError,
+                  struct.error, Image.DecompressionBombError)
 #: EXIF orientations that exchange width and height (transpose, rotations by 90 degrees).
 _TURNED = (5, 6, 7, 8)
 #: EXIF orientation -> (exchange x and y, then mirror x, then mirror y), as ``exif_transpose``.
@@ -45,38 +48,13 @@ _MOVES = {2: (False, True, False), 3: (False, True, True), 4: (False, False, Tru
           8: (True, False, True)}
 
 
-def _orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 when absent or unreadable)."""
-    try:
-        value = img.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # malformed EXIF: the image is used as stored
-        return 1
-    return value if value in _MOVES else 1
-
-
-def _exif_upright(img: Image.Image) -> tuple[Image.Image, int]:
-    """Apply the EXIF orientation tag; keep the image as stored if the EXIF block is malformed.
-
-    Returns:
-        The upright image and the orientation applied (1: none).
-    """
-    orientation = _orientation(img)
-    if orientation == 1:
-        return img, 1
-    try:
-        return ImageOps.exif_transpose(img), orientation
-    except Exception as exc:  # malformed EXIF must not make a decodable image unusable
-        logger.debug("ignoring unreadable EXIF in %s: %r", getattr(img, "filename", "?"), exc)
-        return img, 1
-
-
-def _upright_region(region: Sequence[float], size: tuple[int, int], orientation: int
+def _upright_region(region: Sequence[float], size: tuple[int, int], turn: int
                     ) -> tuple[float, ...]:
     """Map a region ``(x0, y0, x1, y1)`` of a stored image of ``size`` (W, H) to the upright
-    image that ``exif_transpose`` makes of it."""
+    image that EXIF orientation ``turn`` makes of it."""
     x0, y0, x1, y1 = region
     w, h = size
-    swap, flip_x, flip_y = _MOVES.get(orientation, (False, False, False))
+    swap, flip_x, flip_y = _MOVES.get(turn, (False, False, False))
     if swap:
         x0, y0, x1, y1, w, h = y0, x0, y1, x1, h, w
     if flip_x:
@@ -86,27 +64,21 @@ def _upright_region(region: Sequence[float], size: tuple[int, int], orientation:
     return x0, y0, x1, y1
 
 
-def _target(fit: SizeRule, size: tuple[int, int], orientation: int) -> tuple[int, int]:
+def _target(fit: SizeRule, size: tuple[int, int], turn: int) -> tuple[int, int]:
     """``fit`` of the upright original as ``(h, w)``; ``size`` is the stored (W, H)."""
     w, h = size
-    th, tw = fit(w, h) if orientation in _TURNED else fit(h, w)
-    if th < 1 or tw < 1:
-        raise ValueError(f"the size rule gave {th}x{tw} for a {h}x{w} image; expected >= 1")
-    return th, tw
+    return fit(w, h) if turn in _TURNED else fit(h, w)
 
 
 def _draft(img: Image.Image, fit: SizeRule) -> tuple[float, ...] | None:
-    """Ask a JPEG decoder for the largest DCT reduction (1/2, 1/4, 1/8) whose image is still
-    at least ``fit``'s target on both sides (``Image.draft`` rounds the scale down and the
-    reduced size up, so it never goes below). Returns the region of the reduced image that
-    holds the original (a last partial pixel when a side is not divisible), or None when
-    nothing was reduced (not a JPEG, or not twice the target)."""
-    full, orientation = img.size, _orientation(img)
-    th, tw = _target(fit, full, orientation)
-    drafted = img.draft(None, (th, tw) if orientation in _TURNED else (tw, th))  # stored frame
-    if drafted is None or img.size == full:
-        return None
-    return drafted[1]
+    """Ask a JPEG decoder for the largest DCT reduction (1/2, 1/4, 1/8) that keeps the image at
+    least ``fit``'s target on both sides (``Image.draft`` rounds the scale down, the size up).
+    Returns the region of the reduced image that holds the original (a last partial pixel when
+    a side is not divisible), or None when nothing was reduced."""
+    full, turn = img.size, orientation(img)
+    th, tw = _target(fit, full, turn)
+    drafted = img.draft(None, (th, tw) if turn in _TURNED else (tw, th))  # stored frame
+    return None if drafted is None or img.size == full else drafted[1]
 
 
 def _bad_image(path: str | Path, exc: Exception) -> BadImageError:
@@ -120,12 +92,9 @@ def _bad_image(path: str | Path, exc: Exception) -> BadImageError:
 
 def _open(path: str | Path, fit: SizeRule | None, draft: bool
           ) -> tuple[Image.Image, tuple[int, int], tuple[float, ...]]:
-    """Decode ``path`` upright in RGB, DCT-reduced if ``fit`` and ``draft`` allow.
-
-    Returns:
-        The image, ``fit``'s target ``(h, w)`` (the image's own size without ``fit``) and the
-        region of the image that holds the original, ``(0, 0, x1, y1)`` in its pixels.
-    """
+    """Decode ``path`` upright in RGB, DCT-reduced if ``fit`` and ``draft`` allow. Returns the
+    image, ``fit``'s target ``(h, w)`` (without ``fit``: the image's size) and the region
+    ``(x0, y0, x1, y1)`` of the image that holds the original."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
@@ -133,75 +102,35 @@ def _open(path: str | Path, fit: SizeRule | None, draft: bool
             reduced = _draft(img, fit) if fit is not None and draft else None
             img.load()  # decode now: truncated files fail here, inside the try
         stored = img.size  # of the decoded (maybe reduced) image
-        img, orientation = _exif_upright(img)
+        img, turn = upright(img)
         img = to_rgb(img, exif=False)
-        target = _target(fit, full, orientation) if fit is not None else img.size[::-1]
     except FileNotFoundError as exc:  # a sample listed but gone: a missing data path
         raise DataPathError(f"{path}: image file not found ({exc.strerror or exc})") from exc
-    except Exception as exc:
+    except _DECODE_ERRORS as exc:
         raise _bad_image(path, exc) from exc
-    region = (0, 0, *img.size) if reduced is None else _upright_region(reduced, stored,
-                                                                        orientation)
+    target = _target(fit, full, turn) if fit is not None else img.size[::-1]
+    region = (0, 0, *img.size) if reduced is None else _upright_region(reduced, stored, turn)
     return img, target, region
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB PIL image.
-
-    Modes are converted by ``ccrop.data.images.to_rgb``: grayscale, 16-bit (rescaled to 8 bit),
-    CMYK, palette; alpha is dropped (as torchvision's loader does). The EXIF orientation is
-    applied; a malformed EXIF block is ignored rather than failing the image.
-
-    Args:
-        path: Image file.
-
-    Returns:
-        Fully decoded RGB image; the file is closed.
-
-    Raises:
-        DataPathError: ``path`` does not exist (a ``FileNotFoundError``).
-        BadImageError: the file is empty, corrupt, truncated or not an image (a ``ValueError``).
-    """
+    """Open an image file as an upright 8-bit RGB PIL image (modes as ``images.to_rgb``; a
+    malformed EXIF block is ignored), fully decoded. ``DataPathError`` (a ``FileNotFoundError``)
+    if it does not exist, ``BadImageError`` if it is empty, corrupt, truncated or no image."""
     return _open(path, None, False)[0]
-
-
-#: ``decode_fitted`` decoders: ``auto`` (torchvision for JPEGs that are not reduced) or ``pil``.
-DECODERS = ("auto", "pil")
 
 
 def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
                   decoder: str = "auto") -> torch.Tensor:
-    """Decode an image file straight to the size ``fit`` gives it: ``(3, h, w)`` uint8 RGB.
+    """Decode an image file straight to ``(3, h, w)`` uint8 RGB, ``(h, w) = fit(height, width)``
+    of the upright original; errors as ``load_rgb``.
 
-    The same image as ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling
-    (``tests/data/test_decode.py``), at about half the CPU time on ImageNet-like photos
-    (``benchmarks/bench_decode.py``):
-
-    - a JPEG at least twice the target on both sides is decoded by PIL at the largest DCT
-      scale (1/2, 1/4, 1/8) that keeps both sides at least ``(h, w)`` (``Image.draft``): the
-      inverse DCT, colour conversion and resize then run on a quarter of the pixels or fewer;
-    - other RGB or grayscale JPEGs (most ImageNet photos: 500 px for a 256 px target) are
-      decoded by torchvision's libjpeg-turbo decoder: the same pixels as PIL's, ~30% less CPU;
-    - the resize is torch's antialiased uint8 bilinear kernel (ported from Pillow's, +-1 level;
-      about 3x faster than Pillow's), with the exact scale of the region the original covers.
-
-    Args:
-        path: Image file (any format ``load_rgb`` reads; only JPEGs are reduced).
-        fit: Size rule ``(height, width) -> (h, w)`` of the upright original, e.g.
-            ``functools.partial(ccrop.data.sources.fit_size, size=256, max_side=341)``.
-        draft: Allow the reduced JPEG decode (False: full decode, the same resize).
-        decoder: ``"auto"`` as above, or ``"pil"`` (PIL decodes every file).
-
-    Returns:
-        (3, h, w) uint8 tensor.
-
-    Raises:
-        FileNotFoundError, BadImageError: as ``load_rgb``.
+    The same image as ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling, at
+    about half the CPU time (``benchmarks/bench_decode.py``): a JPEG at least twice the target
+    is decoded at a reduced DCT scale (``Image.draft``, if ``draft``), other RGB or grayscale
+    JPEGs by torchvision (``decoder="auto"``; ``"pil"``: PIL decodes all), then torch's
+    antialiased bilinear resize at the exact scale of the region the original covers.
     """
-    import numpy as np
-
-    if decoder not in DECODERS:
-        raise DataError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     fast = _torchvision_jpeg(path, fit, draft) if decoder == "auto" else None
     if fast is not None:
         x, (h, w) = fast  # (3, H, W)
@@ -217,24 +146,32 @@ def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
 
 def _resize_region(x: torch.Tensor, h: int, w: int, x1: float, y1: float) -> torch.Tensor:
     """Antialiased bilinear resize of the region ``[0, x1) x [0, y1)`` of ``x`` (3, H, W) uint8
-    onto (3, h, w), as Pillow's ``resize(box=...)``. The op is the one behind
-    ``F.interpolate(mode="bilinear", antialias=True)`` (torch >= 1.11), called with explicit
-    scales so that a region of fractional size maps exactly."""
-    return torch._C._nn._upsample_bilinear2d_aa(x[None], [h, w], False, h / y1, w / x1)[0]
+    onto (3, h, w), as Pillow's ``resize(box=...)``: one pass per side (as the kernel runs
+    them, width first), to the size where the region is the whole side, else at the exact
+    scale ``n / extent`` of a fractional region (H = ceil(y1): the output has >= h rows)."""
+    x = x[None]
+    for dim, n, extent in ((3, w, x1), (2, h, y1)):
+        if extent == x.shape[dim]:
+            size = [n if d == dim else x.shape[d] for d in (2, 3)]
+            x = F.interpolate(x, size, mode="bilinear", antialias=True)
+        else:
+            scale = [n / extent if d == dim else 1.0 for d in (2, 3)]
+            x = F.interpolate(x, scale_factor=scale, mode="bilinear", antialias=True)
+            x = x.narrow(dim, 0, n)
+    return x[0]
 
 
 def _torchvision_jpeg(path: str | Path, fit: SizeRule, draft: bool
                       ) -> tuple[torch.Tensor, tuple[int, int]] | None:
     """An RGB or grayscale JPEG that ``draft`` would not reduce, decoded upright by torchvision
-    (``(3, H, W)`` uint8) with ``fit``'s target ``(h, w)``; None for any other file or any
-    failure, which ``_open`` (PIL) then decodes or reports (also once torchvision drops
-    ``decode_jpeg``, deprecated since 0.29: PIL then decodes every file)."""
+    (``(3, H, W)`` uint8) with ``fit``'s target ``(h, w)``; None for any other file or failure
+    (PIL then decodes or reports it; also once torchvision drops ``decode_jpeg``)."""
     try:
         from torchvision.io import ImageReadMode, decode_jpeg
 
         with open(path, "rb") as f:
             img = Image.open(f)  # the header only
-            full, orientation = img.size, _orientation(img)
+            full, turn = img.size, orientation(img)
             if img.format != "JPEG" or img.mode not in ("RGB", "L") or (
                     draft and _draft(img, fit) is not None):
                 return None
@@ -243,15 +180,15 @@ def _torchvision_jpeg(path: str | Path, fit: SizeRule, draft: bool
         with warnings.catch_warnings():  # torchvision 0.29 deprecates it for TorchCodec
             warnings.simplefilter("ignore", DeprecationWarning)
             x = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-        upright = full[::-1] if orientation not in _TURNED else full  # (H, W)
-        return (x, _target(fit, full, orientation)) if tuple(x.shape[1:]) == upright else None
-    except Exception:  # torchvision missing, a file it refuses, a bad size rule: PIL decides
+    except (ImportError, RuntimeError, *_DECODE_ERRORS):
         return None
+    upright_hw = full[::-1] if turn not in _TURNED else full  # (H, W)
+    return (x, _target(fit, full, turn)) if tuple(x.shape[1:]) == upright_hw else None
 
 
 def square_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Size rule of the localization input: ``(size, size)`` whatever the image (the official
-    square resize). Use as ``functools.partial(square_size, size=224)`` (picklable)."""
+    """Size rule ``(size, size)`` of the localization input (the official square resize), as
+    ``functools.partial(square_size, size=224)``."""
     return size, size
 
 
@@ -260,14 +197,8 @@ def _visible(name: str) -> bool:
 
 
 def list_images(folder: str | Path) -> list[str]:
-    """All image files under ``folder``, recursively, sorted; hidden files and folders skipped.
-
-    Args:
-        folder: Folder to scan.
-
-    Returns:
-        Sorted file paths with an image extension (case-insensitive).
-    """
+    """Sorted paths of the files with an image extension (any case) under ``folder``,
+    recursively; hidden files and folders skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
         dirnames[:] = [d for d in dirnames if _visible(d)]
@@ -280,16 +211,8 @@ def list_images(folder: str | Path) -> list[str]:
 
 
 def split_folder(root: str | Path, split: str, layout: str) -> Path:
-    """The folder holding one split: ``root/split`` if it exists, else ``root`` itself.
-
-    Args:
-        root: Dataset root.
-        split: Split name (``train``, ``val``, ...).
-        layout: Expected layout, quoted in errors.
-
-    Returns:
-        Folder to scan.
-    """
+    """The folder of one split: ``root/split`` if it exists, else ``root`` itself (unless root
+    has other split folders); ``layout`` is quoted in errors."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataPathError(f"dataset root {root} not found; expected the layout {layout}")
@@ -306,16 +229,8 @@ def split_folder(root: str | Path, split: str, layout: str) -> Path:
 
 
 def read_class_list(path: str | Path) -> list[str]:
-    """Read a class list: one class folder name (e.g. a WordNet id) per line.
-
-    Only the first word of each line counts; blank lines and lines starting with ``#`` are skipped.
-
-    Args:
-        path: Text file.
-
-    Returns:
-        Class names in file order (index = label).
-    """
+    """Class names (index = label) of a text file, the first word of each line (e.g. a WordNet
+    id); blank lines and lines starting with ``#`` are skipped."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataPathError(
@@ -331,30 +246,19 @@ def read_class_list(path: str | Path) -> list[str]:
 
 
 class FileListDataset(ImageDataset):
-    """Dataset over a list of ``(image path, label)`` pairs, decoded with ``load_rgb``.
+    """Dataset over ``(image path, label)`` pairs (label -1 where there is none), decoded with
+    ``load_rgb``; ``root`` (where they came from) is named in errors.
 
-    Args:
-        samples: ``(path, label)`` pairs; label -1 where there is none.
-        classes: Class names, index = label.
-        root: Where the samples came from, named in errors.
-        on_bad_image: ``"error"`` raises ``BadImageError`` naming the file; ``"skip"`` records
-            the path in ``bad_images`` (this process only) and in ``skipped_paths()`` (every
-            process), logs it at DEBUG level and returns the next readable item instead;
-            ``report_skipped`` then logs one warning line (count and first path).
-        transform: Optional callable applied to each PIL image.
+    ``on_bad_image="error"`` raises ``BadImageError`` naming the file; ``"skip"`` records the
+    path in ``bad_images`` (this process) and ``skipped_paths()`` (every process), logs it at
+    DEBUG level and returns the next readable item instead.
     """
 
-    def __init__(
-        self,
-        samples: Sequence[tuple[str, int]],
-        classes: Sequence[str] = (),
-        root: str | Path = "",
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str] = (),
+                 root: str | Path = "", on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         super().__init__(transform)
-        if on_bad_image not in BAD_IMAGE_MODES:
-            raise DataError(f"on_bad_image={on_bad_image!r}; allowed: {list(BAD_IMAGE_MODES)}")
+        check_choice("on_bad_image", on_bad_image, BAD_IMAGE_MODES)
         if not samples:
             raise DataError(f"no images found under {root}; the dataset would be empty")
         self.samples = [(str(p), int(t)) for p, t in samples]
@@ -376,16 +280,9 @@ class FileListDataset(ImageDataset):
         return [self.samples[i][0] for i in torch.nonzero(self.bad_mask).flatten().tolist()]
 
     def report_skipped(self, split: str | None = None) -> list[str]:
-        """Log ONE warning line when files were skipped since the last report: how many so far
-        and the first one (each file is logged at DEBUG level only, so a folder with many
-        broken files does not flood the console). Call it in the main process after a pass.
-
-        Args:
-            split: the split's name, shown in the line.
-
-        Returns:
-            ``skipped_paths()``.
-        """
+        """Log ONE warning line (count so far, first path; ``split`` named) if files were
+        skipped since the last call; returns ``skipped_paths()``. Call it in the main process
+        after a pass (each file is logged at DEBUG level only)."""
         paths = self.skipped_paths()
         if len(paths) > self._reported:
             self._reported = len(paths)
@@ -395,13 +292,8 @@ class FileListDataset(ImageDataset):
         return paths
 
     def load(self, index: int, read: Callable[[str], Any] = load_rgb) -> tuple[Any, int]:
-        """Return ``(PIL RGB image, label)``; in skip mode the next readable item if needed.
-
-        Args:
-            index: A valid index.
-            read: Reads a path (``load_rgb``; e.g. a ``functools.partial`` of ``decode_fitted``
-                to decode straight to a size); bad files are handled as for ``load_rgb``.
-        """
+        """``(read(path), label)`` of a valid index (``read``: ``load_rgb``, or a partial of
+        ``decode_fitted``); in skip mode the next readable item if needed."""
         n = len(self.samples)
         for step in range(n):
             i = (index + step) % n
@@ -427,23 +319,12 @@ def decodes_to_size(dataset: Any) -> bool:
 
 
 class FittedImages(Dataset):
-    """``index -> (index, transform(image))`` of a folder dataset, each image decoded straight
-    to the size ``fit`` gives it (``decode_fitted``): the localization input of folders.
-
-    Args:
-        base: Folder dataset without a transform (``decodes_to_size``).
-        fit: Size rule ``(height, width) -> (h, w)``, picklable for DataLoader workers (a
-            module-level function or a ``functools.partial`` of one).
-        transform: ``(3, h, w)`` uint8 tensor -> model input, e.g.
-            ``ccrop.data.views.EvalTransform``.
-        draft: Allow the reduced JPEG decode (False: full decode, the same resize).
-    """
+    """``index -> (index, transform(image))`` of a folder dataset without a transform
+    (``decodes_to_size``), each image decoded by ``decode_fitted`` straight to the size of the
+    picklable rule ``fit`` as (3, h, w) uint8: the localization input of folders."""
 
     def __init__(self, base: FileListDataset, fit: SizeRule,
                  transform: Callable[[torch.Tensor], Any], draft: bool = True) -> None:
-        if not decodes_to_size(base):
-            raise ValueError("FittedImages needs a folder dataset (FileListDataset) without a "
-                             f"transform, got {type(base).__name__}")
         self.base, self.transform = base, transform
         self.read = partial(decode_fitted, fit=fit, draft=bool(draft))
 
@@ -461,19 +342,9 @@ _FOLDER_LAYOUT = "root/[train|val/]<class>/<images> (e.g. ImageNet: root/train/n
 def class_samples(
     folder: Path, classes: Sequence[str], strict: bool, sub: str = ""
 ) -> list[tuple[str, int]]:
-    """Samples of every class folder ``folder/<class>/<sub>``, label = index in ``classes``.
-
-    An empty class folder is skipped with a warning but keeps its label.
-
-    Args:
-        folder: Split folder.
-        classes: Class folder names.
-        strict: Raise ``FileNotFoundError`` if a class folder is missing.
-        sub: Optional path inside each class folder (``"images"`` for Tiny ImageNet).
-
-    Returns:
-        ``(image path, label)`` pairs.
-    """
+    """``(image path, label)`` pairs of every class folder ``folder/<class>/<sub>``, label =
+    index in ``classes``; an empty class folder is skipped with a warning but keeps its label,
+    a missing one raises ``FileNotFoundError`` if ``strict``."""
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
         class_dir = folder / name / sub if sub else folder / name
@@ -481,36 +352,24 @@ def class_samples(
             raise DataPathError(f"class {name!r} has no folder {class_dir}")
         files = list_images(class_dir)
         if not files:
-            logger.warning(
-                "empty class folder %s ignored (label %d has no images)", class_dir, label
-            )
+            logger.warning("empty class folder %s ignored (label %d has no images)", class_dir,
+                           label)
         samples += [(f, label) for f in files]
     return samples
 
 
 class ImageFolder(FileListDataset):
-    """Labelled images in class sub-folders, e.g. ImageNet-1K, or ImageNet-200 with a class list.
+    """Labelled images in class sub-folders of ``root/<split>`` (or ``root``), e.g. ImageNet-1K.
 
-    Labels follow the sorted class-folder names, or the order of ``class_list`` if given (then
-    only the listed classes are read). An empty class folder is ignored with a warning but keeps
-    its label, so labels stay the same across splits.
-
-    Args:
-        root: Dataset root; the split is ``root/<split>`` if that folder exists, else ``root``.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        class_list: Optional text file, one class folder name (wnid) per line.
-        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
-        transform: Optional callable applied to each PIL image.
+    Labels follow the sorted class-folder names, or the order of the ``class_list`` text file
+    (one wnid a line; only those classes are read, e.g. ImageNet-200). An empty class folder
+    keeps its label (with a warning), so labels agree across splits. ``on_bad_image`` as in
+    ``FileListDataset``.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        class_list: str | Path | None = None,
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train",
+                 class_list: str | Path | None = None, on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         folder = split_folder(root, split, _FOLDER_LAYOUT)
         if class_list is not None:
             classes = read_class_list(class_list)
@@ -521,22 +380,10 @@ class ImageFolder(FileListDataset):
 
 
 class UnlabeledFolder(FileListDataset):
-    """Every image under a folder, recursively, with label -1.
+    """Every image under ``root/<split>`` (or ``root``), recursively, with label -1."""
 
-    Args:
-        root: Folder; the split is ``root/<split>`` if that folder exists, else ``root``.
-        split: ``"train"``, ``"unlabeled"``, ``"val"`` or ``"test"``.
-        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
-        transform: Optional callable applied to each PIL image.
-    """
-
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         folder = split_folder(root, split, "root/**/<images> (any nesting)")
         samples = [(f, -1) for f in list_images(folder)]
         super().__init__(samples, [], folder, on_bad_image, transform)

@@ -1,39 +1,53 @@
-"""Image mode normalisation: any PIL image or tensor -> 8-bit RGB PIL image."""
+"""Image mode normalisation: any PIL image or tensor -> upright 8-bit RGB PIL image."""
 
 from __future__ import annotations
+
+import struct
 
 import numpy as np
 import torch
 import torchvision.transforms.functional as TF
-from PIL import Image, ImageOps
+from PIL import Image
+
+#: What reading a malformed EXIF block raises; such an image is used as stored.
+EXIF_ERRORS = (OSError, SyntaxError, ValueError, TypeError, LookupError, ArithmeticError,
+               struct.error)
+#: EXIF orientation -> the transposition that makes the image upright (as ``exif_transpose``).
+TRANSPOSE = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+             4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+             6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+             8: Image.Transpose.ROTATE_90}
+
+
+def orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag, 1 when absent, unknown or unreadable."""
+    try:
+        value = img.getexif().get(0x0112, 1)
+    except EXIF_ERRORS:
+        return 1
+    return value if value in TRANSPOSE else 1
+
+
+def upright(img: Image.Image) -> tuple[Image.Image, int]:
+    """The image with its EXIF orientation applied, and that orientation (1: none)."""
+    turn = orientation(img)
+    return (img if turn == 1 else img.transpose(TRANSPOSE[turn])), turn
 
 
 def to_rgb(img: Image.Image | torch.Tensor | np.ndarray, exif: bool = True) -> Image.Image:
-    """Convert an image of any common mode to 8-bit RGB.
+    """Convert an image to 8-bit RGB: a PIL image of any mode, a (C, H, W)/(H, W) tensor or an
+    (H, W[, C]) uint8 array.
 
-    Handles grayscale (L, LA, 1), 16/32-bit integer (I;16, I: rescaled by their bit depth),
-    float (F: assumed in [0, 1]), CMYK, RGBA/LA (alpha dropped, colour kept), palette (P, with or
-    without transparency), EXIF orientation, (C,H,W)/(H,W) tensors and (H,W[,C]) uint8 arrays.
-
-    Args:
-        img: the image.
-        exif: apply the EXIF orientation tag (photos from cameras and phones).
-
-    Returns:
-        PIL image in mode ``RGB``.
+    16/32-bit integer modes are rescaled by their bit depth, float (F) is taken in [0, 1],
+    alpha is dropped keeping the colour (palette transparency too), CMYK converted; ``exif``
+    applies the EXIF orientation.
     """
     if isinstance(img, torch.Tensor):
         img = TF.to_pil_image(img if img.dim() == 3 or img.dtype != torch.uint8 else img[None])
     elif isinstance(img, np.ndarray):
         img = Image.fromarray(img)
-    if not isinstance(img, Image.Image):
-        raise ValueError(f"image must be a PIL image, tensor or array, got {type(img).__name__}")
     if exif:
-        try:
-            if img.getexif().get(0x0112, 1) != 1:
-                img = ImageOps.exif_transpose(img)
-        except Exception:  # a malformed EXIF block must not lose the image
-            pass
+        img = upright(img)[0]
     mode = img.mode
     if mode == "RGB":
         return img

@@ -54,29 +54,16 @@ DATASET_INFO: dict[str, dict[str, Any]] = {
 }
 
 
-def _folder(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
-    return ImageFolder(root, split, **kw)
-
-
-def _imagenet200(
-    root: Any, split: str, download: bool, class_list: Any = None, **kw: Any
-) -> Dataset:
+def _imagenet200(root: Any, split: str, download: bool, class_list: Any = None,
+                 **kw: Any) -> Dataset:
     if class_list is None:
         raise DataError("imagenet200 needs class_list=<text file, one wnid per line (200 lines)>")
     return ImageFolder(root, split, class_list=class_list, **kw)
 
 
-def _unlabeled(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
-    return UnlabeledFolder(root, split, **kw)
-
-
-def _synthetic(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
-    return SyntheticObjects(split=split, **kw)  # generated: root is not used
-
-
 @dataclass(frozen=True)
 class _Entry:
-    """How to build one dataset: ``build(root, split, download, **kwargs)`` and its splits."""
+    """``build(root, split, download, **kwargs)`` and the splits of one dataset."""
 
     build: Callable[..., Dataset]
     splits: tuple[str, ...]
@@ -90,12 +77,13 @@ _REGISTRY: dict[str, _Entry] = {
     "cifar100": _Entry(CIFAR100, ("train", "test")),
     "stl10": _Entry(STL10, STL10_SPLITS),
     "tiny-imagenet": _Entry(TinyImageNet, ("train", "val", "test")),
-    "imagefolder": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
-    "imagenet": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
+    "imagefolder": _Entry(lambda root, split, _, **kw: ImageFolder(root, split, **kw),
+                          _FOLDER_SPLITS, downloadable=False),
+    "imagenet": _Entry(lambda root, split, _, **kw: ImageFolder(root, split, **kw),
+                       _FOLDER_SPLITS, downloadable=False),
     "imagenet200": _Entry(_imagenet200, _FOLDER_SPLITS, downloadable=False),
-    "unlabeled-folder": _Entry(
-        _unlabeled, ("train", "unlabeled", "val", "test"), downloadable=False
-    ),
+    "unlabeled-folder": _Entry(lambda root, split, _, **kw: UnlabeledFolder(root, split, **kw),
+                               ("train", "unlabeled", "val", "test"), downloadable=False),
     "fashion-mnist": _Entry(FashionMNIST, ("train", "test"), needs_root=False),
     # reads the fashion-mnist files (system copies or root, downloadable); val is carved from train
     "fashion-mnist-cluttered": _Entry(
@@ -104,8 +92,8 @@ _REGISTRY: dict[str, _Entry] = {
     # Tango icons on wallpapers, from Debian packages (root optional); val/test hold other icons
     "icons": _Entry(IconsOnPhotos, ("train", "val", "test"), needs_root=False,
                     downloadable=False),
-    "synthetic": _Entry(_synthetic, ("train", "val", "test"), needs_root=False,
-                        downloadable=False),
+    "synthetic": _Entry(lambda _, split, __, **kw: SyntheticObjects(split=split, **kw),
+                        ("train", "val", "test"), needs_root=False, downloadable=False),
 }
 
 
@@ -116,31 +104,21 @@ def build_dataset(
     download: bool = False,
     **kwargs: Any,
 ) -> Dataset:
-    """Build a dataset by name; items are ``(PIL RGB image, int label)``, label -1 if none.
+    """Build a dataset of ``DATASET_INFO`` by name: items ``(PIL RGB image, int label)``, label
+    -1 if none, with ``targets`` (list[int]) and ``classes``.
 
-    Args:
-        name: One of ``DATASET_INFO``: cifar10, cifar100, stl10, tiny-imagenet, imagefolder,
-            imagenet (= imagefolder), imagenet200 (needs ``class_list=``), unlabeled-folder,
-            fashion-mnist, fashion-mnist-cluttered, icons, synthetic.
-        root: Data folder; optional for fashion-mnist, fashion-mnist-cluttered and icons
-            (system copies) and unused by synthetic.
-        split: ``train``, ``test``, ``val``, ``unlabeled`` or ``train+unlabeled``, as the
-            dataset supports (the error lists them).
-        download: Fetch missing files (cifar10/100, stl10, tiny-imagenet, fashion-mnist,
-            fashion-mnist-cluttered).
-        **kwargs: Passed to the reader, e.g. ``on_bad_image``, ``class_list``, ``pad_to``,
-            ``transform``, or ``num_images``/``image_size``/``num_classes``/``seed`` (synthetic;
-            fashion-mnist-cluttered and icons take ``num_images``/``image_size``/``seed``).
-
-    Returns:
-        Map-style dataset with ``targets`` (list[int]) and ``classes``.
+    ``root`` is optional for fashion-mnist, fashion-mnist-cluttered and icons (system copies)
+    and unused by synthetic; imagenet200 needs ``class_list=``; ``split`` and ``download`` as
+    the dataset supports (the errors list them); ``kwargs`` go to the reader (``on_bad_image``,
+    ``pad_to``, ``transform``, ``num_images``, ``image_size``, ``seed``, ...).
     """
     entry = _REGISTRY.get(name)
     if entry is None:
         raise DataError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")
     check_split(split, entry.splits, name)
-    if entry.needs_root and root is None:
-        raise DataError(f"dataset {name!r} needs root=<data folder>")
-    if download and not entry.downloadable:
-        raise DataError(f"download=True is not supported for {name!r}; put the files under root")
+    problem = (f"dataset {name!r} needs root=<data folder>" if entry.needs_root and root is None
+               else f"download=True is not supported for {name!r}; put the files under root"
+               if download and not entry.downloadable else None)
+    if problem:
+        raise DataError(problem)
     return entry.build(root, split, download, **kwargs)

@@ -36,16 +36,13 @@ class RunData:
 
     def bad_image_paths(self) -> list[str]:
         """Images skipped as unreadable (folder datasets with ``data.on_bad_image=skip``)."""
-        skipped = getattr(self.train, "skipped_paths", None)
-        return skipped() if skipped is not None else []
+        return self.train.skipped_paths()
 
     def report_bad_images(self) -> None:
         """One warning line per split whose skipped unreadable images grew since the last call
         (count and first path; folder datasets with ``data.on_bad_image=skip``)."""
         for name, dataset in [(self.cfg.data.train_split, self.train), *self._splits.items()]:
-            report = getattr(dataset, "report_skipped", None)
-            if report is not None:
-                report(name)
+            dataset.report_skipped(name)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""
@@ -78,16 +75,12 @@ def build_data(cfg: Config) -> RunData:
         raise ConfigError(f"data.dataset must be one of {sorted(DATASET_INFO)}, got {d.dataset!r}")
     info = DATASET_INFO[d.dataset]
     train = _dataset(cfg, d.train_split)
-    if len(train) == 0:
-        raise ConfigError(f"data.dataset {d.dataset!r} split {d.train_split!r} is empty")
     if d.batch_size > len(train):
         raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the dataset "
                           f"({len(train)} images)")
-    gt = getattr(train, "gt_boxes", None)
-    targets = getattr(train, "targets", None)
-    has_labels = targets is None or (len(targets) > 0 and int(np.min(targets)) >= 0)
+    gt = train.gt_boxes
     return RunData(cfg, train, tuple(d.mean or info["mean"]), tuple(d.std or info["std"]),
                    # generated sets know their size (dataset_kwargs.image_size=64)
-                   int(d.image_size or getattr(train, "image_size", None) or info["image_size"]),
-                   int(info.get("num_classes") or 0),
-                   None if gt is None else torch.as_tensor(gt).float(), has_labels)
+                   int(d.image_size or train.image_size or info["image_size"]),
+                   int(info["num_classes"]), None if gt is None else torch.as_tensor(gt).float(),
+                   len(train.targets) > 0 and int(np.min(train.targets)) >= 0)

@@ -1,4 +1,9 @@
-"""STL-10 read from the original binary files, memory-mapped (unlabeled has 100k images)."""
+"""STL-10 read from the original binary files, memory-mapped (unlabeled has 100k images).
+
+torchvision's ``datasets.STL10`` only fetches the archive here: it hashes all 2.6 GB (md5) on
+every construction, refusing any other file, and reads the images into memory, where this
+reader maps them and pickles without them (DataLoader workers re-open the files).
+"""
 
 from __future__ import annotations
 
@@ -23,116 +28,69 @@ from .base import (
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
 SPLITS = ("train", "test", "unlabeled", "train+unlabeled")
-_FILES: dict[str, tuple[tuple[str, str | None], ...]] = {
-    "train": (("train_X.bin", "train_y.bin"),),
-    "test": (("test_X.bin", "test_y.bin"),),
-    "unlabeled": (("unlabeled_X.bin", None),),
-}
+_FILES = {"train": [("train_X.bin", "train_y.bin")], "test": [("test_X.bin", "test_y.bin")],
+          "unlabeled": [("unlabeled_X.bin", None)]}
 _FILES["train+unlabeled"] = _FILES["train"] + _FILES["unlabeled"]
 FOLDER = "stl10_binary"
 URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"  # the official archive
-LAYOUT = (
-    f"{FOLDER}/{{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin, "
-    "class_names.txt}"
-)
+LAYOUT = (f"{FOLDER}/{{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin, "
+          "class_names.txt}")
 
 
 def open_stl_images(path: str | Path) -> np.ndarray:
-    """Memory-map an STL-10 image file.
-
-    Each image is 3 x 96 x 96 uint8, every channel stored column-major (x outer, y inner).
-
-    Args:
-        path: ``*_X.bin`` file.
-
-    Returns:
-        Read-only uint8 array view (N, 3, H, W), upright, backed by the file.
-    """
-    path = Path(path)
-    size = path.stat().st_size
+    """Memory-map an STL-10 ``*_X.bin`` file (per image and channel, column-major uint8) as a
+    read-only upright uint8 view (N, 3, H, W)."""
+    size = Path(path).stat().st_size
     if size == 0 or size % IMAGE_BYTES:
-        raise DataError(
-            f"{path}: size {size} bytes is not a positive multiple of {IMAGE_BYTES} "
-            f"(3 x {SIDE} x {SIDE} uint8 per image); the file is truncated or not STL-10"
-        )
+        raise DataError(f"{path}: size {size} bytes is not a positive multiple of {IMAGE_BYTES} "
+                        f"(3 x {SIDE} x {SIDE} uint8 per image): truncated or not STL-10")
     raw = np.memmap(path, np.uint8, "r", shape=(size // IMAGE_BYTES, 3, SIDE, SIDE))  # (N, C, W, H)
-    return raw.transpose(0, 1, 3, 2)  # column-major storage -> (N, C, H, W)
+    return raw.transpose(0, 1, 3, 2)
 
 
 def read_stl_labels(path: str | Path, count: int) -> list[int]:
-    """Read an STL-10 label file (one byte per image, 1..10) as labels 0..9.
-
-    Args:
-        path: ``*_y.bin`` file.
-        count: Number of images in the matching ``*_X.bin``.
-
-    Returns:
-        ``count`` labels in 0..9.
-    """
+    """Read a ``*_y.bin`` file of ``count`` label bytes 1..10 as labels 0..9."""
     raw = np.fromfile(path, np.uint8)
-    if len(raw) != count:
-        raise DataError(f"{path}: {len(raw)} bytes, expected {count} (one label byte per image)")
-    if count and (raw.min() < 1 or raw.max() > 10):
-        raise DataError(f"{path}: labels must lie in 1..10, found {raw.min()}..{raw.max()}")
+    if len(raw) != count or (count and (raw.min() < 1 or raw.max() > 10)):
+        raise DataError(f"{path}: {len(raw)} bytes, expected {count} (one label byte per image, "
+                        "1..10)")
     return (raw.astype(np.int64) - 1).tolist()
 
 
-def _download(root: Path, needed: list[Path]) -> None:
-    """Fetch and unpack the archive with torchvision (one archive holds every split); on failure
-    remove what the attempt created and raise ``DatasetMissingError``."""
-    from torchvision import datasets
-
-    download_or_fail(
-        lambda: datasets.STL10(str(root), split="train", download=True),
-        watch=[root, root / FOLDER],
-        complete=lambda: all(p.is_file() for p in needed),
-        message=lambda reason: missing_data_message("stl10", root, LAYOUT, URL, reason),
-    )
-
-
 class STL10(ImageDataset):
-    """STL-10 from ``root/stl10_binary`` (96 x 96 RGB; labels 0..9, -1 for unlabeled images).
+    """STL-10 from ``root/stl10_binary``: 96 x 96 RGB, labels 0..9 (-1 for unlabeled images).
 
-    Images stay memory-mapped; the dataset pickles without them (workers re-open the files).
-
-    Args:
-        root: Folder containing ``stl10_binary``.
-        split: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or
-            ``"train+unlabeled"`` (105k, the pretraining set: train first).
-        download: Fetch the archive (2.5 GB) with torchvision if files are missing (a failed
-            download leaves nothing behind and raises ``DatasetMissingError``).
-        transform: Optional callable applied to each PIL image.
-
-    Raises:
-        DatasetMissingError: files missing with ``download=False``, or the download failed.
+    ``split``: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or ``"train+unlabeled"``
+    (the pretraining set, train first). ``download`` fetches the archive (2.5 GB) with
+    torchvision if files are missing (a failed download leaves nothing behind and raises
+    ``DatasetMissingError``, as missing files do).
     """
 
     data_layout = NCHW
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        download: bool = False,
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", download: bool = False,
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         super().__init__(transform)
         check_split(split, SPLITS, "stl10")
         root = Path(root).expanduser()
-        folder = root / FOLDER
-        pairs = [(folder / x, folder / y if y else None) for x, y in _FILES[split]]
-        needed = [p for pair in pairs for p in pair if p is not None]
+        pairs = [(root / FOLDER / x, y and root / FOLDER / y) for x, y in _FILES[split]]
+        needed = [p for pair in pairs for p in pair if p]
         if not all(p.is_file() for p in needed):
             if not download:
                 raise DatasetMissingError(missing_data_message("stl10", root, LAYOUT, URL))
-            _download(root, needed)
+            from torchvision import datasets
+
+            download_or_fail(
+                lambda: datasets.STL10(str(root), split="train", download=True),
+                [root, root / FOLDER], lambda: all(p.is_file() for p in needed),
+                lambda reason: missing_data_message("stl10", root, LAYOUT, URL, reason))
         self._paths = [x for x, _ in pairs]
         self._parts: list[np.ndarray] | None = [open_stl_images(x) for x in self._paths]
-        self.targets: list[int] = []
+        self.targets = []
         for part, (_, y) in zip(self._parts, pairs):
             self.targets += read_stl_labels(y, len(part)) if y else [-1] * len(part)
         self._starts = np.cumsum([0] + [len(p) for p in self._parts[:-1]]).tolist()
-        names = folder / "class_names.txt"
+        names = root / FOLDER / "class_names.txt"
         self.classes = names.read_text().split() if names.is_file() else []
 
     @property
@@ -152,9 +110,7 @@ class STL10(ImageDataset):
         return len(self.targets)
 
     def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_parts"] = None  # never pickle memory maps (they would be copied in full)
-        return state
+        return {**self.__dict__, "_parts": None}  # never pickle memory maps (copied in full)
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         """Return ``(PIL RGB image 96 x 96, label)`` for one index."""

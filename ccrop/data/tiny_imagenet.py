@@ -21,10 +21,7 @@ LAYOUT = (
 
 
 def _base_folder(root: Path, download: bool) -> Path:
-    """``root/tiny-imagenet-200`` (or ``root`` itself if it is that folder), fetched if asked.
-
-    A failed download leaves nothing behind; missing files raise ``DatasetMissingError``.
-    """
+    """``root/tiny-imagenet-200`` (or ``root`` itself if it is that folder), fetched if asked."""
     for base in (root / FOLDER, root):
         if (base / "wnids.txt").is_file():
             return base
@@ -42,15 +39,8 @@ def _base_folder(root: Path, download: bool) -> Path:
 
 
 def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str, int]]:
-    """Parse ``val_annotations.txt`` (``file<TAB>wnid<TAB>x0 y0 x1 y1``) into samples.
-
-    Args:
-        path: The annotation file.
-        label_of: wnid -> label.
-
-    Returns:
-        ``(image path, label)`` pairs in file order.
-    """
+    """``(image path, label)`` pairs of ``val_annotations.txt`` (``file<TAB>wnid<TAB>box``)
+    in file order; ``label_of`` maps wnid -> label."""
     if not path.is_file():
         raise DataPathError(f"tiny-imagenet: {path} not found; expected root/{LAYOUT}")
     samples = []
@@ -67,28 +57,18 @@ def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str
 
 
 class TinyImageNet(FileListDataset):
-    """Tiny ImageNet, 64 x 64 RGB, labels 0..199 in sorted-wnid order.
+    """Tiny ImageNet from ``root/tiny-imagenet-200`` (or that folder): 64 x 64 RGB, labels
+    0..199 in sorted-wnid order (as an ImageFolder over ``train/``).
 
-    The sorted order matches an ImageFolder over ``train/``, as most prepared copies use.
-
-    Args:
-        root: Folder containing ``tiny-imagenet-200`` (or that folder itself).
-        split: ``"train"`` (100k) or ``"val"`` (10k, labelled); ``"test"`` is an alias of
-            ``"val"`` because the official test images have no labels.
-        download: Fetch and unzip the archive from the Stanford CS231n site if missing (a
-            failed download leaves nothing behind and raises ``DatasetMissingError``).
-        on_bad_image: ``"error"`` or ``"skip"`` (see ``FileListDataset``).
-        transform: Optional callable applied to each PIL image.
+    ``split`` is ``"train"`` (100k) or ``"val"`` (10k; ``"test"`` is an alias, the official test
+    images have no labels). ``download`` fetches and unzips the CS231n archive if missing (a
+    failed download leaves nothing behind and raises ``DatasetMissingError``, as missing files
+    do). ``on_bad_image`` as in ``FileListDataset``.
     """
 
-    def __init__(
-        self,
-        root: str | Path,
-        split: str = "train",
-        download: bool = False,
-        on_bad_image: str = "error",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path, split: str = "train", download: bool = False,
+                 on_bad_image: str = "error",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, ("train", "val", "test"), "tiny-imagenet")
         base = _base_folder(Path(root).expanduser(), download)
         classes = sorted((base / "wnids.txt").read_text().split())

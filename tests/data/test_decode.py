@@ -16,7 +16,6 @@ from ccrop.crop import sample_crop_params_batch
 from ccrop.data.folder import (
     _TURNED,
     BadImageError,
-    FittedImages,
     UnlabeledFolder,
     _draft,
     _torchvision_jpeg,
@@ -185,8 +184,6 @@ def test_decoders_agree(folder):
             assert (auto.int() - pil.int()).abs().max() <= 1
             taken += _torchvision_jpeg(path, RULE, draft) is not None
     assert taken >= 40  # every file without the draft, the small ones with it
-    with pytest.raises(ValueError, match="decoder"):
-        decode_fitted(path, RULE, decoder="nvjpeg")
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -286,9 +283,3 @@ def test_eval_transform_tensor_equals_pil():
     tf = EvalTransform(MEAN, STD, 56)
     x = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)
     assert torch.equal(tf(x), tf(img))
-
-
-def test_fitted_images_needs_a_plain_folder(folder):
-    base = UnlabeledFolder(folder, transform=lambda im: im)
-    with pytest.raises(ValueError, match="without a transform"):
-        FittedImages(base, RULE, EvalTransform(MEAN, STD))
