@@ -87,8 +87,7 @@ def test_a_few_steps_lower_the_loss_on_synthetic_views(tmp_path, name):
         run.optimizer.zero_grad()
         loss.backward()
         run.optimizer.step()
-        if hasattr(run.method, "momentum_update"):
-            run.method.momentum_update(0.5)
+        run.method.after_step(0.5)
         for k, v in frozen.items():
             run.method.get_buffer(k).copy_(v)
         losses.append(float(loss.detach()))

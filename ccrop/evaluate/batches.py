@@ -16,30 +16,18 @@ from ..data.views import Recipe
 
 
 class DeviceLabeledBatches:
-    """``(images, labels)`` batches made on the device from a resident small dataset.
+    """``(images (B, 3, S, S), labels (B,))`` batches made on the device from a resident small
+    dataset: the GPU path of the evaluation protocols, a drop-in for their DataLoaders (``len``,
+    ``dataset``, iteration).
 
-    The GPU path of the evaluation protocols: with ``train`` the linear protocol's augmentation
-    (RandomResizedCrop(``scale``) + horizontal flip, batched with ``ccrop.data.gpu_views``, a new
-    shuffle and new draws at every iteration, seeded by ``(seed, pass)``), else the
-    un-augmented normalised images in dataset order (kNN bank and queries, linear test set).
-    A drop-in for the DataLoaders of ``ccrop.evaluate`` (``len``, ``dataset``, iteration).
-
-    Args:
-        base: map-style dataset of ``(image, label)`` with images of one size (or ``size``).
-        mean: per-channel normalisation mean.
-        std: per-channel normalisation std.
-        batch_size: images per batch (the last batch may be shorter).
-        device: where images, labels and batches live.
-        train: augmented, shuffled batches (linear training) or plain ones.
-        seed: shuffling and augmentation seed (``train``).
-        scale: RandomResizedCrop area range (``train``).
-        size: side the images are resized to once (default: native).
-        shard: plain batches of this rank's share only, padded as an unshuffled
-            ``DistributedSampler`` pads (``ccrop.dist.gather_shards`` restores the order).
-        num_workers: processes decoding image files once at construction (folder-backed
-            sets such as Tiny ImageNet; array-backed sets are copied directly).
-        images: the split already held on ``device`` as (N, 3, H, W) uint8 (the GPU source's
-            resident copy), used instead of decoding it again.
+    With ``train`` the linear protocol's augmentation (RandomResizedCrop(``scale``) + flip,
+    batched by ``ccrop.data.gpu_views``; a new shuffle and draws each pass, seeded by
+    ``(seed, pass)``), else the un-augmented images in dataset order (kNN bank and queries,
+    linear test set); ``shard`` (plain batches only) gives this rank's share, padded as an
+    unshuffled ``DistributedSampler`` pads (``ccrop.dist.gather_shards`` restores the order).
+    ``base`` is a map-style dataset of ``(image, label)``; ``size`` resizes the images once
+    (default: native); ``num_workers`` processes decode image files at construction; ``images``
+    (N, 3, H, W) uint8 already on ``device`` (the GPU source's copy) skips that decoding.
     """
 
     def __init__(self, base: Dataset, mean: Sequence[float], std: Sequence[float],
@@ -47,10 +35,6 @@ class DeviceLabeledBatches:
                  scale: Sequence[float] = (0.08, 1.0), size: int | None = None,
                  shard: bool = False, num_workers: int = 0,
                  images: torch.Tensor | None = None) -> None:
-        if int(batch_size) < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        if train and shard:
-            raise ValueError("shard is for plain (evaluation) batches, not train=True")
         self.dataset, self.device = base, torch.device(device)
         self.batch_size, self.train, self.seed, self.shard = int(batch_size), train, seed, shard
         if images is None:

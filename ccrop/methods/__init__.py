@@ -57,14 +57,7 @@ METHODS: dict[str, type[nn.Module]] = {
 
 
 def method_hparams(name: str) -> dict[str, Any]:
-    """Hyperparameter names and defaults of a method.
-
-    Args:
-        name: A key of ``METHODS``.
-
-    Returns:
-        ``{hparam: default}`` from the method's ``__init__`` signature (backbone excluded).
-    """
+    """``{hparam: default}`` of a ``METHODS`` entry's constructor (backbone excluded)."""
     if name not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {name!r}")
     params = inspect.signature(METHODS[name].__init__).parameters
@@ -72,23 +65,11 @@ def method_hparams(name: str) -> dict[str, Any]:
 
 
 def build_method(name: str, backbone: nn.Module, **hparams: Any) -> nn.Module:
-    """Build a method around a backbone.
-
-    Args:
-        name: "simclr", "moco", "byol" or "simsiam".
-        backbone: Encoder with ``feat_dim``, ``forward`` (B, D) and ``forward_features``.
-        **hparams: Overrides of the method's defaults (see ``method_hparams``).
-
-    Returns:
-        The method module.
-
-    Raises:
-        ValueError: Unknown method name or hyperparameter.
-    """
-    allowed = method_hparams(name)
-    unknown = sorted(set(hparams) - set(allowed))
+    """Method ``name`` ("simclr", "moco", "byol", "simsiam") around a backbone (``feat_dim``,
+    ``forward`` (B, D), ``forward_features``) with ``hparams`` overriding its defaults
+    (``method_hparams``); ValueError for an unknown name or hyperparameter."""
+    unknown = sorted(set(hparams) - set(method_hparams(name)))
     if unknown:
-        raise ValueError(
-            f"unknown hparams {unknown} for method {name!r}; allowed: {sorted(allowed)}"
-        )
+        raise ValueError(f"unknown hparams {unknown} for method {name!r}; allowed: "
+                         f"{sorted(method_hparams(name))}")
     return METHODS[name](backbone, **hparams)

@@ -14,42 +14,19 @@ from ccrop.models.heads import mlp
 
 
 def cosine_momentum(base: float, progress: float) -> float:
-    """BYOL's target momentum ``1 - (1 - base) * (cos(pi * progress) + 1) / 2``.
-
-    Args:
-        base: Momentum at progress 0.
-        progress: Training progress in [0, 1].
-
-    Returns:
-        Momentum tau, ``base`` at 0 rising to 1 at 1.
-    """
-    if not 0.0 <= progress <= 1.0:
-        raise ValueError(f"progress must be in [0, 1], got {progress}")
+    """BYOL's target momentum at training progress in [0, 1]: ``base`` rising to 1,
+    ``1 - (1 - base) * (cos(pi * progress) + 1) / 2``."""
     return 1.0 - (1.0 - base) * (math.cos(math.pi * progress) + 1.0) / 2.0
 
 
 class BYOL(MethodDefaults):
-    """BYOL with MLP projector and predictor; symmetric loss.
+    """BYOL with MLP projector and predictor (``proj_hidden`` -> ``proj_dim``) and the paper's
+    symmetric loss sum. The target (backbone + projector) is a frozen deep copy of the online
+    network, updated after each step with the base ``momentum`` in [0, 1] raised to 1 by
+    `cosine_momentum`."""
 
-    The target (backbone + projector) is a deep copy of the online network at init and is never
-    trained. The heatmap encoder is the online encoder ``self.backbone``.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        proj_hidden: int = 512,
-        proj_dim: int = 128,
-        momentum: float = 0.996,
-    ) -> None:
-        """Build the method.
-
-        Args:
-            backbone: Online encoder with ``feat_dim`` and ``forward(x) -> (B, feat_dim)``.
-            proj_hidden: Hidden size of projector and predictor.
-            proj_dim: Output size of projector and predictor.
-            momentum: Base target momentum in [0, 1], raised to 1 by a cosine schedule.
-        """
+    def __init__(self, backbone: nn.Module, proj_hidden: int = 512, proj_dim: int = 128,
+                 momentum: float = 0.996) -> None:
         super().__init__()
         if not 0 <= momentum <= 1:
             raise ValueError(f"momentum must be in [0, 1], got {momentum}")
@@ -61,15 +38,7 @@ class BYOL(MethodDefaults):
         self.base_momentum = momentum
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Compute the symmetric loss for a batch of view pairs.
-
-        Args:
-            x1: First views (B, 3, H, W).
-            x2: Second views (B, 3, H, W).
-
-        Returns:
-            ``{"loss": scalar}``, ``byol_loss(p1, z2') + byol_loss(p2, z1')`` (paper's sum).
-        """
+        """``{"loss": byol_loss(p1, t2) + byol_loss(p2, t1)}`` for views (B, 3, H, W)."""
         p1 = self.predictor(self.projector(self.backbone(x1)))  # (B, D)
         p2 = self.predictor(self.projector(self.backbone(x2)))  # (B, D)
         with torch.no_grad():
@@ -78,15 +47,8 @@ class BYOL(MethodDefaults):
         return {"loss": byol_loss(p1, t2) + byol_loss(p2, t1)}
 
     def after_step(self, progress: float) -> None:
-        """After each optimizer step: the momentum update (``momentum_update``)."""
-        self.momentum_update(progress)
-
-    def momentum_update(self, progress: float) -> None:
-        """Target ``= tau * target + (1 - tau) * online``; call after ``optimizer.step()``.
-
-        Args:
-            progress: Global step / total steps, in [0, 1]; sets tau by ``cosine_momentum``.
-        """
+        """Target ``= tau * target + (1 - tau) * online``, tau = `cosine_momentum` at progress
+        (step / total steps)."""
         tau = cosine_momentum(self.base_momentum, progress)
         ema_update(self.target_backbone, self.backbone, tau)
         ema_update(self.target_projector, self.projector, tau)

@@ -15,49 +15,25 @@ from ccrop.models.heads import mlp
 
 
 class MoCo(MethodDefaults):
-    """MoCo with a key encoder (deep copy of backbone + head, no grad) and a (K, D) key queue.
-
-    The heatmap encoder is the query encoder ``self.backbone``. Shuffle-BN (keys computed on a
-    batch permuted across ranks) is used only when distributed; in one process there is no
-    shuffle, so key BN statistics come from the same images as the queries'.
+    """MoCo ``version`` 1 (linear head) or 2 (Linear-ReLU-Linear, ``proj_hidden``) to
+    ``proj_dim`` = D, a frozen key encoder (deep copy of backbone + head, updated with
+    ``momentum`` in [0, 1) after each step) and a queue of ``queue_size`` >= 1 negative keys
+    (K, D); InfoNCE at ``temperature`` > 0; ``symmetric`` adds (x2 query, x1 key) and enqueues
+    both views' keys. Shuffle-BN (keys of a batch permuted across ranks) only when distributed.
     """
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        version: int = 2,
-        proj_hidden: int = 512,
-        proj_dim: int = 128,
-        queue_size: int = 65536,
-        momentum: float = 0.999,
-        temperature: float = 0.2,
-        symmetric: bool = False,
-    ) -> None:
-        """Build the method.
-
-        Args:
-            backbone: Query encoder with ``feat_dim`` and ``forward(x) -> (B, feat_dim)``.
-            version: 1 (linear head) or 2 (Linear-ReLU-Linear head).
-            proj_hidden: Hidden size of the v2 head.
-            proj_dim: Key/query size D.
-            queue_size: Number of negative keys K, >= 1.
-            momentum: Key encoder momentum m in [0, 1).
-            temperature: InfoNCE temperature, > 0.
-            symmetric: Also use (x2 query, x1 key) and enqueue both views' keys.
-        """
+    def __init__(self, backbone: nn.Module, version: int = 2, proj_hidden: int = 512,
+                 proj_dim: int = 128, queue_size: int = 65536, momentum: float = 0.999,
+                 temperature: float = 0.2, symmetric: bool = False) -> None:
         super().__init__()
-        if version not in (1, 2):
-            raise ValueError(f"version must be 1 or 2, got {version}")
-        if queue_size < 1 or not 0 <= momentum < 1 or not temperature > 0:
-            raise ValueError(
-                "need queue_size >= 1, momentum in [0, 1), temperature > 0; got "
-                f"{queue_size}, {momentum}, {temperature}"
-            )
+        if version not in (1, 2) or queue_size < 1 or not 0 <= momentum < 1 \
+                or not temperature > 0:
+            raise ValueError("need version 1 or 2, queue_size >= 1, momentum in [0, 1), "
+                             f"temperature > 0; got {version}, {queue_size}, {momentum}, "
+                             f"{temperature}")
         self.backbone = backbone
-        # v1: one linear layer; v2: Linear-ReLU-Linear (no BN, as in MoCo v2).
-        self.projector = mlp(
-            backbone.feat_dim, proj_hidden, proj_dim, num_layers=version, hidden_bn=False
-        )
+        self.projector = mlp(backbone.feat_dim, proj_hidden, proj_dim, num_layers=version,
+                             hidden_bn=False)
         self.key_backbone = copy.deepcopy(backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
         self.momentum, self.temperature, self.symmetric = momentum, temperature, symmetric
@@ -66,14 +42,8 @@ class MoCo(MethodDefaults):
 
     @torch.no_grad()
     def keys(self, x: torch.Tensor) -> torch.Tensor:
-        """Keys from the key encoder, with shuffle-BN when distributed.
-
-        Args:
-            x: Key views (B, 3, H, W); every rank must pass the same B.
-
-        Returns:
-            L2-normalised keys (B, D), row i the key of ``x[i]``.
-        """
+        """L2-normalised keys (B, D) of key views (B, 3, H, W) (the same B on every rank), with
+        shuffle-BN when distributed; row i is the key of ``x[i]``."""
         if dist.get_world_size() == 1:
             return F.normalize(self.key_projector(self.key_backbone(x)), dim=1)
         rank, world, b = dist.get_rank(), dist.get_world_size(), x.shape[0]
@@ -85,15 +55,8 @@ class MoCo(MethodDefaults):
         return F.normalize(k_all[unperm], dim=1)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Compute the loss, then enqueue this step's keys (gathered over ranks).
-
-        Args:
-            x1: Query views (B, 3, H, W).
-            x2: Key views (B, 3, H, W).
-
-        Returns:
-            ``{"loss": scalar}`` (sum of both directions when symmetric, as in the MoCo CIFAR demo).
-        """
+        """``{"loss"}`` of query views x1 and key views x2 (B, 3, H, W) (both directions summed
+        when symmetric, as in the MoCo CIFAR demo), then this step's keys (all ranks') enqueued."""
         # A snapshot: the backward pass needs the negatives as they were before the enqueue.
         queue = self.queue.clone()  # (K, D)
         q1 = self.projector(self.backbone(x1))  # (B, D)
@@ -119,14 +82,6 @@ class MoCo(MethodDefaults):
         self.queue_ptr.copy_((self.queue_ptr + n) % size)
 
     def after_step(self, progress: float) -> None:
-        """After each optimizer step: the momentum update (``momentum_update``)."""
-        self.momentum_update(progress)
-
-    def momentum_update(self, progress: float = 0.0) -> None:
-        """Key encoder ``= m * key + (1 - m) * query``; call after ``optimizer.step()``.
-
-        Args:
-            progress: Training progress in [0, 1]; unused (MoCo's momentum is constant).
-        """
+        """Key encoder ``= m * key + (1 - m) * query`` (constant m: progress unused)."""
         ema_update(self.key_backbone, self.backbone, self.momentum)
         ema_update(self.key_projector, self.projector, self.momentum)

@@ -11,26 +11,11 @@ from ccrop.models.heads import mlp
 
 
 class SimCLR(MethodDefaults):
-    """SimCLR with a Linear-BN-ReLU-Linear projection head.
+    """SimCLR with a Linear-BN-ReLU-Linear projection head (``proj_hidden`` -> ``proj_dim``)
+    and NT-Xent at ``temperature`` > 0 (0.5 on small datasets)."""
 
-    The heatmap encoder is ``self.backbone`` (the only encoder).
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        proj_hidden: int = 512,
-        proj_dim: int = 128,
-        temperature: float = 0.5,
-    ) -> None:
-        """Build the method.
-
-        Args:
-            backbone: Encoder with ``feat_dim`` and ``forward(x) -> (B, feat_dim)``.
-            proj_hidden: Hidden size of the projection head.
-            proj_dim: Output size of the projection head.
-            temperature: NT-Xent temperature, > 0 (0.5 on small datasets).
-        """
+    def __init__(self, backbone: nn.Module, proj_hidden: int = 512, proj_dim: int = 128,
+                 temperature: float = 0.5) -> None:
         super().__init__()
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
@@ -39,17 +24,8 @@ class SimCLR(MethodDefaults):
         self.temperature = temperature
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Compute the loss for a batch of view pairs.
-
-        Both views go through the encoder as one batch of 2B (shared BN statistics, one pass).
-
-        Args:
-            x1: First views (B, 3, H, W).
-            x2: Second views (B, 3, H, W).
-
-        Returns:
-            ``{"loss": scalar}``.
-        """
+        """``{"loss"}`` for views (B, 3, H, W); both go through the encoder as one batch of 2B
+        (shared BN statistics, one pass)."""
         z = self.projector(self.backbone(torch.cat([x1, x2])))  # (2B, proj_dim)
         z1, z2 = z.chunk(2)  # (B, proj_dim) each
         return {"loss": nt_xent(z1, z2, self.temperature)}

@@ -12,27 +12,13 @@ from ccrop.models.heads import mlp
 
 
 class SimSiam(MethodDefaults):
-    """SimSiam with a 3-layer projector (output BN) and a 2-layer bottleneck predictor.
+    """SimSiam with a 3-layer projector (hidden and output ``proj_dim`` = D, output BN) and a
+    2-layer bottleneck predictor (D -> ``pred_hidden`` -> D). Build the backbone with
+    ``zero_init_residual=True`` (the official setting). ``fixed_predictor_lr`` marks the
+    predictor's optimizer group ``fix_lr``: the engine keeps its lr off the schedule."""
 
-    Build the backbone with ``zero_init_residual=True`` (as the official setting does); this
-    class cannot do it for you. The heatmap encoder is ``self.backbone``.
-    """
-
-    def __init__(
-        self,
-        backbone: nn.Module,
-        proj_dim: int = 512,
-        pred_hidden: int = 128,
-        fixed_predictor_lr: bool = True,
-    ) -> None:
-        """Build the method.
-
-        Args:
-            backbone: Encoder with ``feat_dim`` and ``forward(x) -> (B, feat_dim)``.
-            proj_dim: Hidden and output size of the projector (D).
-            pred_hidden: Bottleneck size of the predictor (D -> pred_hidden -> D).
-            fixed_predictor_lr: Mark the predictor's group ``fix_lr`` (no lr schedule for it).
-        """
+    def __init__(self, backbone: nn.Module, proj_dim: int = 512, pred_hidden: int = 128,
+                 fixed_predictor_lr: bool = True) -> None:
         super().__init__()
         self.backbone = backbone
         self.projector = mlp(backbone.feat_dim, proj_dim, proj_dim, num_layers=3, last_bn=True)
@@ -40,16 +26,9 @@ class SimSiam(MethodDefaults):
         self.fixed_predictor_lr = fixed_predictor_lr
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Compute the symmetric loss for a batch of view pairs.
-
-        Args:
-            x1: First views (B, 3, H, W).
-            x2: Second views (B, 3, H, W).
-
-        Returns:
-            ``{"loss": scalar in [-1, 1], "z_std": detached scalar}``; z_std is the per-dim std
-            of normalised projections, ~1/sqrt(D) when healthy and ~0 when collapsed.
-        """
+        """``{"loss": symmetric negative cosine in [-1, 1], "z_std"}`` for views (B, 3, H, W);
+        z_std (detached) is the per-dim std of normalised projections, ~1/sqrt(D) when healthy
+        and ~0 when collapsed."""
         z1 = self.projector(self.backbone(x1))  # (B, D)
         z2 = self.projector(self.backbone(x2))  # (B, D)
         p1, p2 = self.predictor(z1), self.predictor(z2)  # (B, D) each
@@ -58,24 +37,10 @@ class SimSiam(MethodDefaults):
         return {"loss": loss, "z_std": z_std}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict]:
-        """Encoder+projector group and predictor group (``fix_lr`` if ``fixed_predictor_lr``).
-
-        Args:
-            lr: Learning rate.
-            weight_decay: Weight decay.
-
-        Returns:
-            Two parameter groups; the engine keeps the lr of groups with ``fix_lr`` constant.
-        """
-        pred_ids = {id(p) for p in self.predictor.parameters()}
+        """The encoder + projector group and the predictor group (``fix_lr``)."""
+        predictor = list(self.predictor.parameters())
+        pred_ids = {id(p) for p in predictor}
         encoder = [p for p in self.parameters() if p.requires_grad and id(p) not in pred_ids]
-        predictor = [p for p in self.predictor.parameters() if p.requires_grad]
-        return [
-            {"params": encoder, "lr": lr, "weight_decay": weight_decay},
-            {
-                "params": predictor,
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "fix_lr": self.fixed_predictor_lr,
-            },
-        ]
+        return [{"params": encoder, "lr": lr, "weight_decay": weight_decay},
+                {"params": [p for p in predictor if p.requires_grad], "lr": lr,
+                 "weight_decay": weight_decay, "fix_lr": self.fixed_predictor_lr}]

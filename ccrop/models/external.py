@@ -3,51 +3,20 @@
 ``ExternalBackbone`` gives a foreign network what ccrop's ResNets have: ``forward_features(x)``
 (B, C, h, w), the heatmap source; ``forward(x)`` (B, D), pooled the model's own way (timm's
 ``forward_head(..., pre_logits=True)``; global average for torchvision CNNs); ``feat_dim`` = D;
-and ``stage_maps(x, stages)`` for ``crop.heatmap_stages``.
+and ``stage_maps(x, stages)`` for ``crop.heatmap_stages``, counted from the end (4 = the last
+map, 3 = the map one resolution level before it: layer3 of any ResNet, as in ccrop's own). A
+ViT has one patch grid, which every stage selection gives.
 
-Stages are counted from the end so that 4 is always the last map and 3 the map one resolution
-level before it: layer3/layer4 of any ResNet, as in ccrop's own ResNets, so the default
-``crop.heatmap_stages=[3]`` means the same thing with ``timm:resnet18`` or ``tv:resnet18``. A ViT
-has one patch grid: every stage selection gives that one map.
+A timm ViT's heatmap source (``vit_heatmap``): ``"attention"`` (default), the last block's CLS
+-> patch attention per head (B, heads, h, w), computed without hooks from the tokens entering
+that block (models without a class token or timm's ``Attention`` fall back to tokens); or
+``"tokens"``, the patch tokens on their grid (B, C, h, w). On synthetic images (8x8 grid) the
+attention gave +0.06 to +0.14 box IoU over tokens at every checkpoint, so it is the default.
 
-ViT heatmaps (timm models with patch tokens, ``num_prefix_tokens``). A ViT's
-``forward_features`` is its heatmap source, chosen by ``vit_heatmap``:
-
-- ``"attention"`` (default): the last block's CLS -> patch attention, one channel per head,
-  (B, heads, h, w) (the channel sum then averages the heads). Computed without hooks: the
-  tokens entering the last block go through that block's ``norm1`` and ``attn.qkv``. Models
-  without a class token or timm's ``Attention`` in the last block fall back to ``"tokens"``.
-- ``"tokens"``: the paper's rule applied to tokens: ``forward_features`` tokens (B, N, C),
-  class/register tokens dropped, the rest laid on the patch grid (B, C, h, w) and summed over
-  channels.
-
-``feature_map(x)`` always gives the (B, C, h, w) patch grid (or a CNN's last map).
-
-Measured box IoU with the true boxes on 512 synthetic *val* images (32 px;
-``vit_tiny_patch16_224`` with ``patch_size=4`` -> 8x8 grid; SimCLR with RandomResizedCrop on 512
-train images, batch 128, SGD lr 0.1, one seed; the full image scores 0.289):
-
-==================  =======================  =======================  ===================
-encoder             default rule (otsu,      otsu, peak,              paper (fixed 0.1,
-                    peak, receptive align)   paper align              extent)
-                    tokens / attention       tokens / attention       tokens / attention
-==================  =======================  =======================  ===================
-random init         0.206 / **0.343**        0.213 / **0.356**        0.289 / 0.289
-4 epochs            0.390 / **0.452**        0.430 / **0.493**        0.289 / 0.291
-8 epochs            0.349 / **0.430**        0.379 / **0.465**        0.289 / 0.290
-12 epochs           0.360 / **0.436**        0.387 / **0.472**        0.289 / 0.290
-==================  =======================  =======================  ===================
-
-Attention beats the token sum at every checkpoint (+0.06 to +0.14), so it is the default. A
-patch cell covers pixels [s*j, s*(j+1)), which is ``crop.heatmap_align=paper``'s placement, and
-it scores +0.01 to +0.04 over ``receptive`` (placed for ResNets' padded convolutions) here.
-
-CIFAR stems: with ``model.stem=cifar`` a ResNet-style stem (``conv1`` + ``maxpool``) becomes a
-3x3 stride-1 conv and no max-pool, as in ccrop's ResNet; models that take ``img_size`` (ViT,
-Swin) ignore the stem and are built at the data's image size, with ``dynamic_img_size`` so other
-input sizes work too; any other architecture rejects ``stem=cifar`` (its own stem would shrink a
-32 px image to a 1x1 map): use ``model.stem=imagenet`` to keep it. ``model.width`` sizes ccrop's
-ResNets only and is ignored here; ``model.kwargs`` goes to ``timm.create_model`` /
+``model.stem=cifar`` turns a ResNet-style stem (``conv1`` + ``maxpool``) into a 3x3 stride-1
+conv without max-pool; models that take ``img_size`` (ViT, Swin) keep their stem and are built
+at the data's size (with ``dynamic_img_size``); any other model rejects ``stem=cifar``.
+``model.width`` is ignored; ``model.kwargs`` goes to ``timm.create_model`` /
 ``torchvision.models.get_model``.
 """
 
@@ -59,9 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ccrop.config import ARCH_PREFIXES, CHOICES, ConfigError
+from ccrop.config import ARCH_PREFIXES, ConfigError
 
-VIT_HEATMAPS = CHOICES["model.vit_heatmap"]  # ("attention", "tokens")
 #: keywords ccrop sets itself; ``model.kwargs`` may not hold them
 RESERVED_KWARGS = ("pretrained", "num_classes", "weights", "features_only")
 NUM_STAGES = 4
@@ -73,12 +41,7 @@ def is_external(arch: str) -> bool:
 
 
 class ExternalBackbone(nn.Module):
-    """Base of the timm and torchvision wrappers: ccrop's backbone interface.
-
-    Attributes:
-        feat_dim: Size D of the pooled features.
-        num_stages: 4; ``stage_maps`` numbers maps from the end (4 = the last).
-    """
+    """Base of the timm and torchvision wrappers: ``feat_dim`` (D), ``num_stages`` (4)."""
 
     num_stages = NUM_STAGES
 
@@ -86,10 +49,13 @@ class ExternalBackbone(nn.Module):
         super().__init__()
         self.arch, self.feat_dim = arch, int(feat_dim)
 
-    def _stage_error(self, stages: tuple[int, ...], levels: int) -> ValueError:
-        return ValueError(f"crop.heatmap_stages={list(stages)}: {self.arch} has {levels} "
-                          f"feature levels, so stages {NUM_STAGES - levels + 1}..{NUM_STAGES} "
-                          "(4 = the last map) exist")
+    def _level_index(self, stages: tuple[int, ...], levels: int) -> dict[int, int]:
+        """Stage (4 = last) -> index among the model's ``levels`` feature levels."""
+        if min(stages) <= NUM_STAGES - levels:
+            raise ValueError(f"crop.heatmap_stages={list(stages)}: {self.arch} has {levels} "
+                             f"feature levels, so stages {NUM_STAGES - levels + 1}..{NUM_STAGES} "
+                             "(4 = the last map) exist")
+        return {s: levels - 1 - (NUM_STAGES - s) for s in stages}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Globally average-pooled last map: (B, 3, H, W) -> (B, D)."""
@@ -97,20 +63,11 @@ class ExternalBackbone(nn.Module):
 
 
 class TimmBackbone(ExternalBackbone):
-    """A ``timm`` model without classifier (``num_classes=0``); CNN or ViT."""
+    """A ``timm`` model built with ``num_classes=0`` (CNN or ViT); ``vit_heatmap`` holds the
+    ViT heatmap source in use, None for other models."""
 
     def __init__(self, arch: str, net: nn.Module, vit_heatmap: str = "attention") -> None:
-        """Wrap ``net``.
-
-        Args:
-            arch: ``timm:NAME``, for messages.
-            net: ``timm.create_model(NAME, num_classes=0)``.
-            vit_heatmap: ``"attention"`` or ``"tokens"`` (ViTs only, see the module doc);
-                ``self.vit_heatmap`` holds the one in use (None for other models).
-        """
         super().__init__(arch, getattr(net, "head_hidden_size", None) or net.num_features)
-        if vit_heatmap not in VIT_HEATMAPS:
-            raise ValueError(f"vit_heatmap must be one of {VIT_HEATMAPS}, got {vit_heatmap!r}")
         self.net = net
         self.is_vit = getattr(net, "num_prefix_tokens", None) is not None
         attention = vit_heatmap == "attention" and self.is_vit and _has_cls_attention(net)
@@ -123,9 +80,7 @@ class TimmBackbone(ExternalBackbone):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Heatmap source (B, C, h, w): a CNN's last map; a ViT's CLS attention per head
         (``vit_heatmap="attention"``) or patch-token grid (``"tokens"``)."""
-        if self.vit_heatmap == "attention":
-            return self.cls_attention(x)
-        return self.feature_map(x)
+        return self.cls_attention(x) if self.vit_heatmap == "attention" else self.feature_map(x)
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
         """Last spatial features (B, C, h, w): a CNN's last map, a ViT's patch tokens on the
@@ -147,10 +102,7 @@ class TimmBackbone(ExternalBackbone):
             h, w = pe.dynamic_feat_size(tuple(size))
         else:  # timm < 1.0
             h, w = size[0] // pe.patch_size[0], size[1] // pe.patch_size[1]
-        B, n, C = patches.shape
-        if h * w != n:
-            raise ValueError(f"{self.arch}: {n} patch tokens do not fill a {h}x{w} grid")
-        return patches.transpose(1, 2).reshape(B, C, h, w)
+        return patches.transpose(1, 2).reshape(patches.shape[0], patches.shape[2], h, w)
 
     def cls_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Last block's CLS -> patch attention per head: (B, 3, H, W) -> (B, nh, h, w)."""
@@ -171,27 +123,18 @@ class TimmBackbone(ExternalBackbone):
                           x.shape[-2:])  # (B, nh, h, w)
 
     def stage_maps(self, x: torch.Tensor, stages: tuple[int, ...] = (4,)) -> list[torch.Tensor]:
-        """Maps of ``stages`` counted from the end (4 = ``forward_features``, 3 = the level
-        before it, via timm's ``forward_intermediates``); a ViT gives its one map.
-
-        Args:
-            x: Images (B, 3, H, W).
-            stages: 1-based stage numbers in 1..4.
-
-        Returns:
-            One (B, C_s, h_s, w_s) map per stage asked for (one map in all for a ViT).
-        """
+        """One (B, C_s, h_s, w_s) map per stage in 1..4 of images (B, 3, H, W), counted from
+        the end (4 = ``forward_features``, earlier ones via timm's ``forward_intermediates``);
+        a ViT gives its one map."""
         stages = tuple(int(s) for s in stages)
         if self.is_vit or stages == (NUM_STAGES,):  # a ViT has one map
             return [self.forward_features(x)]
         has_levels = hasattr(self.net, "forward_intermediates")
         levels = len(getattr(self.net, "feature_info", [])) if has_levels else 1
-        if min(stages) <= NUM_STAGES - levels:
-            raise self._stage_error(stages, levels)
-        index = {s: levels - 1 - (NUM_STAGES - s) for s in stages if s != NUM_STAGES}
-        take = sorted(set(index.values()))  # timm returns them in network order
+        index = self._level_index(stages, levels)
+        take = sorted({i for s, i in index.items() if s != NUM_STAGES})  # in network order
         final, inter = self.net.forward_intermediates(x, indices=take, output_fmt="NCHW")
-        maps = {s: inter[take.index(i)] for s, i in index.items()}
+        maps = {s: inter[take.index(i)] for s, i in index.items() if s != NUM_STAGES}
         maps[NUM_STAGES] = self._as_map(final, x.shape[-2:])
         return [maps[s] for s in stages]
 
@@ -217,16 +160,8 @@ class TorchvisionBackbone(ExternalBackbone):
         return self.trunk(x)
 
     def stage_maps(self, x: torch.Tensor, stages: tuple[int, ...] = (4,)) -> list[torch.Tensor]:
-        """Maps of ``stages`` counted from the end: 4 = the trunk's output, 3 = the last map at
-        the resolution before it (layer3 of a ResNet), and so on.
-
-        Args:
-            x: Images (B, 3, H, W).
-            stages: 1-based stage numbers in 1..4.
-
-        Returns:
-            One (B, C_s, h_s, w_s) map per stage asked for.
-        """
+        """One (B, C_s, h_s, w_s) map per stage in 1..4 of images (B, 3, H, W), counted from
+        the end: 4 = the trunk's output, 3 = the last map at the resolution before it, ..."""
         stages = tuple(int(s) for s in stages)
         levels: list[torch.Tensor] = []  # the last output at each resolution, in order
         for layer in _sequential_leaves(self.trunk):
@@ -236,9 +171,8 @@ class TorchvisionBackbone(ExternalBackbone):
             else:
                 levels.append(y)
             x = y
-        if min(stages) <= NUM_STAGES - len(levels):
-            raise self._stage_error(stages, len(levels))
-        return [levels[len(levels) - 1 - (NUM_STAGES - s)] for s in stages]
+        index = self._level_index(stages, len(levels))
+        return [levels[index[s]] for s in stages]
 
 
 def _sequential_leaves(module: nn.Module) -> list[nn.Module]:
@@ -252,22 +186,16 @@ def _sequential_leaves(module: nn.Module) -> list[nn.Module]:
 def build_external(arch: str, stem: str = "cifar", zero_init_residual: bool = False,
                    image_size: int | None = None, kwargs: dict[str, Any] | None = None,
                    vit_heatmap: str = "attention") -> ExternalBackbone:
-    """Build ``timm:NAME`` or ``tv:NAME`` behind ccrop's backbone interface, randomly initialised.
+    """Build ``timm:NAME`` or ``tv:NAME`` (any ``timm.list_models()`` /
+    ``torchvision.models.list_models()`` name) randomly initialised behind ccrop's interface.
 
-    Args:
-        arch: ``timm:NAME`` or ``tv:NAME`` (any ``timm.list_models()`` /
-            ``torchvision.models.list_models()`` name).
-        stem: ``"cifar"`` (3x3 stride-1 conv, no max-pool; ResNet-style stems only, ignored by
-            models built at ``image_size``) or ``"imagenet"`` (the model's own stem).
-        zero_init_residual: Zero the last norm of each residual block (SimSiam).
-        image_size: Input side for models that take ``img_size`` (ViT, Swin, ...); None = the
-            model's default.
-        kwargs: Extra keywords for ``timm.create_model`` / ``torchvision.models.get_model``.
-        vit_heatmap: ``"attention"`` or ``"tokens"`` (see the module doc).
+    ``stem``: "cifar" or "imagenet" (see the module doc); ``zero_init_residual``: zero the last
+    norm of each residual block (SimSiam); ``image_size``: input side of models that take
+    ``img_size`` (None: the model's default); ``kwargs``: ``model.kwargs``.
 
     Raises:
         ConfigError: timm missing, unknown name, bad ``model.kwargs``, ``stem=cifar`` on a
-            model without a ResNet-style stem; the message names the config key.
+            model without a ResNet-style stem, a torchvision transformer; names the config key.
     """
     kwargs = dict(kwargs or {})
     bad = sorted(set(kwargs) & set(RESERVED_KWARGS))
@@ -278,7 +206,10 @@ def build_external(arch: str, stem: str = "cifar", zero_init_residual: bool = Fa
     if source == "timm":
         net, sized = _create_timm(arch, name, image_size, kwargs)
     else:
-        net, sized = _create_tv(arch, name, kwargs), False
+        import torchvision.models
+
+        net = _create(arch, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
+        sized = False
     if stem == "cifar" and not sized:
         _cifar_stem(arch, net)
     if zero_init_residual:
@@ -294,6 +225,16 @@ def build_external(arch: str, stem: str = "cifar", zero_init_residual: bool = Fa
     return TorchvisionBackbone(arch, trunk.train(), feat_dim)
 
 
+def _create(arch: str, make: Any) -> nn.Module:
+    """``make()``, its errors turned into a ConfigError naming ``model.kwargs`` (a TypeError:
+    a bad keyword) or ``model.arch`` (an unknown name)."""
+    try:
+        return make()
+    except (TypeError, RuntimeError, ValueError, KeyError) as err:
+        key = f"model.kwargs for {arch!r}" if isinstance(err, TypeError) else f"model.arch={arch!r}"
+        raise ConfigError(f"{key}: {err}") from None
+
+
 def _create_timm(arch: str, name: str, image_size: int | None,
                  kwargs: dict[str, Any]) -> tuple[nn.Module, bool]:
     """``timm.create_model`` without classifier; ViT-like models get ``img_size`` (and
@@ -307,45 +248,25 @@ def _create_timm(arch: str, name: str, image_size: int | None,
         raise ConfigError(f"model.arch={arch!r}: timm has no model {name!r} "
                           "(timm.list_models() lists them)")
     sized = {} if image_size is None else {"img_size": image_size}
-    tries = [{**sized, "dynamic_img_size": True}, *([sized] if sized else []), {}]
-    for extra in tries:  # CNNs reject both keywords: a TypeError before anything is built
-        try:
-            net = _create(arch, lambda e=extra: timm.create_model(
-                name, pretrained=False, num_classes=0, **{**e, **kwargs}))
-            return net, bool(extra) or "img_size" in kwargs
-        except TypeError as err:
-            if extra is tries[-1] or "unexpected keyword" not in str(err):
-                raise ConfigError(f"model.kwargs for {arch!r}: {err}") from None
-    raise AssertionError("unreachable")
+    def make(extra: dict[str, Any]) -> nn.Module:
+        return _create(arch, lambda: timm.create_model(name, pretrained=False, num_classes=0,
+                                                       **{**extra, **kwargs}))
 
-
-def _create(arch: str, make: Any) -> nn.Module:
-    """``make()``, with an unknown name turned into a ConfigError naming ``model.arch``."""
-    try:
-        return make()
-    except (RuntimeError, ValueError, KeyError) as err:
-        raise ConfigError(f"model.arch={arch!r}: {err}") from None
-
-
-def _create_tv(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
-    """``torchvision.models.get_model(name, weights=None, **kwargs)``; errors name the key."""
-    import torchvision.models
-
-    try:
-        return _create(arch, lambda: torchvision.models.get_model(name, weights=None, **kwargs))
-    except TypeError as err:
-        raise ConfigError(f"model.kwargs for {arch!r}: {err}") from None
+    for extra in ({**sized, "dynamic_img_size": True}, *([sized] if sized else [])):
+        try:  # CNNs reject both keywords: a TypeError before anything is built
+            return make(extra), True
+        except ConfigError as err:
+            if "unexpected keyword" not in str(err):
+                raise
+    return make({}), "img_size" in kwargs
 
 
 def _tv_trunk(arch: str, net: nn.Module) -> nn.Sequential:
-    """The convolutional trunk of a torchvision classifier, as one Sequential.
-
-    ResNet-like models (``fc``): every child before the pooling, auxiliary classifiers left
-    out; VGG/DenseNet/MobileNet/EfficientNet/ConvNeXt/SqueezeNet: ``features``; MNASNet:
-    ``layers``. Transformers (ViT, Swin, MaxViT) are rejected: use ``timm:``.
-    """
+    """The convolutional trunk of a torchvision classifier, as one Sequential: for ResNet-like
+    models (``fc``) every child before the pooling (auxiliary classifiers left out, torchvision's
+    names kept), else ``features`` (VGG, DenseNet, MobileNet, ...) or ``layers`` (MNASNet)."""
     children = dict(net.named_children())
-    if "fc" in children:  # keeps torchvision's names: trunk.conv1, trunk.layer1, ...
+    if "fc" in children:
         trunk = {}
         for key, child in children.items():
             if key in ("avgpool", "dropout", "fc"):

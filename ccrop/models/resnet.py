@@ -18,39 +18,23 @@ STEMS = ("cifar", "imagenet")
 
 
 class ResNet(nn.Module):
-    """ResNet trunk with torchvision's blocks and parameter names, without the classifier.
+    """ResNet trunk (no classifier) with torchvision's blocks and, at ``width=64``, its
+    ``state_dict`` names and shapes minus ``fc``.
 
-    At ``width=64`` the ``state_dict`` keys and shapes match torchvision's ResNet (``conv1``,
-    ``bn1``, ``layer1``..``layer4``) minus ``fc``. The "cifar" stem is a 3x3 stride-1 conv with no
-    max-pool (32 px -> 4x4 layer4 map); "imagenet" is a 7x7 stride-2 conv + max-pool
-    (224 px -> 7x7).
-
-    Attributes:
-        feat_dim: Channels C of the layer4 map, which is also the pooled feature size D.
+    ``block``: torchvision's ``BasicBlock`` or ``Bottleneck``; ``layers``: blocks per stage;
+    ``stem``: "cifar" (3x3 stride-1 conv, no max-pool: 32 px -> 4x4 layer4 map) or "imagenet"
+    (7x7 stride-2 conv + max-pool: 224 px -> 7x7); ``width``: channels of the first stage
+    (stages: w, 2w, 4w, 8w times the expansion); ``zero_init_residual``: zero every block's last
+    BN scale (blocks start as identity). ``feat_dim``: channels C of the layer4 map = D.
     """
 
-    def __init__(
-        self,
-        block: type[nn.Module],
-        layers: tuple[int, int, int, int],
-        stem: str = "cifar",
-        width: int = 64,
-        zero_init_residual: bool = False,
-    ) -> None:
-        """Build the network.
+    num_stages = 4  # layer1..layer4; ``stage_maps`` numbers them from 1
 
-        Args:
-            block: ``BasicBlock`` or ``Bottleneck`` from torchvision.
-            layers: Number of blocks in each of the four stages.
-            stem: "cifar" or "imagenet".
-            width: Channels of the first stage; stages use width, 2w, 4w, 8w (times expansion).
-            zero_init_residual: Zero the last BN scale of every block so blocks start as identity.
-        """
+    def __init__(self, block: type[nn.Module], layers: tuple[int, int, int, int],
+                 stem: str = "cifar", width: int = 64, zero_init_residual: bool = False) -> None:
         super().__init__()
-        if stem not in STEMS:
-            raise ValueError(f"stem must be one of {STEMS}, got {stem!r}")
-        if width < 1:
-            raise ValueError(f"width must be a positive int, got {width}")
+        if stem not in STEMS or width < 1:
+            raise ValueError(f"stem must be one of {STEMS} and width >= 1, got {stem!r}, {width}")
         self._inplanes = width
         if stem == "cifar":
             self.conv1 = nn.Conv2d(3, width, kernel_size=3, stride=1, padding=1, bias=False)
@@ -68,17 +52,15 @@ class ResNet(nn.Module):
         self.feat_dim: int = 8 * width * block.expansion
         self._init_weights(zero_init_residual)
 
-    def _make_layer(
-        self, block: type[nn.Module], planes: int, blocks: int, stride: int
-    ) -> nn.Sequential:
+    def _make_layer(self, block: type[nn.Module], planes: int, blocks: int,
+                    stride: int) -> nn.Sequential:
         """One stage; a 1x1 conv + BN shortcut where the shape changes (torchvision naming)."""
         out_planes = planes * block.expansion
         downsample = None
         if stride != 1 or self._inplanes != out_planes:
-            downsample = nn.Sequential(
-                nn.Conv2d(self._inplanes, out_planes, kernel_size=1, stride=stride, bias=False),
-                nn.BatchNorm2d(out_planes),
-            )
+            downsample = nn.Sequential(nn.Conv2d(self._inplanes, out_planes, kernel_size=1,
+                                                 stride=stride, bias=False),
+                                       nn.BatchNorm2d(out_planes))
         # base_width=64 keeps a Bottleneck's inner width equal to `planes` at any network width.
         mods = [block(self._inplanes, planes, stride, downsample, base_width=64)]
         self._inplanes = out_planes
@@ -101,36 +83,14 @@ class ResNet(nn.Module):
             elif isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
-    #: stages (layer1..layer4); ``stage_maps`` numbers them from 1
-    num_stages = 4
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Last convolutional map (layer4 output, before pooling); used for heatmaps.
-
-        Args:
-            x: Images (B, 3, H, W), contiguous or channels_last.
-
-        Returns:
-            Feature map (B, C, h, w) with C = ``feat_dim``; h = H/8 (cifar) or H/32 (imagenet).
-        """
+        """The layer4 map (B, C, h, w), C = ``feat_dim``, h = H/8 (cifar) or H/32 (imagenet)."""
         return self.stage_maps(x, (4,))[0]
 
     def stage_maps(self, x: torch.Tensor, stages: tuple[int, ...] = (4,)) -> list[torch.Tensor]:
-        """Output maps of the given stages (1 = layer1 ... 4 = layer4), for heatmaps.
-
-        Only the stages up to the deepest one asked for are run.
-
-        Args:
-            x: Images (B, 3, H, W).
-            stages: 1-based stage numbers, e.g. ``(3,)`` or ``(3, 4)``.
-
-        Returns:
-            One map per requested stage, in the order asked: stage s is
-            (B, width * 2^(s-1) * expansion, H / 2^(s-1), W / 2^(s-1)) with the cifar stem
-            (a further /4 with the imagenet stem).
-        """
-        if not stages or any(s not in (1, 2, 3, 4) for s in stages):
-            raise ValueError(f"stages must be numbers in 1..4, got {tuple(stages)}")
+        """Output maps of ``stages`` (1 = layer1 ... 4 = layer4) in the order asked, running
+        only up to the deepest; stage s of images (B, 3, H, W) is (B, width * 2^(s-1) *
+        expansion, H / 2^(s-1), W / 2^(s-1)) with the cifar stem (a further /4 for imagenet)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         out = {}
         for s, layer in enumerate((self.layer1, self.layer2, self.layer3, self.layer4), start=1):
@@ -141,37 +101,14 @@ class ResNet(nn.Module):
         return [out[s] for s in stages]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Globally average-pooled features.
-
-        Args:
-            x: Images (B, 3, H, W).
-
-        Returns:
-            Features (B, D) with D = ``feat_dim``.
-        """
+        """Globally average-pooled features (B, D) of images (B, 3, H, W)."""
         return torch.flatten(self.avgpool(self.forward_features(x)), 1)  # (B, D)
 
 
-def build_backbone(
-    arch: str = "resnet18",
-    stem: str = "cifar",
-    width: int = 64,
-    zero_init_residual: bool = False,
-) -> ResNet:
-    """Build a ResNet backbone.
-
-    Args:
-        arch: "resnet18", "resnet34" or "resnet50".
-        stem: "cifar" (3x3 conv, no max-pool; small images) or "imagenet" (7x7/2 conv + max-pool).
-        width: Channels of the first stage (64 = standard ResNet, e.g. 8 or 16 for tiny tests).
-        zero_init_residual: Zero-initialise each residual branch's last BN scale (SimSiam uses it).
-
-    Returns:
-        A ``ResNet`` with ``forward_features`` (B,C,h,w), ``forward`` (B,D) and ``feat_dim``.
-
-    Raises:
-        ValueError: Unknown ``arch`` or ``stem``, or ``width < 1``.
-    """
+def build_backbone(arch: str = "resnet18", stem: str = "cifar", width: int = 64,
+                   zero_init_residual: bool = False) -> ResNet:
+    """ccrop's ResNet "resnet18", "resnet34" or "resnet50" (see ``ResNet``; ``width`` 8 or 16
+    for tiny tests; SimSiam uses ``zero_init_residual``)."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
     block, layers = ARCHS[arch]

@@ -171,13 +171,6 @@ def test_shards_cover_the_dataset_as_gather_shards_expects(ds, monkeypatch):
     assert torch.equal(rows, torch.as_tensor(ds.targets))
 
 
-def test_bad_arguments_are_rejected(ds):
-    with pytest.raises(ValueError, match="batch_size"):
-        DeviceLabeledBatches(ds, MEAN, STD, 0, "cpu")
-    with pytest.raises(ValueError, match="shard"):
-        DeviceLabeledBatches(ds, MEAN, STD, 4, "cpu", train=True, shard=True)
-
-
 def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
     from ccrop.build import build_evaluator, build_run
 

@@ -133,30 +133,6 @@ def test_tiny_temperature_is_nearest_neighbour_and_finite():
     assert torch.equal(got, labels[nearest])
 
 
-@pytest.mark.parametrize(
-    "kwargs, match",
-    [
-        ({"k": 0}, "k"),
-        ({"temperature": 0.0}, "temperature"),
-        ({"chunk": 0}, "chunk"),
-        ({"train_labels": torch.tensor([0, 1, 3])}, "train_labels"),
-        ({"train_labels": torch.tensor([0, -1, 1])}, "train_labels"),
-        ({"train_labels": torch.tensor([0, 1])}, "train_feats"),
-        ({"test_feats": torch.zeros(2, 5)}, "test_feats"),
-    ],
-)
-def test_bad_arguments_raise(kwargs, match):
-    args = {
-        "train_feats": torch.randn(3, 4),
-        "train_labels": torch.tensor([0, 1, 2]),
-        "test_feats": torch.randn(2, 4),
-        "num_classes": 3,
-    }
-    args.update(kwargs)
-    with pytest.raises(ValueError, match=match):
-        knn_predict(**args)
-
-
 def test_extract_features_accepts_two_and_three_tuples_and_restores_mode():
     images, labels = colour_images(3, 4, seed=0)
     backbone = ChannelMean().train()
@@ -174,8 +150,6 @@ def test_extract_features_rejects_multi_view_batches():
     views = [torch.zeros(2, 3, 4, 4), torch.zeros(2, 3, 4, 4)]
     with pytest.raises(ValueError, match="images"):
         extract_features(ChannelMean(), [(torch.arange(2), views, torch.zeros(2))], "cpu")
-    with pytest.raises(ValueError, match="loader"):
-        extract_features(ChannelMean(), [], "cpu")
 
 
 def test_run_knn_end_to_end_on_colour_classes():

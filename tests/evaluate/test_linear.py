@@ -121,14 +121,6 @@ def test_schedule_is_stepwise_non_increasing(epochs, base_lr):
     assert lrs[0] == base_lr or epochs < 2
 
 
-@pytest.mark.parametrize(
-    "epoch, epochs, base_lr", [(100, 100, 10.0), (-1, 100, 10.0), (0, 0, 10.0), (0, 100, 0.0)]
-)
-def test_schedule_rejects_bad_arguments(epoch, epochs, base_lr):
-    with pytest.raises(ValueError):
-        linear_lr_at(epoch, base_lr, epochs)
-
-
 # ----------------------------------------------------------------------------- transforms
 
 
@@ -150,15 +142,6 @@ def test_transforms_output_shape_and_randomness():
         torch.tensor([128 / 255 - 0.5, -0.5, 0.5]) / 0.25,
         atol=1e-5,
     )
-
-
-def test_transforms_reject_bad_arguments():
-    with pytest.raises(ValueError, match="resize"):
-        eval_transform(224, MEAN, STD, resize=200)
-    with pytest.raises(ValueError, match="std"):
-        linear_train_transform(32, MEAN, (0.1, 0.0, 0.1))
-    with pytest.raises(ValueError, match="scale"):
-        linear_train_transform(32, MEAN, STD, scale=(0.5, 0.2))
 
 
 # ----------------------------------------------------------------------------- official protocol
@@ -224,12 +207,6 @@ def test_run_linear_learns_a_separable_problem():
     assert tested == [5, 10]
 
 
-def test_run_linear_rejects_backbone_without_feat_dim():
-    backbone = nn.Sequential(nn.Flatten())
-    with pytest.raises(ValueError, match="feat_dim"):
-        run_linear(backbone, colour_loader(2, 0), colour_loader(2, 1), 3, "cpu", epochs=1)
-
-
 # ----------------------------------------------------------------------------- fast probe
 
 
@@ -260,16 +237,12 @@ def test_fast_probe_random_labels_about_chance():
     assert 19.0 < acc < 31.0  # chance 25 %, binomial std ~1 point
 
 
-def test_fast_probe_is_reproducible_and_validates():
+def test_fast_probe_is_reproducible():
     train, labels = gaussian_classes(3, 20, 5, seed=0)
     noisy = train + 3 * torch.randn(train.shape, generator=torch.Generator().manual_seed(9))
     args = (noisy, labels, noisy, labels, 3)
     first = probe_on_features(*args, epochs=5, batch_size=16, seed=4, min_steps=0)
     assert first == probe_on_features(*args, epochs=5, batch_size=16, seed=4, min_steps=0)
-    with pytest.raises(ValueError, match="test_labels"):
-        probe_on_features(train, labels, train, labels + 5, 3)
-    with pytest.raises(ValueError, match="epochs"):
-        probe_on_features(*args, epochs=0)
 
 
 def test_run_fast_probe_end_to_end():

@@ -52,7 +52,6 @@ def test_forward_interface(name: str) -> None:
         if key != "loss":
             assert not value.requires_grad, key
     assert method.heatmap_encoder is method.backbone
-    assert hasattr(method, "momentum_update") == (name in ("moco", "byol"))
     groups = method.param_groups(0.1, 1e-4)
     grouped = [id(p) for g in groups for p in g["params"]]
     assert len(grouped) == len(set(grouped))
@@ -78,8 +77,7 @@ def test_sgd_steps_lower_loss_on_fixed_batch(name: str) -> None:
         opt.zero_grad()
         method(x1, x2)["loss"].backward()
         opt.step()
-        if hasattr(method, "momentum_update"):
-            method.momentum_update(step / 5)
+        method.after_step(step / 5)
         method.load_state_dict({**method.state_dict(), **frozen})
     assert loss_now() < before - 1e-3
 
@@ -150,7 +148,7 @@ def test_moco_momentum_update_and_no_key_grad() -> None:
     assert all(not p.requires_grad and p.grad is None for p in key_params)
     torch.optim.SGD(moco.param_groups(0.5, 0.0), lr=0.5).step()
     old_key = [p.clone() for p in key_params]
-    moco.momentum_update(0.3)
+    moco.after_step(0.3)
     for new, old, q in zip(key_params, old_key, query_params, strict=True):
         torch.testing.assert_close(new, 0.9 * old + 0.1 * q, rtol=0, atol=1e-6)
     assert any(not torch.equal(n, o) for n, o in zip(key_params, old_key, strict=True))
@@ -172,8 +170,6 @@ def test_byol_cosine_momentum_schedule() -> None:
     assert cosine_momentum(0.996, 0.5) == pytest.approx(0.998)
     taus = [cosine_momentum(0.996, p / 10) for p in range(11)]
     assert taus == sorted(taus)
-    with pytest.raises(ValueError, match="progress"):
-        cosine_momentum(0.996, 1.5)
 
 
 def test_byol_target_update() -> None:
@@ -185,7 +181,7 @@ def test_byol_target_update() -> None:
     assert all(p.grad is None for p in target)
     torch.optim.SGD(byol.param_groups(0.5, 0.0), lr=0.5).step()
     old = [t.clone() for t in target]
-    byol.momentum_update(0.25)
+    byol.after_step(0.25)
     tau = 1 - 0.1 * (math.cos(math.pi * 0.25) + 1) / 2
     for new, prev, o in zip(target, old, online, strict=True):
         torch.testing.assert_close(new, tau * prev + (1 - tau) * o, rtol=0, atol=1e-6)
@@ -196,7 +192,7 @@ def test_byol_progress_one_freezes_target() -> None:
     byol(*views())["loss"].backward()
     torch.optim.SGD(byol.param_groups(0.5, 0.0), lr=0.5).step()
     before = [t.clone() for t in byol.target_backbone.parameters()]
-    byol.momentum_update(1.0)
+    byol.after_step(1.0)
     assert all(
         torch.equal(a, b) for a, b in zip(byol.target_backbone.parameters(), before, strict=True)
     )
