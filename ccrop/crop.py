@@ -119,15 +119,10 @@ def _place_official(lo: float, hi: float, extent: int, size: int, u: float) -> i
 
 
 def sample_crop_params(
-    height: int,
-    width: int,
-    box: Box = FULL_BOX,
-    scale: tuple[float, float] = (0.2, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    alpha: float = 0.6,
+    height: int, width: int, box: Box = FULL_BOX, scale: tuple[float, float] = (0.2, 1.0),
+    ratio: tuple[float, float] = (3 / 4, 4 / 3), alpha: float = 0.6,
     generator: torch.Generator | random.Random | None = None,
-    full_box_guard: float | None = None,
-    placement: str = "paper",
+    full_box_guard: float | None = None, placement: str = "paper",
 ) -> tuple[int, int, int, int]:
     """One crop ``(top, left, h, w)`` inside an ``H x W`` image for a normalised ``box``
     (arguments trusted); ``placement`` is ``paper``, ``official`` or ``uniform``."""
@@ -241,15 +236,10 @@ def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size:
 
 
 def sample_crop_params_batch(
-    height: int | torch.Tensor,
-    width: int | torch.Tensor,
-    boxes: torch.Tensor,
-    scale: tuple[float, float] = (0.2, 1.0),
-    ratio: tuple[float, float] = (3 / 4, 4 / 3),
-    alpha: float = 0.6,
-    generator: torch.Generator | None = None,
-    full_box_guard: float | None = None,
-    placement: str = "paper",
+    height: int | torch.Tensor, width: int | torch.Tensor, boxes: torch.Tensor,
+    scale: tuple[float, float] = (0.2, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3),
+    alpha: float = 0.6, generator: torch.Generator | None = None,
+    full_box_guard: float | None = None, placement: str = "paper",
 ) -> torch.Tensor:
     """``sample_crop_params`` for (B, 4) ``boxes`` at once, without host syncs.
 
@@ -431,19 +421,14 @@ def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
 class BoxCrop(Transform):
     """The crop of a ``CropPlan``, resized to ``size``; a torchvision v2 transform.
 
-    Two ways to call it:
+    * ``crop(img, box, generator=None)``: a PIL image or (C, H, W) tensor and a normalised
+      ``(x0, y0, x1, y1)`` -> the view (``generator``: ``random.Random``, ``torch.Generator``,
+      or None: the ``random`` module).
+    * v2: ``crop(sample)`` (nested tuples, lists, dicts) crops every image, video, mask and
+      bounding box in it; the object box is a ``"ccrop_box"`` entry (normalised, returned
+      unchanged) or else the union of the ``BoundingBoxes``; one seed from torch's global RNG.
 
-    * ``crop(img, box, generator=None)``: one PIL image or (C, H, W) tensor and a normalised
-      ``(x0, y0, x1, y1)``; returns the view (``generator``: ``random.Random``,
-      ``torch.Generator`` or None for the ``random`` module).
-    * v2: ``crop(sample)`` (any nesting of tuples, lists, dicts) crops every image, video, mask
-      and bounding box of it. ccrop reads the object box from a ``"ccrop_box"`` dict entry
-      (normalised, returned unchanged) or else the union of the ``BoundingBoxes``. One seed is
-      drawn from torch's global generator per call.
-
-    Args:
-        plan: the crop law. size: output side (int) or ``(h, w)``.
-        interpolation: of images and videos (masks: nearest). antialias: as in v2.
+    ``size``: output side or ``(h, w)``; ``interpolation`` of images (masks: nearest).
     """
 
     _transformed_types = (*Transform._transformed_types, _NormalisedBox)
@@ -539,8 +524,7 @@ class SimCCrop(BoxCrop):
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), alpha: float = 0.6,
-                 placement: str = "paper",
-                 interpolation: TF.InterpolationMode | int = TF.InterpolationMode.BILINEAR,
+                 placement: str = "paper", interpolation: Any = TF.InterpolationMode.BILINEAR,
                  antialias: bool | None = True) -> None:
         super().__init__(CropPlan("simccrop", tuple(scale), tuple(ratio), alpha, None,
                                   placement), size, interpolation, antialias)
@@ -552,7 +536,7 @@ class BoxRandomResizedCrop(BoxCrop):
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3),
-                 interpolation: TF.InterpolationMode | int = TF.InterpolationMode.BILINEAR,
-                 antialias: bool | None = True) -> None:
+                 interpolation: Any = TF.InterpolationMode.BILINEAR, antialias: bool = True
+                 ) -> None:
         super().__init__(CropPlan("rcrop", tuple(scale), tuple(ratio), 1.0, None), size,
                          interpolation, antialias)

@@ -1,10 +1,5 @@
-"""ContrastiveCrop's box updates in a Lightning ``Trainer``: a callback that re-localizes boxes.
-
-Usage (``pip install -e ".[lightning]"``; train on ``BoxedSamples(ds, store, v2_views)``):
-    plain = DataLoader(IndexedImages(ds, EvalTransform(mean, std)), 256)  # (index, image)
-    cb = ContrastiveCropCallback(store, plain, encoder="backbone", warmup_epochs=100, interval=100)
-    Trainer(max_epochs=500, callbacks=[cb]).fit(module)  # boxes updated after epochs 100..400
-"""
+"""ContrastiveCrop's box updates in a Lightning ``Trainer``: a callback that re-localizes boxes
+(``pip install -e ".[lightning]"``; README: "In a Lightning module")."""
 
 from __future__ import annotations
 
@@ -77,19 +72,12 @@ class ContrastiveCropCallback(Callback):
     """
 
     def __init__(
-        self,
-        store: BoxStore,
-        loader: Iterable,
+        self, store: BoxStore, loader: Iterable,
         encoder: str | Callable[[LightningModule], nn.Module] = "backbone",
         features: Callable[[nn.Module], Callable] | Sequence[int] | None = None,
-        warmup_epochs: int = 100,
-        interval: int = 100,
-        box_rule: dict[str, Any] | None = None,
-        gt_boxes: torch.Tensor | None = None,
-        train_dataset: Any = None,
-        amp: bool = False,
-        prefix: str = "ccrop/",
-        progress: bool = False,
+        warmup_epochs: int = 100, interval: int = 100, box_rule: dict[str, Any] | None = None,
+        gt_boxes: torch.Tensor | None = None, train_dataset: Any = None, amp: bool = False,
+        prefix: str = "ccrop/", progress: bool = False,
     ) -> None:
         super().__init__()
         if gt_boxes is not None:

@@ -68,12 +68,6 @@ def _ring(h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.cat([top, sides, top + (h - 1) * w])
 
 
-def _interior(h: int, w: int, device: torch.device) -> torch.Tensor:
-    """Flat row-major indices of the cells off the ring (h, w >= 3)."""
-    rows = torch.arange(1, h - 1, device=device)[:, None] * w
-    return (rows + torch.arange(1, w - 1, device=device)[None, :]).flatten()
-
-
 def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
     """(B, C, h, w) -> (B, h, w): channel sum, or cosine distance to the border-ring mean."""
     if heatmap == "sum":
@@ -90,10 +84,11 @@ def inverted(heat: torch.Tensor) -> torch.Tensor:
     h, w = heat.shape[-2:]
     if h <= 2 or w <= 2:
         return torch.zeros(heat.shape[0], dtype=torch.bool, device=heat.device)
-    flat = heat.flatten(1)  # (B, h*w)
-    outer = flat.index_select(1, _ring(h, w, heat.device)).mean(dim=1)
-    inner = flat.index_select(1, _interior(h, w, heat.device)).mean(dim=1)
-    return outer > inner
+    flat, dev = heat.flatten(1), heat.device  # (B, h*w)
+    inner = (torch.arange(1, h - 1, device=dev)[:, None] * w
+             + torch.arange(1, w - 1, device=dev)[None, :]).flatten()  # row-major, off the ring
+    return flat.index_select(1, _ring(h, w, dev)).mean(dim=1) > flat.index_select(
+        1, inner).mean(dim=1)
 
 
 def _normalised_maps(fmap: torch.Tensor, heatmap: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,18 +133,11 @@ def heatmaps_from_features(
     align: str = "paper", heatmap: str = "sum", polarity: str = "none",
     center_prior: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-max normalised, upsampled heatmaps (defaults: the paper's channel sums).
-
-    Args:
-        fmap: (B, C, h, w) map, or a list of maps of one batch (their heatmaps are averaged).
-        image_size: output ``(H, W)``.
-        align, heatmap, polarity: see ``ALIGNS``, ``HEATMAPS``, ``POLARITIES``.
-        center_prior: weight w >= 0 of the prior ``exp(-w r^2 / (2 CENTER_SIGMA^2))`` (r: distance
-            to the image centre, in sides); 0 = none.
-
-    Returns:
-        heat (B, H, W) float32 in [0, 1]; degenerate (B,) bool (NaN/inf or constant: all zeros).
-    """
+    """Heatmaps (B, H, W) float32 in [0, 1] of ``image_size`` and (B,) bool ``degenerate``
+    (NaN/inf or constant map: all zeros) from a (B, C, h, w) ``fmap`` or a list of maps of one
+    batch (averaged). Defaults: the paper's channel sums. ``align``, ``heatmap``, ``polarity``:
+    see ``ALIGNS``, ``HEATMAPS``, ``POLARITIES``; ``center_prior``: weight w of the prior
+    ``exp(-w r^2 / (2 CENTER_SIGMA^2))`` (r: distance to the centre, in sides), 0 = none."""
     heat, bad, _ = heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)
     return heat, bad
 
@@ -559,22 +547,11 @@ def warn_unreliable(stats: dict[str, Any], warn_share: float = 0.8, when: str = 
 
 @torch.no_grad()
 def update_boxes(
-    encoder: Callable[[torch.Tensor], torch.Tensor],
-    loader: Iterable,
-    store: BoxStore,
-    threshold: float = 0.1,
-    mode: str = "fixed",
-    device: torch.device | str | None = None,
-    amp: bool = False,
-    channels_last: bool = False,
-    gt_boxes: torch.Tensor | None = None,
-    progress: bool = False,
-    align: str = "paper",
-    region: str = "extent",
-    heatmap: str = "sum",
-    polarity: str = "none",
-    center_prior: float = 0.0,
-    min_confidence: float = 0.0,
+    encoder: Callable[[torch.Tensor], Any], loader: Iterable, store: BoxStore,
+    threshold: float = 0.1, mode: str = "fixed", device: torch.device | str | None = None,
+    amp: bool = False, channels_last: bool = False, gt_boxes: torch.Tensor | None = None,
+    progress: bool = False, align: str = "paper", region: str = "extent", heatmap: str = "sum",
+    polarity: str = "none", center_prior: float = 0.0, min_confidence: float = 0.0,
     warn_share: float | None = 0.8,
 ) -> dict[str, Any]:
     """Localize every image of ``loader`` with ``encoder`` and write its box into ``store``.
@@ -584,22 +561,15 @@ def update_boxes(
     eval mode meanwhile. The defaults are the paper's rule; ``**CropConfig().box_rule()`` gives
     ccrop's.
 
-    Args:
-        encoder: ``(B, 3, H, W) -> (B, C, h, w)`` map(s), e.g. ``feature_fn(model, ...)``.
-        loader: yields ``(indices (B,), images (B, 3, H, W))`` normalised like training input.
-        store: the ``BoxStore`` to update.
-        device: default: the encoder's parameters' device, else CPU.
-        amp: bf16 autocast on CUDA. channels_last: feed channels_last images.
-        gt_boxes: optional (N, 4) true boxes (adds ``iou_gt``).
-        progress: show a progress bar.
-        warn_share: ``warn_unreliable`` threshold (main process); None: never.
-        threshold, mode, region, align, heatmap, polarity, center_prior, min_confidence: the
-            rule, see ``localize``.
+    ``encoder``: ``(B, 3, H, W) -> (B, C, h, w)`` map(s), e.g. ``feature_fn(model, ...)``;
+    ``loader``: ``(indices (B,), images (B, 3, H, W))`` normalised like training input;
+    ``device``: default the encoder's; ``gt_boxes``: optional (N, 4) true boxes (adds
+    ``iou_gt``); ``warn_share``: ``warn_unreliable``'s threshold (None: never); the rule
+    (``threshold`` ... ``min_confidence``): as ``localize``.
 
-    Returns:
-        ``seconds``, ``images``, ``mean_area``, ``full_share`` (area >= ``FULL_SHARE_AREA``),
-        ``degenerate`` (count), ``fallback_share``, ``flipped_share``, ``mean_confidence`` and
-        ``iou_gt`` with ``gt_boxes``.
+    Returns statistics: ``seconds``, ``images``, ``mean_area``, ``full_share`` (area >=
+    ``FULL_SHARE_AREA``), ``degenerate`` (count), ``fallback_share``, ``flipped_share``,
+    ``mean_confidence`` and ``iou_gt``.
     """
     rule = dict(threshold=threshold, mode=mode, align=align, region=region, heatmap=heatmap,
                 polarity=polarity, center_prior=center_prior, min_confidence=min_confidence)
@@ -659,13 +629,9 @@ def box_stats(store: BoxStore, idx: torch.Tensor, bad: torch.Tensor,
     uniq = torch.unique(idx)
     boxes = store[uniq]  # (N, 4) after the update
     area = box_area(boxes)
-    stats: dict[str, Any] = {
-        "seconds": seconds,
-        "images": int(uniq.numel()),
-        "mean_area": float(area.mean()),
-        "full_share": float((area >= FULL_SHARE_AREA).float().mean()),
-        "degenerate": int(bad.sum()),
-    }
+    stats: dict[str, Any] = dict(
+        seconds=seconds, images=int(uniq.numel()), mean_area=float(area.mean()),
+        full_share=float((area >= FULL_SHARE_AREA).float().mean()), degenerate=int(bad.sum()))
     if gt_boxes is not None:
         stats["iou_gt"] = float(box_iou(boxes, torch.as_tensor(gt_boxes)[uniq].float()).mean())
     return stats
