@@ -10,8 +10,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from scipy import stats
 
-from ccrop import BoxRandomResizedCrop as RandomResizedCrop
-from ccrop import ContrastiveCrop, SimCCrop
+from ccrop import BoxRandomResizedCrop, ContrastiveCrop, SimCCrop
 from ccrop.crop import (
     BoxCrop,
     CropPlan,
@@ -199,7 +198,7 @@ def test_rrc_matches_torchvision_law():
     from torchvision.transforms import RandomResizedCrop as TVRRC
 
     torch.manual_seed(0)
-    ours = RandomResizedCrop(32, scale=(0.2, 1.0))
+    ours = BoxRandomResizedCrop(32, scale=(0.2, 1.0))
     rng = random.Random(0)
     a = [ours.get_params(64, 48, None, rng) for _ in range(3000)]
     b = [TVRRC.get_params(torch.zeros(3, 64, 48), [0.2, 1.0], [3 / 4, 4 / 3]) for _ in range(3000)]
@@ -354,7 +353,7 @@ def test_non_square_law_matches_the_pil_sampler_and_squashing_does_not():
     assert np.median(sq_aspect) > 1.3 > np.median(pil_aspect)  # squashing stretches crops
 
 
-@pytest.mark.parametrize("cls", [ContrastiveCrop, SimCCrop, RandomResizedCrop])
+@pytest.mark.parametrize("cls", [ContrastiveCrop, SimCCrop, BoxRandomResizedCrop])
 @pytest.mark.parametrize("size", [1.5, 32.0, (32, 1.5), (0, 8), -4, True, "32", [8], (8, 8, 8),
                                   None])
 def test_size_must_be_a_positive_int_or_pair_of_ints(cls, size):
