@@ -11,7 +11,7 @@ __all__ = ["byol_loss", "info_nce_queue", "moco_logits", "neg_cosine", "nt_xent"
 
 
 def _fp32(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    """Cast to float32: similarities at temperature 0.1-0.5 need more than bf16's 8 bits."""
+    """Float32 copies: similarities at temperature 0.1-0.5 need more than bf16's 8 bits."""
     return [t.float() for t in tensors]
 
 
@@ -20,44 +20,30 @@ def _no_autocast(t: torch.Tensor) -> torch.autocast:
     return torch.autocast(device_type=t.device.type, enabled=False)
 
 
-def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str) -> None:
-    if a.ndim != 2 or a.shape != b.shape:
-        raise ValueError(f"{names} must both be (B, D) with equal shapes, got {a.shape}, {b.shape}")
+def _check_pair(a: torch.Tensor, b: torch.Tensor, names: str, temperature: float = 1.0) -> None:
+    """ValueError unless ``a`` and ``b`` are (B, D) of one shape and ``temperature > 0``."""
+    if a.ndim != 2 or a.shape != b.shape or not temperature > 0:
+        raise ValueError(f"{names} must both be (B, D) with equal shapes and temperature > 0, "
+                         f"got {tuple(a.shape)}, {tuple(b.shape)}, temperature={temperature}")
 
 
 def nt_xent(
     z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = True
 ) -> torch.Tensor:
-    """SimCLR's normalised-temperature cross entropy (Chen et al. 2020, eq. 1).
+    """SimCLR's NT-Xent (Chen et al. 2020, eq. 1): scalar mean over the 2B local anchors.
 
-    Each of the 2B local embeddings is an anchor; its positive is the other view of the same
-    image; every other embedding (2B-2 locally, plus 2B per other rank when distributed and
-    ``gather``) is a negative. Cosine similarities are divided by ``temperature``.
-
-    Args:
-        z1: Embeddings of view 1 (B, D), not necessarily normalised.
-        z2: Embeddings of view 2 (B, D); row i is the same image as ``z1[i]``.
-        temperature: Softmax temperature, > 0.
-        gather: Use other ranks' embeddings as extra negatives (gradient flows back to them).
-
-    Returns:
-        Scalar loss, mean over the 2B local anchors.
+    ``z1``, ``z2``: (B, D) embeddings of the two views (row i: one image). Each anchor's
+    positive is its other view; every other embedding is a negative, plus those of the other
+    ranks when distributed and ``gather`` (gradient flows back to them).
     """
-    _check_temperature(temperature)
-    _check_pair(z1, z2, "z1, z2")
+    _check_pair(z1, z2, "z1, z2", temperature)
     with _no_autocast(z1):
         return _nt_xent_fp32(*_fp32(z1, z2), temperature, gather)
 
 
-def _nt_xent_fp32(
-    z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool
-) -> torch.Tensor:
-    """``nt_xent`` body on float32 (B, D) inputs."""
+def _nt_xent_fp32(z1: torch.Tensor, z2: torch.Tensor, temperature: float,
+                  gather: bool) -> torch.Tensor:
+    """``nt_xent`` on float32 (B, D) inputs."""
     b = z1.shape[0]
     z1, z2 = F.normalize(z1, dim=1), F.normalize(z2, dim=1)
     anchors = torch.cat([z1, z2])  # (2B, D)
@@ -81,21 +67,12 @@ def _nt_xent_fp32(
 def moco_logits(
     q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float
 ) -> torch.Tensor:
-    """MoCo logits: positive key first, then the queue of negatives (He et al. 2020, Alg. 1).
+    """MoCo logits (B, 1+K) (He et al. 2020, Alg. 1): the positive first, then the queue.
 
-    Args:
-        q: Queries (B, D); L2-normalised here.
-        k: Positive keys (B, D); L2-normalised here and treated as constants (detached).
-        queue: Negative keys (K, D), rows assumed unit-norm.
-        temperature: Softmax temperature, > 0.
-
-    Returns:
-        Logits (B, 1+K), column 0 the positive.
+    ``q`` (B, D) queries and ``k`` (B, D) positive keys (detached) are L2-normalised here;
+    ``queue`` (K, D) holds unit-norm negative keys.
     """
-    _check_temperature(temperature)
-    _check_pair(q, k, "q, k")
-    if queue.ndim != 2 or queue.shape[1] != q.shape[1]:
-        raise ValueError(f"queue must be (K, {q.shape[1]}), got {tuple(queue.shape)}")
+    _check_pair(q, k, "q, k", temperature)
     with _no_autocast(q):
         q, k, queue = _fp32(q, k.detach(), queue.detach())
         q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
@@ -107,32 +84,15 @@ def moco_logits(
 def info_nce_queue(
     q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2
 ) -> torch.Tensor:
-    """MoCo InfoNCE: cross entropy of ``moco_logits`` with label 0 (the positive key).
-
-    Args:
-        q: Queries (B, D).
-        k: Positive keys (B, D), detached.
-        queue: Negative keys (K, D), unit-norm rows.
-        temperature: Softmax temperature, > 0.
-
-    Returns:
-        Scalar loss, mean over the B queries.
-    """
+    """MoCo InfoNCE: cross entropy of ``moco_logits`` with label 0, mean over the B queries."""
     logits = moco_logits(q, k, queue, temperature)  # (B, 1+K), float32
     with _no_autocast(logits):  # cross entropy with target 0, without the nll_loss kernel
         return (torch.logsumexp(logits, dim=1) - logits[:, 0]).mean()
 
 
 def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """BYOL regression loss ``2 - 2 cos(p, z)`` (Grill et al. 2020, eq. 2).
-
-    Args:
-        p: Online predictions (B, D).
-        z: Target projections (B, D), treated as constants (detached).
-
-    Returns:
-        Scalar loss in [0, 4], mean over B; 0 when p and z are parallel.
-    """
+    """BYOL's ``2 - 2 cos(p, z)`` (Grill et al. 2020, eq. 2), mean over B, in [0, 4]:
+    (B, D) online predictions ``p``, (B, D) target projections ``z`` (detached)."""
     _check_pair(p, z, "p, z")
     with _no_autocast(p):
         p, z = _fp32(p, z.detach())
@@ -140,15 +100,8 @@ def byol_loss(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
 
 
 def neg_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """SimSiam's negative cosine similarity with stop-gradient on z (Chen & He 2021, eq. 1).
-
-    Args:
-        p: Predictions (B, D).
-        z: Projections (B, D); detached here (the stop-gradient).
-
-    Returns:
-        Scalar loss in [-1, 1], mean over B; -1 when p and z are parallel.
-    """
+    """SimSiam's ``-cos(p, z)`` (Chen & He 2021, eq. 1), mean over B, in [-1, 1]: (B, D)
+    predictions ``p``, (B, D) projections ``z`` (detached: the stop-gradient)."""
     _check_pair(p, z, "p, z")
     with _no_autocast(p):
         p, z = _fp32(p, z.detach())

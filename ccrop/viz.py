@@ -26,7 +26,13 @@ from torchvision.utils import make_grid
 
 from . import localize as loc
 from .boxes import box_area, box_iou, check_boxes
-from .crop import ContrastiveCrop, RandomResizedCrop, check_box, check_crop_args, sample_crop_params
+from .crop import (
+    BoxRandomResizedCrop,
+    ContrastiveCrop,
+    check_box,
+    check_crop_args,
+    sample_crop_params,
+)
 from .data.boxed import unpack_item
 from .data.images import to_rgb
 from .runs import METRICS_FILE, SUMMARY_FILE, knn_curve, read_json
@@ -134,7 +140,7 @@ def _loc_row(axes: Sequence[Axes], img: Image.Image, heat: torch.Tensor, box: to
         axes[0].set_ylabel(opts["label"], fontsize=9)
     _heat_panel(axes[1], img, heat, box, gt, degenerate)
     kinds = (("ContrastiveCrop", "ccrop", opts["ccrop"], box), ("RandomResizedCrop", "RRC",
-             RandomResizedCrop((h, w), opts["scale"]), None))  # fmt: skip
+             BoxRandomResizedCrop((h, w), opts["scale"]), None))  # fmt: skip
     for k, (name, short, sampler, shown_box) in enumerate(kinds):
         params = [sampler.get_params(h, w, box, rng) for _ in range(n)]
         extra = f" α={opts['alpha']:g}" if short == "ccrop" else ""

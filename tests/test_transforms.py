@@ -270,5 +270,5 @@ def test_boxed_samples_persistent_worker_sees_update(ctx):
 def test_v2_size_must_be_a_positive_int_or_pair_of_ints(cls, size):
     with pytest.raises(ValueError, match="size must be a positive int or a pair"):
         cls(size=size)
-    assert cls(size=8).size == [8, 8]
+    assert cls(size=8).size == (8, 8)
 

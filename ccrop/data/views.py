@@ -18,7 +18,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
-from ..crop import CENTER_BOX, FULL_BOX, KINDS, ContrastiveCrop, CropPlan
+from ..crop import CENTER_BOX, FULL_BOX, KINDS, BoxCrop, ContrastiveCrop, CropPlan
 
 CROPS = KINDS  # the crop kinds (``CropPlan.kind``)
 
@@ -133,7 +133,7 @@ def build_crop(kind: str | CropPlan, size: int, scale: Sequence[float] = (0.2, 1
     ``simccrop``: fixed centre box, ``rcrop``: RandomResizedCrop) with the law's arguments."""
     plan = kind if isinstance(kind, CropPlan) else CropPlan(
         kind, tuple(scale), tuple(ratio), alpha, full_box_guard, placement)
-    return ContrastiveCrop.from_plan(plan, size)
+    return BoxCrop(plan, size)
 
 
 def build_view_transform(
