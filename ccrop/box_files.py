@@ -1,21 +1,19 @@
 """Per-image object boxes from and to files: CSV, COCO-style JSON and torch ``.pt``.
 
-At most one box per dataset image, ``(x0, y0, x1, y1)`` normalised (``ccrop.boxes``), named by
-dataset index or, for folder datasets (``dataset.samples[i][0]``), by image path. Export then
-import gives the same float32 boxes bit for bit. Images without a box get the full image and
-count as missing. A bad file is one ``BoxFileError`` naming the file and its first bad row.
+One box per dataset image at most, normalised ``(x0, y0, x1, y1)``, named by dataset index or by
+image path (folder datasets); export then import gives the same float32 boxes bit for bit. Images
+without a box get the full box and count as missing. A bad file is one ``BoxFileError`` naming
+the file and its first bad row.
 
-- ``.csv``: a header, then a row per image: ``index`` and/or ``path``, and ``x0,y0,x1,y1`` in any
-  order (other columns ignored). With both, a non-empty path must name the indexed image.
-- ``.json``, COCO-style: ``images`` (``id``, ``file_name``?, ``width``, ``height``) and
-  ``annotations`` (``image_id``, ``bbox`` [x, y, w, h] in pixels). An image is found by
-  ``file_name`` when the dataset has paths, else ``id`` is its index; its annotations give their
-  union box (overshoot up to 1e-6 is clamped). The writer adds what pycocotools needs
-  (annotation ids from 1, ``category_id`` 1, ``iscrowd``, ``area``, ``categories``).
+- ``.csv``: header, then rows with ``index`` and/or ``path`` (both: they must agree) and
+  ``x0,y0,x1,y1``, columns in any order, others ignored.
+- ``.json``: COCO ``images`` (``id``, ``file_name``?, ``width``, ``height``) and ``annotations``
+  (``image_id``, pixel ``bbox`` [x, y, w, h]); an image is found by ``file_name`` when the
+  dataset has paths, else its ``id`` is the index; its annotations give their union box.
 - ``.pt``: an (N, 4) float tensor or ``{"boxes": (N, 4), "paths": [str] or None}``.
 
-Paths match exactly (``/`` or ``\\``, ``.`` and ``..`` normalised), else a relative path matches
-the one dataset path that ends with it on a component boundary.
+Paths match exactly (normalised), else a relative path matches the one dataset path that ends
+with it on a component boundary.
 """
 
 from __future__ import annotations
@@ -29,7 +27,7 @@ import posixpath
 import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +37,6 @@ from .crop import FULL_BOX
 
 SUFFIXES = (".csv", ".json", ".pt")
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
-CLAMP_TOL = 1e-6  # float overshoot of a pixel bbox outside [0, 1] that is clamped, not rejected
 _PT_LAYOUT = "an (N, 4) float tensor or a dict {'boxes': (N, 4) tensor, 'paths': [str] or None}"
 _COCO_LAYOUT = '{"images": [{"id", "width", "height", ...}], "annotations": [...]}'
 
@@ -48,21 +45,23 @@ class BoxFileError(ValueError):
     """A box file that cannot be read or written; the message names the file and the row."""
 
 
-def _first_error(got: list, label: Callable[[int], str]) -> None:
-    """Raise one ``BoxFileError`` for the first entry of ``got`` that is a string (what is wrong
-    with entry r, named ``label(r)``)."""
+def _first_error(path: Path, got: list, where: Callable[[int], str]) -> None:
+    """One ``BoxFileError`` for the first entry of ``got`` that is a string (what is wrong with
+    the file's entry r, named ``where(r)``)."""
     bad = next((r for r, g in enumerate(got) if isinstance(g, str)), None)
     if bad is not None:
-        raise BoxFileError(f"{label(bad)}: {got[bad]}")
+        raise BoxFileError(f"{path} {where(bad)}: {got[bad]}")
 
 
-def _rows(got: list, label: Callable[[int], str], box_label: Any = None, **kw: Any) -> Any:
+def _rows(path: Path, got: list, where: Callable[[int], str], box_where: Any = None,
+          **kw: Any) -> Any:
     """Dataset indices and (M, 4) boxes of ``(index, box)`` rows, checked at once; the error
     names whichever row is first bad, by its box or by a string in ``got``."""
     bad = next((r for r, g in enumerate(got) if isinstance(g, str)), len(got))
     boxes = check_boxes(np.array([g[1] for g in got[:bad]], np.float64).reshape(-1, 4),
-                        where=box_label or label, error=BoxFileError, **kw)
-    _first_error(got, label)
+                        where=lambda r: f"{path} {(box_where or where)(r)}", error=BoxFileError,
+                        **kw)
+    _first_error(path, got, where)
     return [g[0] for g in got], boxes
 
 
@@ -138,24 +137,20 @@ def _read_csv(path: Path, text: str, num_images: int, match: Callable | None) ->
                 names = ",".join(h.strip() for h in header)
                 return f"expected {len(header)} values ({names}), got {len(row)}"
             name = row[cols["path"]].strip() if "path" in cols else ""
-            if "index" not in cols:
-                index = match(name) if name else "empty path (and no index column)"
-            else:  # the path, if any, must name the same image
-                index = _index(row[cols["index"]], num_images)
-                found = match(name) if isinstance(index, int) and name and match else index
-                if found != index:
-                    index = found if isinstance(found, str) else (
-                        f"path {name!r} is image {found} of this dataset, but index says {index}")
-            if isinstance(index, str):
-                return index
-            if index in seen:
-                return f"image {index} appears twice (lines {seen[index]} and {line})"
+            index = _index(row[cols["index"]], num_images) if "index" in cols else None
+            found = (match(name) if name and match and not isinstance(index, str) else
+                     "empty path (and no index column)" if index is None else index)
+            if isinstance(found, str) or found in seen:
+                return found if isinstance(found, str) else (
+                    f"image {found} appears twice (lines {seen[found]} and {line})")
+            if index not in (None, found):  # the path, if any, must name the indexed image
+                return f"path {name!r} is image {found} of this dataset, but index says {index}"
             box = [_number(row[k]) for k in at]
             if None in box:
                 k = box.index(None)
                 return f"value {row[at[k]].strip()!r} is not a number (column {BOX_COLUMNS[k]})"
-            seen[index] = line
-            return index, box
+            seen[found] = line
+            return found, box
 
         lines, got = [], []
         for line, row in rows:
@@ -163,7 +158,7 @@ def _read_csv(path: Path, text: str, num_images: int, match: Callable | None) ->
             got.append(parse(line, row))
     except csv.Error as exc:
         raise BoxFileError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
-    return _rows(got, lambda r: f"{path} line {lines[r]}")
+    return _rows(path, got, lambda r: f"line {lines[r]}")
 
 
 def _finite(v: Any) -> float:
@@ -184,28 +179,25 @@ def _read_json(path: Path, text: str, num_images: int, match: Callable | None) -
     if problem:
         raise BoxFileError(f"{path}: {problem}; expected a COCO-style object {_COCO_LAYOUT}")
     images, anns = data["images"], data["annotations"]
-    known: dict[Any, tuple[int, float, float]] = {}  # image id -> dataset index, width, height
-    at: dict[Any, int] = {}  # image id, and ("index", dataset index) -> position in images
+    known: dict[Any, tuple[int, int, float, float]] = {}  # id -> position, index, width, height
 
-    def image(p: int, im: Any) -> str:  # what is wrong with images[p], if anything
+    def image(p: int, im: Any) -> str | None:  # what is wrong with images[p], if anything
         iid = im.get("id") if isinstance(im, dict) else None
         if not isinstance(iid, int | str):
             return "expected an object with an int or string 'id', 'width' and 'height'"
-        w, h = _finite(im.get("width")), _finite(im.get("height"))
-        name = im.get("file_name")
+        w, h, name = _finite(im.get("width")), _finite(im.get("height")), im.get("file_name")
         index = (match(name) if match is not None and isinstance(name, str) and name else
                  _index(iid, num_images, "id"))
         problem = (
-            f"image id appears twice (images[{at[iid]}] and images[{p}])" if iid in at else
-            "expected positive 'width' and 'height' in pixels, got width="
+            f"image id appears twice (images[{known[iid][0]}] and images[{p}])" if iid in known
+            else "expected positive 'width' and 'height' in pixels, got width="
             f"{im.get('width')!r}, height={im.get('height')!r}" if not (w > 0 and h > 0) else
-            index if isinstance(index, str) else f"dataset image {index} is listed twice "
-            f"(images[{at['index', index]}] and images[{p}])" if ("index", index) in at else "")
-        if not problem:
-            at[iid], at["index", index], known[iid] = p, p, (index, w, h)
-        return problem or None
+            index if isinstance(index, str) else None)
+        if problem is None:
+            known[iid] = p, index, w, h
+        return problem
 
-    _first_error([image(p, im) for p, im in enumerate(images)], lambda p: f"{path} images[{p}]"
+    _first_error(path, [image(p, im) for p, im in enumerate(images)], lambda p: f"images[{p}]"
                  + (f" (id {images[p]['id']!r})" if isinstance(images[p], dict)
                     and "id" in images[p] else ""))
 
@@ -217,17 +209,17 @@ def _read_json(path: Path, text: str, num_images: int, match: Callable | None) -
             return f"expected 'bbox' [x, y, w, h] of 4 finite numbers in pixels, got {bbox!r}"
         if bbox[2] < 0 or bbox[3] < 0:
             return f"bbox {bbox} has a negative width or height"
-        (index, w, h), (x, y, bw, bh) = known[iid], map(float, bbox)
+        (_, index, w, h), (x, y, bw, bh) = known[iid], map(float, bbox)
         return index, (x / w, y / h, (x + bw) / w, (y + bh) / h)  # float64: exact round trip
 
-    def label(k: int) -> str:
+    def where(k: int) -> str:
         iid = anns[k].get("image_id") if isinstance(anns[k], dict) else None
         known_id = isinstance(iid, int | str) and iid in known
-        return f"{path} annotations[{k}]" + (f" (image {iid!r})" if known_id else "")
+        return f"annotations[{k}]" + (f" (image {iid!r})" if known_id else "")
 
-    index, norm = _rows([annotation(a) for a in anns], label, lambda k: (
-        f"{label(k)}: bbox {anns[k]['bbox']} in the {known[anns[k]['image_id']][1]:g}x"
-        f"{known[anns[k]['image_id']][2]:g} image"), dtype=torch.float64, tol=CLAMP_TOL)
+    index, norm = _rows(path, [annotation(a) for a in anns], where, lambda k: (
+        f"{where(k)}: bbox {anns[k]['bbox']} in the {known[anns[k]['image_id']][2]:g}x"
+        f"{known[anns[k]['image_id']][3]:g} image"), dtype=torch.float64, tol=1e-6)  # clamped
     union = np.tile([np.inf, np.inf, -np.inf, -np.inf], (num_images, 1))  # (N, 4)
     np.minimum.at(union[:, :2], index, norm[:, :2].numpy())  # over each image's boxes
     np.maximum.at(union[:, 2:], index, norm[:, 2:].numpy())
@@ -264,7 +256,7 @@ def _read_pt(path: Path, raw: bytes, num_images: int, match: Callable | None) ->
     for r, i in enumerate(index):
         if not isinstance(i, str) and row_of.setdefault(i, r) != r:
             index[r] = f"path {stored[r]!r} is image {i}, as is row {row_of[i]}"
-    _first_error(index, lambda r: f"{path} row {r}")
+    _first_error(path, index, lambda r: f"row {r}")
     return index, boxes
 
 
@@ -318,27 +310,28 @@ def check_output_path(path: str | Path) -> Path:
     return path
 
 
-def _write_csv(f: IO[str], boxes: torch.Tensor, paths: list[str] | None, sizes: Any) -> None:
-    writer = csv.writer(f, lineterminator="\n")
-    writer.writerow(["index", *(["path"] if paths is not None else []), *BOX_COLUMNS])
-    writer.writerows([i, *(paths[i:i + 1] if paths is not None else []), *map(repr, b)]
-                     for i, b in enumerate(boxes.tolist()))  # exact float32 values as floats
-
-
-def _write_json(f: IO[str], boxes: torch.Tensor, paths: list[str] | None, sizes: Any) -> None:
-    hw = sizes if sizes is not None else [(1, 1)] * len(boxes)  # (1, 1): normalised bboxes
+def _encode(suffix: str, boxes: torch.Tensor, paths: list[str] | None, sizes: Any) -> bytes:
+    """The file content of (N, 4) float32 ``boxes`` (see ``write_boxes``)."""
+    if suffix == ".pt":
+        torch.save({"boxes": boxes.clone(), "paths": paths}, buf := io.BytesIO())
+        return buf.getvalue()
+    if suffix == ".csv":  # exact float32 values as floats
+        csv.writer(text := io.StringIO(), lineterminator="\n").writerows(
+            [["index", *(["path"] if paths is not None else []), *BOX_COLUMNS]] +
+            [[i, *(paths[i:i + 1] if paths is not None else []), *map(repr, b)]
+             for i, b in enumerate(boxes.tolist())])
+        return text.getvalue().encode()
+    hw = [(1, 1)] * len(boxes) if sizes is None else [  # (1, 1): normalised; ints stay ints
+        [int(v) if float(v).is_integer() else v for v in r]
+        for r in torch.as_tensor(sizes).tolist()]
     bbs = [[x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h]  # float64 pixels
            for (x0, y0, x1, y1), (h, w) in zip(boxes.tolist(), hw)]
-    f.write(json.dumps({"images": [{"id": i, "file_name": str(i) if paths is None else paths[i],
-                                    "width": w, "height": h} for i, (h, w) in enumerate(hw)],
-                        "annotations": [{"id": i + 1, "image_id": i, "category_id": 1,
-                                         "iscrowd": 0, "bbox": b, "area": b[2] * b[3]}
-                                        for i, b in enumerate(bbs)],  # COCOeval: id 0 unmatched
-                        "categories": [{"id": 1, "name": "object"}]}))
-
-
-_WRITERS: dict[str, Callable[..., Any]] = {".csv": _write_csv, ".json": _write_json, ".pt": (
-    lambda f, boxes, paths, sizes: torch.save({"boxes": boxes.clone(), "paths": paths}, f))}
+    return json.dumps({
+        "images": [{"id": i, "file_name": str(i) if paths is None else paths[i], "width": w,
+                    "height": h} for i, (h, w) in enumerate(hw)],
+        "annotations": [{"id": i + 1, "image_id": i, "category_id": 1, "iscrowd": 0, "bbox": b,
+                         "area": b[2] * b[3]} for i, b in enumerate(bbs)],  # COCOeval: 0 unmatched
+        "categories": [{"id": 1, "name": "object"}]}).encode()
 
 
 def write_boxes(
@@ -351,15 +344,12 @@ def write_boxes(
     """
     path = check_output_path(path)
     boxes = check_boxes(boxes, f"cannot write {path}: boxes", error=BoxFileError)  # float32
-    if sizes is not None:  # (N, 2) (h, w) as lists; whole numbers stay ints
-        sizes = [[int(v) if float(v).is_integer() else v for v in hw]
-                 for hw in torch.as_tensor(sizes).tolist()]
+    data = _encode(path.suffix.lower(), boxes, None if paths is None else list(map(str, paths)),
+                   sizes)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    pt, plist = path.suffix.lower() == ".pt", None if paths is None else [str(p) for p in paths]
     try:  # a new temp file next to path ("x": exclusive; umask applies) replaces it when whole
-        with open(tmp, "xb" if pt else "x", encoding=None if pt else "utf-8",
-                  newline=None if pt else "") as f:
-            _WRITERS[path.suffix.lower()](f, boxes, plist, sizes)
+        with open(tmp, "xb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
