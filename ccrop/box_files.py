@@ -1,19 +1,12 @@
 """Per-image object boxes from and to files: CSV, COCO-style JSON and torch ``.pt``.
 
-One box per dataset image at most, normalised ``(x0, y0, x1, y1)``, named by dataset index or by
-image path (folder datasets); export then import gives the same float32 boxes bit for bit. Images
-without a box get the full box and count as missing. A bad file is one ``BoxFileError`` naming
-the file and its first bad row.
-
-- ``.csv``: header, then rows with ``index`` and/or ``path`` (both: they must agree) and
-  ``x0,y0,x1,y1``, columns in any order, others ignored.
-- ``.json``: COCO ``images`` (``id``, ``file_name``?, ``width``, ``height``) and ``annotations``
-  (``image_id``, pixel ``bbox`` [x, y, w, h]); an image is found by ``file_name`` when the
-  dataset has paths, else its ``id`` is the index; its annotations give their union box.
-- ``.pt``: an (N, 4) float tensor or ``{"boxes": (N, 4), "paths": [str] or None}``.
-
-Paths match exactly (normalised), else a relative path matches the one dataset path that ends
-with it on a component boundary.
+One normalised box per dataset image at most, named by index or image path; export then import
+gives the same float32 boxes bit for bit; images without a box get the full box (missing). CSV:
+``index`` and/or ``path`` (both: they must agree) and ``x0,y0,x1,y1`` columns. JSON: COCO
+``images`` and ``annotations`` (pixel ``bbox``), an image found by ``file_name`` when the dataset
+has paths, else ``id`` = index; annotations of one image give their union box. ``.pt``: an (N, 4)
+float tensor or ``{"boxes", "paths"}``. A relative path matches the one dataset path that ends
+with it on a component boundary. A bad file is one ``BoxFileError`` naming the file and row.
 """
 
 from __future__ import annotations
@@ -46,8 +39,7 @@ class BoxFileError(ValueError):
 
 
 def _first_error(path: Path, got: list, where: Callable[[int], str]) -> None:
-    """One ``BoxFileError`` for the first entry of ``got`` that is a string (what is wrong with
-    the file's entry r, named ``where(r)``)."""
+    """Raise for the first entry of ``got`` that is a string: what is wrong with entry r."""
     bad = next((r for r, g in enumerate(got) if isinstance(g, str)), None)
     if bad is not None:
         raise BoxFileError(f"{path} {where(bad)}: {got[bad]}")
@@ -55,8 +47,7 @@ def _first_error(path: Path, got: list, where: Callable[[int], str]) -> None:
 
 def _rows(path: Path, got: list, where: Callable[[int], str], box_where: Any = None,
           **kw: Any) -> Any:
-    """Dataset indices and (M, 4) boxes of ``(index, box)`` rows, checked at once; the error
-    names whichever row is first bad, by its box or by a string in ``got``."""
+    """Indices and (M, 4) boxes of ``(index, box)`` rows, checked at once up to the first bad."""
     bad = next((r for r, g in enumerate(got) if isinstance(g, str)), len(got))
     boxes = check_boxes(np.array([g[1] for g in got[:bad]], np.float64).reshape(-1, 4),
                         where=lambda r: f"{path} {(box_where or where)(r)}", error=BoxFileError,
@@ -102,14 +93,6 @@ def _matcher(paths: Sequence[str]) -> Callable[[str], int | str]:
     return match
 
 
-def _number(text: str) -> float | None:
-    """``float(text)``, or None when the text is not a number."""
-    try:
-        return float(text)
-    except ValueError:
-        return None
-
-
 def _read_csv(path: Path, text: str, num_images: int, match: Callable | None) -> Any:
     """Dataset indices and float32 boxes (M, 4) of a CSV file."""
     reader = csv.reader(io.StringIO(text, newline=""))
@@ -145,20 +128,17 @@ def _read_csv(path: Path, text: str, num_images: int, match: Callable | None) ->
                     f"image {found} appears twice (lines {seen[found]} and {line})")
             if index not in (None, found):  # the path, if any, must name the indexed image
                 return f"path {name!r} is image {found} of this dataset, but index says {index}"
-            box = [_number(row[k]) for k in at]
-            if None in box:
-                k = box.index(None)
-                return f"value {row[at[k]].strip()!r} is not a number (column {BOX_COLUMNS[k]})"
+            try:
+                box = [float(row[k]) for k in at]
+            except ValueError as exc:  # "could not convert string to float: 'zero'"
+                return f"value {str(exc).partition(': ')[2]} is not a number"
             seen[found] = line
             return found, box
 
-        lines, got = [], []
-        for line, row in rows:
-            lines.append(line)
-            got.append(parse(line, row))
+        got = [(line, parse(line, row)) for line, row in rows]
     except csv.Error as exc:
         raise BoxFileError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
-    return _rows(path, got, lambda r: f"line {lines[r]}")
+    return _rows(path, [g for _, g in got], lambda r: f"line {got[r][0]}")
 
 
 def _finite(v: Any) -> float:
@@ -227,8 +207,7 @@ def _read_json(path: Path, text: str, num_images: int, match: Callable | None) -
 
 
 def _read_pt(path: Path, raw: bytes, num_images: int, match: Callable | None) -> Any:
-    """Dataset indices and (N, 4) float32 boxes of a ``.pt`` file, by path when both sides have
-    paths, else by row."""
+    """Indices and (N, 4) boxes of a ``.pt`` file: by path when both sides have paths."""
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file fails in many ways; torch's text may recommend
@@ -270,11 +249,8 @@ def _suffix(path: Path) -> str:
 def read_boxes(
     path: str | Path, num_images: int, paths: Sequence[str] | None = None
 ) -> tuple[torch.Tensor, int]:
-    """Read the boxes of ``num_images`` images from a ``.csv``, COCO ``.json`` or ``.pt`` file (by
-    suffix); ``paths``: the N image paths of a folder dataset, or None (rows by index only).
-    Returns ``(boxes, missing)``: (N, 4) float32 normalised boxes, and how many images had none
-    (they get the full box). ``BoxFileError`` names the file and its first bad row.
-    """
+    """(N, 4) float32 boxes of ``num_images`` images from a ``.csv``, ``.json`` or ``.pt`` file,
+    and how many had none; ``paths``: the N image paths of a folder dataset, else None."""
     path = Path(path).expanduser()
     suffix = _suffix(path)
     try:
@@ -293,8 +269,7 @@ def read_boxes(
 
 
 def check_output_path(path: str | Path) -> Path:
-    """Check, before any expensive work, that a box file can be written at ``path`` (``.csv``,
-    ``.json`` or ``.pt``) and return it with ``~`` expanded; else ``BoxFileError``."""
+    """``path`` with ``~`` expanded, once checked that a box file can be written there."""
     path = Path(path).expanduser()
     _suffix(path)
     parent = existing = path.parent
@@ -337,11 +312,8 @@ def _encode(suffix: str, boxes: torch.Tensor, paths: list[str] | None, sizes: An
 def write_boxes(
     path: str | Path, boxes: torch.Tensor, paths: Sequence[str] | None = None, sizes: Any = None
 ) -> Path:
-    """Write (N, 4) normalised ``boxes`` (row i: dataset index i) to ``path``, as ``.csv``, COCO
-    ``.json`` or ``.pt`` by suffix, with the N image ``paths`` if given and, for ``.json``, the
-    (N, 2) ``(h, w)`` pixel ``sizes`` (None: normalised units). The file is replaced only once the
-    new one is complete; ``read_boxes`` gives the same float32 boxes back. Returns the path.
-    """
+    """Write (N, 4) ``boxes`` (row i: image i) to ``path`` (by suffix) with the N image ``paths``
+    if given and, for ``.json``, (N, 2) ``(h, w)`` pixel ``sizes``; atomic. Returns the path."""
     path = check_output_path(path)
     boxes = check_boxes(boxes, f"cannot write {path}: boxes", error=BoxFileError)  # float32
     data = _encode(path.suffix.lower(), boxes, None if paths is None else list(map(str, paths)),
