@@ -53,7 +53,7 @@ def check_boxes(
 
 
 def _problem(box: Any, tol: float) -> str:
-    """What is wrong with one box (a numpy row: ``str`` of a value is its shortest repr)."""
+    """What is wrong with one box (a numpy row: ``str`` gives a value's shortest repr)."""
     for col, v in zip(_COLUMNS, box):
         if not math.isfinite(v):
             return f"value '{v!s}' is not a finite number (column {col})"
@@ -81,16 +81,11 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class BoxStore:
-    """N x 4 float32 boxes in shared memory, one per dataset index.
+    """(N, 4) float32 boxes in shared memory, one per dataset index, all ``init_box`` at first
+    (default the full image); ``n``: an integer >= 1.
 
-    Args:
-        n: number of images, an integer >= 1 (a float such as 2.5 is refused).
-        init_box: box every entry starts from (default the full image).
-
-    Example:
-        >>> store = BoxStore(len(dataset))
-        >>> store.update(torch.tensor([3, 7]), torch.tensor([[0.1, 0.1, 0.6, 0.8]] * 2))
-        >>> store[3]   # tensor([0.1, 0.1, 0.6, 0.8])
+    >>> store = BoxStore(len(dataset))
+    >>> store.update(torch.tensor([3, 7]), torch.tensor([[0.1, 0.1, 0.6, 0.8]] * 2))
     """
 
     def __init__(self, n: int, init_box: Sequence[float] = FULL_BOX) -> None:

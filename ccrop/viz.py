@@ -1,8 +1,6 @@
-"""Figures: heatmaps, boxes and crops (paper Fig. 1/3), the crop-centre law, box statistics, grids.
+"""Figures: heatmaps, boxes and crops (paper Fig. 1/3), the crop-centre law, box grids, kNN bands.
 
-Every figure is drawn on a standalone ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot,
-no display, no global backend switch), saved to ``path`` and closed with the figure object.
-Boxes follow the ccrop convention: normalised ``(x0, y0, x1, y1)``, pixel extent ``[x0*W, x1*W)``.
+Each is drawn on a standalone Agg ``Figure`` (no pyplot, no global backend switch) and saved.
 """
 
 from __future__ import annotations
@@ -75,16 +73,14 @@ def _draw_box(ax: Axes, box: Sequence[float], hw: tuple[int, int], color: str, s
 
 def _show(ax: Axes, img: Image.Image | np.ndarray, hw: tuple[int, int] | None = None,
           **kw: Any) -> None:
-    """Show an image in pixel coordinates (origin top-left), pixels kept sharp; ``hw`` stretches
-    it over an ``(H, W)`` extent other than its own (a heatmap over a differently sized image)."""
+    """Show an image in pixel coordinates, pixels sharp; ``hw``: an ``(H, W)`` extent to stretch
+    it over (a heatmap over its image)."""
     arr = np.asarray(img)
     h, w = hw if hw is not None else arr.shape[:2]
     ax.imshow(arr, extent=(0, w, h, 0), interpolation=kw.pop("interpolation", "nearest"), **kw)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
 
-
-# ----------------------------------------------------------------------------- localization
 
 
 def _heat_panel(ax: Axes, img: Image.Image, heat: torch.Tensor, box: torch.Tensor,
@@ -243,8 +239,6 @@ def config_localization_figure(crop: Any, backbone: torch.nn.Module, dataset: An
                                **crop.box_rule(), **kw)
 
 
-# ----------------------------------------------------------------------------- centre law
-
 
 def _sample_centres(size: int, box: tuple[float, float, float, float], scale: tuple[float, float],
                     alpha: float, n: int, rng: random.Random) -> np.ndarray:
@@ -318,8 +312,6 @@ def plot_centre_distribution(
                  "shifted into the image, which pulls large crops' centres inwards", fontsize=10)
     return _save(fig, path)
 
-
-# ----------------------------------------------------------------------------- box grids and kNN
 
 
 def _pixel_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
