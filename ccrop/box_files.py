@@ -12,6 +12,7 @@ with it on a component boundary. A bad file is one ``BoxFileError`` naming the f
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import json
 import math
@@ -69,16 +70,15 @@ def _index(value: Any, num_images: int, what: str = "index") -> int | str:
 
 def _matcher(paths: Sequence[str]) -> Callable[[str], int | str]:
     """``match(path)``: the dataset index of the image a file's path names, or what is wrong."""
-    tables: dict[int, dict] = {}  # 0: exact path, k: last k path components -> indices
+    norm = [posixpath.normpath(str(p).replace("\\", "/")) for p in paths]
 
-    def table(k: int) -> dict:  # built on first use
-        if k not in tables:
-            tables[k] = {}
-            for i, p in enumerate(posixpath.normpath(str(p).replace("\\", "/")) for p in paths):
-                tail = tuple(c for c in p.split("/") if c)[-k:] if k else p
-                if not k or len(tail) == k:
-                    tables[k].setdefault(tail, []).append(i)
-        return tables[k]
+    @functools.cache
+    def table(k: int) -> dict:  # 0: exact path, k: last k path components -> indices
+        out: dict = {}
+        for i, p in enumerate(norm):
+            if len(tail := tuple(c for c in p.split("/") if c)[-k:] if k else p) == k or not k:
+                out.setdefault(tail, []).append(i)
+        return out
 
     def match(path: str) -> int | str:
         norm = posixpath.normpath(str(path).replace("\\", "/"))
@@ -257,9 +257,8 @@ def read_boxes(
         raw = path.read_bytes()
         data = raw if suffix == ".pt" else raw.decode("utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
-        why = ("file not found" if isinstance(exc, FileNotFoundError) else "is a folder, not a "
-               "file" if path.is_dir() else "not UTF-8 text" if isinstance(exc, UnicodeError)
-               else f"cannot read the file ({exc.strerror or exc})")
+        why = ("file not found" if isinstance(exc, FileNotFoundError) else "not UTF-8 text"
+               if isinstance(exc, UnicodeError) else f"cannot read it ({exc.strerror or exc})")
         raise BoxFileError(f"{path}: {why}; expected a box file ({', '.join(SUFFIXES)})") from None
     reader = {".csv": _read_csv, ".json": _read_json, ".pt": _read_pt}[suffix]
     idx, found = reader(path, data, num_images, None if paths is None else _matcher(paths))
@@ -272,9 +271,7 @@ def check_output_path(path: str | Path) -> Path:
     """``path`` with ``~`` expanded, once checked that a box file can be written there."""
     path = Path(path).expanduser()
     _suffix(path)
-    parent = existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    parent, existing = path.parent, next(p for p in path.parents if p.exists())
     problem = ("it is a folder; give a file name" if path.is_dir() else
                f"{existing} is a file, not a folder" if existing.exists() and not
                existing.is_dir() else f"folder {parent} does not exist; create it first" if
