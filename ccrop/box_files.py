@@ -70,17 +70,19 @@ def _index(value: Any, num_images: int, what: str = "index") -> int | str:
 
 def _matcher(paths: Sequence[str]) -> Callable[[str], int | str]:
     """``match(path)``: the dataset index of the image a file's path names, or what is wrong."""
-    norm = [posixpath.normpath(str(p).replace("\\", "/")) for p in paths]
+    given = {p: i for i, p in reversed(list(enumerate(map(str, paths))))}  # as written: fast
 
     @functools.cache
     def table(k: int) -> dict:  # 0: exact path, k: last k path components -> indices
         out: dict = {}
-        for i, p in enumerate(norm):
+        for i, p in enumerate(posixpath.normpath(str(p).replace("\\", "/")) for p in paths):
             if len(tail := tuple(c for c in p.split("/") if c)[-k:] if k else p) == k or not k:
                 out.setdefault(tail, []).append(i)
         return out
 
     def match(path: str) -> int | str:
+        if path in given:
+            return given[path]
         norm = posixpath.normpath(str(path).replace("\\", "/"))
         parts = () if norm.startswith("/") else tuple(c for c in norm.split("/") if c)
         hits = table(0).get(norm) or (table(len(parts)).get(parts, []) if parts else [])
@@ -129,16 +131,19 @@ def _read_csv(path: Path, text: str, num_images: int, match: Callable | None) ->
             if index not in (None, found):  # the path, if any, must name the indexed image
                 return f"path {name!r} is image {found} of this dataset, but index says {index}"
             try:
-                box = [float(row[k]) for k in at]
+                box = tuple([float(row[k]) for k in at])  # a tuple of floats: GC-untracked
             except ValueError as exc:  # "could not convert string to float: 'zero'"
                 return f"value {str(exc).partition(': ')[2]} is not a number"
             seen[found] = line
             return found, box
 
-        got = [(line, parse(line, row)) for line, row in rows]
+        lines, got = [], []
+        for line, row in rows:
+            lines.append(line)
+            got.append(parse(line, row))
     except csv.Error as exc:
         raise BoxFileError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
-    return _rows(path, [g for _, g in got], lambda r: f"line {got[r][0]}")
+    return _rows(path, got, lambda r: f"line {lines[r]}")
 
 
 def _finite(v: Any) -> float:
