@@ -53,29 +53,17 @@ class Arm:
     overrides: tuple[str, ...]
 
 
-# ----------------------------------------------------------------------------- arms and seeds
-
-
-def _arm_error(what: str) -> ConfigError:
-    return ConfigError(f"{what}; built-in arms: {', '.join(BUILTIN_ARMS)}; a custom arm is "
-                       "name:key=value,key=value")
-
-
 def parse_arms(spec: str | Sequence[str]) -> list[Arm]:
     """``--arms``: the arms in order (the first is the baseline of the paired differences).
 
-    The spec is split on commas outside ``[...]``. A piece that starts with ``dotted.key=`` is
-    one more override of the custom arm before it; any other piece starts an arm: a built-in
-    name, or ``name:key=value`` (a custom arm and its first override). So
+    Split on commas outside ``[...]``; a piece starting ``dotted.key=`` is one more override of
+    the custom arm before it, any other starts an arm: a built-in name or ``name:key=value``. So
     ``rcrop,a01:crop.alpha=0.1,crop.scale=[0.3,1.0],ccrop`` is rcrop, a01 (two overrides), ccrop.
-
-    Raises:
-        ConfigError: empty spec, unknown built-in, bad name or override, duplicate name.
+    ConfigError names what is wrong.
     """
     text = spec if isinstance(spec, str) else ",".join(spec)
-    if not text.strip():
-        raise _arm_error("--arms is empty")
     pieces: list[tuple[str, list[str] | None]] = []  # (name, overrides; None: a built-in)
+    problem = "" if text.strip() else "the spec is empty"
     for piece in (p.strip() for p in _SPLIT_RE.split(text)):
         if not _OVERRIDE_RE.match(piece):
             name, colon, first = piece.partition(":")
@@ -83,34 +71,30 @@ def parse_arms(spec: str | Sequence[str]) -> list[Arm]:
         elif pieces and pieces[-1][1] is not None:
             pieces[-1][1].append(piece)
         else:
-            raise _arm_error(f"--arms: {piece!r} is not an arm (overrides follow name:)")
-    arms = [_arm(name, over) for name, over in pieces]
-    names = [a.name for a in arms]
+            problem = problem or f"{piece!r} is not an arm (overrides follow name:)"
+    names = [n for n, _ in pieces]
     dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise _arm_error(f"--arms: arm name(s) {dup} given more than once")
-    return arms
+    problem = problem or next(filter(None, (_arm_problem(*p) for p in pieces)), "") or (
+        f"arm name(s) {dup} given more than once" if dup else "")
+    if problem:
+        raise ConfigError(f"--arms: {problem}; built-in arms: {', '.join(BUILTIN_ARMS)}; a custom "
+                          "arm is name:key=value,key=value")
+    return [Arm(n, BUILTIN_ARMS[n] if o is None else tuple(o)) for n, o in pieces]
 
 
-def _arm(name: str, overrides: list[str] | None) -> Arm:
-    """A built-in arm (``overrides`` None) or a checked custom one."""
-    if not _NAME_RE.fullmatch(name):
-        raise _arm_error(f"--arms: arm name {name!r} must be letters, digits, '-' or '_' "
-                         "(at most 64, a folder name)")
-    if overrides is None:
-        if name not in BUILTIN_ARMS:
-            raise _arm_error(f"--arms: unknown arm {name!r}")
-        return Arm(name, BUILTIN_ARMS[name])
-    if name in BUILTIN_ARMS:
-        raise _arm_error(f"--arms: custom arm {name!r} has the name of a built-in arm")
-    for o in overrides:
-        key = o.split("=", 1)[0]
-        if not _OVERRIDE_RE.match(o):
-            raise _arm_error(f"--arms: arm {name!r}: override {o!r} is not dotted.key=value")
-        if key in ("train.seed", "train.out_dir"):
-            raise _arm_error(f"--arms: arm {name!r} sets {key}, which the A/B sets itself "
-                             "(--seeds, --out)")
-    return Arm(name, tuple(overrides))
+def _arm_problem(name: str, overrides: list[str] | None) -> str:
+    """What is wrong with a built-in arm (``overrides`` None) or a custom one, if anything."""
+    bad = next((o for o in overrides or () if not _OVERRIDE_RE.match(o)), None)
+    fixed = [k for o in overrides or () if (k := o.split("=", 1)[0]) in ("train.seed",
+                                                                         "train.out_dir")]
+    return (
+        f"arm name {name!r} must be letters, digits, '-' or '_' (at most 64, a folder name)"
+        if not _NAME_RE.fullmatch(name) else ("" if name in BUILTIN_ARMS else
+                                             f"unknown arm {name!r}") if overrides is None
+        else f"custom arm {name!r} has the name of a built-in arm" if name in BUILTIN_ARMS
+        else f"arm {name!r}: override {bad!r} is not dotted.key=value" if bad is not None
+        else f"arm {name!r} sets {fixed[0]}, which the A/B sets itself (--seeds, --out)"
+        if fixed else "")
 
 
 def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
@@ -128,9 +112,6 @@ def parse_seeds(spec: str | int | Sequence[int]) -> list[int]:
     return seeds
 
 
-# ----------------------------------------------------------------------------- statistics
-
-
 def summarise(values: Sequence[float]) -> dict[str, Any]:
     """``{"n", "mean", "std"}``: sample std (ddof=1; 0 for one value); None without values."""
     n = len(values)
@@ -142,12 +123,9 @@ def summarise(values: Sequence[float]) -> dict[str, Any]:
 
 
 def paired_stats(base: Mapping[int, float], other: Mapping[int, float]) -> dict[str, Any]:
-    """Paired difference ``other - base`` (``{seed: value}`` each) over the seeds both have.
-
-    ``{"n", "seeds", "diffs", "mean", "std", "t", "ci_low", "ci_high", "wins"}``: mean ``m`` and
-    sample std ``s`` (ddof=1) of the differences, the two-sided 95% Student-t interval
-    ``m -/+ t * s / sqrt(n)`` with ``t = scipy.stats.t.ppf(0.975, n - 1)``, ``wins`` = differences
-    > 0; what needs more pairs (std and interval: n >= 2, mean: n >= 1) is None.
+    """Paired difference ``other - base`` (``{seed: value}`` each) over the seeds both have:
+    ``{"n", "seeds", "diffs", "mean", "std", "t", "ci_low", "ci_high", "wins"}``, the two-sided
+    95% Student-t interval ``mean -/+ t * std / sqrt(n)`` (None below 2 pairs), wins = diffs > 0.
     """
     seeds = sorted(set(base) & set(other))
     diffs = [float(other[s]) - float(base[s]) for s in seeds]
@@ -162,8 +140,6 @@ def paired_stats(base: Mapping[int, float], other: Mapping[int, float]) -> dict[
         out.update(std=m["std"], t=t, ci_low=m["mean"] - half, ci_high=m["mean"] + half)
     return out
 
-
-# ----------------------------------------------------------------------------- report
 
 _DASH = "\u2014"
 
@@ -225,16 +201,10 @@ def _row(e: dict[str, Any], probe: bool) -> str:
 
 def report(groups: Mapping[str, Sequence[str | Path]], out: str | Path | None = None
            ) -> tuple[str, dict[str, Any]]:
-    """Markdown table (one row per arm, in order; the footnote defines every column) and JSON
-    data (``data["arms"]`` holds every per-seed number) of an A/B. Differences are paired with
-    the FIRST arm of ``groups`` (``{arm: [run folder, ...]}``, from ``collect_groups`` or
-    ``run_ab``). With ``out``, ``ab.md``, ``ab.json`` and the kNN band figure are written there.
-
-    Raises:
-        ConfigError: no groups, or a bad run folder (``ccrop.runs.load_run``).
+    """Markdown table (one row per arm; the footnote defines every column) and JSON data (every
+    per-seed number) of ``groups`` (``{arm: [run folder, ...]}``), differences paired with the
+    FIRST arm. With ``out``, ``ab.md``, ``ab.json`` and the kNN band figure are written there.
     """
-    if not groups or not any(groups.values()):
-        raise ConfigError("nothing to report: no finished runs")
     arms: list[dict[str, Any]] = []
     for name, folders in groups.items():
         arms.append(_arm_entry(name, [load_run(f) for f in folders], arms[0] if arms else None))
@@ -277,9 +247,6 @@ def plot_bands(data: Mapping[str, Any], path: str | Path) -> Path:
     return plot_knn_bands({e["arm"]: [r["curve"] for r in e["runs"]] for e in data["arms"]}, path)
 
 
-# ----------------------------------------------------------------------------- running
-
-
 _say = partial(print, flush=True)  # run_ab's progress lines, shown at once
 
 
@@ -289,18 +256,14 @@ def run_ab(config: str | None, overrides: Sequence[str], arms: Sequence[Arm],
     """Train every arm on every seed in-process, seed-major (a partial A/B has whole pairs).
 
     Run ``(arm, s)`` trains in ``out/<arm>/seed<s>`` with ``overrides + arm.overrides +
-    [train.seed=s, train.out_dir=...]`` on ``config`` (YAML path, packaged name or None). Done
-    folders are skipped, others resume from their newest valid checkpoint; every config is
-    validated first (ConfigError before anything is written, also for a folder started with
-    other overrides). Under torchrun the caller initialises the process group; only the main
-    process writes files and ``progress`` lines. ``linear_fast`` also probes each final
+    [train.seed=s, train.out_dir=...]`` on ``config``. Done folders are skipped, others resume;
+    every config is checked before anything is written (also against the overrides a folder was
+    started with). Only the main process writes. ``linear_fast`` also probes each final
     backbone. Returns ``{arm: [folder per seed]}``.
     """
     from . import dist
     from .config import load_config
 
-    if not arms or not seeds or len(set(seeds)) != len(seeds):
-        raise ConfigError("run_ab needs at least one arm and distinct seeds")
     out, base, plan = Path(out), list(overrides), []
     for seed in seeds:
         for arm in arms:

@@ -1,22 +1,25 @@
 """Speed benchmarks of a config (``ccrop bench``): views/s, step ms, epoch split, GPU memory.
 
-Every figure is measured in the same process, so ratios (batched vs PIL path, bf16 vs fp32)
-compare like with like. Device work is synchronised before each clock read.
+All measured in one process (ratios compare like with like), device synchronised before each
+clock read.
 """
 
 from __future__ import annotations
 
 import platform
 import random
+import tempfile
 import time
+import warnings
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import torch
 
 from .boxes import BoxStore
-from .compiling import compiler_error_summary, is_compiler_error
-from .config import Config, ConfigError
+from .compiling import CompileFailedWarning, first_compiled_step
+from .config import Config
 from .runtime import autocast
 
 
@@ -86,8 +89,8 @@ def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
 
 
 def _ops_per_call(data: Any, store: BoxStore, spec: Any, batch_size: int) -> int:
-    """Ops (~ kernel launches) one batched view call dispatches on the accelerator code path,
-    whatever its batch: the GPU path at CIFAR size is bound by their launch cost."""
+    """Ops (~ kernel launches) of one batched view call on the accelerator code path (what
+    bounds the GPU path at CIFAR size)."""
     from .data.sources import GPUSource
     from .syncs import SyncSpy
 
@@ -100,13 +103,9 @@ def _ops_per_call(data: Any, store: BoxStore, spec: Any, batch_size: int) -> int
 
 
 def bench_syncs(cfg: Config, steps: int = 2) -> dict[str, float]:
-    """Host syncs per training step of the real engine loop, counted with ``SyncSpy`` on the
-    accelerator code paths (on CPU too): 0 means the device queue never drains mid-epoch.
-    DataLoader work runs in at least one worker process, outside the count (it never touches
-    the device)."""
-    import tempfile
-    from dataclasses import replace
-
+    """Host syncs per training step of the engine loop on the accelerator code paths (on CPU
+    too; ``SyncSpy``): 0 means the device queue never drains mid-epoch. DataLoader work runs in
+    a worker process, outside the count."""
     from .build import build_run
     from .engine import train_epoch
     from .syncs import SyncSpy
@@ -144,7 +143,7 @@ def bench_step(cfg: Config, device: torch.device, steps: int,
     size = cfg.data.image_size or 32
     b = cfg.data.batch_size
     for name, amp, cl, comp in variants:
-        c = _variant(cfg, amp, cl, comp)
+        c = replace(cfg, train=replace(cfg.train, amp=amp, channels_last=cl, compile=comp))
         method, model = build_model(c, device)
         opt = build_optimizer(c, method)
         x1, x2 = (torch.randn(b, 3, size, size, device=device) for _ in range(2))
@@ -158,32 +157,22 @@ def bench_step(cfg: Config, device: torch.device, steps: int,
             loss.backward()
             opt.step()
 
-        if comp:
+        if comp:  # compile outside the timing; a compiler failure is recorded instead
             try:
-                step()  # compile outside the timing
-            except Exception as err:
-                if not is_compiler_error(err):
-                    raise
-                out[f"step_error_{name}"] = compiler_error_summary(err)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", CompileFailedWarning)
+                    first_compiled_step(step, [], lambda: None)
+            except CompileFailedWarning as failed:
+                out[f"step_error_{name}"] = str(failed).partition("failed (")[2].rpartition(
+                    "); ")[0]
                 continue
         out[f"step_ms_{name}"] = 1000 * _timed(step, device, steps)
     return out
 
 
-def _variant(cfg: Config, amp: bool, channels_last: bool, compile_: bool) -> Config:
-    from dataclasses import replace
-
-    return replace(cfg, train=replace(cfg.train, amp=amp, channels_last=channels_last,
-                                      compile=compile_))
-
-
 def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
-    """A (possibly capped) epoch of the real engine: data / step / localization / checkpoint
-    seconds (data and step scaled from the measured steps to the full epoch; localization is
-    the box pass, ``localization_with_figure_s`` adds the run's localization figure)."""
-    import tempfile
-    from dataclasses import replace
-
+    """A (capped) epoch of the engine: data / step seconds scaled to the full epoch, the box
+    pass (``localization_with_figure_s`` adds the figure) and checkpoint seconds."""
     from .build import build_run
     from .engine import localize_step, save, train_epoch
 
@@ -215,17 +204,8 @@ def bench_epoch(cfg: Config, max_steps: int) -> dict[str, float]:
 
 def run_bench(cfg: Config, steps: int = 5, epoch_steps: int = 20,
               compiled: bool = True) -> dict[str, Any]:
-    """All benchmarks of ``cfg``; returns a JSON-ready dict.
-
-    Raises:
-        ConfigError: ``steps`` or ``epoch_steps`` below 1 (nothing is measured; a
-            ``ValueError``).
-    """
+    """All benchmarks of ``cfg`` (``steps``, ``epoch_steps`` >= 1); a JSON-ready dict."""
     from .build import build_data, resolve_device
-
-    for name, value in (("steps", steps), ("epoch_steps", epoch_steps)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name} (timed steps) must be an integer >= 1, got {value!r}")
 
     device = resolve_device(cfg.train.device)
     if device.type == "cuda":

@@ -1,13 +1,9 @@
 """BoxStore: one normalised box per training image, in shared memory, read and written by index.
 
 Box convention (everywhere in ccrop): ``(x0, y0, x1, y1)`` normalised to [0, 1], ``x0 <= x1``,
-``y0 <= y1``; ``x1 = 1`` is the right image edge (pixel extent ``[x0*W, x1*W)``); the full image
-is ``(0, 0, 1, 1)``.
-
-The official code hands boxes to DataLoader workers only because workers are re-created every
-epoch; with ``persistent_workers=True`` they silently go stale. Here the tensor lives in shared
-memory, so an update made in the main process is seen by every worker, persistent or not, forked
-or spawned (PyTorch pickles shared tensors as handles).
+``y0 <= y1``, pixel extent ``[x0*W, x1*W)``; the full image is ``(0, 0, 1, 1)``. The store lives
+in shared memory, so an update made in the main process is seen by every DataLoader worker,
+persistent or not, forked or spawned (the official code's boxes go stale with persistent workers).
 """
 
 from __future__ import annotations
@@ -28,47 +24,36 @@ def check_boxes(
     boxes: Any,
     name: str = "boxes",
     *,
-    where: Sequence[str] | Callable[[int], str] | None = None,
+    where: Callable[[int], str] | None = None,
     tol: float = 0.0,
     dtype: torch.dtype = torch.float32,
+    error: type[Exception] = ValueError,
 ) -> torch.Tensor:
     """Validate (N, 4) normalised boxes, all rows at once; the one box validator of ccrop.
 
-    Args:
-        boxes: (N, 4) ``(x0, y0, x1, y1)``: a tensor (any device), array or nested sequence.
-        name: what ``boxes`` is, for messages.
-        where: label of row ``r`` in the message: N strings or a function of ``r``; by default
-            ``"{name} row {r}"``.
-        tol: values at most ``tol`` outside [0, 1] are accepted and clamped onto [0, 1].
-        dtype: floating dtype the values are rounded to, checked in and returned as.
-
-    Returns:
-        The boxes as a CPU tensor of ``dtype`` (clamped when ``tol > 0``).
-
-    Raises:
-        ValueError: wrong shape; or, naming the first bad row and why, a NaN/inf value, a value
-            outside [0, 1] (beyond ``tol``), or x1 < x0 / y1 < y0.
+    ``boxes``: a tensor (any device), array or nested sequence; ``where(r)`` labels row r in the
+    message (default ``"{name} row {r}"``); values at most ``tol`` outside [0, 1] are clamped
+    onto it; ``dtype``: the floating dtype checked in and returned. Returns a CPU tensor; raises
+    ``error`` for a wrong shape or, naming the first bad row, a NaN/inf, a value outside [0, 1]
+    or x1 < x0 / y1 < y0.
     """
     boxes = torch.as_tensor(boxes, dtype=dtype)
     if boxes.dim() != 2 or boxes.shape[1] != 4:
-        raise ValueError(f"{name} must have shape (B, 4), got {tuple(boxes.shape)}")
+        raise error(f"{name} must have shape (B, 4), got {tuple(boxes.shape)}")
     boxes = boxes.detach().to("cpu")
     inside = (boxes >= -tol) & (boxes <= 1 + tol)  # (N, 4), False for NaN and +-inf
     bad = ~(inside.all(dim=1) & (boxes[:, :2] <= boxes[:, 2:]).all(dim=1))  # (N,)
     if bad.any():
         row = int(bad.to(torch.uint8).argmax())
-        if where is None:
-            label = f"{name} row {row}"
-        else:
-            label = where(row) if callable(where) else where[row]
-        raise ValueError(f"{label}: {_problem(boxes[row].numpy(), tol)}")
+        label = f"{name} row {row}" if where is None else where(row)
+        raise error(f"{label}: {_problem(boxes[row].numpy(), tol)}")
     if tol > 0:  # only values outside [0, 1] change (a -0.0 stays as it is)
         boxes = torch.where((boxes < 0) | (boxes > 1), boxes.clamp(0.0, 1.0), boxes)
     return boxes
 
 
 def _problem(box: Any, tol: float) -> str:
-    """What is wrong with one box (a numpy row: ``str`` of a value is its shortest repr)."""
+    """What is wrong with one box (a numpy row: ``str`` gives a value's shortest repr)."""
     for col, v in zip(_COLUMNS, box):
         if not math.isfinite(v):
             return f"value '{v!s}' is not a finite number (column {col})"
@@ -96,16 +81,11 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 class BoxStore:
-    """N x 4 float32 boxes in shared memory, one per dataset index.
+    """(N, 4) float32 boxes in shared memory, one per dataset index, all ``init_box`` at first
+    (default the full image); ``n``: an integer >= 1.
 
-    Args:
-        n: number of images, an integer >= 1 (a float such as 2.5 is refused).
-        init_box: box every entry starts from (default the full image).
-
-    Example:
-        >>> store = BoxStore(len(dataset))
-        >>> store.update(torch.tensor([3, 7]), torch.tensor([[0.1, 0.1, 0.6, 0.8]] * 2))
-        >>> store[3]   # tensor([0.1, 0.1, 0.6, 0.8])
+    >>> store = BoxStore(len(dataset))
+    >>> store.update(torch.tensor([3, 7]), torch.tensor([[0.1, 0.1, 0.6, 0.8]] * 2))
     """
 
     def __init__(self, n: int, init_box: Sequence[float] = FULL_BOX) -> None:
@@ -137,19 +117,14 @@ class BoxStore:
         return int(self._version[0])
 
     def update(self, indices: Any, boxes: torch.Tensor) -> None:
-        """Write ``boxes`` (B, 4) at dataset ``indices`` (B,), validating both first.
-
-        Nothing is written when any row is invalid. Repeated indices (DistributedSampler padding)
-        are allowed; the last occurrence wins.
-        """
+        """Write ``boxes`` (B, 4) at dataset ``indices`` (B,), validating both first (nothing is
+        written when any row is invalid); of repeated indices the last occurrence wins."""
         idx = torch.as_tensor(indices).reshape(-1).to("cpu", torch.int64)
-        boxes = check_boxes(boxes)
-        if idx.numel() != boxes.shape[0]:
-            raise ValueError(
-                f"indices ({idx.numel()}) and boxes ({boxes.shape[0]}) differ in length")
-        if idx.numel() and (idx.min() < 0 or idx.max() >= len(self)):
-            raise ValueError(f"indices must lie in [0, {len(self) - 1}], got "
-                             f"[{int(idx.min())}, {int(idx.max())}]")
+        boxes, n = check_boxes(boxes), idx.numel()
+        if n != len(boxes) or n and not (int(idx.min()) >= 0 and int(idx.max()) < len(self)):
+            got = f" in [{int(idx.min())}, {int(idx.max())}]" if n else ""
+            raise ValueError(f"need one index in [0, {len(self) - 1}] per box, got {n} indices"
+                             f"{got} for {len(boxes)} boxes")
         self._boxes[idx] = boxes
         self._version += 1
 

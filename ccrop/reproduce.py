@@ -1,11 +1,9 @@
 """The paper-reproduction table (``docs/reproduce.md``): commands, cost, paper and our numbers.
 
-One row per paper config pair (``<set>/<method>_rcrop.yaml`` and ``_ccrop.yaml``, packaged).
-``ccrop compare --paper RUN ...`` fills the "ours" columns from finished run folders: a run is
-matched to its row by the config file it was started from (``command.json`` written by
-``ccrop pretrain``, or ``ab_arm.json`` of ``ccrop ab``) and reports its newest ``linear``
-result, else its newest ``knn`` result (marked). Runs started with overrides are marked too:
-they are not the paper's setting.
+One row per packaged ``<set>/<method>_rcrop.yaml`` / ``_ccrop.yaml`` pair. ``ccrop compare
+--paper RUN ...`` fills "ours" from run folders, matched by the config they started from
+(``command.json`` or ``ab_arm.json``): the newest ``linear`` top-1, else ``knn`` (marked); runs
+started with overrides are marked too.
 """
 
 from __future__ import annotations
@@ -30,9 +28,8 @@ _SMALL = {"cifar10": (50_000, 32), "cifar100": (50_000, 32), "stl10": (105_000, 
 
 
 def paper_pairs() -> list[tuple[str, str, str]]:
-    """``(setting, rcrop config, ccrop config)`` of every packaged pair, e.g.
-    ``("cifar10/simclr", "cifar10/simclr_rcrop.yaml", "cifar10/simclr_ccrop.yaml")``;
-    laptop sets (synthetic, cluttered, icons) left out."""
+    """``(setting, rcrop config, ccrop config)`` of every packaged pair but the laptop sets,
+    e.g. ``("cifar10/simclr", "cifar10/simclr_rcrop.yaml", "cifar10/simclr_ccrop.yaml")``."""
     pairs = []
     for ccrop in sorted(PACKAGED_CONFIGS.rglob("*_ccrop.yaml")):
         rcrop = ccrop.with_name(ccrop.name.replace("_ccrop", "_rcrop"))
@@ -45,8 +42,8 @@ def paper_pairs() -> list[tuple[str, str, str]]:
 
 
 def gpu_hours(setting: str) -> str:
-    """Estimated H100 hours of one 500-epoch small-set pretraining, scaled from the measured
-    CIFAR epoch by images x pixels; ImageNet is not measured yet."""
+    """H100 hours of a 500-epoch small-set pretraining, scaled from the measured CIFAR epoch by
+    images x pixels."""
     folder = setting.split("/")[0]
     if folder not in _SMALL:
         return "not measured"
@@ -66,13 +63,9 @@ def run_origin(folder: Path) -> tuple[str | None, list[str]]:
             config = data.get("config")
             over = [*data.get("base_overrides", []), *data.get("overrides", [])]
             over = [o for o in over if not o.startswith(("train.out_dir=", "train.seed="))]
-            return (None if config is None else _normalise(str(config))), over
+            parts = None if config is None else Path(str(config)).with_suffix(".yaml").parts
+            return (None if parts is None else "/".join(parts[-2:])), over
     return None, []
-
-
-def _normalise(config: str) -> str:
-    parts = Path(config).with_suffix(".yaml").parts
-    return "/".join(parts[-2:])
 
 
 def run_top1(folder: Path) -> tuple[float, str] | None:
@@ -95,11 +88,8 @@ def _last_checkpoint(config: str) -> str:
 
 
 def _ours(runs: dict[str, list[tuple[float, str, bool]]], config: str) -> str:
-    cells = []
-    for top1, protocol, changed in runs.get(config, []):
-        mark = "" if protocol == "linear" else " (kNN)"
-        cells.append(f"{top1:.2f}{mark}{' *' if changed else ''}")
-    return ", ".join(cells) or " "
+    return ", ".join(f"{top1:.2f}{'' if protocol == 'linear' else ' (kNN)'}{' *' * changed}"
+                     for top1, protocol, changed in runs.get(config, [])) or " "
 
 
 def collect(folders: list[str | Path]) -> dict[str, list[tuple[float, str, bool]]]:

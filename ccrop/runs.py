@@ -1,15 +1,13 @@
-"""Reading ccrop's run folders: the one reader behind ``ccrop compare``, ``ccrop ab``, the
-paper table (``ccrop.reproduce``) and the kNN figures (``ccrop.viz``).
+"""The one reader of ccrop's run folders (``ccrop compare``, ``ccrop ab``, ``ccrop.reproduce``).
 
-A run folder holds ``summary.json`` (written when the run finished), ``metrics.jsonl`` (one
-``{"event": "epoch", ...}`` or ``{"event": "box_update", ...}`` line each, append-only),
-``config.yaml`` (the resolved config) and, when ``ccrop ab`` trained it, ``ab_arm.json`` (arm,
-seed, overrides) and ``linear_fast.json`` (the fast probe). These are ccrop's own files and are
-read as written; a file that is missing or not a JSON object is a one-line ``ConfigError``.
+A run folder holds ``summary.json`` (when finished), ``metrics.jsonl`` (``epoch`` and
+``box_update`` event lines), ``config.yaml`` and, from ``ccrop ab``, ``ab_arm.json`` and
+``linear_fast.json``. A file that is missing or not a JSON object is a one-line ``ConfigError``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -30,13 +28,14 @@ def read_json(path: str | Path) -> dict[str, Any]:
     """A JSON file holding an object; a one-line ConfigError naming the file otherwise."""
     try:
         data = json.loads(Path(path).read_text())
+        problem = "" if isinstance(data, dict) else (
+            f"must hold a JSON object, got a JSON {type(data).__name__}")
     except FileNotFoundError:
-        raise ConfigError(f"{str(path)!r} not found") from None
+        problem = "not found"
     except ValueError as err:  # JSONDecodeError and UnicodeDecodeError
-        raise ConfigError(f"{str(path)!r} is not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{str(path)!r} must hold a JSON object, got a JSON "
-                          f"{type(data).__name__}")
+        problem = f"is not valid JSON: {err}"
+    if problem:
+        raise ConfigError(f"{str(path)!r} {problem}")
     return data
 
 
@@ -51,14 +50,12 @@ def read_summary(folder: str | Path) -> dict[str, Any]:
 
 def read_events(folder: str | Path, event: str = "epoch") -> list[dict[str, Any]]:
     """The ``metrics.jsonl`` lines of one event kind (``"epoch"`` or ``"box_update"``), in
-    order; none without the file. A line torn by a crash (not JSON) is skipped."""
+    order; none without the file. A line torn by a crash is skipped."""
     path = Path(folder) / METRICS_FILE
     rows = []
     for line in path.read_text().splitlines() if path.is_file() else ():
-        try:
+        with contextlib.suppress(json.JSONDecodeError):
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
     return [r for r in rows if r.get("event") == event]
 
 
@@ -86,8 +83,7 @@ def run_seed(folder: str | Path, tag: Mapping[str, Any] | None = None) -> int | 
 
 
 def _number(data: Mapping[str, Any], key: str, path: Path, prefix: str = "") -> float | None:
-    """``data[key]`` as a float (None when absent); ConfigError naming file and key if it is
-    not a number (a hand-edited summary)."""
+    """``data[key]`` as a float or None; a ConfigError naming file and key if not a number."""
     value = data.get(key)
     if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
         raise ConfigError(f"{str(path)!r}: key {prefix + key!r} must be a number, got {value!r}")
@@ -95,17 +91,9 @@ def _number(data: Mapping[str, Any], key: str, path: Path, prefix: str = "") -> 
 
 
 def load_run(folder: str | Path) -> dict[str, Any]:
-    """One run folder's numbers for ``ccrop.ab.report``.
-
-    Returns:
-        ``{"folder", "seed", "epochs", "knn_top1", "knn_k", "knn_temperature", "box_iou_gt",
-        "full_box_iou_gt", "median_epoch_s", "box_update_s", "box_updates", "linear_fast",
-        "overrides", "curve"}`` (None where the run has no such value; ``curve`` is
-        ``knn_curve``'s).
-
-    Raises:
-        ConfigError: no ``summary.json``, invalid JSON, a non-numeric value (names the file).
-    """
+    """One run folder's numbers for ``ccrop.ab.report`` (None where the run has no value):
+    folder, seed, epochs, kNN top-1, k and T, box IoUs, epoch and box-update seconds, number of
+    box updates, linear-fast top-1, overrides and ``knn_curve``."""
     folder = Path(folder)
     path, s = folder / SUMMARY_FILE, read_summary(folder)
     t = s.get("time") or {}
@@ -119,9 +107,6 @@ def load_run(folder: str | Path) -> dict[str, Any]:
             "linear_fast": float(read_json(probe)["top1"]) if probe.is_file() else None,
             "overrides": None if tag is None else tag.get("overrides"),
             "curve": knn_curve(folder, s)}  # knn_top1 is checked above
-
-
-# ----------------------------------------------------------------------------- grouping
 
 
 def _arm_of(folder: Path, label: str) -> tuple[str, str | None]:
@@ -151,14 +136,9 @@ def _expand(path: Path) -> list[Path]:
 def collect_groups(paths: Iterable[str | Path]) -> dict[str, list[Path]]:
     """Group run folders by arm, in the order given (the first group is the baseline).
 
-    Each path is a run folder (holds ``summary.json``), an A/B folder (its
-    ``*/seed*/summary.json`` are expanded) or one arm's folder (``seed*/summary.json``). A
+    A path is a run folder, an A/B folder (``*/seed*/``) or one arm's folder (``seed*/``). A
     run's arm is its ``ab_arm.json`` arm, else the parent's name for a ``seed<N>`` folder, else
-    the folder itself (a one-run arm). The same arm name from two A/B folders is told apart as
-    ``<A/B folder>/<arm>``.
-
-    Raises:
-        ConfigError: a path that is neither (names the missing ``summary.json``).
+    the folder itself; one arm name from two A/B folders becomes ``<A/B folder>/<arm>``.
     """
     runs: list[tuple[Path, str, str | None]] = []
     seen: set[Path] = set()

@@ -1,13 +1,10 @@
-"""Figures: heatmaps, boxes and crops (paper Fig. 1/3), the crop-centre law, box statistics, grids.
+"""Figures: heatmaps, boxes and crops (paper Fig. 1/3), the crop-centre law, box grids, kNN bands.
 
-Every figure is drawn on a standalone ``matplotlib.figure.Figure`` with the Agg canvas (no pyplot,
-no display, no global backend switch), saved to ``path`` and closed with the figure object.
-Boxes follow the ccrop convention: normalised ``(x0, y0, x1, y1)``, pixel extent ``[x0*W, x1*W)``.
+Each is drawn on a standalone Agg ``Figure`` (no pyplot, no global backend switch) and saved.
 """
 
 from __future__ import annotations
 
-import math
 import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -26,16 +23,9 @@ from torchvision.utils import make_grid
 
 from . import localize as loc
 from .boxes import box_area, box_iou, check_boxes
-from .crop import (
-    BoxRandomResizedCrop,
-    ContrastiveCrop,
-    check_box,
-    check_crop_args,
-    sample_crop_params,
-)
+from .crop import BoxRandomResizedCrop, ContrastiveCrop, check_box, sample_crop_params
 from .data.boxed import unpack_item
 from .data.images import to_rgb
-from .runs import METRICS_FILE, SUMMARY_FILE, knn_curve, read_json
 from .runtime import eval_mode
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -83,16 +73,14 @@ def _draw_box(ax: Axes, box: Sequence[float], hw: tuple[int, int], color: str, s
 
 def _show(ax: Axes, img: Image.Image | np.ndarray, hw: tuple[int, int] | None = None,
           **kw: Any) -> None:
-    """Show an image in pixel coordinates (origin top-left), pixels kept sharp; ``hw`` stretches
-    it over an ``(H, W)`` extent other than its own (a heatmap over a differently sized image)."""
+    """Show an image in pixel coordinates, pixels sharp; ``hw``: an ``(H, W)`` extent to stretch
+    it over (a heatmap over its image)."""
     arr = np.asarray(img)
     h, w = hw if hw is not None else arr.shape[:2]
     ax.imshow(arr, extent=(0, w, h, 0), interpolation=kw.pop("interpolation", "nearest"), **kw)
     ax.set_xlim(0, w)
     ax.set_ylim(h, 0)
 
-
-# ----------------------------------------------------------------------------- localization
 
 
 def _heat_panel(ax: Axes, img: Image.Image, heat: torch.Tensor, box: torch.Tensor,
@@ -166,31 +154,18 @@ def plot_localization(
 ) -> Path:
     """Heatmap, box and crops per image, ContrastiveCrop beside RandomResizedCrop (paper Fig. 1/3).
 
-    One row per image (B images, PIL or what ``to_rgb`` accepts, optional ``row_labels``): the
-    image; its (B, H, W) heatmap in [0, 1] (stretched to the image) over the grey image with the
-    (B, 4) predicted box (solid green), the ground-truth box (dashed white) if given, and
-    ``degenerate`` (B,) maps marked; the image with ``crops_per_image`` ContrastiveCrop
-    rectangles (the law of ``alpha``, ``scale``, ``full_box_guard``, ``placement``; seeded by
-    ``seed``) and their centres; the same for RandomResizedCrop; then the first
-    ``resized_crops`` crops of each kind resized, framed in their colour. A key to the colours is
-    always shown under ``title``. Returns the path written (PNG unless another suffix).
+    One row per image (B images): the image; its (B, H, W) heatmap in [0, 1] over the grey image
+    with the (B, 4) predicted box, the true box if given and ``degenerate`` (B,) maps marked; then
+    ``crops_per_image`` ContrastiveCrop (``alpha``, ``scale``, ``full_box_guard``, ``placement``)
+    and RandomResizedCrop rectangles seeded by ``seed``, and the first ``resized_crops`` of each
+    kind resized. Returns the path written (PNG unless another suffix).
     """
-    check_crop_args(scale, (3 / 4, 4 / 3), alpha, full_box_guard)  # fail before any drawing
-    if not (pics := [to_rgb(im) for im in images]):
-        raise ValueError("images must hold at least one image")
-    heat, b = torch.as_tensor(heatmaps).detach().float().cpu(), len(pics)  # (B, H, W)
-    if heat.dim() != 3 or heat.shape[0] != b:
-        raise ValueError(f"heatmaps must have shape (B={b}, H, W), got {tuple(heat.shape)}")
+    pics = [to_rgb(im) for im in images]
+    heat = torch.as_tensor(heatmaps).detach().float().cpu()  # (B, H, W)
     pred = check_boxes(boxes, "boxes")
     gt = None if gt_boxes is None else check_boxes(gt_boxes, "gt_boxes")
-    labels = list(row_labels) if row_labels is not None else [""] * b
-    bad = [False] * b if degenerate is None else [bool(d) for d in degenerate]
-    rows = {"boxes": pred, "gt_boxes": gt, "row_labels": labels, "degenerate": bad}
-    if wrong := [k for k, v in rows.items() if v is not None and len(v) != b]:
-        raise ValueError(f"{', '.join(wrong)}: need {b} rows (one per image)")
-    if int(crops_per_image) < 1 or int(resized_crops) < 0:
-        raise ValueError(f"need crops_per_image >= 1 and resized_crops >= 0, got "
-                         f"{crops_per_image}, {resized_crops}")
+    labels = list(row_labels) if row_labels is not None else [""] * len(pics)
+    bad = [False] * len(pics) if degenerate is None else [bool(d) for d in degenerate]
     shown = min(int(resized_crops), int(crops_per_image))
     ncols = 4 + 2 * shown
     aspect = max(p.height / p.width for p in pics)  # rows as tall as the tallest image needs
@@ -218,36 +193,21 @@ def localization_figure(
     region: str = "extent", stages: Sequence[int] | None = None, heatmap: str = "sum",
     polarity: str = "none", center_prior: float = 0.0, min_confidence: float = 0.0, **kw: Any,
 ) -> Path:
-    """Localize ``dataset[indices]`` (``(PIL image, label)`` items, one row each) with
-    ``backbone`` and draw ``plot_localization`` (``**kw``: crops_per_image, alpha, seed, ...).
+    """Localize ``dataset[indices]`` with ``backbone`` and draw ``plot_localization`` (``**kw``).
 
-    The heatmaps are computed once (``ccrop.localize.heatmap_parts``) and give both the drawn
-    heat and the boxes, exactly as ``ccrop.localize.localize`` with the same ``threshold``,
-    ``mode``, ``align``, ``region``, ``heatmap``, ``polarity``, ``center_prior`` and
-    ``min_confidence`` (boxes that fell back to the full image are counted in the title);
-    ``stages`` are the backbone stages of the heatmap (None: the last map). The backbone
-    (``forward_features(x) -> (B, C, h, w)``) runs in eval mode without gradients on the images
-    (resized to ``image_size`` squares if given; needed when sizes differ) normalised by
-    ``mean``/``std``, on ``device`` (default: its parameters'); its mode is restored after.
-    ``gt_boxes``: (N, 4) true boxes of the whole dataset, default ``dataset.gt_boxes`` if any.
+    Heat and boxes are exactly ``ccrop.localize.localize``'s for the same settings (``stages``:
+    backbone stages, None the last map); the backbone runs in eval mode on the images (resized
+    to ``image_size`` squares if given) normalised by ``mean``/``std`` on ``device`` (default:
+    its parameters'). ``gt_boxes``: (N, 4) of the whole dataset, default ``dataset.gt_boxes``.
     """
     idx = [int(i) for i in indices]
-    if not idx or not all(0 <= i < len(dataset) for i in idx):
-        raise ValueError(f"indices must name at least one dataset index, each in "
-                         f"[0, {len(dataset) - 1}]; got {idx[:5]}")
-    if not callable(getattr(backbone, "forward_features", None)):
-        raise ValueError("backbone must have a forward_features(x) -> (B, C, h, w) method")
     features = loc.feature_fn(backbone, stages)
     pics = [to_rgb(unpack_item(dataset[i])[0]) for i in idx]
     if image_size is not None:
-        if int(image_size) < 1:
-            raise ValueError(f"image_size must be >= 1 pixel, got {image_size}")
         pics = [p.resize((int(image_size),) * 2, Image.BILINEAR) for p in pics]
     if len({p.size for p in pics}) > 1:
         raise ValueError(f"images differ in size {sorted({p.size for p in pics})}; pass "
                          "image_size to resize them to one square size")
-    if len(mean) != 3 or len(std) != 3 or min(float(s) for s in std) <= 0:
-        raise ValueError(f"mean and std must have 3 values, std > 0; got {mean}, {std}")
     x = TF.normalize(torch.stack([TF.to_tensor(p) for p in pics]), list(mean), list(std))
     if device is None:
         p = next(backbone.parameters(), None)
@@ -259,11 +219,7 @@ def localization_figure(
     found = loc.boxes_from_heat(heat, bad, threshold, mode, region, min_confidence)
     boxes, bad, fell = found.boxes, found.degenerate, found.fallback  # (B, 4), (B,), (B,)
     gt = gt_boxes if gt_boxes is not None else getattr(dataset, "gt_boxes", None)
-    if gt is not None:  # the dataset's (N, 4) true boxes: the rows shown
-        if (gt := torch.as_tensor(gt)).dim() != 2 or gt.shape[1] != 4 or len(gt) <= max(idx):
-            raise ValueError(f"gt_boxes must be (N, 4) for the whole dataset (N > {max(idx)}), "
-                             f"got {tuple(gt.shape)}")
-        gt = gt[torch.tensor(idx)]
+    gt = None if gt is None else torch.as_tensor(gt)[torch.tensor(idx)]  # the rows shown
     kw.setdefault("row_labels", [f"index {i}" for i in idx])
     law = f"{mode} threshold {threshold:g}" if mode != "otsu" else "Otsu threshold"
     kw.setdefault("title", f"localization: {heatmap} heatmap, {law}, {region} box"
@@ -275,17 +231,13 @@ def localization_figure(
 
 def config_localization_figure(crop: Any, backbone: torch.nn.Module, dataset: Any,
                                indices: Sequence[int], path: str | Path, **kw: Any) -> Path:
-    """``localization_figure`` with every crop and localization setting of a ``CropConfig``
-    (``cfg.crop``): heatmap stages and box rule, alpha, scale, guard and placement (``**kw``:
-    ``device``, ``mean``, ``std``, ...). The run's figure after each box update and ``ccrop viz``
-    both draw through this."""
+    """``localization_figure`` with every crop and localization setting of ``cfg.crop`` (the
+    run's figure after each box update and ``ccrop viz``)."""
     return localization_figure(backbone, dataset, indices, path, stages=crop.heatmap_stages,
                                alpha=crop.alpha, scale=tuple(crop.scale),
                                full_box_guard=crop.full_box_guard, placement=crop.placement,
                                **crop.box_rule(), **kw)
 
-
-# ----------------------------------------------------------------------------- centre law
 
 
 def _sample_centres(size: int, box: tuple[float, float, float, float], scale: tuple[float, float],
@@ -340,23 +292,12 @@ def plot_centre_distribution(
 ) -> Path:
     """Where ContrastiveCrop puts crop centres for several alphas (centre suppression).
 
-    Top row: ``n`` (>= 1) crop centres per alpha (each > 0) sampled with
-    ``ccrop.crop.sample_crop_params`` (the paper's law, no full-box guard, crop area fraction
-    ``scale``, seeded by ``seed``) inside the normalised ``box`` on a ``size`` x ``size`` image
-    (>= 2 px). Bottom row: the histogram of the x centres with the Beta(alpha, alpha) density of
-    the drawn centre mapped onto the box (U-shaped for alpha < 1) and, for comparison, the
-    alpha = 1 (uniform) histogram. Realised centres differ from the drawn ones where a crop had
-    to be shifted back inside the image, which pulls centres near the image edge inwards.
-    Returns the path written.
+    Top row: ``n`` crop centres per alpha (``ccrop.crop.sample_crop_params``, no guard, area
+    fraction ``scale``, seeded by ``seed``) inside ``box`` on a ``size`` x ``size`` image. Bottom
+    row: their x histogram with the Beta(alpha, alpha) density of the drawn centre on the box,
+    and the alpha = 1 histogram for comparison. Returns the path written.
     """
-    alphas = [float(a) for a in alphas]
-    if not alphas:
-        raise ValueError("alphas must hold at least one value > 0")
-    for a in alphas:
-        check_crop_args(scale, (3 / 4, 4 / 3), a, None)  # raises ValueError for alpha <= 0
-    b = check_box(box, "box")
-    if int(n) < 1 or int(size) < 2:
-        raise ValueError(f"need n >= 1 and size >= 2, got n={n}, size={size}")
+    alphas, b = [float(a) for a in alphas], check_box(box, "box")
     rng = random.Random(seed)
     ref = _sample_centres(int(size), b, tuple(scale), 1.0, int(n), random.Random(seed + 1))
     fig = _figure(3.6 * len(alphas), 7.6)
@@ -372,60 +313,6 @@ def plot_centre_distribution(
     return _save(fig, path)
 
 
-# ----------------------------------------------------------------------------- box statistics
-# (a figure of the updates, and box grids for TensorBoard)
-
-_STAT_KEYS = ("epoch", "mean_area", "full_share", "degenerate")
-
-
-def plot_box_stats(history: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
-    """Box statistics over the localization updates of a run, written to ``path`` (returned).
-
-    ``history``: a dict per update with ``epoch``, ``mean_area``, ``full_share``, ``degenerate``
-    and optionally ``iou_gt`` (``ccrop.runs.read_events(run, "box_update")``). Left: mean box
-    area, share of near-full boxes (area >= 0.95) and the mean IoU with true boxes where given.
-    Right: number of degenerate heatmaps (full-box fallback)."""
-    if not history:
-        raise ValueError("history must hold at least one statistics dict")
-    for k, row in enumerate(history):
-        if not isinstance(row, Mapping):
-            raise ValueError(f"history[{k}] must be a dict, got {type(row).__name__}")
-        missing = [key for key in _STAT_KEYS if key not in row]
-        if missing:
-            raise ValueError(f"history[{k}] lacks keys {missing}; needs {list(_STAT_KEYS)}")
-        vals = [row[key] for key in _STAT_KEYS] + ([row["iou_gt"]] if "iou_gt" in row else [])
-        if not all(math.isfinite(float(v)) for v in vals):
-            raise ValueError(f"history[{k}] holds a non-finite value: {dict(row)}")
-    rows = sorted(history, key=lambda r: float(r["epoch"]))
-    ep = [float(r["epoch"]) for r in rows]
-    fig = _figure(10.0, 3.8)
-    left, right = fig.subplots(1, 2, width_ratios=(3, 2))
-    left.plot(ep, [r["mean_area"] for r in rows], "o-", label="mean box area")
-    left.plot(ep, [r["full_share"] for r in rows], "s-",
-              label=f"share of near-full boxes (area ≥ {loc.FULL_SHARE_AREA:g})")
-    iou = [(float(r["epoch"]), float(r["iou_gt"])) for r in rows if "iou_gt" in r]
-    if iou:
-        left.plot(*zip(*iou), "^-", label="mean IoU with ground truth")
-    left.set_ylim(0, 1.05)
-    left.set_ylabel("fraction")
-    left.set_title("boxes after each localization update", fontsize=10)
-    left.legend(fontsize=8, loc="best")
-    gaps = [b - a for a, b in zip(ep, ep[1:]) if b > a]  # bars: 60% of the smallest gap
-    right.bar(ep, [float(r["degenerate"]) for r in rows], width=0.6 * min(gaps) if gaps else 1.0,
-              color="#c0504d")
-    right.set_ylabel("degenerate heatmaps (count)")
-    right.set_title("degenerate maps (full-box fallback)", fontsize=10)
-    right.set_ylim(0, max(1.0, 1.15 * max(float(r["degenerate"]) for r in rows)))
-    right.yaxis.set_major_locator(MaxNLocator(integer=True))
-    for ax in (left, right):
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if len(ep) <= 12:  # few updates: one tick per update
-            ax.set_xticks(ep, [f"{e:g}" for e in ep])
-        else:
-            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    return _save(fig, path)
-
 
 def _pixel_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Normalised (B, 4) boxes -> inclusive integer pixel corners (B, 4) ``(x0, y0, x1, y1)``."""
@@ -440,25 +327,14 @@ def _pixel_boxes(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def box_grid(images: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor | None = None,
              nrow: int = 8, width: int = 1, upscale: int = 1, padding: int = 2) -> torch.Tensor:
-    """Image grid with predicted boxes (green) and ground-truth boxes (magenta), for TensorBoard.
+    """Image grid with predicted boxes (green) and true boxes (magenta), for TensorBoard.
 
-    ``images`` are (B, 3, H, W) or (B, 1, H, W) floats in [0, 1] (clamped), ``boxes`` and the
-    optional ``gt_boxes`` (B, 4) normalised; ``nrow`` images per grid row, ``padding`` pixels
-    between them, box lines ``width`` pixels wide on images upscaled ``upscale`` times (nearest,
-    so boxes on tiny images stay visible). Returns a (3, H', W') uint8 grid for
-    ``SummaryWriter.add_image``.
+    ``images`` (B, 3 or 1, H, W) floats in [0, 1], ``boxes`` and ``gt_boxes`` (B, 4); ``nrow``
+    images per row, ``padding`` pixels apart, lines ``width`` pixels wide on images upscaled
+    ``upscale`` times (nearest). Returns a (3, H', W') uint8 grid.
     """
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (B, 3, H, W) or (B, 1, H, W) tensor, got {shape}")
-    if min(int(nrow), int(width), int(upscale)) < 1 or int(padding) < 0:
-        raise ValueError(f"need nrow, width, upscale >= 1 and padding >= 0, got {nrow}, {width}, "
-                         f"{upscale}, {padding}")
-    b = images.shape[0]
     pred = check_boxes(boxes, "boxes")
     gt = None if gt_boxes is None else check_boxes(gt_boxes, "gt_boxes")
-    if pred.shape[0] != b or (gt is not None and gt.shape[0] != b):
-        raise ValueError(f"boxes and gt_boxes need {b} rows (one per image)")
     x = (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
     x = x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x  # (B, 3, H, W)
     if upscale > 1:
@@ -477,30 +353,6 @@ def box_grid(images: torch.Tensor, boxes: torch.Tensor, gt_boxes: torch.Tensor |
                 img[:, y0 : y1 + 1, min(x0 + t, x1)] = rgb  # left, right columns
                 img[:, y0 : y1 + 1, max(x1 - t, x0)] = rgb
     return make_grid(x, nrow=int(nrow), padding=int(padding))  # (3, H', W')
-
-
-def plot_knn_curves(run_dirs: Sequence[str | Path], path: str | Path) -> Path:
-    """kNN top-1 per epoch of several runs, one line per run: the monitor epochs of each
-    ``metrics.jsonl`` and the final value of ``summary.json`` (``ccrop.runs.knn_curve``).
-
-    Raises:
-        FileNotFoundError: a run folder has no ``metrics.jsonl``.
-    """
-    fig = _figure(7, 4.5)
-    ax = fig.add_subplot(1, 1, 1)
-    for run in map(Path, run_dirs):
-        if not (run / METRICS_FILE).is_file():
-            raise FileNotFoundError(f"{str(run / METRICS_FILE)!r} not found: is {str(run)!r} a "
-                                    "ccrop run?")
-        summary = read_json(run / SUMMARY_FILE) if (run / SUMMARY_FILE).is_file() else None
-        if pts := knn_curve(run, summary):
-            ax.plot(*zip(*pts), marker="o", label=run.name)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("kNN top-1 (%)  [protocol: knn, k=200, T=0.1]")
-    ax.set_title("kNN accuracy during pretraining")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return _save(fig, path)
 
 
 def _knn_band(ax: Axes, label: str, curves: Sequence[Sequence[Sequence[float]]],
@@ -527,11 +379,8 @@ def _knn_band(ax: Axes, label: str, curves: Sequence[Sequence[Sequence[float]]],
 def plot_knn_bands(groups: Mapping[str, Sequence[Sequence[Sequence[float]]]],
                    path: str | Path) -> Path:
     """kNN top-1 per epoch of an A/B, one band per arm: mean across seeds, min–max shaded.
-
-    ``groups`` is ``{arm: [curve per seed]}`` in legend order, a curve ``(epoch, top1 %)`` points
-    (``ccrop.runs.knn_curve``); an epoch only some seeds reached averages those seeds. Returns
-    the path written.
-    """
+    ``groups``: ``{arm: [curve per seed]}``, a curve ``(epoch, top1 %)`` points
+    (``ccrop.runs.knn_curve``). Returns the path written."""
     fig = _figure(7, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     k = len(groups)

@@ -317,14 +317,6 @@ def test_output_paths_that_cannot_be_written_are_one_line(tmp_path, capsys):
     assert sorted(p.name for p in tmp_path.iterdir()) == before and afile.read_text() == "x"
 
 
-def test_run_bench_refuses_zero_steps():
-    from ccrop.bench import run_bench
-    from ccrop.config import Config
-
-    with pytest.raises(ValueError, match="steps"):
-        run_bench(Config(), steps=0)
-
-
 @pytest.mark.slow  # the module-scope run trains
 def test_eval_of_a_loose_checkpoint_prints_and_writes_nothing(run_dir, tmp_path, capsys):
     """A checkpoint outside ``<run>/checkpoints/`` appended to results.jsonl in its
