@@ -35,17 +35,31 @@ class Recipe:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
 
+    def __post_init__(self) -> None:
+        probs = (self.flip_p, self.jitter_p, self.gray_p, self.blur_p, self.solarize_p)
+        b, c, s, h = self.jitter
+        if not (all(0 <= p <= 1 for p in probs) and min(b, c, s) >= 0 and 0 <= h <= 0.5
+                and 0 < self.blur_sigma[0] <= self.blur_sigma[1]):
+            raise ValueError(f"bad {self}: need probabilities (_p) in [0, 1], jitter (b, c, s "
+                             ">= 0, 0 <= hue <= 0.5) and blur_sigma (lo, hi) with 0 < lo <= hi")
+
 
 #: SimCLR/CIFAR recipe of the official small-dataset configs; ImageNet adds Gaussian blur.
 RECIPES: dict[str, Recipe] = {"cifar": Recipe(), "imagenet": Recipe(blur_p=0.5)}
 
 
-def jitter_params(rng: Any, jitter: Sequence[float]) -> tuple[list[int], list[float]]:
-    """Random order (permutation of 0..3 = brightness, contrast, saturation, hue) and factors.
+def get_recipe(recipe: Recipe | str) -> Recipe:
+    """A ``Recipe``, or the one named in ``RECIPES``."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a Recipe, got {recipe!r}")
+    return RECIPES[recipe]
 
-    Factors follow ``torchvision.transforms.ColorJitter``: ``U(max(0, 1-s), 1+s)`` for the first
-    three, ``U(-h, h)`` for hue.
-    """
+
+def jitter_params(rng: Any, jitter: Sequence[float]) -> tuple[list[int], list[float]]:
+    """Random order of 0..3 (brightness, contrast, saturation, hue) and ``ColorJitter``'s
+    factors: ``U(max(0, 1-s), 1+s)`` x3 and ``U(-h, h)``."""
     order = [0, 1, 2, 3]
     rng.shuffle(order)
     b, c, s, h = jitter
@@ -58,14 +72,8 @@ _ADJUST = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.ad
 
 
 class ViewTransform:
-    """One augmented view: ``(PIL RGB image, box, rng) -> (3, S, S)`` normalised float tensor.
-
-    Args:
-        crop: a ``ContrastiveCrop`` (or ``SimCCrop``/``RandomResizedCrop``).
-        recipe: photometric recipe.
-        mean: per-channel mean for normalisation.
-        std: per-channel std.
-    """
+    """One augmented view: ``(PIL RGB image, box, rng) -> (3, S, S)`` normalised float tensor,
+    cropped by ``crop`` (a ``ContrastiveCrop``), coloured by ``recipe``."""
 
     def __init__(self, crop: ContrastiveCrop, recipe: Recipe, mean: Sequence[float],
                  std: Sequence[float]) -> None:
@@ -100,13 +108,8 @@ def to_normalized_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor
 
 
 class EvalTransform:
-    """Un-augmented input for localization and feature extraction: optional resize, normalise.
-
-    Args:
-        mean, std: normalisation.
-        size: resize to ``(size, size)`` (ImageNet: 224, as the official localization pass);
-            None keeps the native size (small datasets).
-    """
+    """Un-augmented input for localization and features: resize to ``(size, size)`` unless
+    ``size`` is None (native size), normalise."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], size: int | None = None):
         self.size = size
@@ -114,8 +117,7 @@ class EvalTransform:
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
-        """PIL RGB image, or (3, H, W) uint8 tensor (``ccrop.data.folder.decode_fitted``) ->
-        (3, S, S) normalised float32; the same values for the same pixels."""
+        """PIL RGB image or (3, H, W) uint8 tensor -> (3, S, S) normalised float32."""
         if isinstance(img, torch.Tensor):
             if self.size is not None and tuple(img.shape[-2:]) != (self.size, self.size):
                 img = torch.nn.functional.interpolate(img[None], (self.size, self.size),
@@ -142,24 +144,11 @@ def build_view_transform(
     scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
     alpha: float = 0.6, full_box_guard: float | None = 0.95, placement: str = "paper",
 ) -> ViewTransform:
-    """Build the paper's view pipeline with a ContrastiveCrop, SimCCrop or plain RRC crop.
-
-    Args:
-        recipe: ``"cifar"`` (flip, ColorJitter(0.4,0.4,0.4,0.1) p=0.8, grayscale p=0.2) or
-            ``"imagenet"`` (the same plus Gaussian blur p=0.5).
-        crop: ``"ccrop"``, ``"simccrop"``, ``"rcrop"``, or a ``CropPlan`` (then the law's
-            arguments below are not used).
-        size: output side S.
-        mean, std: normalisation.
-        scale, ratio, alpha, full_box_guard, placement: crop law (see ``ccrop.crop``).
-
-    Returns:
-        A ``ViewTransform`` mapping ``(img, box, rng)`` to a (3, S, S) tensor.
-    """
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    """The paper's view pipeline, ``(img, box, rng) -> (3, S, S)``: recipe ``"cifar"`` (flip,
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2) or ``"imagenet"`` (plus blur
+    p=0.5); crop as ``build_crop``."""
     return ViewTransform(build_crop(crop, size, scale, ratio, alpha, full_box_guard, placement),
-                         RECIPES[recipe], mean, std)
+                         get_recipe(recipe), mean, std)
 
 
 __all__ = ["CENTER_BOX", "CROPS", "RECIPES", "EvalTransform", "Recipe", "ViewTransform",
