@@ -1,14 +1,11 @@
 """Real icons on real photographs (``icons``): Tango icons pasted onto wallpaper crops, true boxes.
 
-Each RGB image shows one PNG icon of Debian's ``tango-icon-theme`` (32 x 32 set; its category is
-the label: actions, apps, categories, devices, mimetypes, places, status) alpha-composited at a
-random position and scale (side 30-70% of the canvas) onto a random crop of one of the images of
-``gnome-backgrounds`` and ``plasma-workspace-wallpapers``. Each category's icons are split once,
-with a fixed permutation, into train / val / test icons, so the splits never share an icon (the
-wallpapers are shared; their crops differ). The true box is the tight extent of the icon's
-visible pixels (resampled alpha > ``VISIBLE_ALPHA``). Resampling is area-averaged
-(``torchvision.ops.roi_align`` with adaptive sampling), batched over all images, and everything
-is deterministic from the seed.
+Each RGB image shows one 32 x 32 PNG icon of Debian's ``tango-icon-theme`` (its category is the
+label) alpha-composited at a random position and scale (side 30-70% of the canvas) onto a random
+crop of a ``gnome-backgrounds`` or ``plasma-workspace-wallpapers`` image. Each category's icons
+are split once into train / val / test icons (the splits share no icon). The true box is the
+tight extent of the icon's visible pixels (alpha > ``VISIBLE_ALPHA``). Resampling is
+area-averaged (``roi_align``), batched, and deterministic from the seed.
 """
 
 from __future__ import annotations
@@ -25,7 +22,7 @@ from PIL import Image
 from torchvision.ops import roi_align
 
 from .base import ArrayDataset, check_render_args, check_split
-from .synthetic import mask_boxes, visible_masks
+from .synthetic import mask_boxes, render_chunks, rows, take, to_uint8, visible_masks
 
 PACKAGES = ("tango-icon-theme", "gnome-backgrounds", "plasma-workspace-wallpapers")
 CLASSES = ("actions", "apps", "categories", "devices", "mimetypes", "places", "status")
@@ -68,9 +65,8 @@ def _icon_files(root: Path | None) -> dict[str, list[Path]]:
 
 
 def _background_files(root: Path | None) -> list[Path]:
-    """Wallpaper images: every raster file of gnome-backgrounds, and the smallest picture of
-    each plasma wallpaper (its ``contents/images`` folder), or every image under
-    ``root/backgrounds``."""
+    """Every image under ``root/backgrounds``, else those of gnome-backgrounds and the smallest
+    picture of each plasma wallpaper."""
     if root is not None:
         files = sorted(p for p in (root / "backgrounds").rglob("*")
                        if p.suffix.lower() in _IMAGE_SUFFIXES)
@@ -107,15 +103,8 @@ def _load_background(path: Path, short: int) -> np.ndarray:
 
 
 def split_icons(files: dict[str, list[Path]], split: str) -> list[list[Path]]:
-    """Each category's icons of one split (a fixed permutation, independent of the seed).
-
-    Args:
-        files: ``{category: icon files}`` in ``CLASSES`` order.
-        split: ``train``, ``val`` or ``test``.
-
-    Returns:
-        One list per class; the three splits partition every category's icons.
-    """
+    """One list per class of the split's icons of ``files`` (``{category: icon files}``): a
+    fixed permutation, independent of the seed; the three splits partition each category."""
     rng = np.random.default_rng(_ICON_SPLIT_SEED)
     out = []
     for cls in CLASSES:
@@ -187,10 +176,6 @@ def _sample_params(rng: np.random.Generator, n: int, size: int, src: _Sources) -
     )  # fmt: skip
 
 
-def _take(params: dict, idx: Any) -> dict:
-    return {k: v[idx] for k, v in params.items()}
-
-
 def _icon_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
     """Premultiplied RGBA (n, 4, H, W) of each image's icon placed in its frame."""
     scale = _ICON / torch.from_numpy(p["side"])  # icon pixels per canvas pixel, (n,)
@@ -212,20 +197,11 @@ def _background_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
     return bg
 
 
-def _render(src: _Sources, params: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W, 3) and float32 boxes (N, 4), in chunks of ``_CHUNK``."""
-    n = len(params["label"])
-    data = np.empty((n, size, size, 3), np.uint8)
-    boxes = np.empty((n, 4), np.float32)
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, min(start + _CHUNK, n))
-        p = _take(params, sl)
-        icon = _icon_layer(src, p, size)  # (n, 4, H, W)
-        img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
-        img = img.mul_(255).clamp_(0, 255).add_(0.5).to(torch.uint8)  # rounded
-        data[sl] = img.permute(0, 2, 3, 1).numpy()
-        boxes[sl] = mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p, size))
-    return data, boxes
+def _render(src: _Sources, p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, H, W, 3) and float32 boxes (n, 4) of parameters ``p``."""
+    icon = _icon_layer(src, p, size)  # (n, 4, H, W)
+    img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
+    return to_uint8(img), mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p, size))
 
 
 _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
@@ -234,24 +210,23 @@ _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
 class IconsOnPhotos(ArrayDataset):
     """Tango icons on wallpaper crops, with true boxes; deterministic from the seed.
 
-    Labels are the icon's category (7 classes, drawn uniformly per image); each category's
-    icons are partitioned once into train / val / test icons (``split_icons``). Built splits
-    are cached in memory per (root, split, image_size, num_images, seed).
+    Labels are the icon's category (7 classes, uniform per image); built splits are cached in
+    memory per (root, split, image_size, num_images, seed).
 
-    Attributes: ``data`` uint8 (N, H, W, 3); ``targets`` list[int]; ``classes`` (``CLASSES``);
-    ``gt_boxes`` float32 tensor (N, 4), normalised (x0, y0, x1, y1), the tight extent of the
-    icon's visible pixels; ``params`` per-image arrays (``icon``, ``side`` of the 32 x 32 icon
-    frame in canvas pixels, ``x0``/``y0`` its corner, ``wall`` and crop of the background);
-    ``icon_names`` the split's icons (``category/file.png``, indexed by ``params["icon"]``).
+    Attributes: ``data`` uint8 (N, H, W, 3); ``targets``; ``classes``; ``gt_boxes`` float32
+    (N, 4) normalised (x0, y0, x1, y1), the tight extent of the icon's visible pixels;
+    ``params`` per-image arrays (``icon``, ``side``, ``x0``, ``y0`` of the icon frame in canvas
+    pixels, ``wall`` and crop of the background); ``icon_names`` (``category/file.png``,
+    indexed by ``params["icon"]``).
 
     Args:
         root: ``None`` for the Debian packages' files (``PACKAGES``), or a folder holding
             ``icons/<category>/*.png`` and ``backgrounds/`` images.
         split: ``"train"``, ``"val"`` or ``"test"``.
-        download: Unsupported (the files come from Debian packages); must be False.
-        image_size: Side H = W in pixels, >= 16 (32 and 64 are the documented sizes).
-        num_images: N images (default 2048).
-        seed: Random seed; the same arguments give identical bytes.
+        download: Unused (the files come from Debian packages).
+        image_size: Side H = W in pixels, >= 16.
+        num_images: N.
+        seed: The same arguments give identical bytes.
         transform: Optional callable applied to each PIL image.
     """
 
@@ -273,7 +248,8 @@ class IconsOnPhotos(ArrayDataset):
         if key not in _CACHE:
             rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM[split]]))
             params = _sample_params(rng, n, size, src)
-            _CACHE[key] = (*_render(src, params, size), params)
+            _CACHE[key] = (*render_chunks(n, size, _CHUNK, lambda sl, _: _render(
+                src, take(params, sl), size)), params)
         data, boxes, self.params = _CACHE[key]
         self.image_size = size
         self.icon_names = src.icon_names
@@ -282,13 +258,6 @@ class IconsOnPhotos(ArrayDataset):
         super().__init__(data, self.params["label"].tolist(), CLASSES, transform)
 
     def icon_alpha(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """Re-render the icons' opacity, exactly as composited.
-
-        Args:
-            indices: K image indices, or ``None`` for all N images.
-
-        Returns:
-            float32 array (K, H, W) in [0, 1]; ``gt_boxes`` is the extent of ``> VISIBLE_ALPHA``.
-        """
-        idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
-        return _icon_layer(self._src, _take(self.params, idx), self.image_size)[:, 3].numpy()
+        """Re-rendered icon opacity (K, H, W) float32 in [0, 1] of K indices (None: all)."""
+        p = take(self.params, rows(indices, len(self)))
+        return _icon_layer(self._src, p, self.image_size)[:, 3].numpy()
