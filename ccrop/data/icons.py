@@ -10,6 +10,7 @@ area-averaged (``roi_align``), batched, and deterministic from the seed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,18 +65,19 @@ def _icon_files(root: Path | None) -> dict[str, list[Path]]:
     return out
 
 
+def _images(paths: Any) -> list[Path]:
+    return sorted(p for p in paths if p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
 def _background_files(root: Path | None) -> list[Path]:
     """Every image under ``root/backgrounds``, else those of gnome-backgrounds and the smallest
     picture of each plasma wallpaper."""
     if root is not None:
-        files = sorted(p for p in (root / "backgrounds").rglob("*")
-                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = _images((root / "backgrounds").rglob("*"))
     else:
-        files = sorted(p for p in BACKGROUND_DIRS[0].rglob("*")
-                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = _images(BACKGROUND_DIRS[0].rglob("*"))
         for folder in sorted(BACKGROUND_DIRS[1].glob("*/contents/images")):
-            pics = [p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES]
-            if pics:
+            if pics := _images(folder.iterdir()):
                 files.append(min(pics, key=lambda p: (p.stat().st_size, p.name)))
     if not files:
         raise _missing("wallpaper images")
@@ -124,33 +126,26 @@ class _Sources:
     wall_hw: np.ndarray  # (K, 2) valid height, width of each wallpaper
 
 
-_SOURCES: dict[tuple, Any] = {}  # (kind, root, split or size) -> loaded icons or wallpapers
-
-
+@functools.cache
 def _walls(root: Path | None, size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Every wallpaper at short side ``_BG_SCALE * size``, padded into one tensor (cached)."""
-    key = ("walls", str(root), size)
-    if key not in _SOURCES:
-        walls = [_load_background(p, _BG_SCALE * size) for p in _background_files(root)]
-        hw = np.array([w.shape[1:] for w in walls])
-        canvas = torch.zeros(len(walls), 3, int(hw[:, 0].max()), int(hw[:, 1].max()))
-        for i, w in enumerate(walls):
-            canvas[i, :, : w.shape[1], : w.shape[2]] = torch.from_numpy(w)
-        _SOURCES[key] = (canvas, hw)
-    return _SOURCES[key]
+    """Every wallpaper at short side ``_BG_SCALE * size``, padded into one tensor."""
+    walls = [_load_background(p, _BG_SCALE * size) for p in _background_files(root)]
+    hw = np.array([w.shape[1:] for w in walls])
+    canvas = torch.zeros(len(walls), 3, int(hw[:, 0].max()), int(hw[:, 1].max()))
+    for i, w in enumerate(walls):
+        canvas[i, :, : w.shape[1], : w.shape[2]] = torch.from_numpy(w)
+    return canvas, hw
 
 
-def _sources(root: Path | None, split: str, size: int) -> _Sources:
-    """The split's icons and the wallpapers."""
-    key = ("icons", str(root), split)
-    if key not in _SOURCES:
-        per_class = split_icons(_icon_files(root), split)
-        paths = [p for files in per_class for p in files]
-        icons = torch.from_numpy(np.stack([_load_icon(p) for p in paths]))
-        labels = np.concatenate([np.full(len(f), c) for c, f in enumerate(per_class)])
-        _SOURCES[key] = (torch.nn.functional.pad(icons, (_PAD,) * 4), labels,  # (M, 4, 36, 36)
-                         [f"{p.parent.name}/{p.name}" for p in paths])
-    return _Sources(*_SOURCES[key], *_walls(root, size))
+@functools.cache
+def _icons(root: Path | None, split: str) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """The split's icons (M, 4, 36, 36), their labels (M,) and names."""
+    per_class = split_icons(_icon_files(root), split)
+    paths = [p for files in per_class for p in files]
+    icons = torch.from_numpy(np.stack([_load_icon(p) for p in paths]))
+    labels = np.concatenate([np.full(len(f), c) for c, f in enumerate(per_class)])
+    return (torch.nn.functional.pad(icons, (_PAD,) * 4), labels,
+            [f"{p.parent.name}/{p.name}" for p in paths])
 
 
 def _sample_params(rng: np.random.Generator, n: int, size: int, src: _Sources) -> dict:
@@ -243,7 +238,7 @@ class IconsOnPhotos(ArrayDataset):
         check_split(split, tuple(_SPLIT_STREAM), "icons")
         size, n = check_render_args(image_size, num_images)
         root = None if root is None else Path(root).expanduser()
-        src = _sources(root, split, size)
+        src = _Sources(*_icons(root, split), *_walls(root, size))
         key = (str(root), split, size, n, seed)
         if key not in _CACHE:
             rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM[split]]))
