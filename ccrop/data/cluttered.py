@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,20 +46,8 @@ _FRAGMENTS = 3  # distractor slots per image; the third is shown on half of the 
 _TEXTURE_GRID = 4  # low-frequency colour noise: a 4 x 4 grid per image, upsampled
 
 
-@dataclass(frozen=True)
-class _Rendered:
-    """One rendered split, shared by every dataset built with the same arguments."""
-
-    data: np.ndarray  # (N, H, W, 3) uint8
-    labels: np.ndarray  # (N,) int
-    boxes: np.ndarray  # (N, 4) float32, normalised (x0, y0, x1, y1)
-    params: Params
-    pool: np.ndarray  # (M, 28, 28) uint8, every item of the split; image i shows pool[i]
-    source_indices: np.ndarray  # (N,) int64, index of each item in its Fashion-MNIST file
-
-
-# (resolved images file, split, image_size, num_images, seed) -> rendered split
-_CACHE: dict[tuple, _Rendered] = {}
+# (resolved images file, split, image_size, num_images, seed) -> _build's rendered split
+_CACHE: dict[tuple, tuple] = {}
 
 
 def split_rows(split: str, file_len: int) -> np.ndarray:
@@ -214,7 +201,7 @@ def _render(pool: torch.Tensor, items: torch.Tensor, params: Params, size: int,
     alpha = _item_alpha(items, p, size)  # (n, H, W)
     img = _background(p, pool, size)  # (n, 3, H, W)
     img.lerp_(p["color"][:, :, None, None].expand_as(img), alpha[:, None])
-    boxes = mask_boxes(visible_masks(alpha, VISIBLE_ALPHA, params, size))
+    boxes = mask_boxes(visible_masks(alpha, VISIBLE_ALPHA, params))
     return noisy_uint8(img, p["noise"], seq), boxes
 
 
@@ -228,10 +215,11 @@ def _images_file(root: str | Path | None, split: str, download: bool) -> Path:
     return _find(dirs, stem).resolve()
 
 
-def _build(
-    root: str | Path | None, split: str, size: int, num_images: int | None, seed: int
-) -> _Rendered:
-    """Read the split's items and render the first ``num_images`` (None: all)."""
+def _build(root: str | Path | None, split: str, size: int, num_images: int | None,
+           seed: int) -> tuple:
+    """The first ``num_images`` (None: all) of a split: uint8 images (N, H, W, 3), labels (N,),
+    float32 boxes (N, 4), params, the split's items (M, 28, 28) uint8 (image i shows item i)
+    and their int64 indices (N,) in the file."""
     source = FashionMNIST(root, "test" if split == "test" else "train", pad_to=None)
     split_idx = split_rows(split, len(source))
     n = len(split_idx) if num_images is None else num_images
@@ -248,31 +236,21 @@ def _build(
     data, boxes = render_chunks(n, size, max(1, CHUNK_PIXELS // (size * size)), lambda sl, seq: (
         _render(pool_t, pool_t[sl], take(params, sl), size, seq)), pixel_seq)
     labels = np.asarray(source.targets)[split_idx[:n]]
-    return _Rendered(data, labels, boxes, params, pool, split_idx[:n])
+    return data, labels, boxes, params, pool, split_idx[:n]
 
 
 class ClutteredFashionMNIST(ArrayDataset):
     """Fashion-MNIST items on cluttered RGB backgrounds, with true boxes; deterministic.
 
-    Splits: ``train`` = items [0, 50000) of the Fashion-MNIST train file, ``val`` = [50000,
-    60000), ``test`` = the t10k file (``split_rows``). Built splits are cached in memory per
-    (file, split, image_size, num_images, seed).
+    ``root``: folder of the IDX files (``None``: the system copies; ``download`` fetches them).
+    Splits (``split_rows``): ``train`` = items [0, 50000) of the train file, ``val`` = [50000,
+    60000), ``test`` = the t10k file; ``num_images`` keeps the first N (``None``: all); canvas
+    side ``image_size`` >= 16. Built splits are cached per (file, split, size, N, seed).
 
-    Attributes: ``data`` uint8 (N, H, W, 3); ``targets``; ``classes``; ``gt_boxes`` float32
-    (N, 4) normalised (x0, y0, x1, y1), the tight extent of the item's visible pixels
-    (``item_masks``); ``source_indices`` int64 (N,), each item's index in its file; ``params``
-    per-image arrays (N rows), e.g. ``side``, ``x0``, ``y0`` of the item's 28 x 28 frame in
-    canvas pixels, ``color`` (N, 3).
-
-    Args:
-        root: Folder of the Fashion-MNIST IDX files; ``None`` uses the system copies.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        download: Fetch missing files with torchvision into ``root``.
-        image_size: Side H = W in pixels, >= 16.
-        num_images: The first N images of the split (``None``: all); the same images as the
-            first N of the full split.
-        seed: The same arguments give identical bytes; splits use independent streams.
-        transform: Optional callable applied to each PIL image.
+    Attributes: ``data`` uint8 (N, H, W, 3); ``targets``; ``gt_boxes`` float32 (N, 4)
+    normalised (x0, y0, x1, y1), the extent of ``item_masks``; ``source_indices`` int64 (N,),
+    index in the file; ``params`` per-image arrays, e.g. ``side``, ``x0``, ``y0`` of the item's
+    28 x 28 frame in canvas pixels, ``color`` (N, 3).
     """
 
     def __init__(
@@ -290,13 +268,11 @@ class ClutteredFashionMNIST(ArrayDataset):
         key = (str(_images_file(root, split, download)), split, size, n, seed)
         if key not in _CACHE:
             _CACHE[key] = _build(root, split, size, n, seed)
-        rendered = _CACHE[key]
+        data, labels, boxes, self.params, pool, self.source_indices = _CACHE[key]
         self.image_size = size
-        self.params = rendered.params
-        self.source_indices = rendered.source_indices
-        self.gt_boxes = torch.tensor(rendered.boxes)  # a copy: callers may edit their boxes
-        self._pool = torch.from_numpy(rendered.pool)
-        super().__init__(rendered.data, rendered.labels.tolist(), CLASSES, transform)
+        self.gt_boxes = torch.tensor(boxes)  # a copy: callers may edit their boxes
+        self._pool = torch.from_numpy(pool)
+        super().__init__(data, labels.tolist(), CLASSES, transform)
 
     def item_alpha(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Re-rendered item opacity (K, H, W) float32 in [0, 1] of K indices (None: all)."""
@@ -309,7 +285,7 @@ class ClutteredFashionMNIST(ArrayDataset):
         ``gt_boxes``; a blank item gets the centre pixel of its frame."""
         idx = rows(indices, len(self))
         alpha = torch.from_numpy(self.item_alpha(idx))
-        return visible_masks(alpha, VISIBLE_ALPHA, take(self.params, idx), self.image_size)
+        return visible_masks(alpha, VISIBLE_ALPHA, take(self.params, idx))
 
     def backgrounds(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
         """Re-rendered images (K, H, W, 3) uint8 without the item and the pixel noise."""

@@ -40,18 +40,10 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_
 
 def crop_resize(images: torch.Tensor, src_index: torch.Tensor, params: torch.Tensor, size: int,
                 flip: torch.Tensor | None = None) -> torch.Tensor:
-    """``TF.resized_crop(..., antialias=True)`` of every sample in two batched matmuls.
-
-    Args:
-        images: (N, C, H, W) uint8 or float in [0, 1], C = 1 (broadcast to RGB) or 3.
-        src_index: (B,) int64 source image of each output.
-        params: (B, 4) int64 ``(top, left, h, w)``.
-        size: output side S.
-        flip: optional (B,) bool, mirror left-right (free: folded into the weights).
-
-    Returns:
-        (B, 3, S, S) float32 in [0, 1], contiguous.
-    """
+    """``TF.resized_crop(..., antialias=True)`` of every sample in two batched matmuls:
+    ``images`` (N, C, H, W) uint8 or float in [0, 1] (C = 1 is broadcast to RGB), rows
+    ``src_index`` (B,), crops ``params`` (B, 4) int64 ``(top, left, h, w)``, optional mirror
+    ``flip`` (B,) bool -> (B, 3, S, S) float32 in [0, 1]."""
     b, c, h_img, w_img = src_index.shape[0], images.shape[1], images.shape[2], images.shape[3]
     ry = resize_weights(params[:, 0], params[:, 2], h_img, size)  # (B, S, H)
     rx = resize_weights(params[:, 1], params[:, 3], w_img, size, flip)  # (B, S, W)
@@ -129,15 +121,9 @@ def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor,
 
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
                  apply: torch.Tensor, sync_free: bool | None = None) -> torch.Tensor:
-    """ColorJitter in place, each sample's ops in its own order.
-
-    Args:
-        x: (B, 3, H, W) in [0, 1].
-        order: (B, 4) int64 permutations of 0..3 (brightness, contrast, saturation, hue).
-        factors: (B, 4) brightness, contrast, saturation factors and hue shift.
-        apply: (B,) bool; False leaves the sample unchanged.
-        sync_free: no data-dependent shapes (default ``default_sync_free(x.device)``).
-    """
+    """ColorJitter in place, each sample's ops in its own ``order`` (B, 4) (permutations of 0..3:
+    brightness, contrast, saturation, hue) with ``factors`` (B, 4); ``apply`` (B,) False leaves
+    a sample unchanged. ``sync_free``: default ``default_sync_free(x.device)``."""
     sync_free = default_sync_free(x.device) if sync_free is None else sync_free
     factors = factors.to(x.dtype)
     for j in range(4):
@@ -216,9 +202,8 @@ def sample_view_params(b: int, recipe: Recipe, generator: torch.Generator | None
 
 def augment(x: torch.Tensor, params: dict[str, torch.Tensor], recipe: Recipe,
             blur_kernel_size: int, sync_free: bool | None = None) -> torch.Tensor:
-    """``ViewTransform``'s chain after crop and flip (jitter, gray, blur, solarize) on
-    (B, 3, S, S), overwriting ``x``; ops of probability 0 are skipped. ``params`` from
-    ``sample_view_params``."""
+    """``ViewTransform``'s chain after crop and flip (jitter, gray, blur, solarize, skipping ops
+    of probability 0) on (B, 3, S, S), overwriting ``x``, with ``sample_view_params``."""
     if recipe.jitter_p > 0:
         x = color_jitter(x, params["order"], params["factors"], params["jitter"], sync_free)
     if recipe.gray_p > 0:

@@ -18,18 +18,11 @@ from .views import Recipe, get_recipe
 
 
 class GPUViews:
-    """``(images, rows, boxes) -> [view_1, ..., view_V]`` on the device.
-
-    Args:
-        plan: the crop law (default ``CropPlan()``).
-        recipe: a ``Recipe`` or a name in ``RECIPES``.
-        size: output side S.
-        mean, std: per-channel normalisation (3 values each, std > 0).
-        num_views: V.
-        out_dtype: float32, float16 or bfloat16.
-        channels_last: views in channels-last memory format.
-        blur_kernel_size: odd, < 2 S (default ``2 * ceil(3 * max sigma) + 1``, capped).
-        sync_free: no data-dependent shapes (default: off the CPU; ``gpu_ops``).
+    """``(images, rows, boxes) -> [view_1, ..., view_V]`` (B, 3, S, S) on the device: the crop
+    law of ``plan`` (default ``CropPlan()``), the photometric law of ``recipe`` (a ``Recipe`` or
+    a name), normalised by ``mean``/``std``, cast to ``out_dtype``. ``blur_kernel_size``
+    defaults to ``2 * ceil(3 * max sigma) + 1`` (capped below 2 S); ``sync_free`` to
+    ``gpu_ops.default_sync_free``.
 
     Example:
         >>> views = GPUViews(CropPlan(alpha=0.1), "cifar", size=32, device="cuda")
@@ -69,16 +62,9 @@ class GPUViews:
     def __call__(self, images: torch.Tensor, rows: torch.Tensor, boxes: torch.Tensor,
                  generator: torch.Generator | None = None,
                  extents: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """V independent augmented views of ``images[rows]``: V x (B, 3, S, S) ``out_dtype``.
-
-        Args:
-            images: (N, C, H, W) uint8 on ``device``, C = 1 or 3.
-            rows: (B,) int64 rows of ``images``.
-            boxes: (B, 4) normalised boxes of those rows.
-            generator: optional ``torch.Generator`` on ``device``.
-            extents: optional (B, 2) int64 ``(h, w)`` valid top-left region of each image
-                (folder canvases); crops stay inside it and boxes are relative to it.
-        """
+        """V independent augmented views of ``images[rows]`` ((N, C, H, W) uint8, C = 1 or 3;
+        rows (B,) int64; boxes (B, 4) normalised). ``extents`` (B, 2) int64: the valid top-left
+        ``(h, w)`` of each image (folder canvases), where crops stay and boxes refer to."""
         b, v = rows.shape[0], self.num_views
         rows, boxes = rows.repeat(v), boxes.repeat(v, 1)  # view-major: view k is [k*B:(k+1)*B]
         if extents is None:

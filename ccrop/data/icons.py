@@ -196,7 +196,7 @@ def _render(src: _Sources, p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 images (n, H, W, 3) and float32 boxes (n, 4) of parameters ``p``."""
     icon = _icon_layer(src, p, size)  # (n, 4, H, W)
     img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
-    return to_uint8(img), mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p, size))
+    return to_uint8(img), mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p))
 
 
 _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
@@ -205,24 +205,15 @@ _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
 class IconsOnPhotos(ArrayDataset):
     """Tango icons on wallpaper crops, with true boxes; deterministic from the seed.
 
-    Labels are the icon's category (7 classes, uniform per image); built splits are cached in
-    memory per (root, split, image_size, num_images, seed).
+    ``root``: ``None`` for the Debian packages' files (``PACKAGES``), or a folder holding
+    ``icons/<category>/*.png`` and ``backgrounds/`` images; ``download`` is unused. Labels are
+    the icon's category (uniform per image). Built sets are cached per (root, split, size, N,
+    seed).
 
-    Attributes: ``data`` uint8 (N, H, W, 3); ``targets``; ``classes``; ``gt_boxes`` float32
-    (N, 4) normalised (x0, y0, x1, y1), the tight extent of the icon's visible pixels;
-    ``params`` per-image arrays (``icon``, ``side``, ``x0``, ``y0`` of the icon frame in canvas
-    pixels, ``wall`` and crop of the background); ``icon_names`` (``category/file.png``,
-    indexed by ``params["icon"]``).
-
-    Args:
-        root: ``None`` for the Debian packages' files (``PACKAGES``), or a folder holding
-            ``icons/<category>/*.png`` and ``backgrounds/`` images.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        download: Unused (the files come from Debian packages).
-        image_size: Side H = W in pixels, >= 16.
-        num_images: N.
-        seed: The same arguments give identical bytes.
-        transform: Optional callable applied to each PIL image.
+    Attributes: ``data`` uint8 (N, H, W, 3); ``targets``; ``gt_boxes`` float32 (N, 4)
+    normalised (x0, y0, x1, y1), the extent of the icon's visible pixels; ``params`` per-image
+    arrays (``icon``, ``side``, ``x0``, ``y0`` of the icon frame in canvas pixels, ``wall`` and
+    crop of the background); ``icon_names`` (``category/file.png``, by ``params["icon"]``).
     """
 
     def __init__(

@@ -109,17 +109,20 @@ def mask_boxes(mask: np.ndarray) -> np.ndarray:
     return (np.stack([x0, y0, x1, y1], 1) / np.array([w, h, w, h])).astype(np.float32)
 
 
-def visible_masks(
-    alpha: torch.Tensor, threshold: float, frames: Mapping[str, np.ndarray], size: int
-) -> np.ndarray:
+def visible_masks(alpha: torch.Tensor, threshold: float,
+                  frames: Mapping[str, np.ndarray]) -> np.ndarray:
     """Masks (n, H, W) bool of ``alpha`` (n, H, W) > ``threshold``; an empty one gets the centre
     pixel of its object's square frame (``frames``: ``x0``, ``y0``, ``side``, canvas pixels)."""
-    mask = (alpha > threshold).numpy()
+    half = frames["side"] / 2
+    return _fill_empty((alpha > threshold).numpy(), frames["x0"] + half, frames["y0"] + half)
+
+
+def _fill_empty(mask: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
+    """Set pixel (cx, cy) (n,) each (clipped) of every empty mask of ``mask`` (n, H, W)."""
     empty = np.flatnonzero(~mask.any(axis=(1, 2)))
-    half = frames["side"][empty] / 2
-    cx = np.clip((frames["x0"][empty] + half).astype(int), 0, size - 1)
-    cy = np.clip((frames["y0"][empty] + half).astype(int), 0, size - 1)
-    mask[empty, cy, cx] = True
+    size = mask.shape[-1]
+    mask[empty, np.clip(cy[empty].astype(int), 0, size - 1),
+         np.clip(cx[empty].astype(int), 0, size - 1)] = True
     return mask
 
 
@@ -221,11 +224,7 @@ def _render_masks(p: Params, size: int) -> np.ndarray:
     for c in np.unique(labels):
         sel = labels == c
         mask[sel] = _shape(int(c), u[sel], v[sel])
-    empty = np.flatnonzero(~mask.any(axis=(1, 2)))
-    cy = np.clip(p["cy"][empty].astype(int), 0, size - 1)
-    cx = np.clip(p["cx"][empty].astype(int), 0, size - 1)
-    mask[empty, cy, cx] = True
-    return mask
+    return _fill_empty(mask, p["cx"], p["cy"])
 
 
 def _background(p: Params, size: int) -> np.ndarray:
@@ -252,19 +251,13 @@ def _render(p: Params, size: int, seq: np.random.SeedSequence) -> tuple[np.ndarr
 
 
 class SyntheticObjects(ArrayDataset):
-    """Synthetic one-object images with exact ground-truth boxes; deterministic from the seed.
+    """N synthetic one-object images of side ``image_size`` >= 8 with exact ground-truth boxes,
+    classes the first ``num_classes`` of ``SHAPES``; the same seed gives identical bytes, the
+    splits (``train``, ``val``, ``test``) independent streams of the same law.
 
-    Attributes: ``data`` uint8 (N, H, W, 3), ``targets``, ``classes`` (shape names),
-    ``gt_boxes`` float32 (N, 4) normalised (x0, y0, x1, y1), the object's pixel extent;
-    ``params`` per-image drawing parameters (e.g. ``params["color"]`` (N, 3) in [0, 1]).
-
-    Args:
-        num_images: N.
-        image_size: Side H = W in pixels (>= 8).
-        num_classes: 1..10, the first shapes of ``SHAPES``.
-        seed: The same seed gives identical bytes.
-        split: ``"train"``, ``"val"`` or ``"test"``: independent streams of the same law.
-        transform: Optional callable applied to each PIL image.
+    Attributes: ``data`` uint8 (N, H, W, 3), ``targets``, ``gt_boxes`` float32 (N, 4)
+    normalised (x0, y0, x1, y1), the object's pixel extent; ``params`` per-image drawing
+    parameters (e.g. ``params["color"]`` (N, 3) in [0, 1]).
     """
 
     def __init__(

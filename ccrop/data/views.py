@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
@@ -78,8 +77,7 @@ class ViewTransform:
     def __init__(self, crop: ContrastiveCrop, recipe: Recipe, mean: Sequence[float],
                  std: Sequence[float]) -> None:
         self.crop, self.recipe = crop, recipe
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = torch.tensor([mean, std], dtype=torch.float32).view(2, 3, 1, 1)
 
     def __call__(self, img: Image.Image, box: Sequence[float] = FULL_BOX,
                  rng: Any = None) -> torch.Tensor:
@@ -101,10 +99,12 @@ class ViewTransform:
         return to_normalized_tensor(img, self.mean, self.std)
 
 
-def to_normalized_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float32 ``(x/255 - mean) / std``; mean/std are (3, 1, 1)."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return (arr.permute(2, 0, 1).float().div_(255.0) - mean) / std
+def to_normalized_tensor(img: Image.Image | torch.Tensor, mean: torch.Tensor,
+                         std: torch.Tensor) -> torch.Tensor:
+    """PIL RGB or (3, H, W) uint8 -> (3, H, W) float32 ``(x/255 - mean) / std`` (mean, std:
+    (3, 1, 1))."""
+    x = img if isinstance(img, torch.Tensor) else TF.pil_to_tensor(img)
+    return (x.float().div_(255.0) - mean) / std
 
 
 class EvalTransform:
@@ -113,8 +113,7 @@ class EvalTransform:
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], size: int | None = None):
         self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = torch.tensor([mean, std], dtype=torch.float32).view(2, 3, 1, 1)
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
         """PIL RGB image or (3, H, W) uint8 tensor -> (3, S, S) normalised float32."""
@@ -122,8 +121,7 @@ class EvalTransform:
             if self.size is not None and tuple(img.shape[-2:]) != (self.size, self.size):
                 img = torch.nn.functional.interpolate(img[None], (self.size, self.size),
                                                       mode="bilinear", antialias=True)[0]
-            return (img.float().div_(255.0) - self.mean) / self.std
-        if self.size is not None and img.size != (self.size, self.size):
+        elif self.size is not None and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BILINEAR)
         return to_normalized_tensor(img, self.mean, self.std)
 
