@@ -1,10 +1,4 @@
-"""Index-carrying dataset wrappers: ``index -> image -> box -> views`` and ``index -> image``.
-
-``BoxedDataset`` reads each sample's box from the shared-memory ``BoxStore`` at access time, so
-persistent DataLoader workers see every box update. With a ``seed`` its views are a pure function
-of ``(seed, epoch, index)``: the same under any number of workers, on every rank and after a
-resume.
-"""
+"""Index-carrying dataset wrappers: ``index -> image -> box -> views`` and ``index -> image``."""
 
 from __future__ import annotations
 
@@ -55,6 +49,9 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 class BoxedDataset(Dataset):
     """Wrap any map-style dataset to return ``(index, [view_1, ..., view_V], label)``.
+
+    Boxes are read from the shared-memory ``store`` at access time (persistent workers see every
+    update).
 
     Args:
         base: map-style dataset of images (PIL/tensor/array, any mode) or tuples/dicts of them.

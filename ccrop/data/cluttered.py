@@ -1,11 +1,8 @@
 """Fashion-MNIST items pasted onto cluttered backgrounds, with the true box of every item.
 
-Each RGB image holds one Fashion-MNIST item (its class is the label) at a random position and
-scale, in a random colour, alpha-composited from its intensity onto a colour gradient,
-low-frequency colour noise, stripes on half of the images and 2-3 faint, background-tinted
-fragments of other items of the same split. The true box is the tight extent of the item's
-visible pixels (resampled alpha > ``VISIBLE_ALPHA``). Rendering is batched (``grid_sample``)
-and deterministic from the seed.
+One item per image (its class is the label), randomly placed, scaled and coloured, composited by
+its intensity onto a gradient, colour noise, stripes (half of the images) and 2-3 faint fragments
+of other items; the box is the extent of alpha > ``VISIBLE_ALPHA``. Deterministic from the seed.
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """Batched image ops on tensors (GPU or CPU): crop+resize, jitter, gray, blur, solarize.
 
-The batched twin of ``ccrop.data.views.ViewTransform``: the same photometric laws (``Recipe``)
-with per-sample parameters, no Python loop over samples and no host syncs on CUDA. Images are
-float (B, 3, H, W) in [0, 1] and parameters (B,) unless stated; ops marked "in place" overwrite
-their input (the view pipeline owns its buffer). Differences from the PIL pipeline:
-``docs/gpu_views.md``.
+The batched twin of ``ccrop.data.views.ViewTransform`` (same laws, per-sample parameters, no
+loop over samples, no host syncs on CUDA; differences: ``docs/gpu_views.md``). Images are float
+(B, 3, H, W) in [0, 1] and parameters (B,) unless stated.
 """
 
 from __future__ import annotations
@@ -141,23 +139,18 @@ def grayscale(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
     return x.lerp_(_gray(x), _per_sample(apply, x))
 
 
-def _gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """torchvision's normalised 1-D Gaussian kernels (B, K); ``sigma <= 0`` gives a delta."""
-    half = (kernel_size - 1) * 0.5
-    t = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=torch.float32)
-    s = sigma.to(torch.float32).clamp_min(1e-6)[:, None]  # (B, 1)
-    pdf = torch.exp(-0.5 * (t[None, :] / s) ** 2)  # (B, K)
-    pdf = pdf / pdf.sum(dim=1, keepdim=True)
-    delta = (t == 0).to(torch.float32)[None, :]
-    return torch.where(sigma[:, None] > 0, pdf, delta)
-
-
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor,
                   kernel_size: int) -> torch.Tensor:
     """``TF.gaussian_blur`` (reflect padding) with per-sample sigma of the samples with
-    ``apply``; one grouped conv per axis. x (B, C, H, W), odd K with K // 2 < min(H, W)."""
+    ``apply`` (the others get a delta kernel); one grouped conv per axis. x (B, C, H, W), odd
+    K with K // 2 < min(H, W)."""
     b, c, h, w = x.shape
-    k = _gaussian_kernels(torch.where(apply, sigma, torch.zeros_like(sigma)), kernel_size)
+    half = (kernel_size - 1) * 0.5
+    t = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=torch.float32)
+    sigma = torch.where(apply, sigma, torch.zeros_like(sigma))
+    pdf = torch.exp(-0.5 * (t[None, :] / sigma.to(torch.float32).clamp_min(1e-6)[:, None]) ** 2)
+    k = torch.where(sigma[:, None] > 0, pdf / pdf.sum(dim=1, keepdim=True),
+                    (t == 0).to(torch.float32)[None, :])  # (B, K)
     k = k.to(x.dtype)[:, None, :].expand(b, c, kernel_size).reshape(b * c, kernel_size)
     p = kernel_size // 2
     y = F.pad(x.reshape(1, b * c, h, w), (p, p, p, p), mode="reflect")  # (1, B*C, H+2p, W+2p)
@@ -188,16 +181,9 @@ def sample_view_params(b: int, recipe: Recipe, generator: torch.Generator | None
     # column by column with Python scalars: no host -> device copy (a sync on CUDA)
     factors = torch.stack([lo[k] + (hi[k] - lo[k]) * u[:, 2 + k] for k in range(4)], dim=1)
     s0, s1 = recipe.blur_sigma
-    return {
-        "flip": u[:, 0] < recipe.flip_p,
-        "jitter": u[:, 1] < recipe.jitter_p,
-        "order": order,
-        "factors": factors,
-        "gray": u[:, 6] < recipe.gray_p,
-        "blur": u[:, 7] < recipe.blur_p,
-        "sigma": s0 + (s1 - s0) * u[:, 8],
-        "solarize": u[:, 9] < recipe.solarize_p,
-    }
+    return dict(flip=u[:, 0] < recipe.flip_p, jitter=u[:, 1] < recipe.jitter_p, order=order,
+                factors=factors, gray=u[:, 6] < recipe.gray_p, blur=u[:, 7] < recipe.blur_p,
+                sigma=s0 + (s1 - s0) * u[:, 8], solarize=u[:, 9] < recipe.solarize_p)
 
 
 def augment(x: torch.Tensor, params: dict[str, torch.Tensor], recipe: Recipe,

@@ -1,9 +1,5 @@
-"""Batched views on the device: ``GPUViews`` augments uint8 batches, ``DeviceImages`` holds a set.
-
-``GPUViews`` is the batched twin of ``ccrop.data.views.ViewTransform``: a ``CropPlan``'s crop
-law sampled for the whole batch and a ``Recipe``'s photometric law (``ccrop.data.gpu_ops``), V
-views per image. It holds no images and no boxes; the caller passes both.
-"""
+"""Batched views on the device: ``GPUViews`` (the batched twin of ``ViewTransform``) augments
+uint8 batches, ``DeviceImages`` holds a set."""
 
 from __future__ import annotations
 

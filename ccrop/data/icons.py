@@ -1,11 +1,8 @@
 """Real icons on real photographs (``icons``): Tango icons pasted onto wallpaper crops, true boxes.
 
-Each RGB image shows one 32 x 32 PNG icon of Debian's ``tango-icon-theme`` (its category is the
-label) alpha-composited at a random position and scale (side 30-70% of the canvas) onto a random
-crop of a ``gnome-backgrounds`` or ``plasma-workspace-wallpapers`` image. Each category's icons
-are split once into train / val / test icons (the splits share no icon). The true box is the
-tight extent of the icon's visible pixels (alpha > ``VISIBLE_ALPHA``). Resampling is
-area-averaged (``roi_align``), batched, and deterministic from the seed.
+One 32 x 32 icon of Debian's ``tango-icon-theme`` per image (its category is the label; the
+splits share no icon), side 30-70% of the canvas, on a crop of a ``gnome-backgrounds`` or
+``plasma-workspace-wallpapers`` image; the box is the extent of alpha > ``VISIBLE_ALPHA``.
 """
 
 from __future__ import annotations

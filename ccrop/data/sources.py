@@ -1,10 +1,8 @@
 """View sources: what the engine iterates, ``(indices, [view_1, view_2])`` batches on the device.
 
-``CPUSource``: DataLoader workers run the PIL pipeline per sample (``BoxedDataset``), reading
-boxes from the shared-memory store. ``GPUSource`` (images held on the device) and
-``DecodedGPUSource`` (folder images decoded by workers) make both views of a batch in one batched
-crop-and-resize (``ccrop.data.gpu_views``) with the same crop law. All three also serve the
-un-augmented images of the localization pass.
+``CPUSource``: the PIL pipeline per sample in DataLoader workers; ``GPUSource`` (images held on
+the device) and ``DecodedGPUSource`` (folder images decoded by workers): batched views
+(``ccrop.data.gpu_views``) with the same crop law.
 """
 
 from __future__ import annotations
@@ -14,8 +12,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
 import torch
+import torchvision.transforms.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -40,13 +38,9 @@ class ViewSource(Protocol):
     after every box update."""
 
     def __len__(self) -> int: ...
-
     def __iter__(self) -> Iterator[Batch]: ...
-
     def set_epoch(self, epoch: int, use_boxes: bool) -> None: ...
-
     def loc_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]: ...
-
     def boxes_updated(self, store: BoxStore) -> None: ...
 
 
@@ -184,21 +178,16 @@ class DecodedImages(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def fitted(self, index: int) -> torch.Tensor:
-        """The image at ``index`` resized to ``fit_size`` (bilinear, antialiased): (3, h, w)."""
+    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
         rule = partial(fit_size, size=self.size, max_side=self.max_side)
         if decodes_to_size(self.base):
-            return self.base.load(int(index), partial(decode_fitted, fit=rule,
-                                                      draft=self.draft))[0]
-        img = to_rgb(unpack_item(self.base[index])[0])
-        h, w = rule(img.height, img.width)
-        if img.size != (w, h):
-            img = img.resize((w, h), Image.BILINEAR)
-        return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1)
-
-    def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor]:
-        img = self.fitted(index)  # (3, h, w)
-        h, w = img.shape[1:]
+            img = self.base.load(int(index), partial(decode_fitted, fit=rule, draft=self.draft))[0]
+        else:
+            img = to_rgb(unpack_item(self.base[index])[0])
+            if img.size != (size := rule(img.height, img.width)[::-1]):
+                img = img.resize(size, Image.BILINEAR)
+            img = TF.pil_to_tensor(img)
+        h, w = img.shape[1:]  # (3, h, w) resized by fit_size
         canvas = torch.zeros((3, self.max_side, self.max_side), dtype=torch.uint8)
         canvas[:, :h, :w] = img
         return int(index), canvas, torch.tensor([h, w], dtype=torch.int64)
@@ -212,18 +201,12 @@ def padded_share(n: int, device: torch.device) -> torch.Tensor:
     return (torch.arange(padded, device=device) % n)[dist.get_rank()::world]
 
 
-#: ``auto_chunk``: at most this many batches, and this many bytes of float32 views, per call.
-AUTO_CHUNK_MAX = 8
-AUTO_CHUNK_BYTES = 256 * 2**20
-
-
 def auto_chunk(device: torch.device, batch_size: int, num_views: int, size: int) -> int:
     """Batches per batched view call: 1 on CPU, else as many as keep one call's float32 views
-    within ``AUTO_CHUNK_BYTES`` (at most ``AUTO_CHUNK_MAX``)."""
+    within 256 MiB (at most 8)."""
     if device.type == "cpu":
         return 1
-    per_batch = batch_size * num_views * 3 * size * size * 4
-    return max(1, min(AUTO_CHUNK_MAX, AUTO_CHUNK_BYTES // per_batch))
+    return max(1, min(8, 256 * 2**20 // (batch_size * num_views * 3 * size * size * 4)))
 
 
 class _DeviceSource:

@@ -1,10 +1,6 @@
-"""Procedural object-centric images with exact ground-truth boxes, and the rendering helpers the
-generated sets (``cluttered``, ``icons``) share.
-
-Each image holds one object (its class is its shape, with a class-dependent colour tendency) at a
-random position and scale over a colour gradient, optional stripes, a few low-contrast
-distractor blobs and pixel noise.
-"""
+"""Procedural one-object images with exact ground-truth boxes (the class is the shape, with a
+class-dependent colour tendency, over a gradient, stripes, faint blobs and noise), and the
+rendering helpers the generated sets (``cluttered``, ``icons``) share."""
 
 from __future__ import annotations
 

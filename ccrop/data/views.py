@@ -1,10 +1,5 @@
-"""CPU view pipelines: crop -> flip -> colour jitter -> grayscale -> blur -> tensor, per sample.
-
-All randomness comes from one ``random.Random``-like source passed per call, so a sample's views
-are a pure function of ``(seed, epoch, index)`` when ``BoxedDataset`` is given a seed: identical
-across worker counts, persistent or not, ranks, and resumes. Image operations are torchvision's
-functional ops on PIL images (the same ops ``torchvision.transforms.ColorJitter`` applies).
-"""
+"""CPU view pipelines: crop -> flip -> colour jitter -> grayscale -> blur -> tensor, per sample,
+with torchvision's ops on PIL images; all randomness from the ``rng`` passed per call."""
 
 from __future__ import annotations
 
