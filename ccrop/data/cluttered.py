@@ -60,8 +60,11 @@ def split_rows(split: str, file_len: int) -> np.ndarray:
     return np.arange(start, stop, dtype=np.int64)
 
 
-def _colors(rng: np.random.Generator, n: int) -> Params:
-    """Background gradient ends, and an item colour of another hue and contrasting brightness."""
+def _sample_params(rng: np.random.Generator, n: int, size: int) -> Params:
+    """Every per-image parameter of a split of n images on a ``size`` canvas."""
+    side = rng.uniform(0.3, 0.7, n) * size  # of the 28 x 28 item frame, canvas pixels
+    p = dict(side=side, x0=rng.uniform(0, size - side), y0=rng.uniform(0, size - side))
+    # background gradient ends, and an item of another hue and contrasting brightness
     hue, val = rng.random(n), rng.uniform(0.2, 0.8, n)
     bg_hue = (hue + rng.normal(0.0, 0.08, (2, n))) % 1.0
     bg_val = np.clip(val + rng.normal(0.0, 0.1, (2, n)), 0.05, 0.95)
@@ -69,50 +72,31 @@ def _colors(rng: np.random.Generator, n: int) -> Params:
     item_hue = (hue + rng.uniform(0.25, 0.75, n)) % 1.0
     step = rng.uniform(0.35, 0.6, n)  # brightness contrast, away from the background
     item_val = np.where(val < 0.5, np.minimum(val + step, 1.0), np.maximum(val - step, 0.05))
-    color = hsv_to_rgb(item_hue, rng.uniform(0.5, 1.0, n), item_val)
-    return dict(bg0=bg[0], bg1=bg[1], color=color)
-
-
-def _clutter(rng: np.random.Generator, n: int) -> Params:
-    """Gradient direction, colour noise, stripes (half of the images) and pixel noise level."""
+    p.update(bg0=bg[0], bg1=bg[1], color=hsv_to_rgb(item_hue, rng.uniform(0.5, 1.0, n), item_val))
+    # gradient direction, colour noise, stripes (half of the images), pixel noise level
     angle = rng.uniform(0, 2 * math.pi, (3, n))
-    grad = rng.uniform(0.3, 1.0, n)[:, None] * unit(angle[0])
+    p["grad"] = rng.uniform(0.3, 1.0, n)[:, None] * unit(angle[0])
     g = _TEXTURE_GRID
-    texture = rng.normal(0.0, 1.0, (n, 3, g, g)) * rng.uniform(0.04, 0.12, (n, 1, 1, 1))
-    stripe_wave = 2 * math.pi * rng.uniform(2.0, 6.0, n)[:, None] * unit(angle[1])  # 2-6 cycles
-    stripe_amp = rng.uniform(0.03, 0.09, n) * (rng.random(n) < 0.5)
-    return dict(
-        grad=grad, texture=texture, stripe_amp=stripe_amp, stripe_wave=stripe_wave,
-        stripe_phase=angle[2], noise=rng.uniform(0.01, 0.03, n),
-    )  # fmt: skip
-
-
-def _fragments(rng: np.random.Generator, n: int, size: int, bg_mean: np.ndarray) -> Params:
-    """Distractors: a window of another item of the split, small, faint, background-tinted."""
+    p["texture"] = rng.normal(0.0, 1.0, (n, 3, g, g)) * rng.uniform(0.04, 0.12, (n, 1, 1, 1))
+    wave = 2 * math.pi * rng.uniform(2.0, 6.0, n)[:, None] * unit(angle[1])  # 2-6 cycles
+    p.update(stripe_amp=rng.uniform(0.03, 0.09, n) * (rng.random(n) < 0.5), stripe_wave=wave,
+             stripe_phase=angle[2], noise=rng.uniform(0.01, 0.03, n))
+    # distractors: a window of another item of the split, small, faint, background-tinted
     k = (n, _FRAGMENTS)
     other = (np.arange(n)[:, None] + rng.integers(1, max(n, 2), k)) % n  # itself only if n == 1
     win = rng.uniform(14.0, 24.0, k)  # source window side, item pixels
     present = np.ones(k)
     present[:, -1] = rng.random(n) < 0.5
-    return dict(
+    p.update(
         frag_item=other, frag_win=win,
         frag_wx=rng.uniform(0.0, _SRC - win), frag_wy=rng.uniform(0.0, _SRC - win),
         frag_side=rng.uniform(0.25, 0.5, k) * size,  # canvas pixels
         frag_cx=rng.uniform(0, size, k), frag_cy=rng.uniform(0, size, k),
         frag_flip=rng.choice([-1.0, 1.0], k),
         frag_opacity=rng.uniform(0.3, 0.5, k) * present,
-        frag_color=np.clip(bg_mean[:, None] + rng.normal(0.0, 0.2, (*k, 3)), 0, 1),
+        frag_color=np.clip((bg[0] + bg[1])[:, None] / 2 + rng.normal(0.0, 0.2, (*k, 3)), 0, 1),
     )  # fmt: skip
-
-
-def _sample_params(rng: np.random.Generator, n: int, size: int) -> Params:
-    """Every per-image parameter of a split of n images on a ``size`` canvas."""
-    side = rng.uniform(0.3, 0.7, n) * size  # of the 28 x 28 item frame, canvas pixels
-    geometry = dict(side=side, x0=rng.uniform(0, size - side), y0=rng.uniform(0, size - side))
-    colors = _colors(rng, n)
-    params = {**geometry, **colors, **_clutter(rng, n)}
-    params.update(_fragments(rng, n, size, (colors["bg0"] + colors["bg1"]) / 2))
-    return {k: v if v.dtype.kind == "i" else v.astype(np.float32) for k, v in params.items()}
+    return {k: v if v.dtype.kind == "i" else v.astype(np.float32) for k, v in p.items()}
 
 
 def _resample(src: torch.Tensor, a: torch.Tensor, b: torch.Tensor, size: int) -> torch.Tensor:

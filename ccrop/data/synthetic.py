@@ -125,9 +125,10 @@ def _fill_empty(mask: np.ndarray, cx: np.ndarray, cy: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- synthetic objects
 
 
-def _object_geometry(rng: np.random.Generator, labels: np.ndarray, size: int) -> Params:
-    """Object box (10%-50% of the image area, random aspect) and mirroring per image."""
-    n = len(labels)
+def _sample_params(rng: np.random.Generator, n: int, size: int, num_classes: int) -> Params:
+    """Every per-image parameter (balanced classes, shuffled)."""
+    labels = rng.permutation(np.arange(n) % num_classes)
+    # object box (10%-50% of the image area, random aspect) and mirroring
     area = rng.uniform(0.10, 0.50, n) * size * size
     log_ratio = rng.uniform(math.log(3 / 4), math.log(4 / 3), n)
     log_long = rng.uniform(math.log(2.0), math.log(3.0), n) * rng.choice([-1.0, 1.0], n)
@@ -136,46 +137,26 @@ def _object_geometry(rng: np.random.Generator, labels: np.ndarray, size: int) ->
     h = np.clip(np.sqrt(area / ratio), 2.0, 0.95 * size)
     cx = rng.uniform(w / 2, size - w / 2)
     cy = rng.uniform(h / 2, size - h / 2)
-    flip = rng.choice([-1.0, 1.0], (n, 2))
-    return dict(cx=cx, cy=cy, hw=w / 2, hh=h / 2, flip=flip)
-
-
-def _colors(rng: np.random.Generator, labels: np.ndarray, num_classes: int) -> Params:
-    """Object colour (hue tends to the class, 25% random) and a darker, duller background."""
-    n = len(labels)
+    p = dict(cx=cx, cy=cy, hw=w / 2, hh=h / 2, flip=rng.choice([-1.0, 1.0], (n, 2)))
+    # object colour (hue tends to the class, 25% random) and a darker, duller background
     hue = labels / num_classes + rng.normal(0.0, 0.4 / num_classes, n)
     hue = np.where(rng.random(n) < 0.25, rng.random(n), hue) % 1.0
     color = hsv_to_rgb(hue, rng.uniform(0.45, 1.0, n), rng.uniform(0.6, 1.0, n))
     bg_hsv = rng.random((2, n)), rng.uniform(0.0, 0.5, (2, n)), rng.uniform(0.15, 0.55, (2, n))
     bg = hsv_to_rgb(*bg_hsv)  # (2, N, 3)
-    shade = rng.normal(0.0, 0.1, (n, 2))
-    return dict(color=color, shade=shade, bg0=bg[0], bg1=bg[1])
-
-
-def _clutter(rng: np.random.Generator, bg0: np.ndarray, size: int) -> Params:
-    """Gradient, stripes (half of the images), distractor blobs and noise level per image."""
-    n = len(bg0)
+    p.update(color=color, shade=rng.normal(0.0, 0.1, (n, 2)), bg0=bg[0], bg1=bg[1])
+    # gradient, stripes (half of the images, 1.5-5 cycles), distractor blobs, noise level
     angle = rng.uniform(0, 2 * math.pi, (3, n))
-    grad = rng.uniform(0.0, 1.0, n)[:, None] * unit(angle[0])
-    stripe_wave = 2 * math.pi * rng.uniform(1.5, 5.0, n)[:, None] * unit(angle[1])  # 1.5-5 cycles
-    stripe_amp = rng.uniform(0.04, 0.12, n) * (rng.random(n) < 0.5)
-    blob_xy = rng.uniform(0, size, (n, _BLOBS, 2))
-    blob_r = rng.uniform(0.04, 0.09, (n, _BLOBS)) * size
-    blob_color = bg0[:, None, :] + rng.normal(0.0, 0.1, (n, _BLOBS, 3))  # low contrast
-    return dict(
-        grad=grad, stripe_amp=stripe_amp, stripe_wave=stripe_wave, stripe_phase=angle[2],
-        blob_xy=blob_xy, blob_r=blob_r, blob_color=blob_color, noise=rng.uniform(0.02, 0.07, n),
+    p.update(
+        grad=rng.uniform(0.0, 1.0, n)[:, None] * unit(angle[0]),
+        stripe_wave=2 * math.pi * rng.uniform(1.5, 5.0, n)[:, None] * unit(angle[1]),
+        stripe_amp=rng.uniform(0.04, 0.12, n) * (rng.random(n) < 0.5), stripe_phase=angle[2],
+        blob_xy=rng.uniform(0, size, (n, _BLOBS, 2)),
+        blob_r=rng.uniform(0.04, 0.09, (n, _BLOBS)) * size,
+        blob_color=bg[0][:, None, :] + rng.normal(0.0, 0.1, (n, _BLOBS, 3)),  # low contrast
+        noise=rng.uniform(0.02, 0.07, n),
     )  # fmt: skip
-
-
-def _sample_params(rng: np.random.Generator, n: int, size: int, num_classes: int) -> Params:
-    """Every per-image parameter (balanced classes, shuffled)."""
-    labels = rng.permutation(np.arange(n) % num_classes)
-    geometry = _object_geometry(rng, labels, size)
-    colors = _colors(rng, labels, num_classes)
-    clutter = _clutter(rng, colors["bg0"], size)
-    arrays = {k: np.asarray(v, np.float32) for k, v in {**geometry, **colors, **clutter}.items()}
-    return {"labels": labels, **arrays}
+    return {"labels": labels, **{k: np.asarray(v, np.float32) for k, v in p.items()}}
 
 
 def _box_coords(p: Params, size: int) -> tuple[np.ndarray, np.ndarray]:
