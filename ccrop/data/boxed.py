@@ -48,20 +48,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class BoxedDataset(Dataset):
-    """Wrap any map-style dataset to return ``(index, [view_1, ..., view_V], label)``.
-
-    Boxes are read from the shared-memory ``store`` at access time (persistent workers see every
-    update).
-
-    Args:
-        base: map-style dataset of images (PIL/tensor/array, any mode) or tuples/dicts of them.
-        store: ``BoxStore`` with ``len(base)`` boxes.
-        view_transform: ``(img, box, rng) -> (3, S, S)`` (``ccrop.data.build_view_transform``).
-        num_views: V (>= 1), drawn independently from the same box.
-        seed: views depend only on ``(seed, epoch, index)`` (see ``set_epoch``); None: the
-            worker's global ``random`` state.
-        plain_transform: used while boxes are off (warm-up RRC); default ``view_transform``.
-    """
+    """Wrap any map-style dataset (of images or ``unpack_item`` tuples/dicts) to return
+    ``(index, [view_1, ..., view_V], label)``, each view ``view_transform(img, box, rng)``
+    (3, S, S) of the item's box, read from the shared-memory ``store`` at access time (persistent
+    workers see every update). With a ``seed`` the views depend only on ``(seed, epoch, index)``
+    (``set_epoch``), else on the worker's ``random`` state; ``plain_transform`` (default
+    ``view_transform``) is used while boxes are off (warm-up)."""
 
     def __init__(self, base: Dataset, store: BoxStore, view_transform: Callable,
                  num_views: int = 2, seed: int | None = None,

@@ -131,9 +131,8 @@ def _item_alpha(items: torch.Tensor, p: dict[str, torch.Tensor], size: int) -> t
     return _resample(_alpha_source(items), a, b, size)
 
 
-def _fragment_alpha(
-    pool: torch.Tensor, p: dict[str, torch.Tensor], k: int, size: int
-) -> torch.Tensor:
+def _fragment_alpha(pool: torch.Tensor, p: dict[str, torch.Tensor], k: int,
+                    size: int) -> torch.Tensor:
     """Alpha (n, H, W) of distractor slot k: a source window, mirrored or not, soft-edged."""
     side = p["frag_side"][:, k]
     scale = p["frag_win"][:, k] / side  # source pixels per canvas pixel

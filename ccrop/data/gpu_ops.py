@@ -89,32 +89,10 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def _blend_stage_(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """One jitter stage in place: each sample blends with black (op 0), its mean luma (1) or its
-    luma (2) as torchvision's ``_blend``; ``f = 1`` (hue or no jitter) leaves it bit-exact."""
-    gray = _gray(x)  # (B, 1, H, W)
-    mean = gray.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-    is_con = (op == 1).to(x.dtype).view(-1, 1, 1, 1)
-    is_sat = (op == 2).to(x.dtype).view(-1, 1, 1, 1)
-    target = torch.addcmul(mean * is_con, gray, is_sat)  # (B, 1, H, W); 0 for brightness
-    return x.lerp_(target, 1.0 - _per_sample(f, x)).clamp_(0.0, 1.0)
-
-
 def default_sync_free(device: torch.device) -> bool:
     """Avoid data-dependent shapes off the CPU: a boolean index is free on the CPU but a host
     sync on accelerators (``ccrop.syncs``), so there every sample is computed and picked."""
     return device.type != "cpu"
-
-
-def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor,
-                sync_free: bool) -> torch.Tensor:
-    """Hue-shift the samples with ``sel`` in place (boolean index, or ``torch.where``)."""
-    if not sync_free:
-        idx = sel.nonzero().squeeze(1)  # (K,)
-        if idx.numel() > 0:
-            x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), shift[idx]))
-        return x
-    return x.copy_(torch.where(sel.view(-1, 1, 1, 1), adjust_hue(x, shift), x))
 
 
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
@@ -127,9 +105,18 @@ def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
     for j in range(4):
         op = order[:, j]  # (B,)
         f = factors.gather(1, op.clamp(max=2)[:, None]).squeeze(1)  # (B,)
-        f = torch.where(apply & (op < 3), f, torch.ones_like(f))
-        _blend_stage_(x, op, f)
-        _hue_stage_(x, apply & (op == 3), factors[:, 3], sync_free)
+        f = torch.where(apply & (op < 3), f, torch.ones_like(f))  # 1: hue or no jitter, exact
+        # blend with black (op 0), the mean luma (1) or the luma (2), as torchvision's _blend
+        gray = _gray(x)  # (B, 1, H, W)
+        is_con = (op == 1).to(x.dtype).view(-1, 1, 1, 1)
+        is_sat = (op == 2).to(x.dtype).view(-1, 1, 1, 1)
+        target = torch.addcmul(gray.mean(dim=(2, 3), keepdim=True) * is_con, gray, is_sat)
+        x.lerp_(target, 1.0 - _per_sample(f, x)).clamp_(0.0, 1.0)
+        hue = apply & (op == 3)  # hue-shift these: all computed, or a boolean index
+        if sync_free:
+            x.copy_(torch.where(hue.view(-1, 1, 1, 1), adjust_hue(x, factors[:, 3]), x))
+        elif (idx := hue.nonzero().squeeze(1)).numel() > 0:  # (K,)
+            x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), factors[idx, 3]))
     return x
 
 

@@ -63,10 +63,8 @@ class GPUViews:
         ``(h, w)`` of each image (folder canvases), where crops stay and boxes refer to."""
         b, v = rows.shape[0], self.num_views
         rows, boxes = rows.repeat(v), boxes.repeat(v, 1)  # view-major: view k is [k*B:(k+1)*B]
-        if extents is None:
-            size = tuple(images.shape[-2:])
-        else:
-            size = extents.to(self.device, non_blocking=True).repeat(v, 1)
+        size = tuple(images.shape[-2:]) if extents is None else \
+            extents.to(self.device, non_blocking=True).repeat(v, 1)
         params = self.crop_params(boxes, size, generator)  # (V*B, 4)
         vp = sample_view_params(rows.shape[0], self.recipe, generator, self.device)
         x = crop_resize(images, rows, params, self.size, flip=vp["flip"])  # (V*B, 3, S, S)

@@ -83,11 +83,8 @@ def _sampler(ds: Dataset, shuffle: bool, seed: int, drop_last: bool) -> Distribu
 
 
 class CPUSource:
-    """PIL views made by DataLoader workers; views depend only on (seed, epoch, index).
-
-    ``batch_size`` is global (split across ranks); ``persistent_workers`` keeps workers alive
-    across epochs (they read the shared-memory store, so boxes stay fresh).
-    """
+    """PIL views made by DataLoader workers, a function of (seed, epoch, index); ``batch_size``
+    is global (split across ranks)."""
 
     def __init__(self, base: Dataset, store: BoxStore, spec: ViewSpec, batch_size: int,
                  device: torch.device, *, seed: int, num_workers: int,
@@ -158,13 +155,10 @@ def fit_size(height: int, width: int, size: int, max_side: int) -> tuple[int, in
 
 
 class DecodedImages(Dataset):
-    """``index -> (index, canvas (3, M, M) uint8, hw (2,) int64)`` for device augmentation.
-
-    Each image is resized by ``fit_size`` (short side ``size``, long side <= ``max_side`` = M,
-    default ``round(size * 4 / 3)``) and pasted top-left into a zero canvas; ``hw`` is its
-    valid region. Folder datasets decode straight to that size (``decode_fitted``; reduced-DCT
-    JPEG decode when ``draft``).
-    """
+    """``index -> (index, canvas (3, M, M) uint8, hw (2,) int64)``: the image resized by
+    ``fit_size`` (short side ``size``, long side <= ``max_side`` = M, default ``size * 4 / 3``),
+    top-left in a zero canvas, ``hw`` its size. Folder datasets decode straight to that size
+    (``decode_fitted``; reduced-DCT JPEG decode when ``draft``)."""
 
     def __init__(self, base: Dataset, size: int, max_side: int | None = None,
                  draft: bool = True) -> None:
