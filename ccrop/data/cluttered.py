@@ -204,9 +204,8 @@ def _build(root: str | Path | None, split: str, size: int, num_images: int | Non
     split_idx = split_rows(split, len(source))
     n = len(split_idx) if num_images is None else num_images
     if n > len(split_idx):
-        raise DataError(
-            f"num_images={num_images} is larger than split {split!r} ({len(split_idx)} images)"
-        )
+        raise DataError(f"num_images={num_images} is larger than split {split!r} "
+                        f"({len(split_idx)} images)")
     param_seq, pixel_seq = np.random.SeedSequence([seed, _SPLIT_STREAM[split]]).spawn(2)
     # drawn for the whole split: the first n images do not depend on num_images
     params = take(_sample_params(np.random.default_rng(param_seq), len(split_idx), size),
@@ -233,16 +232,9 @@ class ClutteredFashionMNIST(ArrayDataset):
     28 x 28 frame in canvas pixels, ``color`` (N, 3).
     """
 
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        split: str = "train",
-        download: bool = False,
-        image_size: int = 32,
-        num_images: int | None = None,
-        seed: int = 0,
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path | None = None, split: str = "train",
+                 download: bool = False, image_size: int = 32, num_images: int | None = None,
+                 seed: int = 0, transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "fashion-mnist-cluttered")
         size, n = check_render_args(image_size, num_images, none_means_all=True)
         key = (str(_images_file(root, split, download)), split, size, n, seed)

@@ -15,12 +15,10 @@ from .views import Recipe
 
 def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
                    flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample 1-D crop-and-resize matrices (B, S, in_size) of PIL's antialiased bilinear.
-
-    Output pixel ``o`` of the crop ``[start, start + length)`` ((B,) each) weighs the input with
-    a triangle of half-width ``max(1, length / S)``, clipped to the crop, rows summing to 1.
-    ``flip`` (B,) bool reverses the output order.
-    """
+    """Per-sample 1-D crop-and-resize matrices (B, S, in_size) of PIL's antialiased bilinear:
+    output pixel ``o`` of the crop ``[start, start + length)`` ((B,) each) weighs the input with
+    a triangle of half-width ``max(1, length / S)``, clipped to the crop, rows summing to 1;
+    ``flip`` (B,) bool reverses the output order."""
     dev = start.device
     length = length.to(torch.float32)
     scale = length / out_size  # (B,)

@@ -25,13 +25,12 @@ class GPUViews:
         >>> v1, v2 = views(images, idx, boxes[idx], generator=g)   # images (N, 3, H, W) uint8
     """
 
-    def __init__(
-        self, plan: CropPlan | None = None, recipe: Recipe | str = "cifar", size: int = 32,
-        mean: Sequence[float] = (0.5, 0.5, 0.5), std: Sequence[float] = (0.5, 0.5, 0.5),
-        num_views: int = 2, device: torch.device | str = "cpu",
-        out_dtype: torch.dtype = torch.float32, channels_last: bool = False,
-        blur_kernel_size: int | None = None, sync_free: bool | None = None,
-    ) -> None:
+    def __init__(self, plan: CropPlan | None = None, recipe: Recipe | str = "cifar",
+                 size: int = 32, mean: Sequence[float] = (0.5,) * 3,
+                 std: Sequence[float] = (0.5,) * 3, num_views: int = 2,
+                 device: torch.device | str = "cpu", out_dtype: torch.dtype = torch.float32,
+                 channels_last: bool = False, blur_kernel_size: int | None = None,
+                 sync_free: bool | None = None) -> None:
         self.recipe = get_recipe(recipe)
         k = blur_kernel_size
         if k is None:
@@ -115,18 +114,15 @@ class DeviceImages:
         per_rank = len(self) // world_size
         return per_rank // batch_size if drop_last else math.ceil(per_rank / batch_size)
 
-    def index_batches(
-        self, batch_size: int, shuffle: bool = True, generator: torch.Generator | None = None,
-        drop_last: bool = True, rank: int = 0, world_size: int = 1,
-    ) -> Iterator[torch.Tensor]:
+    def index_batches(self, batch_size: int, shuffle: bool = True,
+                      generator: torch.Generator | None = None, drop_last: bool = True,
+                      rank: int = 0, world_size: int = 1) -> Iterator[torch.Tensor]:
         """One epoch's (batch_size,) int64 index batches, made on the device: a permutation
         (``generator`` seeded alike on every rank) or 0..N-1; rank r takes every
         ``world_size``-th index (the N % world_size tail is dropped)."""
         n = len(self)
-        if shuffle:
-            order = torch.randperm(n, generator=generator, device=self.device)
-        else:
-            order = torch.arange(n, device=self.device)
+        order = torch.randperm(n, generator=generator, device=self.device) if shuffle \
+            else torch.arange(n, device=self.device)
         order = order[: n - n % world_size][rank::world_size]  # (N // world_size,)
         m = order.shape[0]
         stop = m - m % batch_size if drop_last else m

@@ -157,15 +157,10 @@ def _sample_params(rng: np.random.Generator, n: int, size: int, src: _Sources) -
     wall = rng.integers(0, len(src.wall_hw), n)
     hw = src.wall_hw[wall].astype(np.float64)  # (n, 2)
     crop = rng.uniform(0.3, 1.0, n) * hw.min(1)  # square crop side, wallpaper pixels
-    return dict(
-        label=label, icon=icon, side=side.astype(np.float32),
-        x0=rng.uniform(0, size - side).astype(np.float32),
-        y0=rng.uniform(0, size - side).astype(np.float32),
-        wall=wall, crop=crop.astype(np.float32),
-        cx=(rng.random(n) * (hw[:, 1] - crop)).astype(np.float32),
-        cy=(rng.random(n) * (hw[:, 0] - crop)).astype(np.float32),
-        flip=rng.random(n) < 0.5,
-    )  # fmt: skip
+    p = dict(side=side, x0=rng.uniform(0, size - side), y0=rng.uniform(0, size - side), crop=crop,
+             cx=rng.random(n) * (hw[:, 1] - crop), cy=rng.random(n) * (hw[:, 0] - crop))
+    return dict(label=label, icon=icon, wall=wall, flip=rng.random(n) < 0.5,
+                **{k: v.astype(np.float32) for k, v in p.items()})
 
 
 def _icon_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
@@ -213,16 +208,9 @@ class IconsOnPhotos(ArrayDataset):
     crop of the background); ``icon_names`` (``category/file.png``, by ``params["icon"]``).
     """
 
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        split: str = "train",
-        download: bool = False,
-        image_size: int = 32,
-        num_images: int = 2048,
-        seed: int = 0,
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path | None = None, split: str = "train",
+                 download: bool = False, image_size: int = 32, num_images: int = 2048,
+                 seed: int = 0, transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "icons")
         size, n = check_render_args(image_size, num_images)
         root = None if root is None else Path(root).expanduser()

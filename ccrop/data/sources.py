@@ -62,12 +62,8 @@ class LeanDistributedSampler(DistributedSampler):
 
     def __iter__(self) -> Iterator[int]:
         n = len(self.dataset)
-        if self.shuffle:
-            g = torch.Generator()
-            g.manual_seed(self.seed + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = torch.arange(n)
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(n, generator=g) if self.shuffle else torch.arange(n)
         if self.drop_last:
             order = order[:self.total_size]
         elif self.total_size > n:  # pad by repeating from the start, as torch does
@@ -227,8 +223,8 @@ class _DeviceSource:
 
     def _epoch_views(self) -> tuple[GPUViews, torch.Generator]:
         """The epoch's view maker (boxes or warm-up law) and augmentation generator."""
-        aug = torch.Generator(device=self.device)
-        aug.manual_seed((self.seed * 1_000_003 + self.epoch) * 131 + dist.get_rank() + 1)
+        aug = torch.Generator(device=self.device).manual_seed(
+            (self.seed * 1_000_003 + self.epoch) * 131 + dist.get_rank() + 1)
         return (self.views if self.use_boxes else self.plain), aug
 
     def use_sync_free_paths(self) -> None:
@@ -261,8 +257,8 @@ class GPUSource(_DeviceSource):
 
     def __iter__(self) -> Iterator[Batch]:
         maker, aug = self._epoch_views()
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(self.seed * 1_000_003 + self.epoch)  # same on every rank: one permutation
+        # the same on every rank: one permutation
+        gen = torch.Generator(device=self.device).manual_seed(self.seed * 1_000_003 + self.epoch)
         batches = list(self.images.index_batches(self.per_rank, True, gen, True, dist.get_rank(),
                                                  dist.get_world_size()))  # device slices
         for start in range(0, len(batches), self.chunk):

@@ -237,21 +237,13 @@ class SyntheticObjects(ArrayDataset):
     parameters (e.g. ``params["color"]`` (N, 3) in [0, 1]).
     """
 
-    def __init__(
-        self,
-        num_images: int = 5000,
-        image_size: int = 32,
-        num_classes: int = 10,
-        seed: int = 0,
-        split: str = "train",
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, num_images: int = 5000, image_size: int = 32, num_classes: int = 10,
+                 seed: int = 0, split: str = "train",
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "synthetic")
         if num_images < 1 or image_size < 8 or not 1 <= num_classes <= len(SHAPES):
-            raise DataError(
-                f"need num_images >= 1 (got {num_images}), image_size >= 8 (got {image_size}), "
-                f"1 <= num_classes <= {len(SHAPES)} (got {num_classes})"
-            )
+            raise DataError(f"need num_images >= 1 (got {num_images}), image_size >= 8 (got "
+                            f"{image_size}), 1 <= num_classes <= {len(SHAPES)} (got {num_classes})")
         param_seq, pixel_seq = np.random.SeedSequence([seed, _SPLIT_STREAM[split]]).spawn(2)
         self.params = _sample_params(np.random.default_rng(param_seq), num_images, image_size,
                                      num_classes)

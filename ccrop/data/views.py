@@ -12,7 +12,7 @@ import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
-from ..crop import CENTER_BOX, FULL_BOX, KINDS, ContrastiveCrop, CropPlan
+from ..crop import FULL_BOX, KINDS, ContrastiveCrop, CropPlan
 
 CROPS = KINDS  # the crop kinds (``CropPlan.kind``)
 
@@ -143,6 +143,3 @@ def build_view_transform(
     return ViewTransform(build_crop(crop, size, scale, ratio, alpha, full_box_guard, placement),
                          get_recipe(recipe), mean, std)
 
-
-__all__ = ["CENTER_BOX", "CROPS", "RECIPES", "EvalTransform", "Recipe", "ViewTransform",
-           "build_crop", "build_view_transform", "jitter_params", "to_normalized_tensor"]
