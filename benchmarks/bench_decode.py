@@ -373,15 +373,16 @@ def gpu_source_rate(base: Any, batch: int, workers: int, seconds: float, device:
 
     from ccrop.boxes import BoxStore
     from ccrop.crop import CropPlan
-    from ccrop.data.sources import GPUSource, ViewSpec
+    from ccrop.data.sources import DecodedGPUSource, ViewSpec
 
     dev = torch.device(device)
     spec = ViewSpec("imagenet", CropPlan("ccrop", (0.2, 1.0), (3 / 4, 4 / 3), 0.6, None,
                                          "official"), view_side, (0.485, 0.456, 0.406),
                     (0.229, 0.224, 0.225), 224)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
-    src = GPUSource(base, BoxStore(len(base)), spec, batch, 0, dev, decode_size=train_side,
-                    num_workers=workers, out_dtype=dtype, channels_last=dev.type == "cuda")
+    src = DecodedGPUSource(base, BoxStore(len(base)), spec, batch, dev, decode_size=train_side,
+                           seed=0, num_workers=workers, out_dtype=dtype,
+                           channels_last=dev.type == "cuda")
     src.set_epoch(0, True)
     sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
     return loader_rate(iter(src), seconds, workers, sync)

@@ -75,7 +75,7 @@ def bench_views(cfg: Config, data: Any, store: BoxStore, device: torch.device,
     out: dict[str, Any] = {"pil_views_per_s": m / _timed(pil, torch.device("cpu"), 1)}
     for where in ["cpu"] + (["cuda"] if device.type == "cuda" else []):
         dev = torch.device(where) if where == "cpu" else device
-        src = GPUSource(data.train, store, spec, d.batch_size, 0, dev, chunk=d.gpu_chunk)
+        src = GPUSource(data.train, store, spec, d.batch_size, dev, seed=0, chunk=d.gpu_chunk)
         idx = torch.arange(min(d.batch_size, len(data.train)), device=dev)
         sec = _timed(lambda s=src, i=idx: s.views_for(i), dev, 5)
         out[f"batched_{where}_views_per_s"] = 2 * idx.numel() / sec
@@ -94,7 +94,7 @@ def _ops_per_call(data: Any, store: BoxStore, spec: Any, batch_size: int) -> int
     from .data.sources import GPUSource
     from .syncs import SyncSpy
 
-    src = GPUSource(data.train, store, spec, batch_size, 0, torch.device("cpu"))
+    src = GPUSource(data.train, store, spec, batch_size, torch.device("cpu"), seed=0)
     src.use_sync_free_paths()
     idx = torch.arange(min(batch_size, len(data.train)))
     with SyncSpy() as spy:

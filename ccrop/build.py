@@ -17,7 +17,7 @@ from .config import Config, ConfigError
 from .crop import CropPlan
 from .data import DATASET_INFO
 from .data.run_data import RunData, build_data
-from .data.sources import CPUSource, GPUSource, ViewSpec
+from .data.sources import CPUSource, DecodedGPUSource, GPUSource, ViewSource, ViewSpec
 from .engine import Run, check_run_dir, find_resume, resume, rewind_logs, save_run_config
 from .evaluate.monitor import Evaluator
 from .methods import build_method
@@ -104,21 +104,24 @@ def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
 
 
 def build_source(cfg: Config, data: RunData, store: BoxStore,
-                 device: torch.device) -> CPUSource | GPUSource:
+                 device: torch.device) -> ViewSource:
     """The view source of ``data.pipeline`` (cpu: DataLoader workers; gpu: batched on device)."""
     c, d = cfg.crop, cfg.data
     spec = ViewSpec(d.recipe, CropPlan.from_config(c), data.image_size, data.mean, data.std,
                     d.loc_image_size)
     if d.pipeline == "gpu":
-        small = DATASET_INFO[d.dataset].get("small", True)
-        decode = None if small else round(data.image_size * 256 / 224)  # e.g. 224 -> 256
         amp = cfg.train.amp and device.type == "cuda"  # views cast as autocast would
-        return GPUSource(data.train, store, spec, d.batch_size, cfg.train.seed, device,
-                         c.loc_batch_size, decode, d.num_workers, chunk=d.gpu_chunk,
-                         out_dtype=torch.bfloat16 if amp else torch.float32,
-                         channels_last=cfg.train.channels_last)
-    return CPUSource(data.train, store, spec, d.batch_size, d.num_workers, d.persistent_workers,
-                     cfg.train.seed, device, c.loc_batch_size)
+        kw = dict(seed=cfg.train.seed, num_workers=d.num_workers, loc_batch_size=c.loc_batch_size,
+                  out_dtype=torch.bfloat16 if amp else torch.float32,
+                  channels_last=cfg.train.channels_last)
+        if DATASET_INFO[d.dataset].get("small", True):
+            return GPUSource(data.train, store, spec, d.batch_size, device, chunk=d.gpu_chunk, **kw)
+        decode = round(data.image_size * 256 / 224)  # e.g. 224 -> 256
+        return DecodedGPUSource(data.train, store, spec, d.batch_size, device, decode_size=decode,
+                                **kw)
+    return CPUSource(data.train, store, spec, d.batch_size, device, seed=cfg.train.seed,
+                     num_workers=d.num_workers, persistent_workers=d.persistent_workers,
+                     loc_batch_size=c.loc_batch_size)
 
 
 def build_evaluator(data: RunData, source: Any = None) -> Evaluator:

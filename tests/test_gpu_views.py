@@ -16,17 +16,12 @@ from scipy import stats
 from ccrop.boxes import BoxStore
 from ccrop.crop import FULL_BOX, CropPlan, sample_crop_params_batch
 from ccrop.data.gpu_ops import (
-    adjust_brightness,
-    adjust_contrast,
     adjust_hue,
-    adjust_saturation,
     augment,
     color_jitter,
     crop_resize,
     gaussian_blur,
     grayscale,
-    hflip,
-    normalize,
     resize_weights,
     sample_view_params,
     solarize,
@@ -120,7 +115,8 @@ def test_crop_resize_shares_sources_and_flips():
     plain = crop_resize(imgs, src, params, 16)
     assert torch.equal(out[0], out[3])  # same source and params: same view
     assert torch.allclose(out[1], out[0].flip(-1), atol=1e-6)
-    assert torch.allclose(out, hflip(plain, flip), atol=1e-6)
+    assert torch.allclose(out, torch.where(flip[:, None, None, None], plain.flip(-1), plain),
+                          atol=1e-6)
     assert imgs.shape == (4, 3, 24, 24)  # the dataset itself is untouched
 
 
@@ -134,23 +130,7 @@ def test_crop_resize_broadcasts_gray_and_accepts_float():
     assert torch.allclose(out, out_f, atol=1e-6)
 
 
-def test_crop_resize_rejects_bad_shapes():
-    with pytest.raises(ValueError, match="images"):
-        crop_resize(torch.zeros(2, 4, 8, 8), torch.arange(2), torch.zeros(2, 4).long(), 4)
-    with pytest.raises(ValueError, match="params"):
-        crop_resize(torch.zeros(2, 3, 8, 8), torch.arange(2), torch.zeros(3, 4).long(), 4)
-
-
 # ----------------------------------------------------------------------------- colour ops
-
-
-@pytest.mark.parametrize("op,ref", [(adjust_brightness, TF.adjust_brightness),
-                                    (adjust_contrast, TF.adjust_contrast),
-                                    (adjust_saturation, TF.adjust_saturation)])
-def test_blend_ops_match_torchvision(op, ref):
-    x = rand_float(6)
-    f = torch.tensor([0.0, 0.6, 1.0, 1.2, 1.4, 2.5])
-    assert torch.allclose(op(x, f), per_sample(ref, x, f), atol=1e-5)
 
 
 @settings(max_examples=60, deadline=None)
@@ -167,15 +147,6 @@ def test_hue_zero_shift_is_identity_and_keeps_max_min():
     y = adjust_hue(x, torch.full((4,), 0.23))
     assert torch.allclose(y.amax(1), x.amax(1), atol=1e-6)
     assert torch.allclose(y.amin(1), x.amin(1), atol=1e-6)
-
-
-def test_inplace_flag():
-    x = rand_float(2)
-    keep = x.clone()
-    adjust_brightness(x, torch.tensor([0.5, 1.5]))
-    assert torch.equal(x, keep)
-    out = adjust_brightness(x, torch.tensor([0.5, 1.5]), inplace=True)
-    assert out.data_ptr() == x.data_ptr() and not torch.equal(x, keep)
 
 
 def reference_jitter(x, order, factors, apply):
@@ -196,7 +167,7 @@ def test_color_jitter_matches_per_sample_torchvision(device, sync_free):
     x = rand_float(24, seed=5)
     p = sample_view_params(24, RECIPES["cifar"], torch.Generator().manual_seed(0))
     p["jitter"][:3] = False  # some samples certainly skip jitter
-    out = color_jitter(x.to(device), p["order"].to(device), p["factors"].to(device),
+    out = color_jitter(x.clone().to(device), p["order"].to(device), p["factors"].to(device),
                        p["jitter"].to(device), sync_free=sync_free).cpu()
     ref = reference_jitter(x, p["order"], p["factors"], p["jitter"])
     assert torch.allclose(out, ref, atol=1e-4)
@@ -206,7 +177,7 @@ def test_color_jitter_matches_per_sample_torchvision(device, sync_free):
 def test_grayscale_matches_torchvision():
     x = rand_float(4)
     apply = torch.tensor([True, False, True, False])
-    out = grayscale(x, apply)
+    out = grayscale(x.clone(), apply)
     ref = TF.rgb_to_grayscale(x, num_output_channels=3)
     assert torch.allclose(out[apply], ref[apply], atol=1e-6)
     assert torch.equal(out[~apply], x[~apply])
@@ -221,21 +192,13 @@ def test_gaussian_blur_matches_torchvision():
         ref = TF.gaussian_blur(x[i], [9, 9], [float(sigma[i])] * 2) if apply[i] else x[i]
         assert torch.allclose(out[i], ref, atol=1e-5)
     assert torch.equal(out[2], x[2])
-    with pytest.raises(ValueError, match="kernel_size"):
-        gaussian_blur(x, sigma, apply, kernel_size=8)
-    with pytest.raises(ValueError, match="kernel_size"):
-        gaussian_blur(x, sigma, apply, kernel_size=29)
 
 
-def test_solarize_hflip_normalize_match_torchvision():
+def test_solarize_matches_torchvision():
     x = rand_float(3)
     apply = torch.tensor([True, False, True])
     out = solarize(x, apply)
     assert torch.equal(out[0], TF.solarize(x[0], 128 / 255)) and torch.equal(out[1], x[1])
-    flip = torch.tensor([False, True, True])
-    assert torch.equal(hflip(x, flip)[1], TF.hflip(x[1])) and torch.equal(hflip(x, flip)[0], x[0])
-    mean, std = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
-    assert torch.allclose(normalize(x, mean, std), TF.normalize(x, mean, std), atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- parameters
@@ -355,7 +318,7 @@ def box_source(store: BoxStore, plan: CropPlan) -> GPUSource:
     """A resident GPUSource on CPU over 64 px synthetic images, one per box of ``store``."""
     ds = SyntheticObjects(num_images=len(store), image_size=64, seed=0)
     spec = ViewSpec("cifar", plan, 16, (0.5,) * 3, (0.5,) * 3)
-    return GPUSource(ds, store, spec, 8, 0, torch.device("cpu"), num_workers=0)
+    return GPUSource(ds, store, spec, 8, torch.device("cpu"), seed=0, num_workers=0)
 
 
 def test_boxes_updated_moves_the_sources_crops():
@@ -373,8 +336,6 @@ def test_boxes_updated_moves_the_sources_crops():
     assert (c_box < 0.35).float().mean() > 0.95 and (c_full < 0.35).float().mean() < 0.5
     after = src.views_for(idx, torch.Generator().manual_seed(5))
     assert not torch.equal(after[0][0], before[0][0])  # the views read the device copy
-    with pytest.raises(ValueError, match="store"):
-        src.boxes_updated(BoxStore(3))
 
 
 @pytest.mark.parametrize("kind", ["ccrop", "simccrop", "rcrop"])
@@ -408,17 +369,17 @@ def test_device_images_index_batches():
                                                  rank=r, world_size=2))) for r in range(2)]
     assert ranks[0].numel() == ranks[1].numel() == 9
     assert not set(ranks[0].tolist()) & set(ranks[1].tolist())
-    with pytest.raises(ValueError, match="batch_size"):
-        next(images.index_batches(0))
-    with pytest.raises(ValueError, match="rank"):
-        next(images.index_batches(2, rank=2, world_size=2))
+
+
+@pytest.mark.parametrize("recipe", [dict(gray_p=1.5), dict(jitter=(0.4, 0.4, 0.4, 0.7)),
+                                    dict(jitter=(-0.1, 0.4, 0.4, 0.1)), dict(blur_sigma=(2, 1))])
+def test_recipe_validation(recipe):
+    with pytest.raises(ValueError, match=next(iter(recipe))):
+        Recipe(**recipe)
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    ({"plan": "ccrop"}, "plan"),
     ({"recipe": "mnist"}, "recipe"),
-    ({"recipe": Recipe(gray_p=1.5)}, "gray_p"),
-    ({"recipe": Recipe(jitter=(0.4, 0.4, 0.4, 0.7))}, "jitter"),
     ({"size": 0}, "size"),
     ({"num_views": 0}, "num_views"),
     ({"std": (0.5, 0.0, 0.5)}, "std"),
@@ -447,23 +408,9 @@ def test_crop_plan_validation(kwargs, match):
     (torch.zeros(4, 4, 8, 8, dtype=torch.uint8), "images"),
     (torch.zeros(0, 3, 8, 8, dtype=torch.uint8), "at least one"),
 ])
-def test_images_are_validated_where_they_enter(images, match):
+def test_device_images_are_validated(images, match):
     with pytest.raises(ValueError, match=match):
         DeviceImages(images)
-    with pytest.raises(ValueError, match=match):
-        make_views()(images, torch.arange(2), same_boxes(2))
-
-
-def test_call_rejects_boxes_that_do_not_match_the_rows():
-    with pytest.raises(ValueError, match="boxes must be"):
-        make_views()(IMAGES, torch.arange(4), same_boxes(3))
-
-
-@pytest.mark.parametrize("rows", [torch.arange(4, dtype=torch.int32), torch.zeros(2, 2).long(),
-                                  torch.arange(4.0)])
-def test_call_rejects_rows_that_are_not_1d_int64(rows):
-    with pytest.raises(ValueError, match="rows"):
-        make_views()(IMAGES, rows, same_boxes(rows.shape[0]))
 
 
 # ----------------------------------------------------------------------------- folder canvases
@@ -533,14 +480,6 @@ def test_views_of_a_canvas_equal_views_of_the_bare_image():
     # the whole canvas as extents = no extents
     for a, b in zip(views(canvas, torch.tensor([[24, 24]])), views(canvas)):
         assert torch.equal(a, b)
-
-
-@pytest.mark.parametrize("extents", [
-    torch.tensor([[4, 4]]), torch.ones(2, 3, dtype=torch.long), torch.ones(2, 2), [[4, 4]] * 2,
-])
-def test_views_validate_extents(extents):
-    with pytest.raises(ValueError, match="extents"):
-        folder_views()(canvases([(4, 4)] * 2), torch.arange(2), same_boxes(2), extents=extents)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -87,7 +87,7 @@ def test_resident_gpu_source_epoch_keeps_no_per_image_objects():
     peaks = {}
     for n in (4096, 32768):
         base = ArrayDataset(np.zeros((n, 4, 4, 3), np.uint8), [0] * n)
-        src = GPUSource(base, BoxStore(n), spec, 1024, 0, torch.device("cpu"), num_workers=0)
+        src = GPUSource(base, BoxStore(n), spec, 1024, torch.device("cpu"), seed=0, num_workers=0)
         src.set_epoch(1, True)
         kept, peaks[n] = _heap_growth(lambda src=src: sum(1 for _ in src))
         assert kept < 64 * 2**10, kept

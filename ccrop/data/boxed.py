@@ -1,10 +1,4 @@
-"""Index-carrying dataset wrappers: ``index -> image -> box -> views`` and ``index -> image``.
-
-``BoxedDataset`` reads each sample's box from the shared-memory ``BoxStore`` at access time, so
-persistent DataLoader workers see every box update. With a ``seed`` its views are a pure function
-of ``(seed, epoch, index)``: the same under any number of workers, on every rank (no shared
-augmentation seed across ranks, unlike the official code) and after a resume.
-"""
+"""Index-carrying dataset wrappers: ``index -> image -> box -> views`` and ``index -> image``."""
 
 from __future__ import annotations
 
@@ -23,23 +17,19 @@ _LABEL_KEYS = ("label", "target", "labels", "class")
 
 
 def unpack_item(item: Any) -> tuple[Any, int]:
-    """Split a base dataset's item into ``(image, label)``; label -1 when there is none.
-
-    Accepts ``(image, label, ...)`` tuples/lists, dicts with an image key (``image``/``img``/...)
-    and an optional label key (``label``/``target``/...), or a bare image.
-    """
+    """``(image, label)`` of a base dataset's item, label -1 when there is none: an
+    ``(image, label, ...)`` tuple/list, a dict with an image key (``image``, ``img``, ...) and
+    an optional label key (``label``, ``target``, ...), or a bare image."""
     if isinstance(item, (tuple, list)):
         if not item:
             raise ValueError("dataset item is an empty tuple; expected (image, label)")
-        label = item[1] if len(item) > 1 else -1
-        return item[0], _as_label(label)
+        return item[0], _as_label(item[1] if len(item) > 1 else -1)
     if isinstance(item, dict):
         key = next((k for k in _IMAGE_KEYS if k in item), None)
         if key is None:
             raise ValueError(f"dataset item dict has no image key; expected one of {_IMAGE_KEYS},"
                              f" got {sorted(item)}")
-        lab = next((item[k] for k in _LABEL_KEYS if k in item), -1)
-        return item[key], _as_label(lab)
+        return item[key], _as_label(next((item[k] for k in _LABEL_KEYS if k in item), -1))
     return item, -1
 
 
@@ -58,27 +48,19 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 
 
 class BoxedDataset(Dataset):
-    """Wrap any map-style dataset to return ``(index, [view_1, ..., view_V], label)``.
-
-    Args:
-        base: map-style dataset of images (PIL/tensor/array, any mode) or tuples/dicts of them.
-        store: ``BoxStore`` with ``len(base)`` boxes.
-        view_transform: callable ``(img, box, rng) -> (3, S, S) tensor``
-            (see ``ccrop.data.build_view_transform``).
-        num_views: V (>= 1), drawn independently from the same box.
-        seed: if given, views depend only on ``(seed, epoch, index)`` (call ``set_epoch``);
-            if None, the worker's global ``random`` state is used.
-        plain_transform: transform used while boxes are off (``set_epoch(e, use_boxes=False)``,
-            the warm-up epochs: plain RandomResizedCrop); default ``view_transform``.
-    """
+    """Wrap any map-style dataset (of images or ``unpack_item`` tuples/dicts) to return
+    ``(index, [view_1, ..., view_V], label)``, each view ``view_transform(img, box, rng)``
+    (3, S, S) of the item's box, read from the shared-memory ``store`` at access time (persistent
+    workers see every update). With a ``seed`` the views depend only on ``(seed, epoch, index)``
+    (``set_epoch``), else on the worker's ``random`` state; ``plain_transform`` (default
+    ``view_transform``) is used while boxes are off (warm-up)."""
 
     def __init__(self, base: Dataset, store: BoxStore, view_transform: Callable,
                  num_views: int = 2, seed: int | None = None,
                  plain_transform: Callable | None = None) -> None:
-        if len(store) != len(base):
-            raise ValueError(f"store has {len(store)} boxes but the dataset has {len(base)} items")
-        if int(num_views) < 1:
-            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        if len(store) != len(base) or int(num_views) < 1:
+            raise ValueError(f"need num_views >= 1 (got {num_views}) and one box per item: the "
+                             f"store has {len(store)} boxes, the dataset {len(base)} items")
         self.base, self.store, self.transform = base, store, view_transform
         self.num_views, self.seed = int(num_views), seed
         self.plain_transform = plain_transform or view_transform
@@ -89,8 +71,7 @@ class BoxedDataset(Dataset):
         return len(self.base)
 
     def set_epoch(self, epoch: int, use_boxes: bool = True) -> None:
-        """Set the epoch of the per-sample seeds and whether boxes are used (shared with
-        persistent workers)."""
+        """Epoch of the per-sample seeds and whether boxes are used (seen by all workers)."""
         self._state[0] = int(epoch)
         self._state[1] = int(bool(use_boxes))
 
@@ -107,33 +88,25 @@ class BoxedDataset(Dataset):
         return int(index), views, label
 
 
-class IndexedImages(Dataset):
-    """``index -> (index, image tensor)`` with an eval transform: the localization pass's input.
-
-    Args:
-        base: map-style dataset (as for ``BoxedDataset``).
-        transform: ``PIL RGB -> (3, H, W)`` tensor, e.g. ``ccrop.data.views.EvalTransform``.
-    """
-
+class _Transformed(Dataset):
     def __init__(self, base: Dataset, transform: Callable) -> None:
         self.base, self.transform = base, transform
 
     def __len__(self) -> int:
         return len(self.base)
+
+
+class IndexedImages(_Transformed):
+    """``index -> (index, transform(image))``, e.g. with ``EvalTransform``: the localization
+    pass's input."""
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor]:
         img, _ = unpack_item(self.base[index])
         return int(index), self.transform(to_rgb(img))
 
 
-class LabeledImages(Dataset):
-    """``index -> (image tensor, label)`` with a transform: input of kNN and linear evaluation."""
-
-    def __init__(self, base: Dataset, transform: Callable) -> None:
-        self.base, self.transform = base, transform
-
-    def __len__(self) -> int:
-        return len(self.base)
+class LabeledImages(_Transformed):
+    """``index -> (transform(image), label)``: input of kNN and linear evaluation."""
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         img, label = unpack_item(self.base[index])

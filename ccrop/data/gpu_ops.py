@@ -1,54 +1,24 @@
-"""Batched image ops on tensors (GPU or CPU): crop+resize, flip, jitter, gray, blur, solarize.
+"""Batched image ops on tensors (GPU or CPU): crop+resize, jitter, gray, blur, solarize.
 
-Pure functions of images and per-sample parameters; ``ccrop.data.gpu_views.GPUViews`` chains
-them into views. They are the GPU twin of ``ccrop.data.views.ViewTransform``: the same
-photometric distributions (``ccrop.data.views.Recipe``) applied to a whole batch with
-per-sample parameters, without a Python loop over samples and without host syncs on CUDA.
-Numeric differences from the PIL pipeline (uint8 rounding, PIL's blur and hue) are listed in
-``docs/gpu_views.md``.
-
-Every image op takes float images ``(B, 3, H, W)`` in [0, 1] and per-sample parameters ``(B,)``.
+The batched twin of ``ccrop.data.views.ViewTransform`` (same laws, per-sample parameters, no
+loop over samples, no host syncs on CUDA; differences: ``docs/gpu_views.md``). Images are float
+(B, 3, H, W) in [0, 1] and parameters (B,) unless stated.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
-from .views import RECIPES, Recipe
-
-#: ITU-R 601 luma weights as torchvision's ``rgb_to_grayscale`` uses them.
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)
-#: PIL ``solarize(img, 128)`` inverts uint8 pixels >= 128.
-SOLARIZE_THRESHOLD = 128 / 255
-
-
-# ----------------------------------------------------------------------------- crop + resize
+from .views import Recipe
 
 
 def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
                    flip: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample 1-D crop-and-resize matrices with PIL's antialiased bilinear (triangle) filter.
-
-    Row ``o`` of sample ``b`` holds the weights of input pixels ``0..in_size-1`` for output pixel
-    ``o`` of the crop ``[start, start + length)``: a triangle of half-width ``max(1, scale)``
-    (``scale = length / out_size``) centred at ``start + (o + 0.5) * scale``, clipped to the crop
-    and normalised, as ``PIL.Image.resize(BILINEAR)`` and torchvision's antialiased resize do.
-    Upscaling reduces to plain bilinear interpolation with edge replication.
-
-    Args:
-        start: (B,) first pixel of the crop (int or float).
-        length: (B,) crop length in pixels (>= 1).
-        in_size: image extent along this axis.
-        out_size: output extent S.
-        flip: optional (B,) bool; True reverses the output order (a mirrored crop).
-
-    Returns:
-        (B, S, in_size) float32 weights, each row summing to 1.
-    """
+    """Per-sample 1-D crop-and-resize matrices (B, S, in_size) of PIL's antialiased bilinear:
+    output pixel ``o`` of the crop ``[start, start + length)`` ((B,) each) weighs the input with
+    a triangle of half-width ``max(1, length / S)``, clipped to the crop, rows summing to 1;
+    ``flip`` (B,) bool reverses the output order."""
     dev = start.device
     length = length.to(torch.float32)
     scale = length / out_size  # (B,)
@@ -66,30 +36,10 @@ def resize_weights(start: torch.Tensor, length: torch.Tensor, in_size: int, out_
 
 def crop_resize(images: torch.Tensor, src_index: torch.Tensor, params: torch.Tensor, size: int,
                 flip: torch.Tensor | None = None) -> torch.Tensor:
-    """One batched crop-and-resize (two batched matmuls), optionally with a horizontal flip.
-
-    ``out[b] = Ry[b] @ images[src_index[b]] @ Rx[b]^T`` with ``resize_weights`` matrices, i.e.
-    ``TF.resized_crop(..., BILINEAR, antialias=True)`` for every sample at once, up- or
-    downscaling. Only the ``B`` selected images are read (one image may serve several views).
-    A flip reverses the rows of ``Rx``, so it costs nothing (and commutes with every later op).
-
-    Args:
-        images: (N, C, H, W) uint8 (scaled by 1/255) or float in [0, 1]; C is 1 or 3
-            (1 is broadcast to RGB).
-        src_index: (B,) int64 source image of each output, on ``images.device``.
-        params: (B, 4) int64 ``(top, left, h, w)`` inside the image
-            (``ccrop.crop.sample_crop_params_batch``).
-        size: output side S.
-        flip: optional (B,) bool, True = mirror left-right.
-
-    Returns:
-        (B, 3, S, S) float32 in [0, 1], contiguous.
-    """
-    if images.dim() != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must be (N, 1|3, H, W), got {tuple(images.shape)}")
-    if params.dim() != 2 or params.shape[1] != 4 or params.shape[0] != src_index.shape[0]:
-        raise ValueError(f"params must be (B, 4) with B = len(src_index), got "
-                         f"{tuple(params.shape)} for {src_index.shape[0]} indices")
+    """``TF.resized_crop(..., antialias=True)`` of every sample in two batched matmuls:
+    ``images`` (N, C, H, W) uint8 or float in [0, 1] (C = 1 is broadcast to RGB), rows
+    ``src_index`` (B,), crops ``params`` (B, 4) int64 ``(top, left, h, w)``, optional mirror
+    ``flip`` (B,) bool -> (B, 3, S, S) float32 in [0, 1]."""
     b, c, h_img, w_img = src_index.shape[0], images.shape[1], images.shape[2], images.shape[3]
     ry = resize_weights(params[:, 0], params[:, 2], h_img, size)  # (B, S, H)
     rx = resize_weights(params[:, 1], params[:, 3], w_img, size, flip)  # (B, S, W)
@@ -105,89 +55,22 @@ def crop_resize(images: torch.Tensor, src_index: torch.Tensor, params: torch.Ten
     return out.expand(-1, 3, -1, -1).contiguous() if c == 1 else out
 
 
-def hflip(x: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """Mirror left-right the samples with ``flip`` set.
-
-    Args:
-        x: (B, C, H, W) images.
-        flip: (B,) bool.
-
-    Returns:
-        (B, C, H, W).
-    """
-    return torch.where(flip[:, None, None, None], x.flip(-1), x)
-
-
-# ----------------------------------------------------------------------------- colour
-#
-# Every op takes ``inplace``: the view pipeline owns its buffer and mutates it (on CPU each
-# fresh 12 MB result costs page faults); the default returns a new tensor.
-
-
-def rgb_to_gray(x: torch.Tensor) -> torch.Tensor:
-    """Luma ``0.2989 R + 0.587 G + 0.114 B`` (torchvision's): (B, 3, H, W) -> (B, 1, H, W)."""
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's luma ``0.2989 R + 0.587 G + 0.114 B``: (B, 1, H, W)."""
     r, g, b = x.unbind(dim=1)
-    gray = r * GRAY_WEIGHTS[0]  # (B, H, W)
-    return gray.add_(g, alpha=GRAY_WEIGHTS[1]).add_(b, alpha=GRAY_WEIGHTS[2]).unsqueeze(1)
+    return (r * 0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(1)
 
 
 def _per_sample(value: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor:
-    """(B,) values (or a scalar) as a (B, 1, 1, 1) tensor of ``x``'s dtype and device."""
+    """(B,) values (or a scalar) as (B, 1, 1, 1) of ``x``'s dtype and device."""
     return torch.as_tensor(value, dtype=x.dtype, device=x.device).reshape(-1, 1, 1, 1)
 
 
-def _blend_(x: torch.Tensor, target: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """In place ``clamp(f * x + (1 - f) * target, 0, 1)`` (torchvision's ``_blend``).
-
-    Written as ``lerp(x, target, 1 - f)``: ``f = 1`` leaves ``x`` bit-exact. ``target``
-    broadcasts to x; ``factor`` is (B,).
-    """
-    return x.lerp_(target, 1.0 - _per_sample(factor, x)).clamp_(0.0, 1.0)
-
-
-def _out(x: torch.Tensor, inplace: bool) -> torch.Tensor:
-    return x if inplace else x.clone()
-
-
-def adjust_brightness(x: torch.Tensor, factor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Brightness as ``TF.adjust_brightness``: blend with black.
-
-    Args:
-        x: (B, 3, H, W) in [0, 1].
-        factor: (B,) >= 0.
-        inplace: overwrite ``x``.
-
-    Returns:
-        (B, 3, H, W).
-    """
-    return _blend_(_out(x, inplace), x.new_zeros(()), factor)
-
-
-def adjust_contrast(x: torch.Tensor, factor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Contrast as ``TF.adjust_contrast``: blend with the image's mean luma (args as brightness)."""
-    mean = rgb_to_gray(x).mean(dim=(1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
-    return _blend_(_out(x, inplace), mean, factor)
-
-
-def adjust_saturation(x: torch.Tensor, factor: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Saturation as ``TF.adjust_saturation``: blend with the luma image (args as brightness)."""
-    gray = rgb_to_gray(x)  # (B, 1, H, W)
-    return _blend_(_out(x, inplace), gray, factor)
-
-
 def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
-    """Hue shift as ``TF.adjust_hue`` (hexcone HSV: rotate H by ``factor`` turns, keep S and V).
+    """``TF.adjust_hue`` (hexcone HSV, H rotated by ``factor`` turns in [-0.5, 0.5]); new tensor.
 
-    Computed without building HSV: max and min per pixel are kept, and each channel is
-    ``max - chroma * clamp(min(k, 4 - k), 0, 1)`` with ``k = (n + 6 h') mod 6``, n = 5, 3, 1 for
-    R, G, B (the closed form of HSV -> RGB).
-
-    Args:
-        x: (B, 3, H, W) in [0, 1].
-        factor: (B,) hue shift in turns, in [-0.5, 0.5].
-
-    Returns:
-        (B, 3, H, W), a new tensor.
+    Max and min per pixel are kept; each channel is ``max - chroma * clamp(min(k, 4 - k), 0, 1)``
+    with ``k = (n + 6 h) mod 6``, n = 5, 3, 1 for R, G, B (closed-form HSV -> RGB).
     """
     r, g, b = x.unbind(dim=1)  # (B, H, W) each
     maxc = torch.maximum(torch.maximum(r, g), b)
@@ -204,127 +87,55 @@ def adjust_hue(x: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     return out.clamp_(0.0, 1.0)
 
 
-def _blend_stage_(x: torch.Tensor, op: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
-    """One jitter stage, in place, for brightness (op 0), contrast (1) or saturation (2).
-
-    Each sample blends with its own target (0, mean luma or luma image); samples whose op is
-    hue, or that skip jitter, carry ``f = 1`` and stay bit-exact.
-    """
-    gray = rgb_to_gray(x)  # (B, 1, H, W)
-    mean = gray.mean(dim=(2, 3), keepdim=True)  # (B, 1, 1, 1)
-    is_con = (op == 1).to(x.dtype).view(-1, 1, 1, 1)
-    is_sat = (op == 2).to(x.dtype).view(-1, 1, 1, 1)
-    target = torch.addcmul(mean * is_con, gray, is_sat)  # (B, 1, H, W); 0 for brightness
-    return _blend_(x, target, f)
-
-
 def default_sync_free(device: torch.device) -> bool:
-    """Whether ops on ``device`` should avoid data-dependent shapes. On the CPU a boolean index
-    (``nonzero``) costs nothing and skips work; on accelerators it is a host sync that stalls
-    the stream (``ccrop.syncs``), so every sample is computed and picked with ``torch.where``.
-    Sync audits on the CPU pass ``sync_free=True`` to take the accelerator paths."""
+    """Avoid data-dependent shapes off the CPU: a boolean index is free on the CPU but a host
+    sync on accelerators (``ccrop.syncs``), so there every sample is computed and picked."""
     return device.type != "cpu"
 
 
-def _hue_stage_(x: torch.Tensor, sel: torch.Tensor, shift: torch.Tensor,
-                sync_free: bool) -> torch.Tensor:
-    """Hue-shift, in place, the samples with ``sel``: only those with a boolean index, or (sync
-    free) every sample, picked with ``torch.where``."""
-    if not sync_free:
-        idx = sel.nonzero().squeeze(1)  # (K,)
-        if idx.numel() > 0:
-            x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), shift[idx]))
-        return x
-    return x.copy_(torch.where(sel.view(-1, 1, 1, 1), adjust_hue(x, shift), x))
-
-
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: torch.Tensor,
-                 apply: torch.Tensor, inplace: bool = False,
-                 sync_free: bool | None = None) -> torch.Tensor:
-    """ColorJitter with each sample's own op order, as ``ViewTransform`` applies it.
-
-    Four stages; at stage j every sample runs op ``order[:, j]`` (0 brightness, 1 contrast,
-    2 saturation, 3 hue) with factor ``factors[:, op]``.
-
-    Args:
-        x: (B, 3, H, W) in [0, 1].
-        order: (B, 4) int64, a permutation of 0..3 per row.
-        factors: (B, 4) brightness, contrast, saturation factors (>= 0) and hue shift.
-        apply: (B,) bool; False leaves the sample unchanged.
-        inplace: overwrite ``x``.
-        sync_free: no data-dependent shapes (default: ``default_sync_free(x.device)``).
-
-    Returns:
-        (B, 3, H, W).
-    """
-    x = _out(x, inplace)
+                 apply: torch.Tensor, sync_free: bool | None = None) -> torch.Tensor:
+    """ColorJitter in place, each sample's ops in its own ``order`` (B, 4) (permutations of 0..3:
+    brightness, contrast, saturation, hue) with ``factors`` (B, 4); ``apply`` (B,) False leaves
+    a sample unchanged. ``sync_free``: default ``default_sync_free(x.device)``."""
     sync_free = default_sync_free(x.device) if sync_free is None else sync_free
     factors = factors.to(x.dtype)
     for j in range(4):
         op = order[:, j]  # (B,)
         f = factors.gather(1, op.clamp(max=2)[:, None]).squeeze(1)  # (B,)
-        f = torch.where(apply & (op < 3), f, torch.ones_like(f))
-        _blend_stage_(x, op, f)
-        _hue_stage_(x, apply & (op == 3), factors[:, 3], sync_free)
+        f = torch.where(apply & (op < 3), f, torch.ones_like(f))  # 1: hue or no jitter, exact
+        # blend with black (op 0), the mean luma (1) or the luma (2), as torchvision's _blend
+        gray = _gray(x)  # (B, 1, H, W)
+        is_con = (op == 1).to(x.dtype).view(-1, 1, 1, 1)
+        is_sat = (op == 2).to(x.dtype).view(-1, 1, 1, 1)
+        target = torch.addcmul(gray.mean(dim=(2, 3), keepdim=True) * is_con, gray, is_sat)
+        x.lerp_(target, 1.0 - _per_sample(f, x)).clamp_(0.0, 1.0)
+        hue = apply & (op == 3)  # hue-shift these: all computed, or a boolean index
+        if sync_free:
+            x.copy_(torch.where(hue.view(-1, 1, 1, 1), adjust_hue(x, factors[:, 3]), x))
+        elif (idx := hue.nonzero().squeeze(1)).numel() > 0:  # (K,)
+            x.index_copy_(0, idx, adjust_hue(x.index_select(0, idx), factors[idx, 3]))
     return x
 
 
-def grayscale(x: torch.Tensor, apply: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """Replace the selected samples by their luma, repeated over 3 channels.
-
-    Args:
-        x: (B, 3, H, W).
-        apply: (B,) bool.
-        inplace: overwrite ``x``.
-
-    Returns:
-        (B, 3, H, W).
-    """
-    gray = rgb_to_gray(x)  # (B, 1, H, W)
+def grayscale(x: torch.Tensor, apply: torch.Tensor) -> torch.Tensor:
+    """Replace the samples with ``apply`` by their luma on 3 channels, in place."""
     # lerp with weight 0 or 1 returns start or end exactly
-    return _out(x, inplace).lerp_(gray, _per_sample(apply, x))
-
-
-def gaussian_kernels(sigma: torch.Tensor, kernel_size: int) -> torch.Tensor:
-    """Normalised 1-D Gaussian kernels, one per sample, as torchvision's.
-
-    Args:
-        sigma: (B,) standard deviations; ``sigma <= 0`` gives the identity (delta) kernel.
-        kernel_size: odd K.
-
-    Returns:
-        (B, K) float32.
-    """
-    half = (kernel_size - 1) * 0.5
-    t = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=torch.float32)
-    s = sigma.to(torch.float32).clamp_min(1e-6)[:, None]  # (B, 1)
-    pdf = torch.exp(-0.5 * (t[None, :] / s) ** 2)  # (B, K)
-    pdf = pdf / pdf.sum(dim=1, keepdim=True)
-    delta = (t == 0).to(torch.float32)[None, :]
-    return torch.where(sigma[:, None] > 0, pdf, delta)
+    return x.lerp_(_gray(x), _per_sample(apply, x))
 
 
 def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor,
                   kernel_size: int) -> torch.Tensor:
-    """Per-sample separable Gaussian blur with reflect padding, as ``TF.gaussian_blur``.
-
-    Non-selected samples get a delta kernel (exactly unchanged). One grouped convolution per
-    axis over all B*C channels.
-
-    Args:
-        x: (B, C, H, W).
-        sigma: (B,) standard deviation in pixels.
-        apply: (B,) bool.
-        kernel_size: odd K with ``K // 2 < min(H, W)`` (reflect padding).
-
-    Returns:
-        (B, C, H, W), a new tensor.
-    """
+    """``TF.gaussian_blur`` (reflect padding) with per-sample sigma of the samples with
+    ``apply`` (the others get a delta kernel); one grouped conv per axis. x (B, C, H, W), odd
+    K with K // 2 < min(H, W)."""
     b, c, h, w = x.shape
-    if kernel_size < 1 or kernel_size % 2 == 0 or kernel_size // 2 >= min(h, w):
-        raise ValueError(f"kernel_size must be odd, >= 1 and < 2*min(H, W) = {2 * min(h, w)}, "
-                         f"got {kernel_size}")
-    k = gaussian_kernels(torch.where(apply, sigma, torch.zeros_like(sigma)), kernel_size)
+    half = (kernel_size - 1) * 0.5
+    t = torch.linspace(-half, half, kernel_size, device=sigma.device, dtype=torch.float32)
+    sigma = torch.where(apply, sigma, torch.zeros_like(sigma))
+    pdf = torch.exp(-0.5 * (t[None, :] / sigma.to(torch.float32).clamp_min(1e-6)[:, None]) ** 2)
+    k = torch.where(sigma[:, None] > 0, pdf / pdf.sum(dim=1, keepdim=True),
+                    (t == 0).to(torch.float32)[None, :])  # (B, K)
     k = k.to(x.dtype)[:, None, :].expand(b, c, kernel_size).reshape(b * c, kernel_size)
     p = kernel_size // 2
     y = F.pad(x.reshape(1, b * c, h, w), (p, p, p, p), mode="reflect")  # (1, B*C, H+2p, W+2p)
@@ -333,57 +144,19 @@ def gaussian_blur(x: torch.Tensor, sigma: torch.Tensor, apply: torch.Tensor,
     return y.view(b, c, h, w)
 
 
-def solarize(x: torch.Tensor, apply: torch.Tensor,
-             threshold: float = SOLARIZE_THRESHOLD) -> torch.Tensor:
-    """Invert pixels ``>= threshold`` of the selected samples (``TF.solarize``).
-
-    Args:
-        x: (B, C, H, W) in [0, 1].
-        apply: (B,) bool.
-        threshold: in [0, 1]; the default equals PIL's ``solarize(img, 128)``.
-
-    Returns:
-        (B, C, H, W), a new tensor.
-    """
+def solarize(x: torch.Tensor, apply: torch.Tensor, threshold: float = 128 / 255) -> torch.Tensor:
+    """Invert pixels ``>= threshold`` of the samples with ``apply`` (default: PIL's
+    ``solarize(img, 128)``); new tensor."""
     return torch.where(apply.view(-1, 1, 1, 1) & (x >= threshold), 1.0 - x, x)
-
-
-def normalize(x: torch.Tensor, mean: Sequence[float] | torch.Tensor,
-              std: Sequence[float] | torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """``(x - mean) / std`` per channel.
-
-    Args:
-        x: (B, C, H, W).
-        mean: C values.
-        std: C values (> 0).
-        inplace: overwrite ``x``.
-
-    Returns:
-        (B, C, H, W).
-    """
-    m = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    s = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
-    return _out(x, inplace).sub_(m).div_(s)
-
-
-# ----------------------------------------------------------------------------- parameters
 
 
 def sample_view_params(b: int, recipe: Recipe, generator: torch.Generator | None = None,
                        device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
-    """Per-sample photometric parameters with ``ViewTransform``'s distributions.
+    """Per-sample photometric parameters with ``ViewTransform``'s laws, for B samples.
 
-    Args:
-        b: batch size B.
-        recipe: probabilities and strengths (``ccrop.data.views.Recipe``).
-        generator: optional ``torch.Generator`` on ``device``.
-        device: where the tensors live.
-
-    Returns:
-        dict of ``flip`` (B,) bool, ``jitter`` (B,) bool, ``order`` (B, 4) int64 (uniform random
-        permutation of 0..3 = brightness, contrast, saturation, hue), ``factors`` (B, 4) float32
-        (``U(max(0, 1-s), 1+s)`` x3, ``U(-h, h)``), ``gray`` (B,) bool, ``blur`` (B,) bool,
-        ``sigma`` (B,) float32 ``U(blur_sigma)``, ``solarize`` (B,) bool.
+    Returns ``flip``, ``jitter``, ``gray``, ``blur``, ``solarize`` (B,) bool; ``order`` (B, 4)
+    int64 uniform permutations; ``factors`` (B, 4) ``U(max(0, 1-s), 1+s)`` x3 and ``U(-h, h)``;
+    ``sigma`` (B,) ``U(blur_sigma)``.
     """
     u = torch.rand(b, 10, generator=generator, device=device)  # (B, 10)
     order = torch.argsort(torch.rand(b, 4, generator=generator, device=device), dim=1)
@@ -393,97 +166,21 @@ def sample_view_params(b: int, recipe: Recipe, generator: torch.Generator | None
     # column by column with Python scalars: no host -> device copy (a sync on CUDA)
     factors = torch.stack([lo[k] + (hi[k] - lo[k]) * u[:, 2 + k] for k in range(4)], dim=1)
     s0, s1 = recipe.blur_sigma
-    return {
-        "flip": u[:, 0] < recipe.flip_p,
-        "jitter": u[:, 1] < recipe.jitter_p,
-        "order": order,
-        "factors": factors,
-        "gray": u[:, 6] < recipe.gray_p,
-        "blur": u[:, 7] < recipe.blur_p,
-        "sigma": s0 + (s1 - s0) * u[:, 8],
-        "solarize": u[:, 9] < recipe.solarize_p,
-    }
+    return dict(flip=u[:, 0] < recipe.flip_p, jitter=u[:, 1] < recipe.jitter_p, order=order,
+                factors=factors, gray=u[:, 6] < recipe.gray_p, blur=u[:, 7] < recipe.blur_p,
+                sigma=s0 + (s1 - s0) * u[:, 8], solarize=u[:, 9] < recipe.solarize_p)
 
 
 def augment(x: torch.Tensor, params: dict[str, torch.Tensor], recipe: Recipe,
-            blur_kernel_size: int, inplace: bool = False,
-            sync_free: bool | None = None) -> torch.Tensor:
-    """Photometric chain of ``ViewTransform`` after crop and flip: jitter, gray, blur, solarize.
-
-    Ops whose probability in ``recipe`` is 0 are skipped (a static check, no sync).
-
-    Args:
-        x: (B, 3, S, S) in [0, 1].
-        params: from ``sample_view_params``.
-        recipe: the recipe the params were drawn with.
-        blur_kernel_size: odd K of the Gaussian blur.
-        inplace: let jitter and grayscale overwrite ``x`` (the view pipeline's own buffer).
-        sync_free: see ``color_jitter``.
-
-    Returns:
-        (B, 3, S, S) in [0, 1].
-    """
-    x = _out(x, inplace)
+            blur_kernel_size: int, sync_free: bool | None = None) -> torch.Tensor:
+    """``ViewTransform``'s chain after crop and flip (jitter, gray, blur, solarize, skipping ops
+    of probability 0) on (B, 3, S, S), overwriting ``x``, with ``sample_view_params``."""
     if recipe.jitter_p > 0:
-        x = color_jitter(x, params["order"], params["factors"], params["jitter"], inplace=True,
-                         sync_free=sync_free)
+        x = color_jitter(x, params["order"], params["factors"], params["jitter"], sync_free)
     if recipe.gray_p > 0:
-        x = grayscale(x, params["gray"], inplace=True)
+        x = grayscale(x, params["gray"])
     if recipe.blur_p > 0:
         x = gaussian_blur(x, params["sigma"], params["blur"], blur_kernel_size)
     if recipe.solarize_p > 0:
         x = solarize(x, params["solarize"])
     return x
-
-
-# ----------------------------------------------------------------------------- checks
-
-
-def check_recipe(recipe: Recipe | str) -> Recipe:
-    """Resolve a recipe name and validate its probabilities and strengths."""
-    if isinstance(recipe, str):
-        if recipe not in RECIPES:
-            raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a Recipe, got {recipe!r}")
-        recipe = RECIPES[recipe]
-    if not isinstance(recipe, Recipe):
-        raise ValueError(f"recipe must be a Recipe or a name, got {type(recipe).__name__}")
-    for name in ("flip_p", "jitter_p", "gray_p", "blur_p", "solarize_p"):
-        if not 0.0 <= getattr(recipe, name) <= 1.0:
-            raise ValueError(f"recipe.{name} must be in [0, 1], got {getattr(recipe, name)}")
-    b, c, s, h = recipe.jitter
-    if min(b, c, s) < 0 or not 0 <= h <= 0.5:
-        raise ValueError(f"recipe.jitter must be (b, c, s >= 0, 0 <= hue <= 0.5), got "
-                         f"{recipe.jitter}")
-    if not 0 < recipe.blur_sigma[0] <= recipe.blur_sigma[1]:
-        raise ValueError(f"recipe.blur_sigma must be (lo, hi) with 0 < lo <= hi, got "
-                         f"{recipe.blur_sigma}")
-    return recipe
-
-
-def check_images(images: Any) -> torch.Tensor:
-    if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] not in (1, 3):
-        shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-        raise ValueError(f"images must be a (N, 3, H, W) uint8 tensor, got {shape}")
-    if images.dtype != torch.uint8:
-        raise ValueError(f"images must be uint8 (0..255), got {images.dtype}")
-    if images.shape[0] < 1:
-        raise ValueError("images must hold at least one image")
-    return images
-
-
-def check_extents(extents: Any, b: int) -> torch.Tensor:
-    """Validate the (B, 2) integer ``(h, w)`` valid regions of a batch (shape and dtype only)."""
-    ok = isinstance(extents, torch.Tensor) and tuple(extents.shape) == (b, 2)
-    if not ok or extents.is_floating_point() or extents.dtype == torch.bool:
-        got = f"{extents.dtype} {tuple(extents.shape)}" if isinstance(extents, torch.Tensor) \
-            else type(extents).__name__
-        raise ValueError(f"extents must be a ({b}, 2) integer tensor of (h, w), got {got}")
-    return extents
-
-
-def check_stats(values: Sequence[float], name: str, positive: bool) -> torch.Tensor:
-    t = torch.as_tensor(values, dtype=torch.float32).reshape(-1)
-    if t.numel() != 3 or not torch.isfinite(t).all() or (positive and (t <= 0).any()):
-        need = "3 finite values > 0" if positive else "3 finite values"
-        raise ValueError(f"{name} must be {need}, got {values!r}")
-    return t

@@ -1,18 +1,13 @@
 """Real icons on real photographs (``icons``): Tango icons pasted onto wallpaper crops, true boxes.
 
-Each RGB image shows one PNG icon of Debian's ``tango-icon-theme`` (32 x 32 set; its category is
-the label: actions, apps, categories, devices, mimetypes, places, status) alpha-composited at a
-random position and scale (side 30-70% of the canvas) onto a random crop of one of the images of
-``gnome-backgrounds`` and ``plasma-workspace-wallpapers``. Each category's icons are split once,
-with a fixed permutation, into train / val / test icons, so the splits never share an icon (the
-wallpapers are shared; their crops differ). The true box is the tight extent of the icon's
-visible pixels (resampled alpha > ``VISIBLE_ALPHA``). Resampling is area-averaged
-(``torchvision.ops.roi_align`` with adaptive sampling), batched over all images, and everything
-is deterministic from the seed.
+One 32 x 32 icon of Debian's ``tango-icon-theme`` per image (its category is the label; the
+splits share no icon), side 30-70% of the canvas, on a crop of a ``gnome-backgrounds`` or
+``plasma-workspace-wallpapers`` image; the box is the extent of alpha > ``VISIBLE_ALPHA``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,7 +20,7 @@ from PIL import Image
 from torchvision.ops import roi_align
 
 from .base import ArrayDataset, check_render_args, check_split
-from .synthetic import mask_boxes, visible_masks
+from .synthetic import mask_boxes, render_chunks, rows, take, to_uint8, visible_masks
 
 PACKAGES = ("tango-icon-theme", "gnome-backgrounds", "plasma-workspace-wallpapers")
 CLASSES = ("actions", "apps", "categories", "devices", "mimetypes", "places", "status")
@@ -67,19 +62,19 @@ def _icon_files(root: Path | None) -> dict[str, list[Path]]:
     return out
 
 
+def _images(paths: Any) -> list[Path]:
+    return sorted(p for p in paths if p.suffix.lower() in _IMAGE_SUFFIXES)
+
+
 def _background_files(root: Path | None) -> list[Path]:
-    """Wallpaper images: every raster file of gnome-backgrounds, and the smallest picture of
-    each plasma wallpaper (its ``contents/images`` folder), or every image under
-    ``root/backgrounds``."""
+    """Every image under ``root/backgrounds``, else those of gnome-backgrounds and the smallest
+    picture of each plasma wallpaper."""
     if root is not None:
-        files = sorted(p for p in (root / "backgrounds").rglob("*")
-                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = _images((root / "backgrounds").rglob("*"))
     else:
-        files = sorted(p for p in BACKGROUND_DIRS[0].rglob("*")
-                       if p.suffix.lower() in _IMAGE_SUFFIXES)
+        files = _images(BACKGROUND_DIRS[0].rglob("*"))
         for folder in sorted(BACKGROUND_DIRS[1].glob("*/contents/images")):
-            pics = [p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES]
-            if pics:
+            if pics := _images(folder.iterdir()):
                 files.append(min(pics, key=lambda p: (p.stat().st_size, p.name)))
     if not files:
         raise _missing("wallpaper images")
@@ -107,15 +102,8 @@ def _load_background(path: Path, short: int) -> np.ndarray:
 
 
 def split_icons(files: dict[str, list[Path]], split: str) -> list[list[Path]]:
-    """Each category's icons of one split (a fixed permutation, independent of the seed).
-
-    Args:
-        files: ``{category: icon files}`` in ``CLASSES`` order.
-        split: ``train``, ``val`` or ``test``.
-
-    Returns:
-        One list per class; the three splits partition every category's icons.
-    """
+    """One list per class of the split's icons of ``files`` (``{category: icon files}``): a
+    fixed permutation, independent of the seed; the three splits partition each category."""
     rng = np.random.default_rng(_ICON_SPLIT_SEED)
     out = []
     for cls in CLASSES:
@@ -135,33 +123,26 @@ class _Sources:
     wall_hw: np.ndarray  # (K, 2) valid height, width of each wallpaper
 
 
-_SOURCES: dict[tuple, Any] = {}  # (kind, root, split or size) -> loaded icons or wallpapers
-
-
+@functools.cache
 def _walls(root: Path | None, size: int) -> tuple[torch.Tensor, np.ndarray]:
-    """Every wallpaper at short side ``_BG_SCALE * size``, padded into one tensor (cached)."""
-    key = ("walls", str(root), size)
-    if key not in _SOURCES:
-        walls = [_load_background(p, _BG_SCALE * size) for p in _background_files(root)]
-        hw = np.array([w.shape[1:] for w in walls])
-        canvas = torch.zeros(len(walls), 3, int(hw[:, 0].max()), int(hw[:, 1].max()))
-        for i, w in enumerate(walls):
-            canvas[i, :, : w.shape[1], : w.shape[2]] = torch.from_numpy(w)
-        _SOURCES[key] = (canvas, hw)
-    return _SOURCES[key]
+    """Every wallpaper at short side ``_BG_SCALE * size``, padded into one tensor."""
+    walls = [_load_background(p, _BG_SCALE * size) for p in _background_files(root)]
+    hw = np.array([w.shape[1:] for w in walls])
+    canvas = torch.zeros(len(walls), 3, int(hw[:, 0].max()), int(hw[:, 1].max()))
+    for i, w in enumerate(walls):
+        canvas[i, :, : w.shape[1], : w.shape[2]] = torch.from_numpy(w)
+    return canvas, hw
 
 
-def _sources(root: Path | None, split: str, size: int) -> _Sources:
-    """The split's icons and the wallpapers."""
-    key = ("icons", str(root), split)
-    if key not in _SOURCES:
-        per_class = split_icons(_icon_files(root), split)
-        paths = [p for files in per_class for p in files]
-        icons = torch.from_numpy(np.stack([_load_icon(p) for p in paths]))
-        labels = np.concatenate([np.full(len(f), c) for c, f in enumerate(per_class)])
-        _SOURCES[key] = (torch.nn.functional.pad(icons, (_PAD,) * 4), labels,  # (M, 4, 36, 36)
-                         [f"{p.parent.name}/{p.name}" for p in paths])
-    return _Sources(*_SOURCES[key], *_walls(root, size))
+@functools.cache
+def _icons(root: Path | None, split: str) -> tuple[torch.Tensor, np.ndarray, list[str]]:
+    """The split's icons (M, 4, 36, 36), their labels (M,) and names."""
+    per_class = split_icons(_icon_files(root), split)
+    paths = [p for files in per_class for p in files]
+    icons = torch.from_numpy(np.stack([_load_icon(p) for p in paths]))
+    labels = np.concatenate([np.full(len(f), c) for c, f in enumerate(per_class)])
+    return (torch.nn.functional.pad(icons, (_PAD,) * 4), labels,
+            [f"{p.parent.name}/{p.name}" for p in paths])
 
 
 def _sample_params(rng: np.random.Generator, n: int, size: int, src: _Sources) -> dict:
@@ -176,19 +157,10 @@ def _sample_params(rng: np.random.Generator, n: int, size: int, src: _Sources) -
     wall = rng.integers(0, len(src.wall_hw), n)
     hw = src.wall_hw[wall].astype(np.float64)  # (n, 2)
     crop = rng.uniform(0.3, 1.0, n) * hw.min(1)  # square crop side, wallpaper pixels
-    return dict(
-        label=label, icon=icon, side=side.astype(np.float32),
-        x0=rng.uniform(0, size - side).astype(np.float32),
-        y0=rng.uniform(0, size - side).astype(np.float32),
-        wall=wall, crop=crop.astype(np.float32),
-        cx=(rng.random(n) * (hw[:, 1] - crop)).astype(np.float32),
-        cy=(rng.random(n) * (hw[:, 0] - crop)).astype(np.float32),
-        flip=rng.random(n) < 0.5,
-    )  # fmt: skip
-
-
-def _take(params: dict, idx: Any) -> dict:
-    return {k: v[idx] for k, v in params.items()}
+    p = dict(side=side, x0=rng.uniform(0, size - side), y0=rng.uniform(0, size - side), crop=crop,
+             cx=rng.random(n) * (hw[:, 1] - crop), cy=rng.random(n) * (hw[:, 0] - crop))
+    return dict(label=label, icon=icon, wall=wall, flip=rng.random(n) < 0.5,
+                **{k: v.astype(np.float32) for k, v in p.items()})
 
 
 def _icon_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
@@ -212,20 +184,11 @@ def _background_layer(src: _Sources, p: dict, size: int) -> torch.Tensor:
     return bg
 
 
-def _render(src: _Sources, params: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 images (N, H, W, 3) and float32 boxes (N, 4), in chunks of ``_CHUNK``."""
-    n = len(params["label"])
-    data = np.empty((n, size, size, 3), np.uint8)
-    boxes = np.empty((n, 4), np.float32)
-    for start in range(0, n, _CHUNK):
-        sl = slice(start, min(start + _CHUNK, n))
-        p = _take(params, sl)
-        icon = _icon_layer(src, p, size)  # (n, 4, H, W)
-        img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
-        img = img.mul_(255).clamp_(0, 255).add_(0.5).to(torch.uint8)  # rounded
-        data[sl] = img.permute(0, 2, 3, 1).numpy()
-        boxes[sl] = mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p, size))
-    return data, boxes
+def _render(src: _Sources, p: dict, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 images (n, H, W, 3) and float32 boxes (n, 4) of parameters ``p``."""
+    icon = _icon_layer(src, p, size)  # (n, 4, H, W)
+    img = _background_layer(src, p, size).mul_(1 - icon[:, 3:]).add_(icon[:, :3])
+    return to_uint8(img), mask_boxes(visible_masks(icon[:, 3], VISIBLE_ALPHA, p))
 
 
 _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
@@ -234,46 +197,30 @@ _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray, dict]] = {}
 class IconsOnPhotos(ArrayDataset):
     """Tango icons on wallpaper crops, with true boxes; deterministic from the seed.
 
-    Labels are the icon's category (7 classes, drawn uniformly per image); each category's
-    icons are partitioned once into train / val / test icons (``split_icons``). Built splits
-    are cached in memory per (root, split, image_size, num_images, seed).
+    ``root``: ``None`` for the Debian packages' files (``PACKAGES``), or a folder holding
+    ``icons/<category>/*.png`` and ``backgrounds/`` images; ``download`` is unused. Labels are
+    the icon's category (uniform per image). Built sets are cached per (root, split, size, N,
+    seed).
 
-    Attributes: ``data`` uint8 (N, H, W, 3); ``targets`` list[int]; ``classes`` (``CLASSES``);
-    ``gt_boxes`` float32 tensor (N, 4), normalised (x0, y0, x1, y1), the tight extent of the
-    icon's visible pixels; ``params`` per-image arrays (``icon``, ``side`` of the 32 x 32 icon
-    frame in canvas pixels, ``x0``/``y0`` its corner, ``wall`` and crop of the background);
-    ``icon_names`` the split's icons (``category/file.png``, indexed by ``params["icon"]``).
-
-    Args:
-        root: ``None`` for the Debian packages' files (``PACKAGES``), or a folder holding
-            ``icons/<category>/*.png`` and ``backgrounds/`` images.
-        split: ``"train"``, ``"val"`` or ``"test"``.
-        download: Unsupported (the files come from Debian packages); must be False.
-        image_size: Side H = W in pixels, >= 16 (32 and 64 are the documented sizes).
-        num_images: N images (default 2048).
-        seed: Random seed; the same arguments give identical bytes.
-        transform: Optional callable applied to each PIL image.
+    Attributes: ``data`` uint8 (N, H, W, 3); ``targets``; ``gt_boxes`` float32 (N, 4)
+    normalised (x0, y0, x1, y1), the extent of the icon's visible pixels; ``params`` per-image
+    arrays (``icon``, ``side``, ``x0``, ``y0`` of the icon frame in canvas pixels, ``wall`` and
+    crop of the background); ``icon_names`` (``category/file.png``, by ``params["icon"]``).
     """
 
-    def __init__(
-        self,
-        root: str | Path | None = None,
-        split: str = "train",
-        download: bool = False,
-        image_size: int = 32,
-        num_images: int = 2048,
-        seed: int = 0,
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, root: str | Path | None = None, split: str = "train",
+                 download: bool = False, image_size: int = 32, num_images: int = 2048,
+                 seed: int = 0, transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, tuple(_SPLIT_STREAM), "icons")
         size, n = check_render_args(image_size, num_images)
         root = None if root is None else Path(root).expanduser()
-        src = _sources(root, split, size)
+        src = _Sources(*_icons(root, split), *_walls(root, size))
         key = (str(root), split, size, n, seed)
         if key not in _CACHE:
             rng = np.random.default_rng(np.random.SeedSequence([seed, _SPLIT_STREAM[split]]))
             params = _sample_params(rng, n, size, src)
-            _CACHE[key] = (*_render(src, params, size), params)
+            _CACHE[key] = (*render_chunks(n, size, _CHUNK, lambda sl, _: _render(
+                src, take(params, sl), size)), params)
         data, boxes, self.params = _CACHE[key]
         self.image_size = size
         self.icon_names = src.icon_names
@@ -282,13 +229,6 @@ class IconsOnPhotos(ArrayDataset):
         super().__init__(data, self.params["label"].tolist(), CLASSES, transform)
 
     def icon_alpha(self, indices: np.ndarray | list[int] | None = None) -> np.ndarray:
-        """Re-render the icons' opacity, exactly as composited.
-
-        Args:
-            indices: K image indices, or ``None`` for all N images.
-
-        Returns:
-            float32 array (K, H, W) in [0, 1]; ``gt_boxes`` is the extent of ``> VISIBLE_ALPHA``.
-        """
-        idx = np.arange(len(self)) if indices is None else np.asarray(indices, np.int64)
-        return _icon_layer(self._src, _take(self.params, idx), self.image_size)[:, 3].numpy()
+        """Re-rendered icon opacity (K, H, W) float32 in [0, 1] of K indices (None: all)."""
+        p = take(self.params, rows(indices, len(self)))
+        return _icon_layer(self._src, p, self.image_size)[:, 3].numpy()

@@ -1,10 +1,5 @@
-"""CPU view pipelines: crop -> flip -> colour jitter -> grayscale -> blur -> tensor, per sample.
-
-All randomness comes from one ``random.Random``-like source passed per call, so a sample's views
-are a pure function of ``(seed, epoch, index)`` when ``BoxedDataset`` is given a seed: identical
-across worker counts, persistent or not, ranks, and resumes. Image operations are torchvision's
-functional ops on PIL images (the same ops ``torchvision.transforms.ColorJitter`` applies).
-"""
+"""CPU view pipelines: crop -> flip -> colour jitter -> grayscale -> blur -> tensor, per sample,
+with torchvision's ops on PIL images; all randomness from the ``rng`` passed per call."""
 
 from __future__ import annotations
 
@@ -13,12 +8,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torchvision.transforms.functional as TF
 from PIL import Image, ImageFilter
 
-from ..crop import CENTER_BOX, FULL_BOX, KINDS, BoxCrop, ContrastiveCrop, CropPlan
+from ..crop import FULL_BOX, KINDS, BoxCrop, ContrastiveCrop, CropPlan
 
 CROPS = KINDS  # the crop kinds (``CropPlan.kind``)
 
@@ -35,17 +29,31 @@ class Recipe:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     solarize_p: float = 0.0
 
+    def __post_init__(self) -> None:
+        probs = (self.flip_p, self.jitter_p, self.gray_p, self.blur_p, self.solarize_p)
+        b, c, s, h = self.jitter
+        if not (all(0 <= p <= 1 for p in probs) and min(b, c, s) >= 0 and 0 <= h <= 0.5
+                and 0 < self.blur_sigma[0] <= self.blur_sigma[1]):
+            raise ValueError(f"bad {self}: need probabilities (_p) in [0, 1], jitter (b, c, s "
+                             ">= 0, 0 <= hue <= 0.5) and blur_sigma (lo, hi) with 0 < lo <= hi")
+
 
 #: SimCLR/CIFAR recipe of the official small-dataset configs; ImageNet adds Gaussian blur.
 RECIPES: dict[str, Recipe] = {"cifar": Recipe(), "imagenet": Recipe(blur_p=0.5)}
 
 
-def jitter_params(rng: Any, jitter: Sequence[float]) -> tuple[list[int], list[float]]:
-    """Random order (permutation of 0..3 = brightness, contrast, saturation, hue) and factors.
+def get_recipe(recipe: Recipe | str) -> Recipe:
+    """A ``Recipe``, or the one named in ``RECIPES``."""
+    if isinstance(recipe, Recipe):
+        return recipe
+    if recipe not in RECIPES:
+        raise ValueError(f"recipe must be one of {tuple(RECIPES)} or a Recipe, got {recipe!r}")
+    return RECIPES[recipe]
 
-    Factors follow ``torchvision.transforms.ColorJitter``: ``U(max(0, 1-s), 1+s)`` for the first
-    three, ``U(-h, h)`` for hue.
-    """
+
+def jitter_params(rng: Any, jitter: Sequence[float]) -> tuple[list[int], list[float]]:
+    """Random order of 0..3 (brightness, contrast, saturation, hue) and ``ColorJitter``'s
+    factors: ``U(max(0, 1-s), 1+s)`` x3 and ``U(-h, h)``."""
     order = [0, 1, 2, 3]
     rng.shuffle(order)
     b, c, s, h = jitter
@@ -58,20 +66,13 @@ _ADJUST = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.ad
 
 
 class ViewTransform:
-    """One augmented view: ``(PIL RGB image, box, rng) -> (3, S, S)`` normalised float tensor.
-
-    Args:
-        crop: a ``ContrastiveCrop`` (or ``SimCCrop``/``RandomResizedCrop``).
-        recipe: photometric recipe.
-        mean: per-channel mean for normalisation.
-        std: per-channel std.
-    """
+    """One augmented view: ``(PIL RGB image, box, rng) -> (3, S, S)`` normalised float tensor,
+    cropped by ``crop`` (a ``ContrastiveCrop``), coloured by ``recipe``."""
 
     def __init__(self, crop: ContrastiveCrop, recipe: Recipe, mean: Sequence[float],
                  std: Sequence[float]) -> None:
         self.crop, self.recipe = crop, recipe
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = torch.tensor([mean, std], dtype=torch.float32).view(2, 3, 1, 1)
 
     def __call__(self, img: Image.Image, box: Sequence[float] = FULL_BOX,
                  rng: Any = None) -> torch.Tensor:
@@ -93,35 +94,29 @@ class ViewTransform:
         return to_normalized_tensor(img, self.mean, self.std)
 
 
-def to_normalized_tensor(img: Image.Image, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """PIL RGB -> (3, H, W) float32 ``(x/255 - mean) / std``; mean/std are (3, 1, 1)."""
-    arr = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy())  # (H, W, 3)
-    return (arr.permute(2, 0, 1).float().div_(255.0) - mean) / std
+def to_normalized_tensor(img: Image.Image | torch.Tensor, mean: torch.Tensor,
+                         std: torch.Tensor) -> torch.Tensor:
+    """PIL RGB or (3, H, W) uint8 -> (3, H, W) float32 ``(x/255 - mean) / std`` (mean, std:
+    (3, 1, 1))."""
+    x = img if isinstance(img, torch.Tensor) else TF.pil_to_tensor(img)
+    return (x.float().div_(255.0) - mean) / std
 
 
 class EvalTransform:
-    """Un-augmented input for localization and feature extraction: optional resize, normalise.
-
-    Args:
-        mean, std: normalisation.
-        size: resize to ``(size, size)`` (ImageNet: 224, as the official localization pass);
-            None keeps the native size (small datasets).
-    """
+    """Un-augmented input for localization and features: resize to ``(size, size)`` unless
+    ``size`` is None (native size), normalise."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], size: int | None = None):
         self.size = size
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+        self.mean, self.std = torch.tensor([mean, std], dtype=torch.float32).view(2, 3, 1, 1)
 
     def __call__(self, img: Image.Image | torch.Tensor) -> torch.Tensor:
-        """PIL RGB image, or (3, H, W) uint8 tensor (``ccrop.data.folder.decode_fitted``) ->
-        (3, S, S) normalised float32; the same values for the same pixels."""
+        """PIL RGB image or (3, H, W) uint8 tensor -> (3, S, S) normalised float32."""
         if isinstance(img, torch.Tensor):
             if self.size is not None and tuple(img.shape[-2:]) != (self.size, self.size):
                 img = torch.nn.functional.interpolate(img[None], (self.size, self.size),
                                                       mode="bilinear", antialias=True)[0]
-            return (img.float().div_(255.0) - self.mean) / self.std
-        if self.size is not None and img.size != (self.size, self.size):
+        elif self.size is not None and img.size != (self.size, self.size):
             img = img.resize((self.size, self.size), Image.BILINEAR)
         return to_normalized_tensor(img, self.mean, self.std)
 
@@ -142,25 +137,9 @@ def build_view_transform(
     scale: Sequence[float] = (0.2, 1.0), ratio: Sequence[float] = (3 / 4, 4 / 3),
     alpha: float = 0.6, full_box_guard: float | None = 0.95, placement: str = "paper",
 ) -> ViewTransform:
-    """Build the paper's view pipeline with a ContrastiveCrop, SimCCrop or plain RRC crop.
-
-    Args:
-        recipe: ``"cifar"`` (flip, ColorJitter(0.4,0.4,0.4,0.1) p=0.8, grayscale p=0.2) or
-            ``"imagenet"`` (the same plus Gaussian blur p=0.5).
-        crop: ``"ccrop"``, ``"simccrop"``, ``"rcrop"``, or a ``CropPlan`` (then the law's
-            arguments below are not used).
-        size: output side S.
-        mean, std: normalisation.
-        scale, ratio, alpha, full_box_guard, placement: crop law (see ``ccrop.crop``).
-
-    Returns:
-        A ``ViewTransform`` mapping ``(img, box, rng)`` to a (3, S, S) tensor.
-    """
-    if recipe not in RECIPES:
-        raise ValueError(f"recipe must be one of {tuple(RECIPES)}, got {recipe!r}")
+    """The paper's view pipeline, ``(img, box, rng) -> (3, S, S)``: recipe ``"cifar"`` (flip,
+    ColorJitter(0.4, 0.4, 0.4, 0.1) p=0.8, grayscale p=0.2) or ``"imagenet"`` (plus blur
+    p=0.5); crop as ``build_crop``."""
     return ViewTransform(build_crop(crop, size, scale, ratio, alpha, full_box_guard, placement),
-                         RECIPES[recipe], mean, std)
+                         get_recipe(recipe), mean, std)
 
-
-__all__ = ["CENTER_BOX", "CROPS", "RECIPES", "EvalTransform", "Recipe", "ViewTransform",
-           "build_crop", "build_view_transform", "jitter_params", "to_normalized_tensor"]

@@ -91,6 +91,7 @@ def test_fit_size_keeps_the_ratio_within_rounding(h, w, size, extra):
 
 @pytest.mark.parametrize("kwargs,word", [
     ({"size": 0}, "size"), ({"size": 2.5}, "size"), ({"size": 24, "max_side": 23}, "max_side"),
+    ({"size": 24, "max_side": 30.5}, "max_side"),
 ])
 def test_decoded_images_validate_arguments(kwargs, word):
     with pytest.raises(ValueError, match=word):

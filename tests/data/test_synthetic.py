@@ -49,7 +49,7 @@ def test_boxes_are_valid_and_sized_like_objects(small):
 def test_masks_mark_the_drawn_object(small):
     """Pixels inside the mask look like the object's colour far more than those outside."""
     masks = small.object_masks()
-    color = small.params.color * 255  # (N, 3)
+    color = small.params["color"] * 255  # (N, 3)
     inside_closer = 0
     for i in range(len(small)):
         dist = np.abs(small.data[i].astype(float) - color[i]).mean(-1)  # (H, W)
