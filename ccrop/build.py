@@ -13,12 +13,12 @@ from torch import nn
 
 from . import dist
 from .boxes import BoxStore
-from .config import Config, ConfigError
+from .config import Config, ConfigError, save_config
 from .crop import CropPlan
 from .data import DATASET_INFO
 from .data.run_data import RunData, build_data
 from .data.sources import CPUSource, GPUSource, ViewSpec
-from .engine import Run, check_run_dir, find_resume, resume, rewind_logs, save_run_config
+from .engine import Run, check_run_dir, find_resume, resume, rewind_logs
 from .evaluate.monitor import Evaluator
 from .methods import build_method
 from .models import build_backbone
@@ -95,12 +95,9 @@ def _no_buffer_sync() -> dict[str, bool]:
 def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
     """SGD over the method's parameter groups (SimSiam marks its predictor ``fix_lr``)."""
     o = cfg.optim
-    groups = method.param_groups(o.lr, o.weight_decay)
-    kw: dict[str, Any] = {}
-    if o.fused and next(method.parameters()).is_cuda:
-        kw["fused"] = True
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           **kw)
+    fused = {"fused": True} if o.fused and next(method.parameters()).is_cuda else {}
+    return torch.optim.SGD(method.param_groups(o.lr, o.weight_decay), lr=o.lr,
+                           momentum=o.momentum, weight_decay=o.weight_decay, **fused)
 
 
 def build_source(cfg: Config, data: RunData, store: BoxStore,
@@ -135,12 +132,9 @@ def dataset_paths(dataset: Any) -> list[str] | None:
 
 
 def given_boxes(cfg: Config, data: RunData) -> torch.Tensor | None:
-    """The boxes of ``crop.box_source`` oracle or ``file:PATH`` (N, 4), or None for heatmap
-    and saliency (computed by the engine from the images).
-
-    Raises:
-        ConfigError: oracle on a dataset without true boxes; a bad box file (names the row).
-    """
+    """The boxes (N, 4) of ``crop.box_source`` oracle or ``file:PATH``, or None (heatmap and
+    saliency boxes are computed by the engine). Raises ``ConfigError``: oracle on a dataset
+    without true boxes; a bad box file (naming the row)."""
     source = cfg.crop.box_source
     if source in ("heatmap", "saliency") or not CropPlan.from_config(cfg.crop).localizes:
         return None
@@ -186,11 +180,13 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
         resume(run, loaded)
     else:  # what an attempt killed before its first checkpoint logged goes
         rewind_logs(run)  # (resume() rewinds to its checkpoint)
-    save_run_config(run)
+    if dist.is_main_process():
+        save_config(cfg, run_dir / "config.yaml")
     return run
 
 
 def _writer(cfg: Config, run_dir: Path) -> Any:
+    """TensorBoard writer of the main process, or None."""
     if not cfg.train.tensorboard or not dist.is_main_process():
         return None
     try:
