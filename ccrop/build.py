@@ -27,9 +27,8 @@ from .models import build_backbone
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> this rank's CUDA device if available, else CPU."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
+        cuda = torch.cuda.is_available()
+        return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
     return torch.device(name)
@@ -76,8 +75,7 @@ def config_backbone(cfg: Config, zero_init_residual: bool = False) -> nn.Module:
 def model_image_size(cfg: Config) -> int:
     """The training image side (``build_data``'s rule, without building the data): sizes the
     models that take ``img_size`` (timm ViTs)."""
-    d = cfg.data
-    info = DATASET_INFO.get(d.dataset, {})
+    d, info = cfg.data, DATASET_INFO.get(cfg.data.dataset, {})
     return int(d.image_size or d.dataset_kwargs.get("image_size") or info.get("image_size", 224))
 
 
@@ -87,9 +85,8 @@ def _no_buffer_sync() -> dict[str, bool]:
     import inspect
 
     params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
-    if "forward_sync_buffers" in params:  # newer torch: still syncs at init
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
+    newer = "forward_sync_buffers" in params  # newer torch: syncs once at init
+    return {"forward_sync_buffers" if newer else "broadcast_buffers": False}
 
 
 def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:

@@ -29,62 +29,56 @@ DEMO_OVERRIDES = [
 ]
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (only the keys to change; see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccrop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (default: synthetic demo)")
-    _add_config_args(p)
-    p.add_argument("--resume", help="'auto' (newest valid checkpoint in train.out_dir) or a path")
-    for name, helptext in (("knn", "weighted kNN accuracy (k=200, T=0.1) of a checkpoint"),
-                           ("linear", "linear evaluation of a checkpoint"),
-                           ("boxes", "localize boxes with a checkpoint's encoder"),
-                           ("viz", "figures: heatmaps, boxes, crops, centre distribution")):
-        q = sub.add_parser(name, help=helptext)
-        q.add_argument("--checkpoint", required=name != "viz",
-                       help="checkpoint file (viz: optional, random encoder without)")
-        _add_config_args(q)
-        if name == "linear":
-            q.add_argument("--fast", action="store_true",
-                           help="cached-feature probe (protocol 'linear-fast'), minutes not hours")
-            q.epilog = ("protocol settings are config keys, e.g. eval.linear_epochs=100 "
-                        "eval.linear_lr=10 (default 10; 30 with data.recipe=imagenet) "
-                        "eval.linear_milestones=[60,80] eval.linear_batch_size=256 "
-                        "eval.linear_weight_decay=0")
-        if name == "boxes":
-            q.add_argument("--out", help="export the boxes: .csv (index[,path],x0,y0,x1,y1), "
-                           ".json (COCO-style) or .pt; read back with crop.box_source=file:PATH")
-        if name == "viz":
-            q.add_argument("--out", default="figures", help="output folder")
-            q.add_argument("--num", type=int, default=6, help="images in the heatmap figure")
-    p = sub.add_parser("ab", help="seeded A/B of named arms: train, then the compare table")
-    _add_config_args(p)
-    p.add_argument("--arms", default="rcrop,ccrop",
-                   help="comma list, first = baseline: built-ins rcrop, ccrop, simccrop, oracle, "
-                        "ccrop-paper, saliency-warmup, saliency, or custom "
-                        "name:key=value,key=value (default rcrop,ccrop)")
-    p.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list like 0,1,2")
-    p.add_argument("--out", default="runs/ab", help="A/B folder: <out>/<arm>/seed<s>, ab.md")
-    p.add_argument("--linear-fast", action="store_true",
-                   help="also the cached-feature linear probe of each run (a column)")
-    p = sub.add_parser("compare", help="A/B table (and kNN band figure) of run or A/B folders")
-    p.add_argument("runs", nargs="*", help="run folders or A/B folders; the first arm is the "
-                                           "baseline of the paired differences")
-    p.add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per arm); "
-                                 "with --paper: the markdown file to write")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper-reproduction table (docs/reproduce.md) with 'ours' filled "
-                        "from the finished runs given")
-    p = sub.add_parser("bench", help="speed benchmarks (JSON)")
-    _add_config_args(p)
-    p.add_argument("--out", help="write the JSON here too")
-    p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    sub.add_parser("configs", help="list the packaged paper configs (usable as --config NAME)")
+    helps = {"pretrain": "self-supervised pretraining (default: synthetic demo)",
+             "knn": "weighted kNN accuracy (k=200, T=0.1) of a checkpoint",
+             "linear": "linear evaluation of a checkpoint",
+             "boxes": "localize boxes with a checkpoint's encoder",
+             "viz": "figures: heatmaps, boxes, crops, centre distribution",
+             "ab": "seeded A/B of named arms: train, then the compare table",
+             "compare": "A/B table (and kNN band figure) of run or A/B folders",
+             "bench": "speed benchmarks (JSON)",
+             "configs": "list the packaged paper configs (usable as --config NAME)"}
+    p = {name: sub.add_parser(name, help=text) for name, text in helps.items()}
+    for name in ("pretrain", "knn", "linear", "boxes", "viz", "ab", "bench"):
+        p[name].add_argument("--config", help="YAML config (only the keys to change; configs/)")
+        p[name].add_argument("overrides", nargs="*", metavar="key=value",
+                             help="dotted config overrides")
+    p["pretrain"].add_argument("--resume",
+                               help="'auto' (newest valid checkpoint in train.out_dir) or a path")
+    for name in ("knn", "linear", "boxes", "viz"):
+        p[name].add_argument("--checkpoint", required=name != "viz",
+                             help="checkpoint file (viz: optional, random encoder without)")
+    p["linear"].add_argument("--fast", action="store_true", help="cached-feature probe "
+                             "(protocol 'linear-fast'), minutes not hours")
+    p["linear"].epilog = ("protocol settings are config keys, e.g. eval.linear_epochs=100 "
+                          "eval.linear_lr=10 (default 10; 30 with data.recipe=imagenet) "
+                          "eval.linear_milestones=[60,80] eval.linear_batch_size=256 "
+                          "eval.linear_weight_decay=0")
+    p["boxes"].add_argument("--out", help="export the boxes: .csv (index[,path],x0,y0,x1,y1), "
+                            ".json (COCO-style) or .pt; read back with crop.box_source=file:PATH")
+    p["viz"].add_argument("--out", default="figures", help="output folder")
+    p["viz"].add_argument("--num", type=int, default=6, help="images in the heatmap figure")
+    p["ab"].add_argument("--arms", default="rcrop,ccrop",
+                         help="comma list, first = baseline: built-ins rcrop, ccrop, simccrop, "
+                              "oracle, ccrop-paper, saliency-warmup, saliency, or custom "
+                              "name:key=value,key=value (default rcrop,ccrop)")
+    p["ab"].add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list like 0,1,2")
+    p["ab"].add_argument("--out", default="runs/ab", help="A/B folder: <out>/<arm>/seed<s>, ab.md")
+    p["ab"].add_argument("--linear-fast", action="store_true",
+                         help="also the cached-feature linear probe of each run (a column)")
+    p["compare"].add_argument("runs", nargs="*", help="run folders or A/B folders; the first "
+                              "arm is the baseline of the paired differences")
+    p["compare"].add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per "
+                              "arm); with --paper: the markdown file to write")
+    p["compare"].add_argument("--paper", action="store_true", help="the paper-reproduction "
+                              "table (docs/reproduce.md) with 'ours' filled from the runs given")
+    p["bench"].add_argument("--out", help="write the JSON here too")
+    p["bench"].add_argument("--steps", type=int, default=5, help="timed training steps per variant")
+    p["bench"].add_argument("--no-compile", action="store_true",
+                            help="skip the torch.compile variant")
     return parser
 
 

@@ -1,7 +1,8 @@
 """Typed configuration: dataclasses hold the only defaults; YAML and ``key=value`` override them.
 
-Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the key. The
-resolved config is saved in every run folder and checkpoint (as a plain dict).
+The boundary for config values: unknown keys, wrong types, non-finite floats, out-of-range values
+and unknown choices raise ``ConfigError`` naming the key, once, at load; the rest of ccrop trusts
+the values. The resolved config is saved in every run folder and checkpoint (as a plain dict).
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ class DataConfig:
     eval_train_split: str = "train"  # kNN memory bank / linear training split
     test_split: str = "test"
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. num_images for synthetic
-    # generated sets: images of the test split (overrides dataset_kwargs.num_images there), so
-    # the kNN test accuracy has a small standard error whatever the training set's size
-    test_num_images: int | None = None
+    test_num_images: int | None = None  # generated sets: test split size (small kNN error)
     image_size: int | None = None  # default: the dataset's
     mean: list[float] | None = None  # default: the dataset's
     std: list[float] | None = None
@@ -56,11 +55,9 @@ class CropConfig:
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     full_box_guard: float | None = 0.95  # None = the paper's exact law
     placement: str = "paper"  # paper (centre in box, then shift) | official (clamp first)
-    # localization: ccrop's defaults were chosen by box IoU on validation splits
-    # (docs/results.md); the paper configs set stages [4], fixed 0.1, extent, paper
-    # heatmap (the paper) | saliency (no encoder: colour contrast to the border) | oracle
-    # (dataset's true boxes) | file:PATH. Boxes other than heatmap are written once, before
-    # the first epoch, and used from the end of warm-up on
+    # localization defaults chosen by box IoU on validation splits (docs/results.md). Boxes
+    # other than heatmap (the paper) are written once, before the first epoch: saliency (colour
+    # contrast to the border, no encoder) | oracle (the dataset's true boxes) | file:PATH
     box_source: str = "heatmap"
     warmup_boxes: str = "none"  # none (RandomResizedCrop warm-up) | saliency (crop around them)
     heatmap_stages: list[int] = field(default_factory=lambda: [3])  # ResNet stages; paper: [4]
@@ -78,12 +75,10 @@ class CropConfig:
     warn_full_share: float = 0.8  # warn when this share of boxes covers the whole image
 
     def box_rule(self) -> dict[str, Any]:
-        """The heatmap -> box keywords of ``ccrop.localize.update_boxes``: threshold, mode,
-        align, region, heatmap, polarity, center_prior, min_confidence."""
-        return dict(threshold=self.threshold, mode=self.threshold_mode,
-                    align=self.heatmap_align, region=self.box_region, heatmap=self.heatmap,
-                    polarity=self.polarity, center_prior=self.center_prior,
-                    min_confidence=self.min_confidence)
+        """The heatmap -> box keywords of ``ccrop.localize.update_boxes``."""
+        return dict(threshold=self.threshold, mode=self.threshold_mode, align=self.heatmap_align,
+                    region=self.box_region, heatmap=self.heatmap, polarity=self.polarity,
+                    center_prior=self.center_prior, min_confidence=self.min_confidence)
 
 
 @dataclass
@@ -152,9 +147,8 @@ class EvalConfig:
 
     def linear_lr_or_default(self, recipe: str) -> float:
         """``linear_lr``, else the official lr of the recipe (30 imagenet, 10 otherwise)."""
-        if self.linear_lr is not None:
-            return self.linear_lr
-        return 30.0 if recipe == "imagenet" else 10.0
+        return self.linear_lr if self.linear_lr is not None else 30.0 if recipe == "imagenet" \
+            else 10.0
 
 
 @dataclass

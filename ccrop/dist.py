@@ -10,11 +10,6 @@ import torch.distributed as tdist
 
 from .errors import ConfigError
 
-__all__ = ["all_gather", "all_reduce_mean", "barrier", "broadcast", "cleanup",
-           "gather_with_grad", "get_rank", "get_world_size", "init_from_env", "is_dist",
-           "is_main_process"]
-
-
 def is_dist() -> bool:
     """Whether a torch.distributed process group is initialised."""
     return tdist.is_available() and tdist.is_initialized()
@@ -97,9 +92,7 @@ class _GatherWithGrad(torch.autograd.Function):
     @staticmethod
     def forward(ctx, t: torch.Tensor) -> torch.Tensor:
         ctx.batch = t.shape[0]
-        parts = [torch.empty_like(t) for _ in range(get_world_size())]
-        tdist.all_gather(parts, t.contiguous())
-        return torch.cat(parts, dim=0)
+        return all_gather(t)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:

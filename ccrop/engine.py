@@ -93,10 +93,8 @@ class Run:
 def _grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
     """Device bool: every gradient finite (no host sync)."""
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.ones((), dtype=torch.bool)
-    norms = torch._foreach_norm(grads)
-    return torch.isfinite(torch.stack(norms).sum())
+    return torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()) if grads \
+        else torch.ones((), dtype=torch.bool)
 
 
 def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
@@ -125,8 +123,7 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
 
 def _first_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_train_step``, guarded the first time a ``torch.compile``d model runs
-    (``ccrop.compiling.first_compiled_step``): a compiler failure falls back to eager."""
+    """``_train_step`` the first time; a compiled model's compiler failure falls back to eager."""
     run.compile_checked = True
     if not run.cfg.train.compile:
         return _train_step(run, x1, x2, params, total_steps)
@@ -140,24 +137,19 @@ def _first_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
-    """Train one epoch; returns mean loss, lr, timings and throughput.
-
-    Loss and finiteness are accumulated on the device and read once at the end (and at
-    progress-bar refreshes), so the step has no host sync unless ``on_nonfinite=skip_step``.
-    """
+    """Train one epoch; returns mean loss, lr, timings and throughput. Loss and finiteness stay
+    on the device until the end (and bar refreshes): no host sync unless ``skip_step``."""
     cfg = run.cfg
     run.model.train()
-    steps = len(run.source)
-    if cfg.train.max_steps_per_epoch:
-        steps = min(steps, cfg.train.max_steps_per_epoch)
+    steps = min(len(run.source), cfg.train.max_steps_per_epoch or len(run.source))
     total_steps = steps * cfg.train.epochs
     params = [p for p in run.method.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=run.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
     bar = progress(None, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress, steps)
     shown = LossDisplay(run.device)
-    t0, data_time, n_img = time.perf_counter(), 0.0, 0
-    t_data = time.perf_counter()
+    t0 = t_data = time.perf_counter()
+    data_time, n_img = 0.0, 0
     for i, (_, views) in enumerate(run.source):
         if i >= steps:
             break
@@ -192,9 +184,8 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
     # the lr the optimizer used last (warm-up ramps it per step; otherwise constant per epoch)
     used = next((g["lr"] for g in run.optimizer.param_groups if not g.get("fix_lr")),
                 cfg.optim.lr)
-    return {"loss": loss_mean, "lr": used, "seconds": seconds,
-            "data_seconds": data_time, "images_per_s": n_img / max(seconds, 1e-9),
-            "steps": steps}
+    return {"loss": loss_mean, "lr": used, "seconds": seconds, "data_seconds": data_time,
+            "images_per_s": n_img / max(seconds, 1e-9), "steps": steps}
 
 
 def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
@@ -206,17 +197,15 @@ def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 
 def localize_step(run: Run, completed: int) -> dict[str, Any]:
     """Re-localize every training image with the current encoder and log the statistics."""
-    cfg = run.cfg
+    t = run.cfg.train
     # every rank localizes with rank 0's encoder, BN running statistics included (without
     # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
     encoder = run.method.heatmap_encoder  # each method names its query/online encoder
     for buf in encoder.buffers():
         dist.broadcast(buf)
-    stats = localize_dataset(cfg.crop, encoder, run.source.loc_batches(), run.store,
-                             run.device, amp=cfg.train.amp,
-                             channels_last=cfg.train.channels_last,
-                             gt_boxes=run.data.gt_boxes, progress=cfg.train.progress,
-                             warn_share=None)
+    stats = localize_dataset(run.cfg.crop, encoder, run.source.loc_batches(), run.store,
+                             run.device, amp=t.amp, channels_last=t.channels_last,
+                             gt_boxes=run.data.gt_boxes, progress=t.progress, warn_share=None)
     return _boxes_written(run, stats, completed, "heatmap", f" after epoch {completed}")
 
 
@@ -308,14 +297,9 @@ def save(run: Run) -> Path | None:
 
 
 def find_resume(run_dir: Path, target: str) -> tuple[str, dict[str, Any]] | None:
-    """The checkpoint ``target`` names (``auto``: the newest valid one in ``run_dir``; else a
-    path), loaded: ``(path, state)``, or None for ``auto`` in a folder without checkpoints.
-    Reads only, so ``build_run`` reports a bad file before writing anything.
-
-    Raises:
-        CheckpointError: a missing, truncated or foreign file; checkpoints none of which reads
-            (a damaged run is never silently restarted).
-    """
+    """``(path, state)`` of the checkpoint ``target`` names (``auto``: the newest valid one in
+    ``run_dir``, None if it has none; else a path); reads only. ``CheckpointError``: a bad file,
+    or checkpoints none of which reads (a damaged run is never silently restarted)."""
     if target != "auto":
         return target, load_checkpoint(target)
     # rank 0 picks the file and every rank loads that one: ranks that listed the folder

@@ -52,13 +52,9 @@ class SyncSpy(TorchDispatchMode):
         """Number of would-be syncs seen."""
         return len(self.events)
 
-    def by_site(self) -> Counter:
-        """``Counter`` of ``(op, site)`` pairs."""
-        return Counter(self.events)
-
     def report(self) -> str:
         """One line per distinct op and call site, most frequent first."""
-        lines = [f"{n:5d} x {op} at {site}" for (op, site), n in self.by_site().most_common()]
+        lines = [f"{n:5d} x {op} at {site}" for (op, site), n in Counter(self.events).most_common()]
         return "\n".join(lines) or "no host syncs"
 
 
