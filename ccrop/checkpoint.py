@@ -35,15 +35,6 @@ def ckpt_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"ckpt-epoch{epoch:05d}.pt"
 
 
-def _fsync_dir(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 def atomic_write(path: Path, write: Callable[[BinaryIO], Any],
                  check: Callable[[Path], Any] | None = None) -> None:
     """Write ``path`` through a temp file: ``write(fh)``, flush + fsync, ``check(temp path)``,
@@ -61,7 +52,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any],
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # the rename itself made durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -95,7 +91,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         CheckpointError: missing, truncated, corrupt, unsafe or foreign file, or one whose
             ``model`` is not a state dict (names to tensors), naming the path.
     """
-    path, problem, model = Path(path), None, None
+    path, problem = Path(path), None
     if not path.is_file():
         problem = "does not exist"
     elif not zipfile.is_zipfile(path):  # the legacy pickle path of torch.load is never taken

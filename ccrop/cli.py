@@ -94,15 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         print("ccrop: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if is_user_error(err):  # bad input or a failing disk: one line, no traceback
-            print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
-            return 2
         from .engine import NonFiniteLossError
 
-        if isinstance(err, NonFiniteLossError):  # diverged training: not a bug either
-            print(f"ccrop: error: {err}", file=sys.stderr)
-            return 1
-        raise  # anything else is a bug: Python prints its traceback, exit code 1
+        user = is_user_error(err)  # bad input or a failing disk: one line, exit code 2
+        if not (user or isinstance(err, NonFiniteLossError)):  # diverged training: exit code 1
+            raise  # anything else is a bug: Python prints its traceback, exit code 1
+        print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if user else 1
     return 0
 
 
@@ -198,24 +196,21 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+#: The lines ``ccrop pretrain`` prints: summary key -> its line, when the summary has the key.
+_SUMMARY_LINES = {
+    "knn_top1": "kNN top-1 (k={knn_k}, T={knn_temperature}, protocol 'knn'): {knn_top1:.2f}%",
+    "box_iou_gt": "box IoU vs ground truth: {box_iou_gt:.3f} (full-image boxes: "
+                  "{full_box_iou_gt:.3f}); box updates after epochs {box_updates}",
+    "fallback_share": "boxes that fell back to the full image (low confidence) at the last "
+                      "update: {fallback_share:.1%}",
+    "box_figure": "boxes, heatmaps and crops after the last update: {box_figure}",
+    "time": "time: {epochs} epochs trained in {time[train_s]:.1f} s (median epoch "
+            "{time[median_epoch_s]:.2f} s), box updates {time[box_update_s]:.1f} s"}
+
+
 def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
-    lines = [f"run folder: {out_dir}"]
-    if "knn_top1" in summary:
-        lines.append(f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']}, "
-                     f"protocol 'knn'): {summary['knn_top1']:.2f}%")
-    if "box_iou_gt" in summary:
-        lines.append(f"box IoU vs ground truth: {summary['box_iou_gt']:.3f} (full-image boxes: "
-                     f"{summary['full_box_iou_gt']:.3f}); box updates after epochs "
-                     f"{summary['box_updates']}")
-    if "fallback_share" in summary:
-        lines.append(f"boxes that fell back to the full image (low confidence) at the last "
-                     f"update: {summary['fallback_share']:.1%}")
-    if "box_figure" in summary:
-        lines.append(f"boxes, heatmaps and crops after the last update: {summary['box_figure']}")
-    t = summary["time"]
-    lines.append(f"time: {summary['epochs']} epochs trained in {t['train_s']:.1f} s (median "
-                 f"epoch {t['median_epoch_s']:.2f} s), box updates {t['box_update_s']:.1f} s")
-    print("\n".join(lines))
+    print("\n".join([f"run folder: {out_dir}"] + [line.format(**summary) for key, line in
+                                                  _SUMMARY_LINES.items() if key in summary]))
 
 
 def _eval_setup(args: argparse.Namespace):

@@ -10,6 +10,7 @@ import torch.distributed as tdist
 
 from .errors import ConfigError
 
+
 def is_dist() -> bool:
     """Whether a torch.distributed process group is initialised."""
     return tdist.is_available() and tdist.is_initialized()
