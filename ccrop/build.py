@@ -65,18 +65,14 @@ def build_model(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module
 
 def config_backbone(cfg: Config, zero_init_residual: bool = False) -> nn.Module:
     """The backbone of ``cfg.model`` (every key: arch, stem, width, kwargs, vit_heatmap),
-    randomly initialised; a timm ViT is sized for the data (``model_image_size``)."""
-    m = cfg.model
+    randomly initialised; a timm ViT is sized for the data."""
+    m, d = cfg.model, cfg.data
+    # the training image side by build_data's rule, without building the data
+    size = d.image_size or d.dataset_kwargs.get("image_size") \
+        or DATASET_INFO.get(d.dataset, {}).get("image_size", 224)
     return build_backbone(m.arch, stem=m.stem, width=m.width,
-                          zero_init_residual=zero_init_residual, image_size=model_image_size(cfg),
+                          zero_init_residual=zero_init_residual, image_size=int(size),
                           kwargs=m.kwargs, vit_heatmap=m.vit_heatmap)
-
-
-def model_image_size(cfg: Config) -> int:
-    """The training image side (``build_data``'s rule, without building the data): sizes the
-    models that take ``img_size`` (timm ViTs)."""
-    d, info = cfg.data, DATASET_INFO.get(cfg.data.dataset, {})
-    return int(d.image_size or d.dataset_kwargs.get("image_size") or info.get("image_size", 224))
 
 
 def _no_buffer_sync() -> dict[str, bool]:

@@ -107,8 +107,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                             while member.read(1 << 22):
                                 pass
                 state = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:
-            problem = _load_failure(err)
+        except pickle.UnpicklingError:  # torch's text advises weights_only=False: never shown
+            problem = ("is not a ccrop checkpoint: it holds pickled Python objects besides "
+                       "tensors and plain types, which are refused unread (a crafted file could "
+                       "run code)")
+        except Exception as err:  # BadZipFile (CRC), torch's errors on damaged files
+            first = _first_line(err)
+            first = type(err).__name__ if "weights_only" in first else first
+            problem = f"is damaged or not a ccrop checkpoint: {first.split('. ')[0].rstrip('.')}"
         else:
             model = state.get("model") if isinstance(state, dict) else None
             if not isinstance(model, dict):
@@ -123,18 +129,6 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if problem is not None:
         raise CheckpointError(f"checkpoint {str(path)!r} {problem}")
     return state
-
-
-def _load_failure(err: Exception) -> str:
-    """Why ``torch.load`` refused a zip file, as the end of a sentence; torch's own text for a
-    refused pickle recommends ``weights_only=False`` (unsafe), so it is never shown."""
-    if isinstance(err, pickle.UnpicklingError):
-        return ("is not a ccrop checkpoint: it holds pickled Python objects besides tensors and "
-                "plain types, which are refused unread (a crafted file could run code)")
-    first = _first_line(err)
-    if "weights_only" in first:
-        first = type(err).__name__
-    return f"is damaged or not a ccrop checkpoint: {first.split('. ')[0].rstrip('.')}"
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -90,13 +90,6 @@ class Run:
 # ----------------------------------------------------------------------------- one epoch
 
 
-def _grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
-    """Device bool: every gradient finite (no host sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    return torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()) if grads \
-        else torch.ones((), dtype=torch.bool)
-
-
 def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on view pairs (B, 3, H, W) each; returns the 0-dim loss and a 0-dim
@@ -110,7 +103,9 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
         loss = run.model(x1, x2)["loss"]
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    ok = torch.isfinite(loss.detach()) & _grads_finite(params)
+    grads = [p.grad for p in params if p.grad is not None]  # all finite: no host sync
+    ok = torch.isfinite(loss.detach()) & (torch.isfinite(torch.stack(
+        torch._foreach_norm(grads)).sum()) if grads else torch.ones((), dtype=torch.bool))
     if skip_mode and not bool(ok):  # opt-in host sync
         run.skipped_steps += 1
         for buf, old in zip(method.buffers(), saved):
@@ -278,19 +273,16 @@ def _figure(what: str, draw: Callable[[], Any]) -> Any:
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_state(run: Run) -> dict[str, Any]:
-    """Everything for an exact resume, as plain types and tensors."""
-    return {"model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "epoch": run.epoch, "step": run.step, "boxes": run.store.state_dict(),
-            "rng": rng_state(), "config": to_dict(run.cfg),
-            "history": json.loads(json.dumps(run.history)), "skipped_steps": run.skipped_steps}
-
-
 def save(run: Run) -> Path | None:
-    """Write the epoch's checkpoint on the main process and prune old ones."""
+    """Write the epoch's checkpoint (everything for an exact resume, as plain types and
+    tensors) on the main process and prune old ones."""
     path = None
     if dist.is_main_process():
-        path = save_checkpoint(checkpoint_state(run), ckpt_path(run.run_dir, run.epoch))
+        state = {"model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "epoch": run.epoch, "step": run.step, "boxes": run.store.state_dict(),
+                 "rng": rng_state(), "config": to_dict(run.cfg),
+                 "history": json.loads(json.dumps(run.history)), "skipped_steps": run.skipped_steps}
+        path = save_checkpoint(state, ckpt_path(run.run_dir, run.epoch))
         prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
     dist.barrier()
     return path
