@@ -61,12 +61,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any],
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically (``atomic_write``), load-tested before the rename.
-
-    Raises:
-        CheckpointError: the file could not be written, synced or read back (e.g. disk full),
-            naming ``path``; earlier checkpoints are untouched.
-    """
+    """Write ``state`` atomically (``atomic_write``), load-tested before the rename;
+    ``CheckpointError`` naming ``path`` when it cannot be written, synced or read back (e.g.
+    disk full), earlier checkpoints untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -84,13 +81,9 @@ def _first_line(err: BaseException) -> str:
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint safely: torch's zip format only, every member's CRC-32 checked (a
-    flipped byte is reported, not loaded), ``weights_only=True`` (no code in the file runs),
-    torch's warnings silenced and its advice to load unsafely never passed on.
-
-    Raises:
-        CheckpointError: missing, truncated, corrupt, unsafe or foreign file, or one whose
-            ``model`` is not a state dict (names to tensors), naming the path.
-    """
+    flipped byte is reported, not loaded), ``weights_only=True`` (no code in the file runs).
+    ``CheckpointError`` naming the path: missing, truncated, corrupt, unsafe or foreign file, or
+    a ``model`` that is not a state dict (names to tensors)."""
     path, problem = Path(path), None
     if not path.is_file():
         problem = "does not exist"
@@ -210,12 +203,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
 def load_backbone_state(backbone: torch.nn.Module, model_state: dict[str, torch.Tensor],
                         prefix: str = "backbone.", source: str | Path | None = None) -> None:
     """Load the query/online backbone weights out of a method's state dict (a loaded
-    checkpoint's ``model``).
-
-    Raises:
-        CheckpointError: naming the checkpoint ``source`` and the missing, unexpected or
-            mis-shaped keys (another architecture).
-    """
+    checkpoint's ``model``); ``CheckpointError`` naming the checkpoint ``source`` and the
+    missing, unexpected or mis-shaped keys (another architecture)."""
     where = "checkpoint" if source is None else f"checkpoint {str(source)!r}"
     sub = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     own = backbone.state_dict()

@@ -1,8 +1,8 @@
 """Typed configuration: dataclasses hold the only defaults; YAML and ``key=value`` override them.
 
 The boundary for config values: unknown keys, wrong types, non-finite floats, out-of-range values
-and unknown choices raise ``ConfigError`` naming the key, once, at load; the rest of ccrop trusts
-the values. The resolved config is saved in every run folder and checkpoint (as a plain dict).
+and unknown choices are a ``ConfigError`` naming the key, checked once at load; the rest of ccrop
+trusts the values. The resolved config is saved in every run folder and checkpoint (a plain dict).
 """
 
 from __future__ import annotations
@@ -266,6 +266,7 @@ def packaged_configs() -> list[str]:
 
 
 def _read_yaml(path: Path, depth: int = 0) -> DictConfig:
+    """The mapping in a YAML config file, its ``_base_`` chain merged under it."""
     problem, raw = None if path.is_file() else "does not exist", None
     if problem is None:
         try:
@@ -278,9 +279,8 @@ def _read_yaml(path: Path, depth: int = 0) -> DictConfig:
     if problem is not None:
         raise ConfigError(f"config file {str(path)!r} {problem}")
     base = raw.pop("_base_", None)
-    if base is None:
-        return raw
-    return OmegaConf.merge(_read_yaml(path.parent / str(base), depth + 1), raw)
+    return raw if base is None else OmegaConf.merge(_read_yaml(path.parent / str(base),
+                                                               depth + 1), raw)
 
 
 #: What a bounded value must be -> its test.

@@ -113,11 +113,7 @@ def gather_with_grad(t: torch.Tensor) -> torch.Tensor:
 def init_from_env(device: str = "auto") -> bool:
     """Initialise the process group from torchrun's ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``
     (NCCL, one GPU per ``LOCAL_RANK``, when ``device`` is not ``cpu`` and CUDA exists; else
-    Gloo). Returns whether running distributed; False when the variables are unset.
-
-    Raises:
-        ConfigError: more processes on this node than CUDA devices.
-    """
+    Gloo); returns whether running distributed. ``ConfigError``: more ranks than GPUs."""
     if is_dist():
         return True
     if not all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):

@@ -315,8 +315,8 @@ def resume(run: Run, found: tuple[str, dict[str, Any]]) -> None:
         run.store.load_state_dict(state["boxes"])
         epochs = run.cfg.train.epochs
         detail = None if int(state["epoch"]) <= epochs else (
-            f"it is at epoch {state['epoch']} but train.epochs is {epochs}; raise train.epochs "
-            "to continue")
+            f"it is at epoch {state['epoch']} but train.epochs is {epochs}; set a larger "
+            "train.epochs to continue")
     except (KeyError, RuntimeError, ValueError) as err:  # another model, method or dataset
         detail = " ".join(ln.strip() for ln in str(err).splitlines()[:2])[:300] or repr(err)
     if detail is not None:
@@ -524,13 +524,10 @@ def is_run_folder(folder: str | Path) -> bool:
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Create the run folder (and check it can be written); refuse to overwrite an existing run
-    unless resuming, and to write into a non-empty folder that is not a ccrop run folder at
-    all (``is_run_folder``; hidden entries such as ``.gitkeep`` do not count).
-
-    Raises:
-        ConfigError: naming ``train.out_dir`` and what is wrong.
-    """
+    """Create the run folder (and check it can be written); refuse (``ConfigError`` naming
+    ``train.out_dir``) to overwrite an existing run unless resuming, and to write into a
+    non-empty folder that is not a ccrop run folder (``is_run_folder``; hidden entries such as
+    ``.gitkeep`` do not count)."""
     problem = None
     try:
         if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()) \
