@@ -176,14 +176,11 @@ def seed_rngs(seed: int, epoch: int, rank: int = 0) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch and CUDA RNG states as plain types and tensors."""
-    py = random.getstate()
-    np_state = np.random.get_state()
+    py, npst = random.getstate(), np.random.get_state()
     state: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
+        "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]),
+                  int(npst[3]), float(npst[4])], "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state

@@ -288,8 +288,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
 
 def cmd_boxes(args: argparse.Namespace) -> None:
     """Localize every training image with the checkpoint's encoder; print the statistics and
-    optionally export the boxes (``--out`` .csv, COCO-style .json or .pt, with image paths
-    when the dataset has them; ``crop.box_source=file:PATH`` reads them back)."""
+    optionally export the boxes (``--out`` .csv, COCO-style .json or .pt)."""
     from .box_files import check_output_path, write_boxes
     from .boxes import BoxStore
     from .build import dataset_paths

@@ -407,14 +407,10 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 def rewind_logs(run: Run) -> None:
     """Make ``metrics.jsonl`` and ``results.jsonl`` match the state training starts from
-    (``run.epoch`` completed epochs, ``run.history``), so a run killed and resumed logs every
-    epoch and box update once (main process; each file rewritten atomically, only on change).
-
-    A record of a whole-number ``epoch`` above ``run.epoch`` goes, and so does a box update of
-    epoch ``run.epoch`` that ``run.history`` lacks (the resumed run does it again); of several
-    ``epoch``/``box_update`` records of one epoch only the last stays (a log of an older
-    ccrop); lines that are not a JSON object (torn by the kill) go; the rest stays byte for byte.
-    """
+    (``run.epoch``, ``run.history``), so a run killed and resumed logs every epoch and box
+    update once (main process; atomic rewrite, only on change). Dropped: records of a later
+    ``epoch``, a box update of ``run.epoch`` that the history lacks (it is done again), all but
+    the last ``epoch``/``box_update`` record of an epoch, lines torn by a kill."""
     if not dist.is_main_process():
         return
     done, updated = run.epoch, _updated_at(run, run.epoch)

@@ -1,11 +1,6 @@
-"""Run policies in one place: mixed precision, eval mode, progress bars.
-
-- ``train.amp`` means bfloat16 autocast on CUDA (float16 without bf16); elsewhere float32.
-- A module put in eval mode gets its previous mode back, also when the pass fails.
-- Bars are drawn on the main process only, never left on screen, and can be switched off per
-  loop (``progress(..., on=...)``) or for a whole command (``bars_enabled``), which also
-  silences helpers that do not see the config.
-"""
+"""Run policies in one place: mixed precision (``autocast``), eval mode that restores the previous
+mode (``eval_mode``), progress bars on the main process only, switched off per loop or for a
+whole command (``bars_enabled``, which also silences helpers that do not see the config)."""
 
 from __future__ import annotations
 
