@@ -13,12 +13,12 @@ from torch import nn
 
 from . import dist
 from .boxes import BoxStore
-from .config import Config, ConfigError
+from .config import Config, ConfigError, save_config
 from .crop import CropPlan
 from .data import DATASET_INFO
 from .data.run_data import RunData, build_data
 from .data.sources import CPUSource, DecodedGPUSource, GPUSource, ViewSource, ViewSpec
-from .engine import Run, check_run_dir, find_resume, resume, rewind_logs, save_run_config
+from .engine import Run, check_run_dir, find_resume, resume, rewind_logs
 from .evaluate.monitor import Evaluator
 from .methods import build_method
 from .models import build_backbone
@@ -27,9 +27,8 @@ from .models import build_backbone
 def resolve_device(name: str) -> torch.device:
     """``auto`` -> this rank's CUDA device if available, else CPU."""
     if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
+        cuda = torch.cuda.is_available()
+        return torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device is {name!r} but no CUDA device is available")
     return torch.device(name)
@@ -66,19 +65,14 @@ def build_model(cfg: Config, device: torch.device) -> tuple[nn.Module, nn.Module
 
 def config_backbone(cfg: Config, zero_init_residual: bool = False) -> nn.Module:
     """The backbone of ``cfg.model`` (every key: arch, stem, width, kwargs, vit_heatmap),
-    randomly initialised; a timm ViT is sized for the data (``model_image_size``)."""
-    m = cfg.model
+    randomly initialised; a timm ViT is sized for the data."""
+    m, d = cfg.model, cfg.data
+    # the training image side by build_data's rule, without building the data
+    size = d.image_size or d.dataset_kwargs.get("image_size") \
+        or DATASET_INFO.get(d.dataset, {}).get("image_size", 224)
     return build_backbone(m.arch, stem=m.stem, width=m.width,
-                          zero_init_residual=zero_init_residual, image_size=model_image_size(cfg),
+                          zero_init_residual=zero_init_residual, image_size=int(size),
                           kwargs=m.kwargs, vit_heatmap=m.vit_heatmap)
-
-
-def model_image_size(cfg: Config) -> int:
-    """The training image side (``build_data``'s rule, without building the data): sizes the
-    models that take ``img_size`` (timm ViTs)."""
-    d = cfg.data
-    info = DATASET_INFO.get(d.dataset, {})
-    return int(d.image_size or d.dataset_kwargs.get("image_size") or info.get("image_size", 224))
 
 
 def _no_buffer_sync() -> dict[str, bool]:
@@ -87,20 +81,16 @@ def _no_buffer_sync() -> dict[str, bool]:
     import inspect
 
     params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
-    if "forward_sync_buffers" in params:  # newer torch: still syncs at init
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}
+    newer = "forward_sync_buffers" in params  # newer torch: syncs once at init
+    return {"forward_sync_buffers" if newer else "broadcast_buffers": False}
 
 
 def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
     """SGD over the method's parameter groups (SimSiam marks its predictor ``fix_lr``)."""
     o = cfg.optim
-    groups = method.param_groups(o.lr, o.weight_decay)
-    kw: dict[str, Any] = {}
-    if o.fused and next(method.parameters()).is_cuda:
-        kw["fused"] = True
-    return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay,
-                           **kw)
+    fused = {"fused": True} if o.fused and next(method.parameters()).is_cuda else {}
+    return torch.optim.SGD(method.param_groups(o.lr, o.weight_decay), lr=o.lr,
+                           momentum=o.momentum, weight_decay=o.weight_decay, **fused)
 
 
 def build_source(cfg: Config, data: RunData, store: BoxStore,
@@ -138,12 +128,9 @@ def dataset_paths(dataset: Any) -> list[str] | None:
 
 
 def given_boxes(cfg: Config, data: RunData) -> torch.Tensor | None:
-    """The boxes of ``crop.box_source`` oracle or ``file:PATH`` (N, 4), or None for heatmap
-    and saliency (computed by the engine from the images).
-
-    Raises:
-        ConfigError: oracle on a dataset without true boxes; a bad box file (names the row).
-    """
+    """The boxes (N, 4) of ``crop.box_source`` oracle or ``file:PATH``, or None (heatmap and
+    saliency boxes are computed by the engine). Raises ``ConfigError``: oracle on a dataset
+    without true boxes; a bad box file (naming the row)."""
     source = cfg.crop.box_source
     if source in ("heatmap", "saliency") or not CropPlan.from_config(cfg.crop).localizes:
         return None
@@ -189,11 +176,13 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
         resume(run, loaded)
     else:  # what an attempt killed before its first checkpoint logged goes
         rewind_logs(run)  # (resume() rewinds to its checkpoint)
-    save_run_config(run)
+    if dist.is_main_process():
+        save_config(cfg, run_dir / "config.yaml")
     return run
 
 
 def _writer(cfg: Config, run_dir: Path) -> Any:
+    """TensorBoard writer of the main process, or None."""
     if not cfg.train.tensorboard or not dist.is_main_process():
         return None
     try:

@@ -1,24 +1,22 @@
 """Checkpoints: atomic writes, load-tested, plain types only (``weights_only=True``), newest valid.
 
-A checkpoint is a dict of tensors and builtins: ``model`` (the method's state dict, including
-MoCo's queue and BYOL's target), ``optimizer``, ``epoch`` (completed epochs), ``step``, ``boxes``,
-``rng`` (python, numpy, torch, CUDA states), ``config`` (plain dict) and ``history``.
-The saved ``rng`` is the state the next epoch starts from, ``seed_rngs(seed, epoch, 0)``: a
-function of (seed, epoch) only, so it is the same whether or not the run was resumed before.
-Loading never unpickles arbitrary objects, so a crafted file cannot run code, and checks the
-zip CRC-32 of every member, so a damaged byte is reported instead of loading wrong weights.
+A checkpoint is a dict of tensors and builtins: ``model`` (the method's state dict), ``optimizer``,
+``epoch`` (completed), ``step``, ``boxes``, ``rng`` (the state the next epoch starts from,
+``seed_rngs(seed, epoch, 0)``), ``config`` (plain dict), ``history`` and ``skipped_steps``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import random
 import re
 import warnings
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -29,8 +27,7 @@ CKPT_RE = re.compile(r"^ckpt-epoch(\d+)\.pt$")
 
 
 class CheckpointError(CcropError, RuntimeError):
-    """A checkpoint that cannot be read, written or does not match the model (the CLI prints
-    one line and exits with code 2; a ``RuntimeError`` as before the error family)."""
+    """A checkpoint that cannot be read, written or does not match the model."""
 
 
 def ckpt_path(run_dir: str | Path, epoch: int) -> Path:
@@ -38,112 +35,93 @@ def ckpt_path(run_dir: str | Path, epoch: int) -> Path:
     return Path(run_dir) / "checkpoints" / f"ckpt-epoch{epoch:05d}.pt"
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
-    """Write ``state`` atomically: temp file, flush + fsync, load test, rename, fsync folder.
-
-    If anything fails (disk full, interrupted), the previous file at ``path`` is untouched and
-    the temp file is removed (a temp file left by a killed process is removed by the next
-    ``prune_checkpoints``).
-
-    Returns:
-        The final path.
-
-    Raises:
-        CheckpointError: the file could not be written, synced or read back (e.g. disk full),
-            naming ``path``; earlier checkpoints are untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def atomic_write(path: Path, write: Callable[[BinaryIO], Any],
+                 check: Callable[[Path], Any] | None = None) -> None:
+    """Write ``path`` through a temp file: ``write(fh)``, flush + fsync, ``check(temp path)``,
+    rename, fsync the folder. On any failure the previous file is untouched and the temp file
+    removed (one left by a killed process goes with the next ``prune_checkpoints``)."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
+            write(fh)
             fh.flush()
             os.fsync(fh.fileno())
-        load_checkpoint(tmp)  # load test: never rename a file that cannot be read back
+        if check is not None:
+            check(tmp)
         os.replace(tmp, path)
-    except Exception as err:  # OSError (ENOSPC, EIO), torch's RuntimeError on a short write
-        tmp.unlink(missing_ok=True)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {first}; earlier "
-                              "checkpoints are untouched") from err
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    with contextlib.suppress(OSError):  # the rename itself made durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write ``state`` atomically (``atomic_write``), load-tested before the rename;
+    ``CheckpointError`` naming ``path`` when it cannot be written, synced or read back (e.g.
+    disk full), earlier checkpoints untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        atomic_write(path, lambda fh: torch.save(state, fh), load_checkpoint)
+    except (OSError, RuntimeError) as err:  # ENOSPC, EIO; torch's error on a short write
+        raise CheckpointError(f"cannot write checkpoint {str(path)!r}: {_first_line(err)}; "
+                              "earlier checkpoints are untouched") from err
     return path
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint safely (``weights_only=True``: no code in the file is executed).
-
-    Only torch's zip format is read (``save_checkpoint`` writes nothing else). torch's warnings
-    are silenced and its advice to load unsafely is never passed on: the one error names the
-    path and what was expected.
-
-    Raises:
-        CheckpointError: missing, truncated, corrupt (bad CRC-32), unsafe or foreign file, or
-            one whose ``model`` is not a state dict (names to tensors), naming the path.
-    """
-    path = Path(path)
+    """Load a checkpoint safely: torch's zip format only, every member's CRC-32 checked (a
+    flipped byte is reported, not loaded), ``weights_only=True`` (no code in the file runs).
+    ``CheckpointError`` naming the path: missing, truncated, corrupt, unsafe or foreign file, or
+    a ``model`` that is not a state dict (names to tensors)."""
+    path, problem = Path(path), None
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-    if not zipfile.is_zipfile(path):  # the legacy pickle path of torch.load is never taken
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint: not a "
-                              "torch.save zip archive (empty, truncated, text or raw pickle)")
-    try:
-        with warnings.catch_warnings():  # torch warns about pickle protocols and the like
-            warnings.simplefilter("ignore")
-            _check_crc(path)
-            state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"checkpoint {str(path)!r} {_load_failure(err)}") from None
-    model = state.get("model") if isinstance(state, dict) else None
-    if not isinstance(model, dict):
-        what = "no 'model'" if model is None else f"'model' is of type {type(model).__name__}"
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint ({what}; "
-                              "expected a dict holding 'model', a state dict)")
-    if not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
-        raise CheckpointError(f"checkpoint {str(path)!r} is not a ccrop checkpoint ('model' "
-                              "must map parameter names to tensors)")
+        problem = "does not exist"
+    elif not zipfile.is_zipfile(path):  # the legacy pickle path of torch.load is never taken
+        problem = ("is not a ccrop checkpoint: not a torch.save zip archive (empty, truncated, "
+                   "text or raw pickle)")
+    else:
+        try:
+            with warnings.catch_warnings(), zipfile.ZipFile(path) as zf:
+                warnings.simplefilter("ignore")  # torch warns about pickle protocols
+                for info in zf.infolist():  # BadZipFile("Bad CRC-32 ...") at a member's end
+                    if info.CRC:  # 0: written with set_crc32_options(False)
+                        with zf.open(info) as member:
+                            while member.read(1 << 22):
+                                pass
+                state = torch.load(path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError:  # torch's text advises weights_only=False: never shown
+            problem = ("is not a ccrop checkpoint: it holds pickled Python objects besides "
+                       "tensors and plain types, which are refused unread (a crafted file could "
+                       "run code)")
+        except Exception as err:  # BadZipFile (CRC), torch's errors on damaged files
+            first = _first_line(err)
+            first = type(err).__name__ if "weights_only" in first else first
+            problem = f"is damaged or not a ccrop checkpoint: {first.split('. ')[0].rstrip('.')}"
+        else:
+            model = state.get("model") if isinstance(state, dict) else None
+            if not isinstance(model, dict):
+                what = ("no 'model'" if model is None
+                        else f"'model' is of type {type(model).__name__}")
+                problem = (f"is not a ccrop checkpoint ({what}; expected a dict holding "
+                           "'model', a state dict)")
+            elif not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                         for k, v in model.items()):
+                problem = ("is not a ccrop checkpoint ('model' must map parameter names to "
+                           "tensors)")
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {str(path)!r} {problem}")
     return state
-
-
-def _load_failure(err: Exception) -> str:
-    """Why ``torch.load`` refused a zip file, as the end of a sentence. torch's own text for a
-    refused pickle recommends ``weights_only=False`` (unsafe), so that text is never shown."""
-    if isinstance(err, pickle.UnpicklingError):
-        return ("is not a ccrop checkpoint: it holds pickled Python objects besides tensors and "
-                "plain types, which are refused unread (a crafted file could run code)")
-    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    if "weights_only" in first:
-        first = type(err).__name__
-    return f"is damaged or not a ccrop checkpoint: {first.split('. ')[0].rstrip('.')}"
-
-
-def _check_crc(path: Path) -> None:
-    """Verify the CRC-32 of every member torch wrote (``torch.load`` does not: a flipped byte in
-    a tensor would load silently). Raises ``zipfile.BadZipFile`` naming the damaged member."""
-    with zipfile.ZipFile(path) as zf:
-        for info in zf.infolist():
-            if info.CRC == 0:  # written with torch.serialization.set_crc32_options(False)
-                continue
-            with zf.open(info) as member:
-                while member.read(1 << 22):  # BadZipFile("Bad CRC-32 ...") at the end
-                    pass
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
@@ -166,9 +144,9 @@ def latest_valid_checkpoint(run_dir: str | Path) -> tuple[Path, dict[str, Any]] 
 
 
 def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` checkpoints, and temp files that killed writers
-    left behind (other process ids); returns the deleted checkpoint paths."""
-    old = list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []
+    """Delete all but the newest ``keep_last`` checkpoints and temp files of killed writers
+    (other process ids); returns the deleted checkpoint paths."""
+    old = list_checkpoints(run_dir)[:-keep_last]  # keep_last >= 1 (config)
     for p in old:
         p.unlink(missing_ok=True)
     folder = Path(run_dir) / "checkpoints"
@@ -185,19 +163,10 @@ _GLOBAL_STREAM = 0x67_6C_6F_62  # "glob"
 
 
 def seed_rngs(seed: int, epoch: int, rank: int = 0) -> None:
-    """Seed python ``random``, numpy and torch (CPU and every CUDA device) for ``epoch``.
-
-    Called at every epoch boundary, so the global streams an epoch draws from depend on
-    ``(seed, epoch, rank)`` only, not on what the process drew before: a resumed process draws
-    extra numbers once (a persistent DataLoader's first iterator takes its ``base_seed`` from
-    the global torch generator; lazily built loaders do too), which would otherwise shift every
-    later draw and every saved ``rng`` state.
-
-    Args:
-        seed: ``train.seed`` (any int; taken modulo 2**64).
-        epoch: completed epochs (>= 0): the epoch about to start.
-        rank: process rank; each rank gets its own streams.
-    """
+    """Seed python ``random``, numpy and torch (every device) for the epoch about to start
+    (``epoch`` completed), so its global streams depend on ``(seed, epoch, rank)`` only, not
+    on what the process drew before (a resumed process's persistent DataLoader draws its
+    ``base_seed`` once more), which would shift every later draw and saved ``rng`` state."""
     entropy = [seed % 2**64, int(epoch), int(rank), _GLOBAL_STREAM]
     words = [int(w) for w in np.random.SeedSequence(entropy).generate_state(6)]  # uint32 each
     random.seed(words[0] << 32 | words[1])
@@ -207,14 +176,11 @@ def seed_rngs(seed: int, epoch: int, rank: int = 0) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Python, numpy, torch and CUDA RNG states as plain types and tensors."""
-    py = random.getstate()
-    np_state = np.random.get_state()
+    py, npst = random.getstate(), np.random.get_state()
     state: dict[str, Any] = {
         "python": [py[0], list(py[1]), py[2]],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]),
-                  int(np_state[3]), float(np_state[4])],
-        "torch": torch.get_rng_state(),
-    }
+        "numpy": [npst[0], torch.from_numpy(npst[1].astype(np.int64)), int(npst[2]),
+                  int(npst[3]), float(npst[4])], "torch": torch.get_rng_state()}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -233,29 +199,17 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def load_backbone_state(backbone: torch.nn.Module, model_state: dict[str, torch.Tensor],
                         prefix: str = "backbone.", source: str | Path | None = None) -> None:
-    """Load the query/online backbone weights out of a method's state dict.
-
-    Args:
-        source: the checkpoint file the state came from, named in the error.
-
-    Raises:
-        CheckpointError: naming the missing, unexpected or mis-shaped keys (another architecture).
-    """
+    """Load the query/online backbone weights out of a method's state dict (a loaded
+    checkpoint's ``model``); ``CheckpointError`` naming the checkpoint ``source`` and the
+    missing, unexpected or mis-shaped keys (another architecture)."""
     where = "checkpoint" if source is None else f"checkpoint {str(source)!r}"
-    if not isinstance(model_state, dict):
-        raise CheckpointError(f"{where}: expected a state dict (names to tensors) as 'model', "
-                              f"got {type(model_state).__name__}")
     sub = {k[len(prefix):]: v for k, v in model_state.items() if k.startswith(prefix)}
     own = backbone.state_dict()
-    missing = sorted(set(own) - set(sub))
-    unexpected = sorted(set(sub) - set(own))
-    shape = sorted(k for k in set(own) & set(sub) if own[k].shape != sub[k].shape)
-    if missing or unexpected or shape:
-        def few(keys: list[str]) -> str:
-            return ", ".join(keys[:5]) + (f" (+{len(keys) - 5} more)" if len(keys) > 5 else "")
-
-        parts = [f"{name}: {few(keys)}" for name, keys in
-                 (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shape))
-                 if keys]
-        raise CheckpointError(f"{where} backbone does not match the model; " + "; ".join(parts))
+    bad = {"missing": sorted(set(own) - set(sub)), "unexpected": sorted(set(sub) - set(own)),
+           "shape mismatch": sorted(k for k in set(own) & set(sub)
+                                    if own[k].shape != sub[k].shape)}
+    if any(bad.values()):
+        raise CheckpointError(f"{where} backbone does not match the model; " + "; ".join(
+            f"{name}: {', '.join(keys[:5])}" + (f" (+{len(keys) - 5} more)" if len(keys) > 5
+                                                else "") for name, keys in bad.items() if keys))
     backbone.load_state_dict(sub)

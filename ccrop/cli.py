@@ -1,11 +1,8 @@
-"""Command line: ``ccrop pretrain | knn | linear | boxes | viz | compare | bench | configs``.
+"""Command line: ``ccrop pretrain | knn | linear | boxes | viz | ab | compare | bench | configs``.
 
-Bad input (config, paths, checkpoints, datasets) prints one ``ccrop: error: ...`` line and
-exits with code 2 before any work starts; nothing already written is touched. A write failure
-during a run (disk full, permissions) also prints one line and exits with code 2, keeping the
-previous checkpoints; a non-finite loss exits with code 1 (docs/reliability.md). Any other
-exception is a bug: it propagates with its traceback (exit code 1). ``is_user_error`` decides;
-the error family is in ``ccrop.errors``.
+Bad input and a failing disk (``is_user_error``) print one ``ccrop: error: ...`` line and exit
+with code 2, nothing already written touched; a non-finite loss exits with code 1; any other
+exception is a bug and keeps its traceback (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -14,7 +11,6 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,75 +29,64 @@ DEMO_OVERRIDES = [
 ]
 
 
-def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="YAML config (only the keys to change; see configs/)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ccrop", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pretrain", help="self-supervised pretraining (default: synthetic demo)")
-    _add_config_args(p)
-    p.add_argument("--resume", help="'auto' (newest valid checkpoint in train.out_dir) or a path")
-    for name, helptext in (("knn", "weighted kNN accuracy (k=200, T=0.1) of a checkpoint"),
-                           ("linear", "linear evaluation of a checkpoint"),
-                           ("boxes", "localize boxes with a checkpoint's encoder"),
-                           ("viz", "figures: heatmaps, boxes, crops, centre distribution")):
-        q = sub.add_parser(name, help=helptext)
-        q.add_argument("--checkpoint", required=name != "viz",
-                       help="checkpoint file (viz: optional, random encoder without)")
-        _add_config_args(q)
-        if name == "linear":
-            q.add_argument("--fast", action="store_true",
-                           help="cached-feature probe (protocol 'linear-fast'), minutes not hours")
-            q.epilog = ("protocol settings are config keys, e.g. eval.linear_epochs=100 "
-                        "eval.linear_lr=10 (default 10; 30 with data.recipe=imagenet) "
-                        "eval.linear_milestones=[60,80] eval.linear_batch_size=256 "
-                        "eval.linear_weight_decay=0")
-        if name == "boxes":
-            q.add_argument("--out", help="export the boxes: .csv (index[,path],x0,y0,x1,y1), "
-                           ".json (COCO-style) or .pt; read back with crop.box_source=file:PATH")
-        if name == "viz":
-            q.add_argument("--out", default="figures", help="output folder")
-            q.add_argument("--num", type=int, default=6, help="images in the heatmap figure")
-    p = sub.add_parser("ab", help="seeded A/B of named arms: train, then the compare table")
-    _add_config_args(p)
-    p.add_argument("--arms", default="rcrop,ccrop",
-                   help="comma list, first = baseline: built-ins rcrop, ccrop, simccrop, oracle, "
-                        "ccrop-paper, saliency-warmup, saliency, or custom "
-                        "name:key=value,key=value (default rcrop,ccrop)")
-    p.add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list like 0,1,2")
-    p.add_argument("--out", default="runs/ab", help="A/B folder: <out>/<arm>/seed<s>, ab.md")
-    p.add_argument("--linear-fast", action="store_true",
-                   help="also the cached-feature linear probe of each run (a column)")
-    p = sub.add_parser("compare", help="A/B table (and kNN band figure) of run or A/B folders")
-    p.add_argument("runs", nargs="*", help="run folders or A/B folders; the first arm is the "
-                                           "baseline of the paired differences")
-    p.add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per arm); "
-                                 "with --paper: the markdown file to write")
-    p.add_argument("--paper", action="store_true",
-                   help="the paper-reproduction table (docs/reproduce.md) with 'ours' filled "
-                        "from the finished runs given")
-    p = sub.add_parser("bench", help="speed benchmarks (JSON)")
-    _add_config_args(p)
-    p.add_argument("--out", help="write the JSON here too")
-    p.add_argument("--steps", type=int, default=5, help="timed training steps per variant")
-    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant")
-    sub.add_parser("configs", help="list the packaged paper configs (usable as --config NAME)")
+    helps = {"pretrain": "self-supervised pretraining (default: synthetic demo)",
+             "knn": "weighted kNN accuracy (k=200, T=0.1) of a checkpoint",
+             "linear": "linear evaluation of a checkpoint",
+             "boxes": "localize boxes with a checkpoint's encoder",
+             "viz": "figures: heatmaps, boxes, crops, centre distribution",
+             "ab": "seeded A/B of named arms: train, then the compare table",
+             "compare": "A/B table (and kNN band figure) of run or A/B folders",
+             "bench": "speed benchmarks (JSON)",
+             "configs": "list the packaged paper configs (usable as --config NAME)"}
+    p = {name: sub.add_parser(name, help=text) for name, text in helps.items()}
+    for name in ("pretrain", "knn", "linear", "boxes", "viz", "ab", "bench"):
+        p[name].add_argument("--config", help="YAML config (only the keys to change; configs/)")
+        p[name].add_argument("overrides", nargs="*", metavar="key=value",
+                             help="dotted config overrides")
+    p["pretrain"].add_argument("--resume",
+                               help="'auto' (newest valid checkpoint in train.out_dir) or a path")
+    for name in ("knn", "linear", "boxes", "viz"):
+        p[name].add_argument("--checkpoint", required=name != "viz",
+                             help="checkpoint file (viz: optional, random encoder without)")
+    p["linear"].add_argument("--fast", action="store_true", help="cached-feature probe "
+                             "(protocol 'linear-fast'), minutes not hours")
+    p["linear"].epilog = ("protocol settings are config keys, e.g. eval.linear_epochs=100 "
+                          "eval.linear_lr=10 (default 10; 30 with data.recipe=imagenet) "
+                          "eval.linear_milestones=[60,80] eval.linear_batch_size=256 "
+                          "eval.linear_weight_decay=0")
+    p["boxes"].add_argument("--out", help="export the boxes: .csv (index[,path],x0,y0,x1,y1), "
+                            ".json (COCO-style) or .pt; read back with crop.box_source=file:PATH")
+    p["viz"].add_argument("--out", default="figures", help="output folder")
+    p["viz"].add_argument("--num", type=int, default=6, help="images in the heatmap figure")
+    p["ab"].add_argument("--arms", default="rcrop,ccrop",
+                         help="comma list, first = baseline: built-ins rcrop, ccrop, simccrop, "
+                              "oracle, ccrop-paper, saliency-warmup, saliency, or custom "
+                              "name:key=value,key=value (default rcrop,ccrop)")
+    p["ab"].add_argument("--seeds", default="3", help="N (seeds 0..N-1) or a list like 0,1,2")
+    p["ab"].add_argument("--out", default="runs/ab", help="A/B folder: <out>/<arm>/seed<s>, ab.md")
+    p["ab"].add_argument("--linear-fast", action="store_true",
+                         help="also the cached-feature linear probe of each run (a column)")
+    p["compare"].add_argument("runs", nargs="*", help="run folders or A/B folders; the first "
+                              "arm is the baseline of the paired differences")
+    p["compare"].add_argument("--out", help="PNG of kNN accuracy per epoch (mean and band per "
+                              "arm); with --paper: the markdown file to write")
+    p["compare"].add_argument("--paper", action="store_true", help="the paper-reproduction "
+                              "table (docs/reproduce.md) with 'ours' filled from the runs given")
+    p["bench"].add_argument("--out", help="write the JSON here too")
+    p["bench"].add_argument("--steps", type=int, default=5, help="timed training steps per variant")
+    p["bench"].add_argument("--no-compile", action="store_true",
+                            help="skip the torch.compile variant")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``ccrop`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    handlers: dict[str, Callable[[argparse.Namespace], Any]] = {
-        "pretrain": cmd_pretrain, "knn": cmd_knn, "linear": cmd_linear, "boxes": cmd_boxes,
-        "viz": cmd_viz, "ab": cmd_ab, "compare": cmd_compare, "bench": cmd_bench,
-        "configs": cmd_configs,
-    }
     try:
-        handlers[args.command](args)
+        globals()[f"cmd_{args.command}"](args)  # every sub-command NAME has its cmd_NAME
     except BrokenPipeError:  # output piped into `head` and the like: not an error
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (silence the exit-time flush)
         return 0
@@ -109,29 +94,23 @@ def main(argv: list[str] | None = None) -> int:
         print("ccrop: interrupted", file=sys.stderr)
         return 130
     except Exception as err:
-        if is_user_error(err):  # bad input or a failing disk: one line, no traceback
-            print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
-            return 2
         from .engine import NonFiniteLossError
 
-        if isinstance(err, NonFiniteLossError):  # diverged training: not a bug either
-            print(f"ccrop: error: {err}", file=sys.stderr)
-            return 1
-        raise  # anything else is a bug: Python prints its traceback, exit code 1
+        user = is_user_error(err)  # bad input or a failing disk: one line, exit code 2
+        if not (user or isinstance(err, NonFiniteLossError)):  # diverged training: exit code 1
+            raise  # anything else is a bug: Python prints its traceback, exit code 1
+        print(f"ccrop: error: {_one_line(err)}", file=sys.stderr)
+        return 2 if user else 1
     return 0
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``ccrop`` reports ``err`` as one line with exit code 2: a member of the error
-    family (``ccrop.errors.CcropError``: config, data, checkpoint), a box file that cannot be
-    read or written (``ccrop.box_files.BoxFileError``), or an ``OSError`` of a failing
-    environment (disk full, quota, read-only file system, no permission). Anything else is a
-    bug and keeps its traceback."""
-    if isinstance(err, CcropError) or is_environment_error(err):
-        return True
+    """Whether ``ccrop`` reports ``err`` as one line with exit code 2: the error family
+    (``ccrop.errors``), a box file that cannot be read or written (``BoxFileError``), or an
+    ``OSError`` of a failing environment. Anything else is a bug and keeps its traceback."""
     from .box_files import BoxFileError
 
-    return isinstance(err, BoxFileError)
+    return isinstance(err, (CcropError, BoxFileError)) or is_environment_error(err)
 
 
 def _one_line(err: BaseException) -> str:
@@ -148,19 +127,16 @@ def _one_line(err: BaseException) -> str:
 
 
 def _output_path(flag: str, path: str, folder: bool = False) -> Path:
-    """A user-given output path (a file, or a ``folder``) checked before any work: a folder
-    where a file is to be written, or a file in place of a folder on the way, is bad input
-    (``ConfigError``), not a traceback at the end. Missing folders are created later."""
+    """A user-given output file (or ``folder``), checked before any work: a folder in place of
+    the file, or a file in place of the folder or of a folder on the way, is a ``ConfigError``.
+    Missing folders are created later."""
     out = Path(path).expanduser()
-    if folder and out.exists() and not out.is_dir():
-        raise ConfigError(f"{flag} {path!r} is a file; expected a folder")
-    if not folder and out.is_dir():
-        raise ConfigError(f"{flag} {path!r} is a folder; expected a file name")
-    for up in out.parents:
-        if up.exists():
-            if not up.is_dir():
-                raise ConfigError(f"{flag} {path!r}: {str(up)!r} is a file, not a folder")
-            break
+    up = next((p for p in out.parents if p.exists()), None)
+    problem = (" is a file; expected a folder" if folder and out.exists() and not out.is_dir()
+               else " is a folder; expected a file name" if not folder and out.is_dir()
+               else f": {str(up)!r} is a file, not a folder" if up and not up.is_dir() else "")
+    if problem:
+        raise ConfigError(f"{flag} {path!r}{problem}")
     return out
 
 
@@ -170,13 +146,17 @@ def _require_positive(flag: str, value: int) -> None:
         raise ConfigError(f"{flag} must be >= 1, got {value}")
 
 
-def _config(args: argparse.Namespace, base: list[str] | None = None):
+def _config(args: argparse.Namespace):
+    """The config of ``--config`` and the overrides; without ``--config`` the demo preset."""
     from .config import load_config
 
-    overrides = list(base or []) + list(args.overrides)
-    if args.config is None and base is None:
-        overrides = demo_overrides(overrides) + overrides
-    return load_config(args.config, overrides)
+    return load_config(args.config, _overrides(args))
+
+
+def _overrides(args: argparse.Namespace) -> list[str]:
+    """The overrides given, under the demo preset when no ``--config`` is given."""
+    user = list(args.overrides)
+    return user if args.config is not None else demo_overrides(user) + user
 
 
 def demo_overrides(user: list[str]) -> list[str]:
@@ -195,15 +175,11 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from . import dist
     from .build import build_run
     from .engine import fit
-
-    cfg = _config(args)
-    try:
-        dist.init_from_env(cfg.train.device)
-    except ValueError as err:  # more ranks than GPUs: a launch mistake, reported like bad config
-        raise ConfigError(str(err)) from None
-    main_process = dist.is_main_process()
     from .runtime import bars_enabled
 
+    cfg = _config(args)
+    dist.init_from_env(cfg.train.device)
+    main_process = dist.is_main_process()
     try:
         with bars_enabled(cfg.train.progress):  # train.progress=false: no bar at all
             run = build_run(cfg, args.resume)
@@ -220,88 +196,63 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+#: The lines ``ccrop pretrain`` prints: summary key -> its line, when the summary has the key.
+_SUMMARY_LINES = {
+    "knn_top1": "kNN top-1 (k={knn_k}, T={knn_temperature}, protocol 'knn'): {knn_top1:.2f}%",
+    "box_iou_gt": "box IoU vs ground truth: {box_iou_gt:.3f} (full-image boxes: "
+                  "{full_box_iou_gt:.3f}); box updates after epochs {box_updates}",
+    "fallback_share": "boxes that fell back to the full image (low confidence) at the last "
+                      "update: {fallback_share:.1%}",
+    "box_figure": "boxes, heatmaps and crops after the last update: {box_figure}",
+    "time": "time: {epochs} epochs trained in {time[train_s]:.1f} s (median epoch "
+            "{time[median_epoch_s]:.2f} s), box updates {time[box_update_s]:.1f} s"}
+
+
 def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
-    lines = [f"run folder: {out_dir}"]
-    if "knn_top1" in summary:
-        lines.append(f"kNN top-1 (k={summary['knn_k']}, T={summary['knn_temperature']}, "
-                     f"protocol 'knn'): {summary['knn_top1']:.2f}%")
-    if "box_iou_gt" in summary:
-        lines.append(f"box IoU vs ground truth: {summary['box_iou_gt']:.3f} (full-image boxes: "
-                     f"{summary['full_box_iou_gt']:.3f}); box updates after epochs "
-                     f"{summary['box_updates']}")
-    if "fallback_share" in summary:
-        lines.append(f"boxes that fell back to the full image (low confidence) at the last "
-                     f"update: {summary['fallback_share']:.1%}")
-    if "box_figure" in summary:
-        lines.append(f"boxes, heatmaps and crops after the last update: {summary['box_figure']}")
-    t = summary.get("time")
-    if t:
-        lines.append(f"time: {summary['epochs']} epochs trained in {t['train_s']:.1f} s (median "
-                     f"epoch {t['median_epoch_s']:.2f} s), box updates {t['box_update_s']:.1f} s")
-    print("\n".join(lines))
+    print("\n".join([f"run folder: {out_dir}"] + [line.format(**summary) for key, line in
+                                                  _SUMMARY_LINES.items() if key in summary]))
 
 
-def _trained(args: argparse.Namespace):
-    """Config (checkpoint's, with overrides), backbone with the checkpoint's weights, state."""
-    from .build import config_backbone
+def _eval_setup(args: argparse.Namespace):
+    """Config (the checkpoint's, then ``--config`` and overrides), backbone with the
+    checkpoint's weights (eval mode, on its device), checkpoint state (None: viz without a
+    checkpoint), the config data's evaluation protocols (``Evaluator``), device."""
+    from .build import build_data, build_evaluator, config_backbone, resolve_device
     from .checkpoint import load_backbone_state, load_checkpoint
     from .config import load_config
 
     state = None if args.checkpoint is None else load_checkpoint(args.checkpoint)
     if state is None:
-        demo = demo_overrides(list(args.overrides)) if args.config is None else []
-        cfg = load_config(args.config, demo + list(args.overrides))
-    else:  # the checkpoint's own config, then the file and overrides given here
-        saved = state.get("config")
-        if not isinstance(saved, dict):  # the model's architecture is unknown without it
-            raise CheckpointError(f"checkpoint {args.checkpoint!r} has no saved run config "
-                                  "('config', a dict: every checkpoint of ccrop pretrain has one)")
-        cfg = load_config(args.config, list(args.overrides), base=saved)
+        cfg = _config(args)
+    elif not isinstance(state.get("config"), dict):  # the architecture is unknown without it
+        raise CheckpointError(f"checkpoint {args.checkpoint!r} has no saved run config "
+                              "('config', a dict: every checkpoint of ccrop pretrain has one)")
+    else:
+        cfg = load_config(args.config, list(args.overrides), base=state["config"])
     backbone = config_backbone(cfg)  # every model key (timm/tv archs, kwargs, image size)
     if state is not None:
         load_backbone_state(backbone, state["model"], source=args.checkpoint)
-    return cfg, backbone, state
-
-
-def _eval_setup(args: argparse.Namespace):
-    """Config, backbone (eval mode, on its device), checkpoint state, the evaluation
-    protocols of the config's data (``Evaluator``; ``.data`` is the ``RunData``), device."""
-    from .build import build_data, build_evaluator, resolve_device
-
-    cfg, backbone, state = _trained(args)
     device = resolve_device(cfg.train.device)
     evaluator = build_evaluator(build_data(cfg))
     return cfg, backbone.to(device).eval(), state, evaluator, device
 
 
 def _record(args, cfg, state, result: dict[str, Any]) -> None:
-    """Print the result; append it to ``<run>/results.jsonl`` only when the checkpoint lies in
-    a ccrop run folder (``<run>/checkpoints/``, ``<run>/config.yaml``): a checkpoint kept
-    elsewhere never makes ccrop write into a folder it did not create."""
+    """Print the result; append it to ``<run>/results.jsonl`` only when the checkpoint lies at
+    ``<run>/checkpoints/`` next to ``<run>/config.yaml``: a checkpoint kept elsewhere never
+    makes ccrop write into a folder it did not create."""
     from .evaluate.results import RESULTS_FILE, append_result
 
     rec = {**result, "dataset": cfg.data.dataset, "split": cfg.data.test_split,
-           "checkpoint": str(args.checkpoint), "epoch": None if state is None else state["epoch"]}
-    run_dir = _checkpoint_run_dir(args.checkpoint)
-    if run_dir is not None:
-        append_result(run_dir, rec)
+           "checkpoint": str(args.checkpoint), "epoch": state["epoch"]}
+    folder = Path(args.checkpoint).resolve().parent
+    if folder.name == "checkpoints" and (folder.parent / "config.yaml").is_file():
+        append_result(folder.parent, rec)
     else:
         print(f"ccrop: note: {RESULTS_FILE} not written: checkpoint {str(args.checkpoint)!r} "
               "is not inside a run folder (<run>/checkpoints/ next to <run>/config.yaml)",
               file=sys.stderr)
     print(json.dumps(rec))
-
-
-def _checkpoint_run_dir(checkpoint: str | None) -> Path | None:
-    """The run folder of a checkpoint at ``<run>/checkpoints/<file>`` whose ``<run>`` holds the
-    ``config.yaml`` ccrop writes; None for a checkpoint anywhere else."""
-    if checkpoint is None:
-        return None
-    folder = Path(checkpoint).resolve().parent
-    run = folder.parent
-    if folder.name != "checkpoints" or not (run / "config.yaml").is_file():
-        return None
-    return run
 
 
 def cmd_knn(args: argparse.Namespace) -> None:
@@ -313,18 +264,14 @@ def cmd_knn(args: argparse.Namespace) -> None:
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
-    """Linear evaluation: the official protocol, or ``--fast`` on cached features.
-
-    With ``data.pipeline=gpu`` on a small dataset the images stay on the device and the
-    protocol's augmentation is batched there (``DeviceLabeledBatches``).
-    """
+    """Linear evaluation: the official protocol, or ``--fast`` on cached features (with
+    ``data.pipeline=gpu`` on a small set the protocol's augmentation runs on the device)."""
     from .evaluate.linear import run_fast_probe, run_linear
 
     cfg, backbone, state, evaluator, device = _eval_setup(args)
-    d, t, classes = cfg.data, cfg.train, evaluator.data.num_classes
+    d, t, e, classes = cfg.data, cfg.train, cfg.eval, evaluator.data.num_classes
     test = evaluator.eval_batches(d.test_split, device)
     speed = dict(amp=t.amp, channels_last=t.channels_last, progress=t.progress)
-    e = cfg.eval
     if args.fast:
         train = evaluator.eval_batches(d.eval_train_split, device)
         res = run_fast_probe(backbone, train, test, classes, device, **speed)
@@ -341,8 +288,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
 
 def cmd_boxes(args: argparse.Namespace) -> None:
     """Localize every training image with the checkpoint's encoder; print the statistics and
-    optionally export the boxes (``--out`` .csv, COCO-style .json or .pt, with image paths
-    when the dataset has them; ``crop.box_source=file:PATH`` reads them back)."""
+    optionally export the boxes (``--out`` .csv, COCO-style .json or .pt)."""
     from .box_files import check_output_path, write_boxes
     from .boxes import BoxStore
     from .build import dataset_paths
@@ -370,27 +316,24 @@ def cmd_boxes(args: argparse.Namespace) -> None:
 def _image_sizes(dataset: Any, paths: list[str] | None) -> list[tuple[int, int]] | None:
     """(h, w) of every image for a COCO-style export: file headers of a folder dataset, else
     the first image's size for all (array datasets hold one size)."""
-    if paths is not None:
-        from PIL import Image
+    if paths is None:
+        first = dataset[0][0]
+        return [(first.height, first.width)] * len(dataset) if hasattr(first, "height") else None
+    from PIL import Image
 
-        from .errors import DataError, DataPathError
+    from .errors import DataError, DataPathError
 
-        sizes = []
-        for path in paths:
-            try:
-                with Image.open(path) as img:  # reads the header only
-                    sizes.append((img.height, img.width))
-            except FileNotFoundError as err:
-                raise DataPathError(f"{path}: image file not found") from err
-            except OSError as err:  # PIL's UnidentifiedImageError: not an image
-                if is_environment_error(err):
-                    raise
-                raise DataError(f"{path}: cannot read the image size for --out ({err})") from err
-        return sizes
-    first = dataset[0][0]
-    if not hasattr(first, "height"):
-        return None
-    return [(first.height, first.width)] * len(dataset)
+    sizes = []
+    for path in paths:
+        try:
+            with Image.open(path) as img:  # reads the header only
+                sizes.append((img.height, img.width))
+        except OSError as err:  # missing, or not an image (PIL's UnidentifiedImageError)
+            if is_environment_error(err):
+                raise
+            kind = DataPathError if isinstance(err, FileNotFoundError) else DataError
+            raise kind(f"{path}: cannot read the image size for --out ({err})") from err
+    return sizes
 
 
 def cmd_viz(args: argparse.Namespace) -> None:
@@ -404,16 +347,12 @@ def cmd_viz(args: argparse.Namespace) -> None:
     cfg, backbone, _, evaluator, device = _eval_setup(args)
     data = evaluator.data
     out.mkdir(parents=True, exist_ok=True)
-    n = min(args.num, len(data.train))
-    idx = torch.linspace(0, len(data.train) - 1, n).long().tolist()
-    paths = [viz.config_localization_figure(cfg.crop, backbone, data.train, idx,
-                                            out / "localization.png", device=device,
-                                            mean=data.mean, std=data.std,
-                                            gt_boxes=data.gt_boxes,
-                                            image_size=cfg.data.loc_image_size),
-             viz.plot_centre_distribution(out / "centre_distribution.png")]
-    for p in paths:
-        print(p)
+    idx = torch.linspace(0, len(data.train) - 1, min(args.num, len(data.train))).long().tolist()
+    print(viz.config_localization_figure(cfg.crop, backbone, data.train, idx,
+                                         out / "localization.png", device=device, mean=data.mean,
+                                         std=data.std, gt_boxes=data.gt_boxes,
+                                         image_size=cfg.data.loc_image_size))
+    print(viz.plot_centre_distribution(out / "centre_distribution.png"))
 
 
 def cmd_ab(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -423,15 +362,9 @@ def cmd_ab(args: argparse.Namespace) -> dict[str, Any] | None:
 
     arms, seeds = parse_arms(args.arms), parse_seeds(args.seeds)
     _output_path("--out", args.out, folder=True)
-    overrides = list(args.overrides)
-    if args.config is None:  # the demo preset, exactly as `ccrop pretrain`
-        overrides = demo_overrides(overrides) + overrides
-    try:
-        dist.init_from_env(_config(args).train.device)
-    except ValueError as err:  # more ranks than GPUs: a launch mistake, reported like bad config
-        raise ConfigError(str(err)) from None
-    try:
-        groups = run_ab(args.config, overrides, arms, seeds, args.out,
+    dist.init_from_env(_config(args).train.device)
+    try:  # without --config the demo preset, exactly as `ccrop pretrain`
+        groups = run_ab(args.config, _overrides(args), arms, seeds, args.out,
                         linear_fast=args.linear_fast)
         main_process = dist.is_main_process()
     finally:
@@ -453,8 +386,7 @@ def cmd_compare(args: argparse.Namespace) -> dict[str, Any]:
 
         table = reproduce_table(args.runs)
         if out is not None:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            out.write_text(table)
+            _write(out, table)
         print(table, end="")
         return {"table": table}
     if not args.runs:
@@ -476,9 +408,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     result = run_bench(cfg, steps=args.steps, compiled=not args.no_compile)
     text = json.dumps(result, indent=2)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
+        _write(out, text + "\n")
     print(text)
+
+
+def _write(out: Path, text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
 
 
 def cmd_configs(args: argparse.Namespace) -> None:

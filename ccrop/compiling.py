@@ -1,10 +1,8 @@
 """``train.compile``: the first compiled step is guarded; a compiler failure falls back to eager.
 
-Compiling happens in the first step (the forward graph at the call, the backward graph at the
-first ``backward``). If the compiler fails (a Triton bug, no C++ toolchain...), the buffers that
-step touched (BN statistics, MoCo queue) are restored, a ``CompileFailedWarning`` names the
-error, and this and every later step run eagerly: the run goes on as if
-``train.compile=false``. Errors that do not come from the compiler are raised as they are.
+If the compiler fails in the first step (forward graph at the call, backward graph at the first
+``backward``), the buffers it touched (BN statistics, MoCo queue) are restored, a
+``CompileFailedWarning`` names the error and every step runs eagerly. Other errors propagate.
 """
 
 from __future__ import annotations
@@ -24,16 +22,8 @@ class CompileFailedWarning(UserWarning):
 
 def first_compiled_step(step: Callable[[], T], buffers: list[torch.Tensor],
                         go_eager: Callable[[], None]) -> T:
-    """Run ``step`` (the first step of a compiled model); on a compiler error undo and retry.
-
-    Args:
-        step: one training step, compiled model inside.
-        buffers: the model's buffers, restored to their values before the failed attempt.
-        go_eager: switches the caller to the uncompiled model (and clears gradients).
-
-    Returns:
-        What ``step`` returns (from the eager retry after a compiler failure).
-    """
+    """Run ``step`` (the first step of a compiled model); on a compiler error restore
+    ``buffers``, call ``go_eager`` (switch to the uncompiled model) and run it again."""
     saved = [b.detach().clone() for b in buffers]
     try:
         return step()
@@ -50,9 +40,8 @@ def first_compiled_step(step: Callable[[], T], buffers: list[torch.Tensor],
 
 
 def is_compiler_error(err: BaseException) -> bool:
-    """Whether ``err`` came from torch.compile's stack. Dynamo wraps forward-graph failures in
-    its own exceptions; a backward graph compiled lazily raises the compiler's raw error, which
-    is recognised by the compiler frames in its traceback."""
+    """Whether ``err`` came from torch.compile: a Dynamo exception, or (a lazily compiled
+    backward graph) an error with compiler frames in its traceback."""
     import torch._dynamo
 
     if isinstance(err, torch._dynamo.exc.TorchDynamoException):
@@ -60,8 +49,7 @@ def is_compiler_error(err: BaseException) -> bool:
     parts = ("torch/_inductor/", "torch/_dynamo/", "torch/_functorch/", "/triton/")
     tb = err.__traceback__
     while tb is not None:
-        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-        if any(p in name for p in parts):
+        if any(p in tb.tb_frame.f_code.co_filename.replace("\\", "/") for p in parts):
             return True
         tb = tb.tb_next
     return False

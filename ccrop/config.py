@@ -1,16 +1,19 @@
 """Typed configuration: dataclasses hold the only defaults; YAML and ``key=value`` override them.
 
-Unknown keys, wrong types and out-of-range values raise ``ConfigError`` naming the key. The
-resolved config is saved in every run folder and checkpoint (as a plain dict).
+The boundary for config values: unknown keys, wrong types, non-finite floats, out-of-range values
+and unknown choices are a ``ConfigError`` naming the key, checked once at load; the rest of ccrop
+trusts the values. The resolved config is saved in every run folder and checkpoint (a plain dict).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -28,9 +31,7 @@ class DataConfig:
     eval_train_split: str = "train"  # kNN memory bank / linear training split
     test_split: str = "test"
     dataset_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. num_images for synthetic
-    # generated sets: images of the test split (overrides dataset_kwargs.num_images there), so
-    # the kNN test accuracy has a small standard error whatever the training set's size
-    test_num_images: int | None = None
+    test_num_images: int | None = None  # generated sets: test split size (small kNN error)
     image_size: int | None = None  # default: the dataset's
     mean: list[float] | None = None  # default: the dataset's
     std: list[float] | None = None
@@ -54,11 +55,9 @@ class CropConfig:
     ratio: list[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
     full_box_guard: float | None = 0.95  # None = the paper's exact law
     placement: str = "paper"  # paper (centre in box, then shift) | official (clamp first)
-    # localization: ccrop's defaults were chosen by box IoU on validation splits
-    # (docs/results.md); the paper configs set stages [4], fixed 0.1, extent, paper
-    # heatmap (the paper) | saliency (no encoder: colour contrast to the border) | oracle
-    # (dataset's true boxes) | file:PATH. Boxes other than heatmap are written once, before
-    # the first epoch, and used from the end of warm-up on
+    # localization defaults chosen by box IoU on validation splits (docs/results.md). Boxes
+    # other than heatmap (the paper) are written once, before the first epoch: saliency (colour
+    # contrast to the border, no encoder) | oracle (the dataset's true boxes) | file:PATH
     box_source: str = "heatmap"
     warmup_boxes: str = "none"  # none (RandomResizedCrop warm-up) | saliency (crop around them)
     heatmap_stages: list[int] = field(default_factory=lambda: [3])  # ResNet stages; paper: [4]
@@ -76,12 +75,10 @@ class CropConfig:
     warn_full_share: float = 0.8  # warn when this share of boxes covers the whole image
 
     def box_rule(self) -> dict[str, Any]:
-        """The heatmap -> box keywords of ``ccrop.localize.update_boxes``: threshold, mode,
-        align, region, heatmap, polarity, center_prior, min_confidence."""
-        return dict(threshold=self.threshold, mode=self.threshold_mode,
-                    align=self.heatmap_align, region=self.box_region, heatmap=self.heatmap,
-                    polarity=self.polarity, center_prior=self.center_prior,
-                    min_confidence=self.min_confidence)
+        """The heatmap -> box keywords of ``ccrop.localize.update_boxes``."""
+        return dict(threshold=self.threshold, mode=self.threshold_mode, align=self.heatmap_align,
+                    region=self.box_region, heatmap=self.heatmap, polarity=self.polarity,
+                    center_prior=self.center_prior, min_confidence=self.min_confidence)
 
 
 @dataclass
@@ -150,9 +147,8 @@ class EvalConfig:
 
     def linear_lr_or_default(self, recipe: str) -> float:
         """``linear_lr``, else the official lr of the recipe (30 imagenet, 10 otherwise)."""
-        if self.linear_lr is not None:
-            return self.linear_lr
-        return 30.0 if recipe == "imagenet" else 10.0
+        return self.linear_lr if self.linear_lr is not None else 30.0 if recipe == "imagenet" \
+            else 10.0
 
 
 @dataclass
@@ -193,17 +189,9 @@ CHOICES = {
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
-    """Build a validated ``Config`` from defaults, an optional YAML file and ``key=value`` items.
-
-    Args:
-        base: a plain config dict (e.g. a checkpoint's) applied before the file and overrides.
-        path: YAML file holding only the keys to change (may contain ``_base_: other.yaml``,
-            resolved relative to the file).
-        overrides: dotted ``key=value`` strings, e.g. ``["train.epochs=10", "crop.alpha=0.1"]``.
-
-    Raises:
-        ConfigError: unreadable file, unknown key, wrong type or out-of-range value.
-    """
+    """A validated ``Config``: defaults, then ``base`` (a saved config dict, e.g. a
+    checkpoint's), the YAML file ``path`` (the keys to change; ``_base_: other.yaml`` resolved
+    next to it) and dotted ``key=value`` overrides. Raises ``ConfigError`` naming the key/file."""
     cfg = OmegaConf.structured(Config)
     try:
         if base is not None:
@@ -215,7 +203,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
                 raise ConfigError(f"override {item!r} must look like key=value")
             cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([item]))
     except OmegaConfBaseException as err:
-        raise ConfigError(_omegaconf_message(err)) from None
+        key, msg = getattr(err, "full_key", None), str(err).splitlines()[0]
+        unknown = "not in struct" in msg or "Key '" in msg and "not" in msg
+        raise ConfigError(f"unknown config key {key!r}" if unknown
+                          else f"bad value for config key {key!r}: {msg}") from None
     out: Config = OmegaConf.to_object(cfg)  # type: ignore[assignment]
     validate(out)
     return out
@@ -231,17 +222,9 @@ _BEFORE_CONFIDENCE_OPTIONS = {"heatmap": "sum", "polarity": "none", "center_prio
 
 
 def upgrade_config_dict(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config (checkpoint or run folder) in today's layout, meaning what it meant.
-
-    ``train.knn_k``/``train.knn_temperature`` moved to ``eval.*``; crop settings added since
-    (heatmap stages, box region, placement, box source) get the values the run used then.
-
-    Args:
-        saved: a plain nested dict as ``to_dict`` wrote it.
-
-    Returns:
-        A new dict; ``saved`` is not modified.
-    """
+    """A saved config dict (``to_dict``) in today's layout, meaning what it meant (a new dict):
+    ``train.knn_k``/``knn_temperature`` moved to ``eval.*``; crop settings added since get the
+    values the run used then."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
     train, crop = out.get("train"), out.get("crop")
     if isinstance(train, dict):
@@ -260,14 +243,8 @@ PACKAGED_CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def resolve_config_path(path: str | Path) -> Path:
-    """A config file: ``path`` itself if it exists, else the packaged config of that name.
-
-    So ``cifar10/simclr_ccrop.yaml`` and ``configs/cifar10/simclr_ccrop.yaml`` work from any
-    folder after ``pip install ccrop`` (the ``.yaml`` suffix may be left out).
-
-    Raises:
-        ConfigError: neither exists; the message names the path and where packaged configs are.
-    """
+    """``path`` if it exists, else the packaged config of that name (``configs/`` prefix and
+    ``.yaml`` suffix optional), so paper configs work from any folder after ``pip install``."""
     p = Path(path)
     if p.is_file():
         return p
@@ -289,136 +266,102 @@ def packaged_configs() -> list[str]:
 
 
 def _read_yaml(path: Path, depth: int = 0) -> DictConfig:
-    if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    try:
-        raw = OmegaConf.load(path)
-    except Exception as err:  # yaml.YAMLError and friends
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
-    if not isinstance(raw, DictConfig):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of keys")
+    """The mapping in a YAML config file, its ``_base_`` chain merged under it."""
+    problem, raw = None if path.is_file() else "does not exist", None
+    if problem is None:
+        try:
+            raw = OmegaConf.load(path)
+        except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8
+            problem = f"is not valid YAML: {err}"
+        else:
+            problem = ("must hold a mapping of keys" if not isinstance(raw, DictConfig) else
+                       "_base_ chain too deep" if depth > 8 and "_base_" in raw else None)
+    if problem is not None:
+        raise ConfigError(f"config file {str(path)!r} {problem}")
     base = raw.pop("_base_", None)
-    if base is None:
-        return raw
-    if depth > 8:
-        raise ConfigError(f"config file {str(path)!r}: _base_ chain too deep")
-    return OmegaConf.merge(_read_yaml(path.parent / str(base), depth + 1), raw)
+    return raw if base is None else OmegaConf.merge(_read_yaml(path.parent / str(base),
+                                                               depth + 1), raw)
 
 
-def _omegaconf_message(err: OmegaConfBaseException) -> str:
-    key = getattr(err, "full_key", None)
-    msg = str(err).splitlines()[0]
-    if "not in struct" in msg or "Key '" in msg and "not" in msg:
-        return f"unknown config key {key!r}"
-    return f"bad value for config key {key!r}: {msg}"
+#: What a bounded value must be -> its test.
+_BOUNDS: dict[str, Callable[[Any, Config], bool]] = {
+    ">= 0": lambda v, c: v >= 0, "> 0": lambda v, c: v > 0, ">= 1": lambda v, c: v >= 1,
+    ">= 2": lambda v, c: v >= 2, "in [0, 1]": lambda v, c: 0 <= v <= 1,
+    "in [0, 1)": lambda v, c: 0 <= v < 1, "in (0, 1]": lambda v, c: 0 < v <= 1}
+#: Every checked key -> (test of its value given the config, what it must be). A None value
+#: passes (the key's type allows null); every float must be finite besides.
+_RULES: dict[str, tuple[Callable[[Any, Config], bool], str]] = {
+    key: (_BOUNDS[b], b) for b, keys in {
+        ">= 0": "crop.center_prior data.num_workers optim.weight_decay train.knn_every "
+                "eval.linear_weight_decay",
+        "> 0": "crop.alpha optim.lr eval.knn_temperature eval.linear_lr",
+        ">= 1": "crop.loc_interval crop.loc_batch_size data.gpu_chunk data.test_num_images "
+                "data.image_size data.loc_image_size model.width train.epochs train.save_every "
+                "train.keep_last train.max_steps_per_epoch eval.knn_k eval.linear_epochs "
+                "eval.linear_batch_size",
+        ">= 2": "data.batch_size",
+        "in [0, 1]": "crop.min_confidence crop.warn_full_share optim.min_lr_ratio",
+        "in [0, 1)": "crop.threshold optim.momentum",
+        "in (0, 1]": "crop.full_box_guard"}.items() for key in keys.split()}
+_RULES.update({
+    "crop.scale": (lambda v, c: len(v) == 2 and 0 < v[0] <= v[1] <= 1,
+                   "[lo, hi] with 0 < lo <= hi <= 1"),
+    "crop.ratio": (lambda v, c: len(v) == 2 and 0 < v[0] <= v[1],
+                   "[lo, hi] of finite numbers with 0 < lo <= hi"),
+    "crop.heatmap_stages": (lambda v, c: len(v) >= 1 and len(set(v)) == len(v)
+                            and set(v) <= {1, 2, 3, 4},
+                            "a non-empty list of distinct ResNet stages in 1..4, e.g. [3] or [4]"),
+    "crop.box_source": (lambda v, c: v in ("heatmap", "saliency", "oracle")
+                        or v.startswith("file:") and len(v) > 5,
+                        "heatmap, saliency, oracle or file:PATH (a .csv, .json or .pt of boxes)"),
+    "crop.warmup_epochs": (lambda v, c: 0 <= v <= c.train.epochs,
+                           "in [0, train.epochs={c.train.epochs}]"),
+    "data.mean": (lambda v, c: len(v) == 3, "3 finite numbers or null"),
+    "data.std": (lambda v, c: len(v) == 3 and all(x > 0 for x in v), "3 numbers > 0 or null"),
+    "model.arch": (lambda v, c: not v.startswith(ARCH_PREFIXES) or v.split(":", 1)[1].strip(),
+                   "timm:NAME or tv:NAME with a model name"),
+    "model.kwargs": (lambda v, c: not v or c.model.arch.startswith(ARCH_PREFIXES),
+                     "empty for ccrop's own ResNets (it is passed to timm:/tv: models)"),
+    "optim.warmup_epochs": (lambda v, c: 0 <= v < c.train.epochs or v == 0,
+                            "in [0, train.epochs={c.train.epochs})"),
+    "train.device": (lambda v, c: v in ("auto", "cpu") or v.startswith("cuda"),
+                     "auto, cpu, cuda or cuda:N"),
+    "eval.linear_milestones": (lambda v, c: list(v) == sorted(v)
+                               and all(0 < m < c.eval.linear_epochs for m in v),
+                               "increasing epochs in (0, eval.linear_epochs="
+                               "{c.eval.linear_epochs}) or null"),
+})
 
 
-def _require(ok: bool, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+def _checks(cfg: Config) -> Iterator[tuple[str, Any, bool, str]]:
+    """``(key, value, ok, what it must be)`` of every check, in the config's field order."""
+    for section in fields(cfg):
+        part = getattr(cfg, section.name)
+        for f in fields(part):
+            key, v = f"{section.name}.{f.name}", getattr(part, f.name)
+            if v is None:
+                continue
+            if "float" in str(f.type):  # NaN or inf in any position too
+                yield key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])), \
+                    "finite"
+            if key in CHOICES and not (key == "model.arch" and v.startswith(ARCH_PREFIXES)):
+                yield key, v, v in CHOICES[key], f"one of {CHOICES[key]}" + (
+                    ", timm:NAME or tv:NAME" if key == "model.arch" else "")
+            if key in _RULES:
+                test, expected = _RULES[key]
+                yield key, v, bool(test(v, cfg)), expected.format(c=cfg)
+    for name in ("num_images", "image_size"):  # generated sets; a string or NaN is no size
+        v = cfg.data.dataset_kwargs.get(name)
+        yield (f"data.dataset_kwargs.{name}", v, v is None or isinstance(v, int)
+               and not isinstance(v, bool) and v >= 1, "an integer >= 1")
 
 
 def validate(cfg: Config) -> None:
-    """Check ranges and choices; raise ``ConfigError`` naming the first bad key."""
-    for key, allowed in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        if key == "model.arch" and value.startswith(ARCH_PREFIXES):
-            continue  # any timm / torchvision name; checked in _validate_model and at build
-        _require(value in allowed, key, f"one of {allowed}" + (
-            ", timm:NAME or tv:NAME" if key == "model.arch" else ""), value)
-    _validate_model(cfg.model)
-    c, d, o, t = cfg.crop, cfg.data, cfg.optim, cfg.train
-    _require(math.isfinite(c.alpha) and c.alpha > 0, "crop.alpha", "> 0", c.alpha)
-    _require(len(c.scale) == 2 and 0 < c.scale[0] <= c.scale[1] <= 1, "crop.scale",
-             "[lo, hi] with 0 < lo <= hi <= 1", c.scale)
-    _require(len(c.ratio) == 2 and all(math.isfinite(r) for r in c.ratio)
-             and 0 < c.ratio[0] <= c.ratio[1], "crop.ratio",
-             "[lo, hi] of finite numbers with 0 < lo <= hi", c.ratio)
-    _require(c.full_box_guard is None or 0 < c.full_box_guard <= 1, "crop.full_box_guard",
-             "in (0, 1] or null", c.full_box_guard)
-    _require(0 <= c.threshold < 1, "crop.threshold", "in [0, 1)", c.threshold)
-    _require(len(c.heatmap_stages) >= 1 and len(set(c.heatmap_stages)) == len(c.heatmap_stages)
-             and all(s in (1, 2, 3, 4) for s in c.heatmap_stages), "crop.heatmap_stages",
-             "a non-empty list of distinct ResNet stages in 1..4, e.g. [3] or [4]",
-             c.heatmap_stages)
-    _require(c.box_source in ("heatmap", "saliency", "oracle")
-             or c.box_source.startswith("file:") and len(c.box_source) > 5, "crop.box_source",
-             "heatmap, saliency, oracle or file:PATH (a .csv, .json or .pt of boxes)",
-             c.box_source)
-    _require(math.isfinite(c.center_prior) and c.center_prior >= 0, "crop.center_prior",
-             "a finite number >= 0", c.center_prior)
-    _require(0 <= c.min_confidence <= 1, "crop.min_confidence", "in [0, 1] (0: never fall "
-             "back)", c.min_confidence)
-    _require(0 <= c.warn_full_share <= 1, "crop.warn_full_share", "in [0, 1]",
-             c.warn_full_share)
-    _require(t.epochs >= 1, "train.epochs", ">= 1", t.epochs)
-    _require(0 <= c.warmup_epochs <= t.epochs, "crop.warmup_epochs",
-             f"in [0, train.epochs={t.epochs}]", c.warmup_epochs)
-    _require(c.loc_interval >= 1, "crop.loc_interval", ">= 1", c.loc_interval)
-    _require(c.loc_batch_size >= 1, "crop.loc_batch_size", ">= 1", c.loc_batch_size)
-    _require(d.batch_size >= 2, "data.batch_size", ">= 2", d.batch_size)
-    _require(d.num_workers >= 0, "data.num_workers", ">= 0", d.num_workers)
-    _require(d.gpu_chunk is None or d.gpu_chunk >= 1, "data.gpu_chunk", ">= 1 or null",
-             d.gpu_chunk)
-    _require(d.test_num_images is None or d.test_num_images >= 1, "data.test_num_images",
-             ">= 1 or null", d.test_num_images)
-    _require(d.image_size is None or d.image_size >= 1, "data.image_size", ">= 1", d.image_size)
-    _require(d.loc_image_size is None or d.loc_image_size >= 1, "data.loc_image_size",
-             ">= 1 or null", d.loc_image_size)
-    for name in ("num_images", "image_size"):  # generated sets; a string or NaN is no size
-        if d.dataset_kwargs.get(name) is not None:
-            v = d.dataset_kwargs[name]
-            _require(isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                     f"data.dataset_kwargs.{name}", "an integer >= 1", v)
-    for key, v in (("data.mean", d.mean), ("data.std", d.std)):  # NaN in any position too
-        _require(v is None or len(v) == 3 and all(math.isfinite(x) for x in v), key,
-                 "3 finite numbers or null", v)
-    _require(d.std is None or all(x > 0 for x in d.std), "data.std", "3 numbers > 0", d.std)
-    _require(math.isfinite(o.lr) and o.lr > 0, "optim.lr", "a finite number > 0", o.lr)
-    _require(0 <= o.momentum < 1, "optim.momentum", "in [0, 1)", o.momentum)
-    _require(math.isfinite(o.weight_decay) and o.weight_decay >= 0, "optim.weight_decay",
-             "a finite number >= 0", o.weight_decay)
-    _require(0 <= o.min_lr_ratio <= 1, "optim.min_lr_ratio", "in [0, 1]", o.min_lr_ratio)
-    _require(0 <= o.warmup_epochs < t.epochs or o.warmup_epochs == 0, "optim.warmup_epochs",
-             f"in [0, train.epochs={t.epochs})", o.warmup_epochs)
-    _require(t.save_every >= 1, "train.save_every", ">= 1", t.save_every)
-    _require(t.keep_last >= 1, "train.keep_last", ">= 1", t.keep_last)
-    _require(t.knn_every >= 0, "train.knn_every", ">= 0", t.knn_every)
-    _validate_eval(cfg.eval)
-    _require(t.max_steps_per_epoch is None or t.max_steps_per_epoch >= 1,
-             "train.max_steps_per_epoch", ">= 1 or null", t.max_steps_per_epoch)
-    _require(t.device == "auto" or t.device == "cpu" or t.device.startswith("cuda"),
-             "train.device", "auto, cpu, cuda or cuda:N", t.device)
-
-
-def _validate_model(m: ModelConfig) -> None:
-    _require(m.width >= 1, "model.width", ">= 1", m.width)
-    if not m.arch.startswith(ARCH_PREFIXES):
-        _require(not m.kwargs, "model.kwargs", "empty for ccrop's own ResNets (it is passed to "
-                 "timm:/tv: models)", m.kwargs)
-        return
-    # model.width is ignored here (the demo overrides set it): timm/tv models are sized by
-    # their name or model.kwargs
-    _require(m.arch.split(":", 1)[1].strip() != "", "model.arch",
-             "timm:NAME or tv:NAME with a model name", m.arch)
-
-
-def _validate_eval(e: EvalConfig) -> None:
-    _require(e.knn_k >= 1, "eval.knn_k", ">= 1", e.knn_k)
-    _require(math.isfinite(e.knn_temperature) and e.knn_temperature > 0,
-             "eval.knn_temperature", "a finite number > 0", e.knn_temperature)
-    _require(e.linear_epochs >= 1, "eval.linear_epochs", ">= 1", e.linear_epochs)
-    _require(e.linear_lr is None or math.isfinite(e.linear_lr) and e.linear_lr > 0,
-             "eval.linear_lr", "a finite number > 0 or null", e.linear_lr)
-    m = e.linear_milestones
-    _require(m is None or (list(m) == sorted(m) and all(0 < v < e.linear_epochs for v in m)),
-             "eval.linear_milestones",
-             f"increasing epochs in (0, eval.linear_epochs={e.linear_epochs}) or null", m)
-    _require(e.linear_batch_size is None or e.linear_batch_size >= 1,
-             "eval.linear_batch_size", ">= 1 or null", e.linear_batch_size)
-    _require(math.isfinite(e.linear_weight_decay) and e.linear_weight_decay >= 0,
-             "eval.linear_weight_decay", "a finite number >= 0", e.linear_weight_decay)
+    """Check every value once (finite floats, ranges, choices); ``ConfigError`` names the
+    first bad key."""
+    for key, value, ok, expected in _checks(cfg):
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

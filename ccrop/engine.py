@@ -1,8 +1,8 @@
 """The one training loop for every method: views -> method -> loss, boxes every few epochs.
 
-Data flow per step: ``indices -> two views -> method(x1, x2) -> loss``; every ``loc_interval``
-epochs after warm-up: ``encoder.forward_features -> heatmaps -> boxes -> BoxStore``.
-Checkpoints at epoch ends hold everything needed for a bit-exact resume on CPU.
+Per step: ``indices -> two views -> method(x1, x2) -> loss``; every ``loc_interval`` epochs
+after warm-up: ``encoder -> heatmaps -> boxes -> BoxStore``. Checkpoints at epoch ends hold
+everything for a bit-exact resume on CPU.
 """
 
 from __future__ import annotations
@@ -18,15 +18,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
 from . import dist
 from .boxes import BoxStore, box_iou
 from .checkpoint import (
     CheckpointError,
-    _fsync_dir,
+    atomic_write,
     ckpt_path,
     latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
     prune_checkpoints,
     rng_state,
     save_checkpoint,
@@ -34,7 +37,7 @@ from .checkpoint import (
     set_rng_state,
 )
 from .compiling import first_compiled_step
-from .config import Config, ConfigError, save_config, to_dict
+from .config import Config, ConfigError, to_dict
 from .crop import CropPlan
 from .data.run_data import RunData
 from .data.sources import ViewSource
@@ -87,29 +90,11 @@ class Run:
 # ----------------------------------------------------------------------------- one epoch
 
 
-def _grads_finite(params: list[torch.Tensor]) -> torch.Tensor:
-    """Device bool: every gradient finite (no host sync)."""
-    grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return torch.ones((), dtype=torch.bool)
-    norms = torch._foreach_norm(grads)
-    return torch.isfinite(torch.stack(norms).sum())
-
-
-def _set_lr(optimizer: torch.optim.Optimizer, lr: float, base_lr: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = base_lr if group.get("fix_lr", False) else lr
-
-
 def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """One optimizer step on a batch of view pairs (B, 3, H, W) each.
-
-    Returns:
-        ``(loss, ok)``: the 0-dim loss and a 0-dim bool (loss and gradients finite), both left
-        on the device. With ``on_nonfinite=skip_step`` a bad step is undone (buffers restored,
-        no update) at the cost of one host sync.
-    """
+    """One optimizer step on view pairs (B, 3, H, W) each; returns the 0-dim loss and a 0-dim
+    bool (loss and gradients finite), both on the device. With ``on_nonfinite=skip_step`` a bad
+    step is undone (buffers restored, no update) at the cost of one host sync."""
     method = run.method
     skip_mode = run.cfg.train.on_nonfinite == "skip_step"
     # skip mode: keep the buffers (BN statistics, MoCo queue) to undo a bad forward pass
@@ -118,7 +103,9 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
         loss = run.model(x1, x2)["loss"]
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    ok = torch.isfinite(loss.detach()) & _grads_finite(params)
+    grads = [p.grad for p in params if p.grad is not None]  # all finite: no host sync
+    ok = torch.isfinite(loss.detach()) & (torch.isfinite(torch.stack(
+        torch._foreach_norm(grads)).sum()) if grads else torch.ones((), dtype=torch.bool))
     if skip_mode and not bool(ok):  # opt-in host sync
         run.skipped_steps += 1
         for buf, old in zip(method.buffers(), saved):
@@ -131,8 +118,7 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
 
 def _first_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``_train_step``, guarded the first time a ``torch.compile``d model runs
-    (``ccrop.compiling.first_compiled_step``): a compiler failure falls back to eager."""
+    """``_train_step`` the first time; a compiled model's compiler failure falls back to eager."""
     run.compile_checked = True
     if not run.cfg.train.compile:
         return _train_step(run, x1, x2, params, total_steps)
@@ -146,31 +132,27 @@ def _first_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
 
 
 def train_epoch(run: Run, epoch: int) -> dict[str, float]:
-    """Train one epoch; returns mean loss, lr, timings and throughput.
-
-    Loss and finiteness are accumulated on the device and read once at the end (and at
-    progress-bar refreshes), so the step has no host sync unless ``on_nonfinite=skip_step``.
-    """
+    """Train one epoch; returns mean loss, lr, timings and throughput. Loss and finiteness stay
+    on the device until the end (and bar refreshes): no host sync unless ``skip_step``."""
     cfg = run.cfg
     run.model.train()
-    steps = len(run.source)
-    if cfg.train.max_steps_per_epoch:
-        steps = min(steps, cfg.train.max_steps_per_epoch)
+    steps = min(len(run.source), cfg.train.max_steps_per_epoch or len(run.source))
     total_steps = steps * cfg.train.epochs
     params = [p for p in run.method.parameters() if p.requires_grad]
     loss_sum = torch.zeros((), device=run.device)
     first_bad = torch.full((), -1, dtype=torch.long, device=run.device)
     bar = progress(None, f"epoch {epoch + 1}/{cfg.train.epochs}", cfg.train.progress, steps)
     shown = LossDisplay(run.device)
-    t0, data_time, n_img = time.perf_counter(), 0.0, 0
-    t_data = time.perf_counter()
+    t0 = t_data = time.perf_counter()
+    data_time, n_img = 0.0, 0
     for i, (_, views) in enumerate(run.source):
         if i >= steps:
             break
         data_time += time.perf_counter() - t_data
         lr = lr_at(epoch, i, steps, cfg.optim.lr, cfg.train.epochs, cfg.optim.min_lr_ratio,
                    cfg.optim.warmup_epochs)
-        _set_lr(run.optimizer, lr, cfg.optim.lr)
+        for group in run.optimizer.param_groups:  # SimSiam's predictor: fix_lr
+            group["lr"] = cfg.optim.lr if group.get("fix_lr", False) else lr
         x1, x2 = (_to_input(v, cfg) for v in views)
         step = _train_step if run.compile_checked else _first_step
         loss, ok = step(run, x1, x2, params, total_steps)
@@ -186,30 +168,23 @@ def train_epoch(run: Run, epoch: int) -> dict[str, float]:
         t_data = time.perf_counter()
     if bar is not None:
         bar.close()
-    _check_finite(cfg, epoch, first_bad)
-    seconds = time.perf_counter() - t0
-    loss_mean = float(dist.all_reduce_mean(loss_sum)) / max(1, steps)
-    # the lr the optimizer used last (warm-up ramps it per step; otherwise constant per epoch)
-    used = next((g["lr"] for g in run.optimizer.param_groups if not g.get("fix_lr")),
-                cfg.optim.lr)
-    return {"loss": loss_mean, "lr": used, "seconds": seconds,
-            "data_seconds": data_time, "images_per_s": n_img / max(seconds, 1e-9),
-            "steps": steps}
-
-
-def _check_finite(cfg: Config, epoch: int, first_bad: torch.Tensor) -> None:
     bad = int(first_bad)
     if bad >= 0 and cfg.train.on_nonfinite == "stop":
         raise NonFiniteLossError(
             f"non-finite loss or gradient at epoch {epoch + 1}, step {bad + 1}; the run stopped "
             "and the last good checkpoint is untouched (lower optim.lr, or set "
             "train.on_nonfinite=skip_step)")
+    seconds = time.perf_counter() - t0
+    loss_mean = float(dist.all_reduce_mean(loss_sum)) / max(1, steps)
+    # the lr the optimizer used last (warm-up ramps it per step; otherwise constant per epoch)
+    used = next((g["lr"] for g in run.optimizer.param_groups if not g.get("fix_lr")),
+                cfg.optim.lr)
+    return {"loss": loss_mean, "lr": used, "seconds": seconds, "data_seconds": data_time,
+            "images_per_s": n_img / max(seconds, 1e-9), "steps": steps}
 
 
 def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
-    if cfg.train.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
+    return x.contiguous(memory_format=torch.channels_last) if cfg.train.channels_last else x
 
 
 # ----------------------------------------------------------------------------- boxes
@@ -217,26 +192,16 @@ def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
 
 def localize_step(run: Run, completed: int) -> dict[str, Any]:
     """Re-localize every training image with the current encoder and log the statistics."""
-    cfg = run.cfg
+    t = run.cfg.train
     # every rank localizes with rank 0's encoder, BN running statistics included (without
     # SyncBN they drift apart per rank); the boxes then match the saved checkpoint's encoder
     encoder = run.method.heatmap_encoder  # each method names its query/online encoder
     for buf in encoder.buffers():
         dist.broadcast(buf)
-    stats = localize_dataset(cfg.crop, encoder, run.source.loc_batches(), run.store,
-                             run.device, amp=cfg.train.amp,
-                             channels_last=cfg.train.channels_last,
-                             gt_boxes=run.data.gt_boxes, progress=cfg.train.progress,
-                             warn_share=None)
-    run.source.boxes_updated(run.store)
-    if dist.is_main_process():  # the warnings of update_boxes, naming the epoch
-        warn_unreliable(stats, cfg.crop.warn_full_share, f" after epoch {completed}")
-    stats = {"event": "box_update", "epoch": completed, "source": "heatmap", **stats}
-    figure = _box_figure(run, completed)
-    if figure is not None:
-        stats["figure"] = str(figure)
-    _log_boxes(run, stats)
-    return stats
+    stats = localize_dataset(run.cfg.crop, encoder, run.source.loc_batches(), run.store,
+                             run.device, amp=t.amp, channels_last=t.channels_last,
+                             gt_boxes=run.data.gt_boxes, progress=t.progress, warn_share=None)
+    return _boxes_written(run, stats, completed, "heatmap", f" after epoch {completed}")
 
 
 def initial_boxes(run: Run) -> dict[str, Any] | None:
@@ -244,137 +209,101 @@ def initial_boxes(run: Run) -> dict[str, Any] | None:
     saliency, or saliency boxes for the warm-up (``crop.warmup_boxes``); None if none."""
     crop = run.cfg.crop
     if run.given_boxes is not None:
-        stats, source = _write_given_boxes(run), crop.box_source.split(":")[0]
+        start, idx = time.perf_counter(), torch.arange(len(run.store))
+        run.store.update(idx, run.given_boxes)
+        stats = box_stats(run.store, idx, torch.zeros(len(idx), dtype=torch.bool),
+                          run.data.gt_boxes, time.perf_counter() - start)
+        source = crop.box_source.split(":")[0]
     elif "saliency" in (crop.box_source, crop.warmup_boxes):
         stats = saliency_boxes(run.source.loc_batches(), run.store, run.data.gt_boxes,
                                run.cfg.train.progress, crop.min_confidence)
         source = "saliency"
     else:
         return None
+    return _boxes_written(run, stats, 0, source, " before the first epoch",
+                          f"the boxes of {source} are that large")
+
+
+def _boxes_written(run: Run, stats: dict[str, Any], epoch: int, source: str, when: str,
+                   advice: str | None = None) -> dict[str, Any]:
+    """After a box update: tell the views, warn about unreliable boxes, draw the figure (heatmap
+    boxes), log one ``metrics.jsonl`` line and TensorBoard scalars; returns the record."""
     run.source.boxes_updated(run.store)
-    if dist.is_main_process():
-        warn_unreliable(stats, crop.warn_full_share, " before the first epoch",
-                        f"the boxes of {source} are that large")
-    stats = {"event": "box_update", "epoch": 0, "source": source, **stats}
-    _log_boxes(run, stats)
-    return stats
+    main = dist.is_main_process()
+    if main:
+        warn_unreliable(stats, run.cfg.crop.warn_full_share, when, advice)
+    stats = {"event": "box_update", "epoch": epoch, "source": source, **stats}
+    if main and source == "heatmap" and run.given_boxes is None:
+        from .viz import config_localization_figure
 
-
-def _box_figure(run: Run, completed: int) -> Path | None:
-    """Draw the localization figure of six training images (as ``ccrop viz``) into
-    ``<run>/figures/``; main process, heatmap boxes only. A failure warns, never stops."""
-    if not dist.is_main_process() or run.given_boxes is not None:
-        return None
-    from .viz import config_localization_figure
-
-    n = len(run.data.train)
-    idx = torch.linspace(0, n - 1, min(6, n)).long().tolist()
-    path = run.run_dir / "figures" / f"localization-epoch{completed:04d}.png"
-    try:
-        path.parent.mkdir(exist_ok=True)
-        return config_localization_figure(
+        n = len(run.data.train)
+        idx = torch.linspace(0, n - 1, min(6, n)).long().tolist()
+        path = run.run_dir / "figures" / f"localization-epoch{epoch:04d}.png"
+        figure = _figure("the localization figure", lambda: config_localization_figure(
             run.cfg.crop, run.method.heatmap_encoder, run.data.train, idx, path,
             device=run.device, mean=run.data.mean, std=run.data.std,
-            gt_boxes=run.data.gt_boxes, image_size=run.cfg.data.loc_image_size)
-    except Exception as err:  # a figure must never stop training
-        warnings.warn(f"could not draw the localization figure: {err}", stacklevel=2)
-        return None
-
-
-def _write_given_boxes(run: Run) -> dict[str, Any]:
-    """Write ``run.given_boxes`` (oracle or file) into the store; the usual statistics."""
-    start = time.perf_counter()
-    idx = torch.arange(len(run.store))
-    run.store.update(idx, run.given_boxes)
-    return box_stats(run.store, idx, torch.zeros(len(idx), dtype=torch.bool),
-                     run.data.gt_boxes, time.perf_counter() - start)
-
-
-def _log_boxes(run: Run, stats: dict[str, Any]) -> None:
-    """One ``metrics.jsonl`` line and TensorBoard scalars (and a box grid) per box update."""
-    if not dist.is_main_process():
-        return
+            gt_boxes=run.data.gt_boxes, image_size=run.cfg.data.loc_image_size))
+        if figure is not None:
+            stats["figure"] = str(figure)
+    if not main:
+        return stats
     append_jsonl(run.run_dir / "metrics.jsonl", stats)
-    if run.writer is None:
-        return
-    for key in ("mean_area", "full_share", "degenerate", "seconds", "iou_gt", "fallback_share",
-                "flipped_share", "mean_confidence"):
-        if key in stats:
-            run.writer.add_scalar(f"boxes/{key}", stats[key], stats["epoch"])
-    try:
+    if run.writer is not None:
+        for key in ("mean_area", "full_share", "degenerate", "seconds", "iou_gt",
+                    "fallback_share", "flipped_share", "mean_confidence"):
+            if key in stats:
+                run.writer.add_scalar(f"boxes/{key}", stats[key], epoch)
         from .viz import box_grid
 
         idx = torch.arange(min(16, len(run.store)))
-        images = run.data.preview_images(idx)  # (B, 3, H, W) in [0, 1]
-        run.writer.add_image("boxes/grid", box_grid(images, run.store[idx]), stats["epoch"])
-    except Exception as err:  # a figure must never stop training
-        warnings.warn(f"could not draw the box grid: {err}", stacklevel=2)
+        _figure("the box grid", lambda: run.writer.add_image(
+            "boxes/grid", box_grid(run.data.preview_images(idx), run.store[idx]), epoch))
+    return stats
+
+
+def _figure(what: str, draw: Callable[[], Any]) -> Any:
+    """``draw()``, or None after a warning: a figure must never stop training."""
+    try:
+        return draw()
+    except Exception as err:
+        warnings.warn(f"could not draw {what}: {err}", stacklevel=3)
+        return None
 
 
 # ----------------------------------------------------------------------------- checkpoints
 
 
-def checkpoint_state(run: Run) -> dict[str, Any]:
-    """Everything for an exact resume, as plain types and tensors."""
-    return {
-        "model": run.method.state_dict(),
-        "optimizer": run.optimizer.state_dict(),
-        "epoch": run.epoch,
-        "step": run.step,
-        "boxes": run.store.state_dict(),
-        "rng": rng_state(),
-        "config": to_dict(run.cfg),
-        "history": json.loads(json.dumps(run.history)),
-        "skipped_steps": run.skipped_steps,
-    }
-
-
 def save(run: Run) -> Path | None:
-    """Write the epoch's checkpoint on the main process and prune old ones."""
+    """Write the epoch's checkpoint (everything for an exact resume, as plain types and
+    tensors) on the main process and prune old ones."""
     path = None
     if dist.is_main_process():
-        path = save_checkpoint(checkpoint_state(run), ckpt_path(run.run_dir, run.epoch))
+        state = {"model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
+                 "epoch": run.epoch, "step": run.step, "boxes": run.store.state_dict(),
+                 "rng": rng_state(), "config": to_dict(run.cfg),
+                 "history": json.loads(json.dumps(run.history)), "skipped_steps": run.skipped_steps}
+        path = save_checkpoint(state, ckpt_path(run.run_dir, run.epoch))
         prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
     dist.barrier()
     return path
 
 
-def _newest_checkpoint(run_dir: Path) -> tuple[str, Any, Any]:
-    """``("path", path, state)`` of the newest readable checkpoint, ``("none", None, None)``
-    for a folder without checkpoints, or ``("error", message, None)`` when checkpoints exist
-    but none reads (a damaged run is never silently restarted)."""
-    found = latest_valid_checkpoint(run_dir)
-    if found is not None:
-        return "path", str(found[0]), found[1]
-    from .checkpoint import list_checkpoints
-
-    if list_checkpoints(run_dir):
-        return ("error", f"no checkpoint in {str(run_dir / 'checkpoints')!r} can be read; "
-                "move them away to start again, or resume from a path", None)
-    return "none", None, None
-
-
 def find_resume(run_dir: Path, target: str) -> tuple[str, dict[str, Any]] | None:
-    """The checkpoint ``target`` names (``auto``: the newest valid one in ``run_dir``; else a
-    path), loaded: ``(path, state)``, or None for ``auto`` in a folder without checkpoints.
-    Reads only, so ``build_run`` reports a missing or damaged file before writing anything.
-
-    Raises:
-        CheckpointError: a missing, truncated or foreign file; checkpoints none of which reads.
-    """
-    from .checkpoint import load_checkpoint
-
+    """``(path, state)`` of the checkpoint ``target`` names (``auto``: the newest valid one in
+    ``run_dir``, None if it has none; else a path); reads only. ``CheckpointError``: a bad file,
+    or checkpoints none of which reads (a damaged run is never silently restarted)."""
     if target != "auto":
         return target, load_checkpoint(target)
     # rank 0 picks the file and every rank loads that one: ranks that listed the folder
     # on their own could pick different epochs (a lagging shared file system)
-    found = _newest_checkpoint(run_dir) if dist.is_main_process() else None
-    kind, where = dist.broadcast_object(None if found is None else found[:2])
-    if kind == "error":
-        raise CheckpointError(where)
-    if kind == "none":
-        return None
-    return where, found[2] if found is not None else load_checkpoint(where)
+    main = dist.is_main_process()
+    found = latest_valid_checkpoint(run_dir) if main else None
+    where = str(found[0]) if found else "" if main and list_checkpoints(run_dir) else None
+    where = dist.broadcast_object(where)
+    if where == "":
+        raise CheckpointError(f"no checkpoint in {str(run_dir / 'checkpoints')!r} can be read; "
+                              "move them away to start again, or resume from a path")
+    return None if where is None else (where, found[1] if found else load_checkpoint(where))
 
 
 def resume(run: Run, found: tuple[str, dict[str, Any]]) -> None:
@@ -384,17 +313,18 @@ def resume(run: Run, found: tuple[str, dict[str, Any]]) -> None:
         run.method.load_state_dict(state["model"])
         run.optimizer.load_state_dict(state["optimizer"])
         run.store.load_state_dict(state["boxes"])
+        epochs = run.cfg.train.epochs
+        detail = None if int(state["epoch"]) <= epochs else (
+            f"it is at epoch {state['epoch']} but train.epochs is {epochs}; set a larger "
+            "train.epochs to continue")
     except (KeyError, RuntimeError, ValueError) as err:  # another model, method or dataset
         detail = " ".join(ln.strip() for ln in str(err).splitlines()[:2])[:300] or repr(err)
-        raise CheckpointError(f"checkpoint {str(where)!r} does not fit this config: "
-                              f"{detail}") from None
+    if detail is not None:
+        raise CheckpointError(f"checkpoint {str(where)!r} does not fit this config: {detail}")
     run.epoch, run.step = int(state["epoch"]), int(state["step"])
     run.history = list(state.get("history", []))
     run.skipped_steps = int(state.get("skipped_steps", 0))
     set_rng_state(state["rng"])
-    if run.epoch > run.cfg.train.epochs:
-        raise ConfigError(f"checkpoint is at epoch {run.epoch} but train.epochs is "
-                          f"{run.cfg.train.epochs}; raise train.epochs to continue")
     rewind_logs(run)  # records written after this checkpoint (before a kill) are redone
 
 
@@ -468,129 +398,56 @@ def _log_epoch(run: Run, metrics: dict[str, Any]) -> None:
 
 
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
-    """Append one JSON line, flushed and fsynced (lines are rewritten only by ``rewind_logs``,
-    when a run restarts from a checkpoint)."""
+    """Append one JSON line, flushed and fsynced."""
     with open(path, "a") as fh:
         fh.write(json.dumps(record, default=float) + "\n")
         fh.flush()
         os.fsync(fh.fileno())
 
 
-#: The ``metrics.jsonl`` events the engine writes once per epoch number.
-_LOGGED_EVENTS = ("epoch", "box_update")
-
-
 def rewind_logs(run: Run) -> None:
     """Make ``metrics.jsonl`` and ``results.jsonl`` match the state training starts from
-    (``run.epoch`` completed epochs, ``run.history``), so that a run killed and resumed logs
-    every epoch and box update once (main process; each file rewritten atomically, and only
-    when something changes).
-
-    With ``E = run.epoch``, a record is kept when it belongs to the restored state:
-
-    - ``metrics.jsonl``: an ``epoch`` record of epoch ``<= E``; a ``box_update`` record of
-      epoch ``< E``, or ``== E`` when ``run.history`` holds that update (otherwise the resumed
-      run does it again); any other record whose ``epoch`` is ``<= E`` or not a number. Of
-      several records of one (event, epoch) (a log of an older ccrop) the last is kept.
-    - ``results.jsonl``: a record whose ``epoch`` is ``<= E`` or not a number (None: a result
-      of no checkpoint).
-
-    Lines that are not a JSON object (a write torn by the kill) are dropped.
-    """
+    (``run.epoch``, ``run.history``), so a run killed and resumed logs every epoch and box
+    update once (main process; atomic rewrite, only on change). Dropped: records of a later
+    ``epoch``, a box update of ``run.epoch`` that the history lacks (it is done again), all but
+    the last ``epoch``/``box_update`` record of an epoch, lines torn by a kill."""
     if not dist.is_main_process():
         return
     done, updated = run.epoch, _updated_at(run, run.epoch)
-
-    def metrics_record(record: dict[str, Any]) -> bool:
-        epoch = _epoch_of(record)
-        if epoch is None:
-            return True
-        if record.get("event") == "box_update":
-            return epoch < done or (epoch == done and updated)
-        return epoch <= done
-
-    def result_record(record: dict[str, Any]) -> bool:
-        epoch = _epoch_of(record)
-        return epoch is None or epoch <= done
-
-    _rewrite_jsonl(run.run_dir / "metrics.jsonl", metrics_record, once_per_epoch=True)
-    _rewrite_jsonl(run.run_dir / "results.jsonl", result_record)
-
-
-def _epoch_of(record: dict[str, Any]) -> int | None:
-    """The record's ``epoch`` when it is a whole number, else None."""
-    epoch = record.get("epoch")
-    return epoch if isinstance(epoch, int) and not isinstance(epoch, bool) else None
-
-
-def _rewrite_jsonl(path: Path, keep: Callable[[dict[str, Any]], bool],
-                   once_per_epoch: bool = False) -> None:
-    """Rewrite the JSON-lines file ``path`` with the lines whose object ``keep`` accepts, each
-    line's bytes as they were; lines that are not a JSON object are dropped. With
-    ``once_per_epoch`` only the last record of each ``_LOGGED_EVENTS`` (event, epoch) stays.
-    Atomic (temp file, fsync, rename); the file is left alone when nothing changes. Temp files
-    of a rewrite that was killed are removed."""
-    for stale in path.parent.glob(f".{path.name}.tmp-*"):
-        stale.unlink(missing_ok=True)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        return
-    kept: list[tuple[Any, bytes]] = []
-    for line in data.split(b"\n"):
-        try:
-            record = json.loads(line)
-        except ValueError:  # torn by a kill (JSONDecodeError, bad UTF-8)
+    for path in (run.run_dir / "metrics.jsonl", run.run_dir / "results.jsonl"):
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # of a rewrite that was killed
+            stale.unlink(missing_ok=True)
+        if not path.is_file():
             continue
-        if isinstance(record, dict) and keep(record):
-            event, epoch = record.get("event"), _epoch_of(record)
-            key = (event, epoch) if once_per_epoch and event in _LOGGED_EVENTS \
-                and epoch is not None else None
-            kept.append((key, line + b"\n"))
-    if once_per_epoch:
-        last = {key: i for i, (key, _) in enumerate(kept) if key is not None}
-        kept = [(key, line) for i, (key, line) in enumerate(kept)
-                if key is None or last[key] == i]
-    text = b"".join(line for _, line in kept)
-    if text == data:
-        return
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _time_summary(history: list[dict[str, Any]]) -> dict[str, float]:
-    """Seconds spent training and re-localizing, over every epoch of the run (resumes too).
-
-    ``median_epoch_s`` leaves out the first epoch (start-up, compilation, cuDNN autotuning)
-    when there are others.
-    """
-    secs = [h["seconds"] for h in history if h.get("event") == "epoch"]
-    steady = sorted(secs[1:] or secs)
-    return {"train_s": float(sum(secs)),
-            "median_epoch_s": float(steady[len(steady) // 2]) if steady else 0.0,
-            "box_update_s": float(sum(h["seconds"] for h in history
-                                      if h.get("event") == "box_update"))}
+        data, kept = path.read_bytes(), {}
+        for i, line in enumerate(data.split(b"\n")):
+            try:
+                record = json.loads(line)
+            except ValueError:  # torn (JSONDecodeError, bad UTF-8) or the empty last line
+                continue
+            epoch = record.get("epoch") if isinstance(record, dict) else None
+            if not isinstance(record, dict) or type(epoch) is int and (
+                    epoch > done or epoch == done and not updated
+                    and record.get("event") == "box_update"):
+                continue
+            key = (record["event"], epoch) if record.get("event") in ("epoch", "box_update") \
+                and type(epoch) is int else i
+            kept.pop(key, None)  # the last record of an (event, epoch) stays, where it stands
+            kept[key] = line + b"\n"
+        text = b"".join(kept.values())
+        if text != data:
+            atomic_write(path, lambda fh, text=text: fh.write(text))
 
 
 def finish(run: Run) -> dict[str, Any]:
-    """Final kNN accuracy and box IoU against ground truth (when the dataset has it)."""
+    """Final kNN accuracy and box IoU against ground truth (when the dataset has it), written
+    to ``summary.json``."""
     summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
                                "skipped_steps": run.skipped_steps,
-                               # False after a compiler failure fell back to eager
-                               "compiled": run.compiled}
+                               "compiled": run.compiled}  # False after a compiler fallback
     if run.knn is not None:
         knn = run.knn(run.method.backbone)
-        summary["knn_top1"] = knn["top1"]
-        summary["knn_k"], summary["knn_temperature"] = knn["k"], knn["temperature"]
+        summary.update(knn_top1=knn["top1"], knn_k=knn["k"], knn_temperature=knn["temperature"])
         if dist.is_main_process():
             from .evaluate.results import append_result
 
@@ -613,98 +470,77 @@ def finish(run: Run) -> dict[str, Any]:
     summary["time"] = _time_summary(run.history)
     if run.cfg.data.on_bad_image == "skip":  # folder datasets: which images were left out
         skipped = run.data.bad_image_paths()
-        summary["bad_images_skipped"] = len(skipped)
-        summary["bad_image_paths"] = skipped[:100]
+        summary.update(bad_images_skipped=len(skipped), bad_image_paths=skipped[:100])
     if dist.is_main_process():
         run.data.report_bad_images()  # the evaluation splits read by the final kNN
         (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
-#: Files ccrop writes into a run folder, each with keys of its own (a same-named file of
-#: another tool does not have them): JSON object files, then the first line of metrics.jsonl.
-_RUN_FILE_KEYS = {"command.json": ("config", "overrides", "argv"),  # reproduce.COMMAND_FILE
-                  "ab_arm.json": ("arm", "seed")}  # ab.ARM_FILE
-#: The sections of a ``config.yaml`` that ``save_config`` wrote (a whole resolved config).
-_SAVED_CONFIG_SECTIONS = ("data", "crop", "model", "method", "optim", "train")
+def _time_summary(history: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds spent training and re-localizing over the whole run; ``median_epoch_s`` leaves
+    out the first epoch (start-up, compilation) when there are others."""
+    secs = [h["seconds"] for h in history if h.get("event") == "epoch"]
+    steady = sorted(secs[1:] or secs)
+    return {"train_s": float(sum(secs)),
+            "median_epoch_s": float(steady[len(steady) // 2]) if steady else 0.0,
+            "box_update_s": float(sum(h["seconds"] for h in history
+                                      if h.get("event") == "box_update"))}
+
+
+# ----------------------------------------------------------------------------- run folder
 
 
 def is_run_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` is a ccrop run folder: it holds ccrop checkpoints, ``metrics.jsonl``,
-    ``command.json`` or ``ab_arm.json`` as ccrop writes them, or a ``config.yaml`` holding a
-    whole saved ccrop config (a run stopped before its first epoch). A user's own
-    ``config.yaml`` (the keys to change) or ``summary.json`` does not make one."""
-    from .checkpoint import list_checkpoints
-
+    """Whether ``folder`` is a ccrop run folder: it holds ccrop checkpoints, or a
+    ``command.json``, ``ab_arm.json``, ``metrics.jsonl`` (first line) or whole saved
+    ``config.yaml`` with ccrop's keys. A user's own ``config.yaml`` or ``summary.json`` does
+    not make one."""
     folder = Path(folder)
     if not folder.is_dir():
         return False
     if list_checkpoints(folder):
         return True
-    for name, keys in _RUN_FILE_KEYS.items():
-        if all(k in _json_object(folder / name) for k in keys):
+    # each file with keys of its own (a same-named file of another tool lacks them):
+    # reproduce.COMMAND_FILE, ab.ARM_FILE, the engine's log, save_config's whole config
+    for name, keys in (("command.json", ("config", "overrides", "argv")),
+                       ("ab_arm.json", ("arm", "seed")), ("metrics.jsonl", ("event",)),
+                       ("config.yaml", ("data", "crop", "model", "method", "optim", "train"))):
+        try:
+            with open(folder / name, encoding="utf-8") as fh:
+                text = fh.readline() if name == "metrics.jsonl" else fh.read()
+            value = yaml.safe_load(text) if name == "config.yaml" else json.loads(text)
+        except (OSError, ValueError, yaml.YAMLError):  # absent, unreadable, not JSON/YAML
+            continue
+        if isinstance(value, dict) and all(k in value for k in keys) and (
+                name != "config.yaml" or all(isinstance(value[k], dict) for k in keys)
+                and "out_dir" in value["train"]):
             return True
-    if "event" in _json_object(folder / "metrics.jsonl", first_line=True):
-        return True
-    try:
-        import yaml
-
-        saved = yaml.safe_load((folder / "config.yaml").read_text())
-    except Exception:  # absent, unreadable or not YAML
-        return False
-    return isinstance(saved, dict) and all(isinstance(saved.get(k), dict)
-                                           for k in _SAVED_CONFIG_SECTIONS) \
-        and "out_dir" in saved["train"]
-
-
-def _json_object(path: Path, first_line: bool = False) -> dict[str, Any]:
-    """The JSON object in ``path`` (or on its first line); {} when absent or anything else."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            text = fh.readline() if first_line else fh.read()
-        value = json.loads(text)
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
+    return False
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Create the run folder; refuse to overwrite an existing run unless resuming, and to
-    write into an existing non-empty folder that is not a ccrop run folder at all.
-
-    Hidden entries (``.gitkeep``) do not count: a folder holding only them is empty.
-
-    Raises:
-        ConfigError: the folder cannot be written, holds checkpoints and no resume was asked,
-            or holds files of its own (not a ccrop run folder, ``is_run_folder``).
-    """
+    """Create the run folder (and check it can be written); refuse (``ConfigError`` naming
+    ``train.out_dir``) to overwrite an existing run unless resuming, and to write into a
+    non-empty folder that is not a ccrop run folder (``is_run_folder``; hidden entries such as
+    ``.gitkeep`` do not count)."""
+    problem = None
     try:
-        foreign = run_dir.is_dir() and any(not p.name.startswith(".")
-                                           for p in run_dir.iterdir())
+        if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()) \
+                and not is_run_folder(run_dir):
+            problem = ("is not empty and is not a ccrop run folder (no checkpoints, "
+                       "metrics.jsonl, command.json or saved config.yaml); ccrop writes only "
+                       "into a new or empty folder or its own run folder: choose another "
+                       "train.out_dir")
+        else:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / f".write-test-{os.getpid()}"
+            probe.write_text("ok")
+            probe.unlink()
+            if list_checkpoints(run_dir) and not resuming:
+                problem = ("already holds checkpoints; pass --resume auto to continue it, or "
+                           "choose another train.out_dir")
     except OSError as err:
-        raise ConfigError(f"train.out_dir {str(run_dir)!r} cannot be read: "
-                          f"{err.strerror or err}") from None
-    if foreign and not is_run_folder(run_dir):
-        raise ConfigError(f"train.out_dir {str(run_dir)!r} is not empty and is not a ccrop run "
-                          "folder (no checkpoints, metrics.jsonl, command.json or saved "
-                          "config.yaml); ccrop writes only into a new or empty folder or its "
-                          "own run folder: choose another train.out_dir")
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / f".write-test-{os.getpid()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        raise ConfigError(f"train.out_dir {str(run_dir)!r} cannot be written: "
-                          f"{err.strerror or err}") from None
-    from .checkpoint import list_checkpoints
-
-    if list_checkpoints(run_dir) and not resuming:
-        raise ConfigError(f"train.out_dir {str(run_dir)!r} already holds checkpoints; pass "
-                          "--resume auto to continue it, or choose another train.out_dir")
-
-
-def save_run_config(run: Run) -> None:
-    """Write the resolved config into the run folder (main process)."""
-    if dist.is_main_process():
-        save_config(run.cfg, run.run_dir / "config.yaml")
+        problem = f"cannot be read or written: {err.strerror or err}"
+    if problem is not None:
+        raise ConfigError(f"train.out_dir {str(run_dir)!r} {problem}")

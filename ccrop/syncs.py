@@ -1,14 +1,9 @@
 """Host syncs: find the ops that would stall a CUDA stream (on any device), and avoid them.
 
-A host sync makes Python wait until the GPU has finished everything queued so far; one per
-training step empties the queue every step, and the GPU idles while the next step is
-dispatched. ``SyncSpy`` records, through PyTorch's dispatcher, every op that synchronises on
-CUDA, so tests on a CPU-only machine can prove the training step has none:
-
-* ``aten._local_scalar_dense``: ``.item()``, ``float(t)``, ``int(t)``, ``bool(t)``, ``if t:``;
-* ``aten.nonzero`` / ``masked_select`` / boolean-mask indexing: output size depends on data;
-* ``aten.lift_fresh``: ``torch.tensor(python_value, device=...)`` and ``torch.as_tensor`` of
-  Python data, a pageable host-to-device copy followed by a stream synchronise on CUDA.
+``SyncSpy`` records, through PyTorch's dispatcher, every op that synchronises on CUDA, so tests
+on a CPU-only machine can prove the training step has none: ``.item()``/``float(t)``/``if t:``
+(``_local_scalar_dense``), data-dependent sizes (``nonzero``, boolean-mask indexing) and
+``torch.tensor(python_value, device=...)`` (``lift_fresh``, a pageable copy plus a sync).
 """
 
 from __future__ import annotations
@@ -22,15 +17,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 #: Ops that synchronise with the host on CUDA, whatever their arguments.
 SYNC_OPS = frozenset({
-    "aten._local_scalar_dense.default",
-    "aten.nonzero.default",
-    "aten.nonzero_static.default",
-    "aten.masked_select.default",
-    "aten.lift_fresh.default",
-    "aten.unique_dim.default",
-    "aten._unique2.default",
-    "aten.repeat_interleave.Tensor",
-})
+    "aten._local_scalar_dense.default", "aten.nonzero.default", "aten.nonzero_static.default",
+    "aten.masked_select.default", "aten.lift_fresh.default", "aten.unique_dim.default",
+    "aten._unique2.default", "aten.repeat_interleave.Tensor"})
 #: Ops that synchronise when one of their index arguments is a boolean mask.
 MASK_INDEX_OPS = frozenset({"aten.index.Tensor", "aten.index_put_.default",
                             "aten.index_put.default", "aten._index_put_impl_.default"})
@@ -42,22 +31,14 @@ def _has_bool_index(args: tuple[Any, ...]) -> bool:
 
 
 class SyncSpy(TorchDispatchMode):
-    """Context manager counting would-be host syncs, with where each one came from.
-
-    Example:
-        >>> with SyncSpy() as spy:
-        ...     loss = model(x).sum(); loss.backward()
-        >>> assert spy.count == 0, spy.report()
-
-    Attributes:
-        events: list of ``(op name, "file:line in function")`` in call order.
-        ops: number of ops dispatched (roughly the kernels a GPU would launch).
-    """
+    """Context manager recording would-be host syncs as ``events``, ``(op, "file:line in
+    function")`` in call order, and ``ops``, the number of ops dispatched (roughly the kernels a
+    GPU would launch). E.g. ``with SyncSpy() as spy: step()``, then ``spy.count == 0``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.events: list[tuple[str, str]] = []
-        self.ops = 0  # every dispatched op: a device-independent count of kernel launches
+        self.ops = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
         self.ops += 1
@@ -71,13 +52,9 @@ class SyncSpy(TorchDispatchMode):
         """Number of would-be syncs seen."""
         return len(self.events)
 
-    def by_site(self) -> Counter:
-        """``Counter`` of ``(op, site)`` pairs."""
-        return Counter(self.events)
-
     def report(self) -> str:
         """One line per distinct op and call site, most frequent first."""
-        lines = [f"{n:5d} x {op} at {site}" for (op, site), n in self.by_site().most_common()]
+        lines = [f"{n:5d} x {op} at {site}" for (op, site), n in Counter(self.events).most_common()]
         return "\n".join(lines) or "no host syncs"
 
 
@@ -91,12 +68,8 @@ def _caller() -> str:
 
 
 class LossDisplay:
-    """The progress bar's loss, read without stalling the device.
-
-    On CUDA the loss is copied to pinned host memory asynchronously and shown once the copy has
-    landed (usually a few steps later); ``float(loss)`` would wait for the whole queue instead.
-    On CPU the value is read directly.
-    """
+    """The progress bar's loss, read without stalling the device: on CUDA copied to pinned
+    memory asynchronously and shown once landed (a few steps later); on CPU read directly."""
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
