@@ -1,12 +1,10 @@
 """Per-image object boxes from and to files: CSV, COCO-style JSON and torch ``.pt``.
 
-One normalised box per dataset image at most, named by index or image path; export then import
-gives the same float32 boxes bit for bit; images without a box get the full box (missing). CSV:
-``index`` and/or ``path`` (both: they must agree) and ``x0,y0,x1,y1`` columns. JSON: COCO
-``images`` and ``annotations`` (pixel ``bbox``), an image found by ``file_name`` when the dataset
-has paths, else ``id`` = index; annotations of one image give their union box. ``.pt``: an (N, 4)
-float tensor or ``{"boxes", "paths"}``. A relative path matches the one dataset path that ends
-with it on a component boundary. A bad file is one ``BoxFileError`` naming the file and row.
+CSV: ``index`` and/or ``path`` columns (both: they must agree) and ``x0,y0,x1,y1``. JSON: COCO
+``images`` (found by ``file_name`` when the dataset has paths, else ``id`` = index) and pixel
+``bbox`` annotations (an image's union box). ``.pt``: an (N, 4) tensor or ``{"boxes", "paths"}``.
+A relative path matches the one dataset path ending with it. Export then import is bit-exact;
+images without a box get the full box. A bad file is one ``BoxFileError`` naming file and row.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import json
 import math
 import os
 import posixpath
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +24,7 @@ import numpy as np
 import torch
 
 from .boxes import check_boxes
+from .checkpoint import atomic_write
 from .crop import FULL_BOX
 
 SUFFIXES = (".csv", ".json", ".pt")
@@ -216,25 +214,23 @@ def _read_pt(path: Path, raw: bytes, num_images: int, match: Callable | None) ->
     try:
         obj = torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
     except Exception as exc:  # a corrupt file fails in many ways; torch's text may recommend
-        obj = exc  # unsafe loading: not shown
-    boxes = obj.get("boxes") if isinstance(obj, dict) else obj
-    stored = obj.get("paths") if isinstance(obj, dict) else None
-    problem = (
-        f"cannot load it as a box file saved by torch.save ({type(obj).__name__}); expected "
-        f"{_PT_LAYOUT}" if isinstance(obj, Exception) else
-        f"expected {_PT_LAYOUT}, got a dict with keys {sorted(map(str, obj))}" if boxes is None
-        else f"expected {_PT_LAYOUT}, got {type(boxes).__name__}" if not isinstance(boxes,
-        torch.Tensor) else f"expected boxes as an (N, 4) float tensor, got {tuple(boxes.shape)}"
-        if boxes.dim() != 2 or boxes.shape[1] != 4 or not boxes.is_floating_point() else
-        f"holds {len(boxes)} boxes, but the dataset has {num_images} images"
-        if len(boxes) != num_images else f"'paths' must be a list of {num_images} strings, one "
-        "per box" if None not in (stored, match) and not (isinstance(stored, list | tuple)
-        and len(stored) == num_images and all(isinstance(p, str) for p in stored)) else "")
-    if problem:
-        raise BoxFileError(f"{path}: {problem}")
+        raise BoxFileError(f"{path}: cannot load it as a box file saved by torch.save "  # unsafe
+                           f"({type(exc).__name__}); expected {_PT_LAYOUT}") from None  # loading
+    boxes, stored = (obj.get("boxes"), obj.get("paths")) if isinstance(obj, dict) else (obj, None)
+    if not (isinstance(boxes, torch.Tensor) and boxes.dim() == 2 and boxes.shape[1] == 4
+            and boxes.is_floating_point()):
+        got = (tuple(boxes.shape) if isinstance(boxes, torch.Tensor) else type(boxes).__name__
+               if boxes is not None else f"a dict with keys {sorted(map(str, obj))}")
+        raise BoxFileError(f"{path}: expected {_PT_LAYOUT}; got {got}")
+    if len(boxes) != num_images:
+        raise BoxFileError(f"{path}: holds {len(boxes)} boxes, but the dataset has {num_images} "
+                           "images")
     boxes = check_boxes(boxes, where=lambda r: f"{path} row {r}", error=BoxFileError)
     if stored is None or match is None:
         return range(num_images), boxes
+    if not (isinstance(stored, list | tuple) and len(stored) == num_images
+            and all(isinstance(p, str) for p in stored)):
+        raise BoxFileError(f"{path}: 'paths' must be a list of {num_images} strings, one per box")
     row_of: dict[int, int] = {}  # dataset index -> first row naming it
     index = [match(p) for p in stored]
     for r, i in enumerate(index):
@@ -320,16 +316,8 @@ def write_boxes(
     boxes = check_boxes(boxes, f"cannot write {path}: boxes", error=BoxFileError)  # float32
     data = _encode(path.suffix.lower(), boxes, None if paths is None else list(map(str, paths)),
                    sizes)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:  # a new temp file next to path ("x": exclusive; umask applies) replaces it when whole
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise BoxFileError(f"cannot write {path}: {exc.strerror or exc}") from None
-        raise
+    try:  # through a temp file next to path: a failed write leaves the old file as it was
+        atomic_write(path, lambda f: f.write(data))
+    except OSError as exc:
+        raise BoxFileError(f"cannot write {path}: {exc.strerror or exc}") from None
     return path
