@@ -1,14 +1,11 @@
-"""STL-10 read from the original binary files, memory-mapped (unlabeled has 100k images).
-
-torchvision's ``datasets.STL10`` only fetches the archive here: it hashes all 2.6 GB (md5) on
-every construction, refusing any other file, and reads the images into memory, where this
-reader maps them and pickles without them (DataLoader workers re-open the files).
-"""
+"""STL-10 read from the original binary files, memory-mapped (torchvision only fetches the
+archive: its reader hashes all 2.6 GB on every construction and loads the images in memory)."""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .base import (
-    NCHW,
-    DatasetMissingError,
-    ImageDataset,
-    check_split,
-    download_or_fail,
-    missing_data_message,
-)
+from .base import NCHW, ImageDataset, check_split, fetch_if_missing, missing_data_message
 
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
@@ -61,9 +51,8 @@ class STL10(ImageDataset):
     """STL-10 from ``root/stl10_binary``: 96 x 96 RGB, labels 0..9 (-1 for unlabeled images).
 
     ``split``: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or ``"train+unlabeled"``
-    (the pretraining set, train first). ``download`` fetches the archive (2.5 GB) with
-    torchvision if files are missing (a failed download leaves nothing behind and raises
-    ``DatasetMissingError``, as missing files do).
+    (the pretraining set, train first). ``download`` fetches the archive (2.5 GB) if files are
+    missing (a failed one leaves nothing behind; both raise ``DatasetMissingError``).
     """
 
     data_layout = NCHW
@@ -75,15 +64,9 @@ class STL10(ImageDataset):
         root = Path(root).expanduser()
         pairs = [(root / FOLDER / x, y and root / FOLDER / y) for x, y in _FILES[split]]
         needed = [p for pair in pairs for p in pair if p]
-        if not all(p.is_file() for p in needed):
-            if not download:
-                raise DatasetMissingError(missing_data_message("stl10", root, LAYOUT, URL))
-            from torchvision import datasets
-
-            download_or_fail(
-                lambda: datasets.STL10(str(root), split="train", download=True),
-                [root, root / FOLDER], lambda: all(p.is_file() for p in needed),
-                lambda reason: missing_data_message("stl10", root, LAYOUT, URL, reason))
+        fetch_if_missing(download, lambda tv: tv.STL10(str(root), split="train", download=True),
+                         [root, root / FOLDER], lambda: all(p.is_file() for p in needed),
+                         partial(missing_data_message, "stl10", root, LAYOUT, URL))
         self._paths = [x for x, _ in pairs]
         self._parts: list[np.ndarray] | None = [open_stl_images(x) for x in self._paths]
         self.targets = []
