@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import urllib.error
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -40,9 +39,8 @@ def check_render_args(image_size: Any, num_images: Any, none_means_all: bool = F
     bad = []
     if int(image_size) != image_size or image_size < 16:
         bad.append(f"image_size={image_size} must be an integer >= 16")
-    if not (num_images is None and none_means_all) and (
-        num_images is None or int(num_images) != num_images or num_images < 1
-    ):
+    all_images = num_images is None and none_means_all
+    if not all_images and (num_images is None or int(num_images) != num_images or num_images < 1):
         allowed = "None or an integer >= 1" if none_means_all else "an integer >= 1"
         bad.append(f"num_images={num_images} must be {allowed}")
     if bad:
@@ -106,7 +104,7 @@ class ArrayDataset(ImageDataset):
 
 #: What a failed download raises: no network (``URLError`` is an ``OSError``), a disk error,
 #: torchvision's checks (``RuntimeError``), or a zip that does not unpack.
-DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, RuntimeError, zipfile.BadZipFile)
+DOWNLOAD_ERRORS = (OSError, RuntimeError, zipfile.BadZipFile)
 
 
 class DatasetMissingError(DataError, ConfigError, FileNotFoundError):
@@ -139,11 +137,9 @@ def _remove(path: Path) -> None:
 
 def fetch_if_missing(download: bool, fetch: Callable[[Any], Any], watch: Sequence[Path],
                      present: Callable[[], bool], message: Callable[[str | None], str]) -> None:
-    """Nothing if ``present()``. Else ``DatasetMissingError(message(None))`` without
-    ``download``; with it, ``fetch(torchvision.datasets)`` (a download into the ``watch``
-    folders): unless ``present()`` then holds, remove what it created (new folders whole, new
-    entries of existing ones; also on an interrupt or a bug, which propagate) and raise
-    ``DatasetMissingError(message(reason))``."""
+    """Unless ``present()``: ``DatasetMissingError(message(None))`` without ``download``, else
+    ``fetch(torchvision.datasets)`` into the ``watch`` folders; if that fails (or an interrupt or
+    bug propagates) remove what it created and raise ``DatasetMissingError(message(reason))``."""
     if present():
         return
     if not download:

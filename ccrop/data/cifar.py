@@ -23,12 +23,9 @@ _CORRUPT = (EOFError, pickle.UnpicklingError, ValueError, TypeError, LookupError
 class _NumpyUnpickler(pickle.Unpickler):
     """Unpickler that only builds numpy arrays, so a tampered batch file cannot run code."""
 
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # bytes inside protocol-2 pickles written by Python 3
-    }  # fmt: skip
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")}  # _codecs.encode: bytes in protocol-2 pickles
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -51,15 +48,15 @@ def _read(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
                         "pickle dict holding 'data' (N x 3072 uint8) and the labels") from exc
 
 
-def _batch(entry: dict[str, Any], label_key: str) -> tuple[np.ndarray, list[int]]:
-    labels = [int(t) for t in entry[label_key]]  # a wrong size fails the reshape (ValueError)
-    return np.asarray(entry["data"]).reshape(len(labels), 3, 32, 32).transpose(0, 2, 3, 1), labels
-
-
 def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, list[int]]:
     """Read one CIFAR python batch, e.g. ``cifar-10-batches-py/data_batch_1``, with labels under
     ``label_key`` (``"labels"``, CIFAR-100: ``"fine_labels"``): uint8 (N, 32, 32, 3), N labels."""
-    return _read(Path(path), lambda entry: _batch(entry, label_key))
+    def parse(entry: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        labels = [int(t) for t in entry[label_key]]  # a wrong size fails the reshape
+        images = np.asarray(entry["data"]).reshape(len(labels), 3, 32, 32)
+        return images.transpose(0, 2, 3, 1), labels
+
+    return _read(Path(path), parse)
 
 
 class CIFAR10(ArrayDataset):

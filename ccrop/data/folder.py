@@ -40,24 +40,19 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, LookupE
                   struct.error, Image.DecompressionBombError)
 #: EXIF orientations that exchange width and height (transpose, rotations by 90 degrees).
 _TURNED = (5, 6, 7, 8)
-#: EXIF orientation -> (exchange x and y, then mirror x, then mirror y), as ``exif_transpose``.
-_MOVES = {2: (False, True, False), 3: (False, True, True), 4: (False, False, True),
-          5: (True, False, False), 6: (True, True, False), 7: (True, True, True),
-          8: (True, False, True)}
 
 
 def _upright_region(region: Sequence[float], size: tuple[int, int], turn: int
                     ) -> tuple[float, ...]:
     """Map a region ``(x0, y0, x1, y1)`` of a stored image of ``size`` (W, H) to the upright
-    image that EXIF orientation ``turn`` makes of it."""
+    image that EXIF orientation ``turn`` makes of it (as ``exif_transpose``)."""
     x0, y0, x1, y1 = region
     w, h = size
-    swap, flip_x, flip_y = _MOVES.get(turn, (False, False, False))
-    if swap:
+    if turn in _TURNED:  # exchange x and y first
         x0, y0, x1, y1, w, h = y0, x0, y1, x1, h, w
-    if flip_x:
+    if turn in (2, 3, 6, 7):  # then mirror x
         x0, x1 = w - x1, w - x0
-    if flip_y:
+    if turn in (3, 4, 7, 8):  # then mirror y
         y0, y1 = h - y1, h - y0
     return x0, y0, x1, y1
 
@@ -69,22 +64,12 @@ def _target(fit: SizeRule, size: tuple[int, int], turn: int) -> tuple[int, int]:
 
 
 def _draft(img: Image.Image, fit: SizeRule) -> tuple[float, ...] | None:
-    """Set a JPEG decoder to the largest DCT reduction (1/2, 1/4, 1/8) that keeps ``fit``'s
-    target on both sides; the region of the reduced image that holds the original, or None
-    when nothing was reduced."""
+    """Set a JPEG decoder to the largest DCT reduction (1/2, 1/4, 1/8) that keeps ``fit``'s target;
+    the region of the reduced image that holds the original, None if nothing was reduced."""
     full, turn = img.size, orientation(img)
     th, tw = _target(fit, full, turn)
     drafted = img.draft(None, (th, tw) if turn in _TURNED else (tw, th))  # stored frame
     return None if drafted is None or img.size == full else drafted[1]
-
-
-def _bad_image(path: str | Path, exc: Exception) -> BadImageError:
-    empty = os.path.isfile(path) and os.path.getsize(path) == 0
-    why = "the file is empty (0 bytes)" if empty else f"{type(exc).__name__}: {exc}"
-    return BadImageError(
-        f"{path}: cannot decode image ({why}); expected a readable image file "
-        f"({', '.join(e[1:] for e in IMG_EXTENSIONS[:4])}, ...)"
-    )
 
 
 def _decode_jpeg(data: bytes, turn: int, size: tuple[int, int]) -> torch.Tensor | None:
@@ -105,10 +90,10 @@ def _decode_jpeg(data: bytes, turn: int, size: tuple[int, int]) -> torch.Tensor 
 
 def _open(path: str | Path, fit: SizeRule | None = None, draft: bool = False,
           torchvision: bool = False) -> tuple[Any, tuple[int, int], tuple[float, ...]]:
-    """Decode ``path`` upright: an RGB PIL image (DCT-reduced if ``fit`` and ``draft`` allow),
-    or with ``torchvision`` an RGB or grayscale JPEG that is not reduced as (3, H, W) uint8.
-    Returns it, ``fit``'s target ``(h, w)`` (without ``fit``: the image's size) and the region
-    ``(x0, y0, x1, y1)`` of the image that holds the original."""
+    """``path`` decoded upright (an RGB PIL image, DCT-reduced if ``fit`` and ``draft`` allow;
+    with ``torchvision`` an unreduced RGB or grayscale JPEG as (3, H, W) uint8), ``fit``'s
+    target ``(h, w)`` (else the image's size) and the region ``(x0, y0, x1, y1)`` of the image
+    that holds the original."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
@@ -128,7 +113,10 @@ def _open(path: str | Path, fit: SizeRule | None = None, draft: bool = False,
     except FileNotFoundError as exc:  # a sample listed but gone: a missing data path
         raise DataPathError(f"{path}: image file not found ({exc.strerror or exc})") from exc
     except _DECODE_ERRORS as exc:
-        raise _bad_image(path, exc) from exc
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        why = "the file is empty (0 bytes)" if empty else f"{type(exc).__name__}: {exc}"
+        raise BadImageError(f"{path}: cannot decode image ({why}); expected a readable image "
+                            "file (jpg, jpeg, png, bmp, ...)") from exc
     target = _target(fit, full, turn) if fit is not None else img.size[::-1]
     region = (0, 0, *img.size) if reduced is None else _upright_region(reduced, stored, turn)
     return img, target, region
@@ -243,8 +231,7 @@ class FileListDataset(ImageDataset):
         self.classes = list(classes)
         self.root = str(root)
         self.on_bad_image = on_bad_image
-        self.bad_images: list[str] = []
-        self._bad: set[int] = set()
+        self.bad_images: list[str] = []  # skipped by this process
         self._reported = 0  # skipped files already counted in a report_skipped line
         # shared with DataLoader workers, so the main process can count every skipped file
         self.bad_mask = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
@@ -273,7 +260,7 @@ class FileListDataset(ImageDataset):
         n = len(self.samples)
         for step in range(n):
             i = (index + step) % n
-            if i in self._bad:
+            if self.bad_mask[i]:
                 continue
             path, target = self.samples[i]
             try:
@@ -281,7 +268,6 @@ class FileListDataset(ImageDataset):
             except (BadImageError, OSError) as exc:
                 if self.on_bad_image == "error":
                     raise
-                self._bad.add(i)
                 self.bad_mask[i] = True
                 self.bad_images.append(path)
                 logger.debug("skipping bad image (%d so far): %s", len(self.bad_images), exc)
@@ -319,7 +305,7 @@ def class_samples(folder: Path, classes: Sequence[str], strict: bool, sub: str =
     in ``classes``; an empty one warns but keeps its label, a missing one fails if ``strict``."""
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        class_dir = folder / name / sub if sub else folder / name
+        class_dir = folder / name / sub  # sub "": the class folder itself
         if strict and not class_dir.is_dir():
             raise DataPathError(f"class {name!r} has no folder {class_dir}")
         files = list_images(class_dir)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError
+from .images import to_rgb
 from .registry import DATASET_INFO, build_dataset
 
 
@@ -39,15 +40,12 @@ class RunData:
         return self.train.skipped_paths()
 
     def report_bad_images(self) -> None:
-        """One warning line per split whose skipped unreadable images grew since the last call
-        (count and first path; folder datasets with ``data.on_bad_image=skip``)."""
+        """One warning line per split whose skipped unreadable images grew since the last call."""
         for name, dataset in [(self.cfg.data.train_split, self.train), *self._splits.items()]:
             dataset.report_skipped(name)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""
-        from .images import to_rgb
-
         out = []
         for i in idx.tolist():
             img = to_rgb(self.train[i][0]).resize((self.image_size, self.image_size))
