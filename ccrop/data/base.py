@@ -53,8 +53,7 @@ class ImageDataset(Dataset):
 
     Subclasses implement ``__len__`` and ``load(index)``; ``__getitem__`` applies ``transform``.
     Defaults of what training reads: ``gt_boxes`` (N, 4) normalised x0, y0, x1, y1 where known,
-    ``image_size`` of generated sets, ``data_layout`` of an in-memory ``data`` array.
-    """
+    ``image_size`` of generated sets, ``data_layout`` of an in-memory ``data`` array."""
 
     targets: list[int]
     classes: list[str]
@@ -102,8 +101,8 @@ class ArrayDataset(ImageDataset):
         return Image.fromarray(self.data[index]).convert("RGB"), self.targets[index]
 
 
-#: What a failed download raises: no network (``URLError`` is an ``OSError``), a disk error,
-#: torchvision's checks (``RuntimeError``), or a zip that does not unpack.
+#: What a failed download raises: no network (``URLError``) or disk (``OSError``), torchvision's
+#: checks (``RuntimeError``), a zip that does not unpack.
 DOWNLOAD_ERRORS = (OSError, RuntimeError, zipfile.BadZipFile)
 
 

@@ -15,8 +15,7 @@ from PIL import Image
 from ..errors import DataError
 from .base import ArrayDataset, check_split, fetch_if_missing, missing_data_message
 
-#: What a truncated or corrupt pickle raises (unicode errors are ``ValueError``s, ``KeyError``
-#: a ``LookupError``, a non-dict an ``AttributeError``).
+#: What a truncated or corrupt pickle raises (``KeyError`` is a ``LookupError``; a non-dict).
 _CORRUPT = (EOFError, pickle.UnpicklingError, ValueError, TypeError, LookupError, AttributeError)
 
 
@@ -63,8 +62,7 @@ class CIFAR10(ArrayDataset):
     """CIFAR-10 from ``root/cifar-10-batches-py``: ``data`` uint8 (N, 32, 32, 3), ``targets``.
 
     ``split``: ``"train"`` (data_batch_1..5) or ``"test"``. ``download`` fetches the archive if
-    files are missing (a failed one leaves nothing behind; both raise ``DatasetMissingError``).
-    """
+    files are missing (``DatasetMissingError`` if off or failed; a failure leaves nothing)."""
 
     name, folder = "cifar10", "cifar-10-batches-py"
     url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what torchvision fetches

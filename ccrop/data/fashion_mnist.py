@@ -61,12 +61,6 @@ def pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
     return np.pad(images, ((0, 0), (top, pad_to - h - top), (left, pad_to - w - left)))
 
 
-def _layout(stems: tuple[str, ...]) -> str:
-    """Where the IDX files of one split may lie below a root folder."""
-    names = " and ".join(f"{s}[.gz]" for s in stems)
-    return f"{names} in the folder itself, in FashionMNIST/raw/ (torchvision's) or fashion-mnist/"
-
-
 def _missing(root: Path | None, layout: str, reason: str | None) -> str:
     """The message for missing files (root None: the system folders) or a failed download."""
     searched = ", ".join(SYSTEM_DIRS)
@@ -87,9 +81,7 @@ class FashionMNIST(ArrayDataset):
 
     ``root`` holds the IDX files (also in ``FashionMNIST/raw``, torchvision's layout); ``None``
     searches ``SYSTEM_DIRS`` (Debian: ``dataset-fashion-mnist``). ``split``: ``"train"`` (60k)
-    or ``"test"`` (10k). ``download`` fetches missing files into ``root`` (a failed download
-    leaves nothing behind; both raise ``DatasetMissingError``).
-    """
+    or ``"test"`` (10k). ``download`` fetches missing files into ``root``."""
 
     def __init__(self, root: str | Path | None = None, split: str = "train",
                  download: bool = False, pad_to: int | None = 32,
@@ -97,16 +89,17 @@ class FashionMNIST(ArrayDataset):
         check_split(split, ("train", "test"), "fashion-mnist")
         if download and root is None:
             raise ConfigError("fashion-mnist: data.download=true needs data.root=<folder> to "
-                              "download into (root=None in Python searches the system folders "
-                              "only)")
+                              "download into (root=None searches the system folders only)")
         prefix = "train" if split == "train" else "t10k"
         bases = [Path(d).expanduser() for d in ([root] if root is not None else SYSTEM_DIRS)]
         dirs = [b / s for b in bases for s in _SUBDIRS]
         stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
+        layout = (" and ".join(f"{s}[.gz]" for s in stems) + " in the folder itself, in "
+                  "FashionMNIST/raw/ (torchvision's) or fashion-mnist/")
         raw = bases[0] / "FashionMNIST" / "raw"
         fetch_if_missing(
             download, lambda tv: tv.FashionMNIST(str(bases[0]), split == "train", download=True),
             [bases[0], raw.parent, raw], lambda: None not in [_find(dirs, s) for s in stems],
-            partial(_missing, root and bases[0], _layout(stems)))
+            partial(_missing, root and bases[0], layout))
         images, labels = (read_idx(_find(dirs, s)) for s in stems)
         super().__init__(pad_images(images, pad_to), labels.tolist(), CLASSES, transform)

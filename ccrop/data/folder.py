@@ -42,8 +42,7 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, LookupE
 _TURNED = (5, 6, 7, 8)
 
 
-def _upright_region(region: Sequence[float], size: tuple[int, int], turn: int
-                    ) -> tuple[float, ...]:
+def _upright_region(region: Sequence[float], size: tuple[int, int], turn: int) -> tuple[float, ...]:
     """Map a region ``(x0, y0, x1, y1)`` of a stored image of ``size`` (W, H) to the upright
     image that EXIF orientation ``turn`` makes of it (as ``exif_transpose``)."""
     x0, y0, x1, y1 = region
@@ -90,10 +89,9 @@ def _decode_jpeg(data: bytes, turn: int, size: tuple[int, int]) -> torch.Tensor 
 
 def _open(path: str | Path, fit: SizeRule | None = None, draft: bool = False,
           torchvision: bool = False) -> tuple[Any, tuple[int, int], tuple[float, ...]]:
-    """``path`` decoded upright (an RGB PIL image, DCT-reduced if ``fit`` and ``draft`` allow;
-    with ``torchvision`` an unreduced RGB or grayscale JPEG as (3, H, W) uint8), ``fit``'s
-    target ``(h, w)`` (else the image's size) and the region ``(x0, y0, x1, y1)`` of the image
-    that holds the original."""
+    """``path`` decoded upright (RGB PIL image, DCT-reduced if ``fit`` and ``draft`` allow; with
+    ``torchvision`` an unreduced RGB or gray JPEG as (3, H, W) uint8), ``fit``'s target ``(h, w)``
+    (else the image's size) and the region ``(x0, y0, x1, y1)`` that holds the original."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
@@ -134,11 +132,10 @@ def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
     """Decode an image file straight to ``(3, h, w)`` uint8 RGB, ``(h, w) = fit(height, width)``
     of the upright original; errors as ``load_rgb``.
 
-    ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling, at about half the CPU
-    time: a JPEG at least twice the target is decoded at a reduced DCT scale (``Image.draft``,
-    if ``draft``), other RGB or grayscale JPEGs by torchvision (``decoder="auto"``; ``"pil"``:
-    PIL decodes all), then resized at the exact scale of the region the original covers.
-    """
+    ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling, in about half the time:
+    a JPEG at least twice the target is decoded at a reduced DCT scale (``Image.draft``, if
+    ``draft``), other RGB or grayscale JPEGs by torchvision (``decoder="auto"``; ``"pil"``: PIL
+    decodes all), then resized at the exact scale of the region the original covers."""
     img, (h, w), (_, _, x1, y1) = _open(path, fit, draft, torchvision=decoder == "auto")
     if isinstance(img, Image.Image):
         img = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) channels-last view
@@ -168,18 +165,14 @@ def square_size(height: int, width: int, size: int) -> tuple[int, int]:
     return size, size
 
 
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
-
-
 def list_images(folder: str | Path) -> list[str]:
     """Sorted paths of the files with an image extension (any case) under ``folder``,
     recursively; hidden files and folders skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if _visible(d)]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
         found += [os.path.join(dirpath, f) for f in filenames
-                  if _visible(f) and f.lower().endswith(IMG_EXTENSIONS)]
+                  if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS)]
     return sorted(found)
 
 
@@ -320,8 +313,7 @@ class ImageFolder(FileListDataset):
     """Labelled images in class sub-folders of ``root/<split>`` (or ``root``), e.g. ImageNet-1K.
 
     Labels follow the sorted class-folder names, or the order of the ``class_list`` text file
-    (one wnid a line; only those classes, e.g. ImageNet-200); an empty class folder keeps its
-    label. ``on_bad_image`` as in ``FileListDataset``."""
+    (one wnid a line; only those classes, e.g. ImageNet-200); an empty class keeps its label."""
 
     def __init__(self, root: str | Path, split: str = "train",
                  class_list: str | Path | None = None, on_bad_image: str = "error",
@@ -330,7 +322,8 @@ class ImageFolder(FileListDataset):
         if class_list is not None:
             classes = read_class_list(class_list)
         else:
-            classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+            classes = sorted(e.name for e in os.scandir(folder)
+                             if e.is_dir() and not e.name.startswith("."))
         samples = class_samples(folder, classes, strict=class_list is not None)
         super().__init__(samples, classes, folder, on_bad_image, transform)
 

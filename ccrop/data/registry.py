@@ -28,9 +28,8 @@ def _info(mean: tuple, std: tuple, image_size: int, num_classes: int, small: boo
     return dict(mean=mean, std=std, image_size=image_size, num_classes=num_classes, small=small)
 
 
-# Per-dataset defaults: channel mean/std of the training images in [0, 1], native (small sets)
-# or training (ImageNet) side, class count, and whether the set is "small" (CIFAR-style ResNet
-# stem, native-size localization). Callers may override any of them.
+# Per-dataset defaults, overridable: channel mean/std of the training images in [0, 1], native
+# (small sets) or training side, class count, "small" (CIFAR-style stem, native-size localization)
 DATASET_INFO: dict[str, dict[str, Any]] = {
     "cifar10": _info((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 10, True),
     "cifar100": _info((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 100, True),
@@ -104,8 +103,7 @@ def build_dataset(name: str, root: str | Path | None = None, split: str = "train
 
     ``root`` is optional for fashion-mnist, fashion-mnist-cluttered and icons (system copies)
     and unused by synthetic; imagenet200 needs ``class_list=``; ``kwargs`` go to the reader
-    (``on_bad_image``, ``pad_to``, ``transform``, ``num_images``, ``image_size``, ``seed``, ...).
-    """
+    (``on_bad_image``, ``pad_to``, ``transform``, ``num_images``, ``image_size``, ``seed``, ...)."""
     entry = _REGISTRY.get(name)
     if entry is None:
         raise DataError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")

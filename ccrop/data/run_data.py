@@ -46,11 +46,9 @@ class RunData:
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""
-        out = []
-        for i in idx.tolist():
-            img = to_rgb(self.train[i][0]).resize((self.image_size, self.image_size))
-            out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        return torch.stack(out).float() / 255
+        size = (self.image_size, self.image_size)
+        imgs = [np.asarray(to_rgb(self.train[i][0]).resize(size)) for i in idx.tolist()]
+        return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
 
 
 def _dataset(cfg: Config, split: str) -> Any:

@@ -40,26 +40,20 @@ def _from_arrays(parts: list[np.ndarray], layout: str, hw: tuple[int, int], prog
     """Copy image arrays of side ``hw`` into one (N, 3, H, W) tensor, chunk by chunk (memmaps
     stay lazy)."""
     out = torch.empty((sum(len(p) for p in parts), 3, *hw), dtype=torch.uint8)
+    chunks = [(arr, i) for arr in parts for i in range(0, len(arr), _CHUNK)]
     done = 0
-    bar = progress_bar(None, "to uint8", progress, len(out))
-    for arr in parts:
-        for i in range(0, len(arr), _CHUNK):
-            t = torch.from_numpy(np.array(arr[i : i + _CHUNK]))  # a copy: memmaps are read-only
-            if layout == NHWC:
-                t = t.permute(0, 3, 1, 2)
-            elif layout == NHW:
-                t = t[:, None]  # grayscale: broadcast to 3 channels
-            out[done : done + len(t)] = t
-            done += len(t)
-            if bar is not None:
-                bar.update(len(t))
-    if bar is not None:
-        bar.close()
+    for arr, i in progress_bar(chunks, "to uint8", progress):
+        t = torch.from_numpy(np.array(arr[i : i + _CHUNK]))  # a copy: memmaps are read-only
+        if layout == NHWC:
+            t = t.permute(0, 3, 1, 2)
+        elif layout == NHW:
+            t = t[:, None]  # grayscale: broadcast to 3 channels
+        out[done : done + len(t)] = t
+        done += len(t)
     return out
 
 
-def _to_uint8(items: list[tuple[Any, ...]], size: tuple[int, int] | None
-              ) -> list[torch.Tensor]:
+def _to_uint8(items: list[tuple[Any, ...]], size: tuple[int, int] | None) -> list[torch.Tensor]:
     """The images of dataset items as uint8 (3, H, W), bilinearly resized to ``size`` = (H, W)
     if given (a DataLoader collate_fn: runs in the workers)."""
     out = []
@@ -97,8 +91,7 @@ def dataset_to_uint8(dataset: Any, image_size: int | Sequence[int] | None = None
     A dataset without a transform whose ``.data`` (or ``.data_parts``) is a uint8 array
     (N, H, W, 3), (N, H, W) grayscale or (N, 3, H, W) is copied directly; otherwise (or to
     change the size) every item is decoded, in ``num_workers`` DataLoader workers, and
-    bilinearly resized to ``image_size`` (a side or (H, W); required if sizes differ).
-    """
+    bilinearly resized to ``image_size`` (a side or (H, W); required if sizes differ)."""
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     size = None if image_size is None else tuple(map(int, image_size))

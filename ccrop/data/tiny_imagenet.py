@@ -50,11 +50,8 @@ class TinyImageNet(FileListDataset):
     """Tiny ImageNet from ``root/tiny-imagenet-200`` (or that folder): 64 x 64 RGB, labels
     0..199 in sorted-wnid order (as an ImageFolder over ``train/``).
 
-    ``split`` is ``"train"`` (100k) or ``"val"`` (10k; ``"test"`` is an alias, the official test
-    images have no labels). ``download`` fetches and unzips the CS231n archive if missing (a
-    failed one leaves nothing behind; both raise ``DatasetMissingError``). ``on_bad_image`` as
-    in ``FileListDataset``.
-    """
+    ``split`` is ``"train"`` (100k) or ``"val"`` (10k; ``"test"`` is an alias: the official test
+    images have no labels). ``download`` fetches and unzips the CS231n archive if missing."""
 
     def __init__(self, root: str | Path, split: str = "train", download: bool = False,
                  on_bad_image: str = "error",
