@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import urllib.error
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,17 +32,15 @@ def check_split(split: str, allowed: Sequence[str], name: str) -> None:
     check_choice("split", split, allowed, f" for dataset {name!r}")
 
 
-def check_render_args(
-    image_size: Any, num_images: Any, none_means_all: bool = False
-) -> tuple[int, int | None]:
+def check_render_args(image_size: Any, num_images: Any, none_means_all: bool = False
+                      ) -> tuple[int, int | None]:
     """Check the sizes of a rendered dataset: ``image_size`` an integer >= 16, ``num_images`` an
     integer >= 1 (or ``None`` with ``none_means_all``). Returns them as ints."""
     bad = []
     if int(image_size) != image_size or image_size < 16:
         bad.append(f"image_size={image_size} must be an integer >= 16")
-    if not (num_images is None and none_means_all) and (
-        num_images is None or int(num_images) != num_images or num_images < 1
-    ):
+    all_images = num_images is None and none_means_all
+    if not all_images and (num_images is None or int(num_images) != num_images or num_images < 1):
         allowed = "None or an integer >= 1" if none_means_all else "an integer >= 1"
         bad.append(f"num_images={num_images} must be {allowed}")
     if bad:
@@ -54,11 +51,9 @@ def check_render_args(
 class ImageDataset(Dataset):
     """Map-style dataset of ``(PIL RGB image, int label)`` items, label -1 if none.
 
-    Subclasses implement ``__len__`` and ``load(index)``; ``__getitem__`` accepts negative
-    indices and applies ``transform`` to the image. The class attributes are the defaults of
-    what the training code reads: ``gt_boxes`` (N, 4) normalised x0, y0, x1, y1 where known,
-    ``image_size`` of generated sets, ``data_layout`` of an in-memory ``data`` array.
-    """
+    Subclasses implement ``__len__`` and ``load(index)``; ``__getitem__`` applies ``transform``.
+    Defaults of what training reads: ``gt_boxes`` (N, 4) normalised x0, y0, x1, y1 where known,
+    ``image_size`` of generated sets, ``data_layout`` of an in-memory ``data`` array."""
 
     targets: list[int]
     classes: list[str]
@@ -86,13 +81,8 @@ class ArrayDataset(ImageDataset):
     """Dataset held in memory as a uint8 array ``data`` (N, H, W, 3) RGB or (N, H, W) grayscale,
     with N ``targets`` (-1 where there is none) and ``classes`` (index = label)."""
 
-    def __init__(
-        self,
-        data: np.ndarray,
-        targets: Sequence[int],
-        classes: Sequence[str] = (),
-        transform: Callable[[Image.Image], Any] | None = None,
-    ) -> None:
+    def __init__(self, data: np.ndarray, targets: Sequence[int], classes: Sequence[str] = (),
+                 transform: Callable[[Image.Image], Any] | None = None) -> None:
         super().__init__(transform)
         if (data.dtype != np.uint8 or data.ndim not in (3, 4) or data.shape[3:] not in ((), (3,))
                 or len(targets) != len(data)):
@@ -111,35 +101,29 @@ class ArrayDataset(ImageDataset):
         return Image.fromarray(self.data[index]).convert("RGB"), self.targets[index]
 
 
-#: What a failed download raises: no network (``URLError`` is an ``OSError``), a disk error,
-#: torchvision's checks (``RuntimeError``: bad checksum, every mirror failed), or a zip that
-#: does not unpack (Tiny ImageNet's has no checksum).
-DOWNLOAD_ERRORS = (urllib.error.URLError, OSError, RuntimeError, zipfile.BadZipFile)
+#: What a failed download raises: no network (``URLError``) or disk (``OSError``), torchvision's
+#: checks (``RuntimeError``), a zip that does not unpack.
+DOWNLOAD_ERRORS = (OSError, RuntimeError, zipfile.BadZipFile)
 
 
 class DatasetMissingError(DataError, ConfigError, FileNotFoundError):
-    """Dataset files are missing and download is off, or the download failed: a ``DataError``
-    and ``ConfigError`` (one CLI line, exit 2) and a ``FileNotFoundError``."""
+    """Dataset files are missing and download is off, or the download failed (one CLI line)."""
 
 
 def missing_data_message(name: str, folder: Path | str, layout: str, url: str,
                          reason: str | None = None, hint: str = "") -> str:
-    """One-line message naming the dataset, the ``data.root`` folder, the expected ``layout``
-    and the official ``url``; ``reason`` is why a download failed (None: download was off)."""
+    """One line naming the dataset, the ``data.root`` folder, the expected ``layout`` and the
+    official ``url``; ``reason`` is why a download failed (None: download was off)."""
     yourself = "and set data.root=<folder> to the folder that holds that layout (unpacked)"
     if reason is None:
-        text = (
-            f"{name}: dataset files not found in {folder} (data.root); expected {layout} there. "
-            f"Set data.download=true (download=True in Python) to fetch {url} into it, or "
-            f"fetch it yourself {yourself}"
-        )
+        text = (f"{name}: dataset files not found in {folder} (data.root); expected {layout} "
+                f"there. Set data.download=true (download=True in Python) to fetch {url} into "
+                f"it, or fetch it yourself {yourself}")
     else:
-        text = (
-            f"{name}: downloading {url} into {folder} (data.root) failed "
-            f"({' '.join(reason.split())}); nothing was kept. Expected {layout} there. Check the "
-            f"network and retry with data.download=true, or fetch it on a machine with internet "
-            f"{yourself} and data.download=false"
-        )
+        text = (f"{name}: downloading {url} into {folder} (data.root) failed "
+                f"({' '.join(reason.split())}); nothing was kept. Expected {layout} there. "
+                "Check the network and retry with data.download=true, or fetch it on a machine "
+                f"with internet {yourself} and data.download=false")
     return f"{text}. {hint}" if hint else text
 
 
@@ -150,24 +134,28 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def download_or_fail(fetch: Callable[[], Any], watch: Sequence[Path],
-                     complete: Callable[[], bool], message: Callable[[str], str]) -> None:
-    """Run ``fetch`` (a download into the ``watch`` folders); unless it succeeds and
-    ``complete()`` is then true, remove what it created (new folders whole, new entries of
-    existing ones) and fail with ``DatasetMissingError(message(reason))``; an interrupt or a bug
-    also cleans up, then propagates."""
+def fetch_if_missing(download: bool, fetch: Callable[[Any], Any], watch: Sequence[Path],
+                     present: Callable[[], bool], message: Callable[[str | None], str]) -> None:
+    """Unless ``present()``: ``DatasetMissingError(message(None))`` without ``download``, else
+    ``fetch(torchvision.datasets)`` into the ``watch`` folders; if that fails (or an interrupt or
+    bug propagates) remove what it created and raise ``DatasetMissingError(message(reason))``."""
+    if present():
+        return
+    if not download:
+        raise DatasetMissingError(message(None))
+    from torchvision import datasets
+
     before = {f: set(os.listdir(f)) for f in watch if f.is_dir()}
     created = set()
-    for folder in watch:
-        top = folder
+    for top in watch:
         while not top.parent.exists() and top.parent != top:
             top = top.parent
         if not top.exists():
             created.add(top)
     done, failure = False, None
     try:
-        fetch()
-        done = complete()
+        fetch(datasets)
+        done = present()
     except DOWNLOAD_ERRORS as exc:
         failure = exc
     finally:

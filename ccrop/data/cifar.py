@@ -1,14 +1,11 @@
-"""CIFAR-10 / CIFAR-100 read from the original python pickle batches.
-
-torchvision's ``datasets.CIFAR10`` only fetches the archive here: its reader refuses any file
-that is not byte-identical to the official one (md5) and unpickles without restriction, while
-this one reads any batch in the published format and builds nothing but numpy arrays.
-"""
+"""CIFAR-10 / CIFAR-100 read from the original python pickle batches, unpickling nothing but
+numpy arrays (torchvision only fetches the archive: its reader unpickles without restriction)."""
 
 from __future__ import annotations
 
 import pickle
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -16,28 +13,18 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .base import (
-    ArrayDataset,
-    DatasetMissingError,
-    check_split,
-    download_or_fail,
-    missing_data_message,
-)
+from .base import ArrayDataset, check_split, fetch_if_missing, missing_data_message
 
-#: What a truncated or corrupt pickle raises (unicode errors are ``ValueError``s, ``KeyError``
-#: a ``LookupError``, a non-dict an ``AttributeError``).
+#: What a truncated or corrupt pickle raises (``KeyError`` is a ``LookupError``; a non-dict).
 _CORRUPT = (EOFError, pickle.UnpicklingError, ValueError, TypeError, LookupError, AttributeError)
 
 
 class _NumpyUnpickler(pickle.Unpickler):
     """Unpickler that only builds numpy arrays, so a tampered batch file cannot run code."""
 
-    _ALLOWED = {
-        ("numpy", "ndarray"), ("numpy", "dtype"),
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
-        ("_codecs", "encode"),  # bytes inside protocol-2 pickles written by Python 3
-    }  # fmt: skip
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+        for name in ("_reconstruct", "scalar")}  # _codecs.encode: bytes in protocol-2 pickles
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) not in self._ALLOWED:
@@ -48,8 +35,8 @@ class _NumpyUnpickler(pickle.Unpickler):
 
 
 def _read(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
-    """``parse`` of a CIFAR pickle (Python 2 or 3) as a dict with str keys; one ``DataError``
-    naming the file if it is truncated or not what ``parse`` expects."""
+    """``parse`` of a CIFAR pickle (Python 2 or 3) as a dict with str keys; ``DataError`` naming
+    the file if it is truncated or not what ``parse`` expects."""
     try:
         with open(path, "rb") as f:
             entry = _NumpyUnpickler(f, encoding="latin1").load()
@@ -60,24 +47,22 @@ def _read(path: Path, parse: Callable[[dict[str, Any]], Any]) -> Any:
                         "pickle dict holding 'data' (N x 3072 uint8) and the labels") from exc
 
 
-def _batch(entry: dict[str, Any], label_key: str) -> tuple[np.ndarray, list[int]]:
-    labels = [int(t) for t in entry[label_key]]  # a wrong size fails the reshape (ValueError)
-    return np.asarray(entry["data"]).reshape(len(labels), 3, 32, 32).transpose(0, 2, 3, 1), labels
-
-
 def read_cifar_batch(path: str | Path, label_key: str) -> tuple[np.ndarray, list[int]]:
     """Read one CIFAR python batch, e.g. ``cifar-10-batches-py/data_batch_1``, with labels under
     ``label_key`` (``"labels"``, CIFAR-100: ``"fine_labels"``): uint8 (N, 32, 32, 3), N labels."""
-    return _read(Path(path), lambda entry: _batch(entry, label_key))
+    def parse(entry: dict[str, Any]) -> tuple[np.ndarray, list[int]]:
+        labels = [int(t) for t in entry[label_key]]  # a wrong size fails the reshape
+        images = np.asarray(entry["data"]).reshape(len(labels), 3, 32, 32)
+        return images.transpose(0, 2, 3, 1), labels
+
+    return _read(Path(path), parse)
 
 
 class CIFAR10(ArrayDataset):
     """CIFAR-10 from ``root/cifar-10-batches-py``: ``data`` uint8 (N, 32, 32, 3), ``targets``.
 
-    ``split``: ``"train"`` (data_batch_1..5) or ``"test"``. ``download`` fetches the archive with
-    torchvision if files are missing (a failed download leaves nothing behind and raises
-    ``DatasetMissingError``, as missing files do).
-    """
+    ``split``: ``"train"`` (data_batch_1..5) or ``"test"``. ``download`` fetches the archive if
+    files are missing (``DatasetMissingError`` if off or failed; a failure leaves nothing)."""
 
     name, folder = "cifar10", "cifar-10-batches-py"
     url = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"  # what torchvision fetches
@@ -91,22 +76,16 @@ class CIFAR10(ArrayDataset):
         root = Path(root).expanduser()
         folder = root / self.folder
         files = [folder / f for f in self.files[split]]
-        if not all(f.is_file() for f in files):
-            def message(reason: str | None = None) -> str:
-                return missing_data_message(self.name, root, self.layout, self.url, reason)
-
-            if not download:
-                raise DatasetMissingError(message())
-            from torchvision import datasets
-
-            fetch = datasets.CIFAR10 if self.name == "cifar10" else datasets.CIFAR100
-            download_or_fail(lambda: fetch(str(root), train=True, download=True),
-                             [root, folder], lambda: all(f.is_file() for f in files),
-                             message)
+        fetch_if_missing(
+            download,
+            lambda tv: getattr(tv, self.name.upper())(str(root), train=True, download=True),
+            [root, folder], lambda: all(f.is_file() for f in files),
+            partial(missing_data_message, self.name, root, self.layout, self.url))
         parts = [read_cifar_batch(f, self.label_key) for f in files]
         meta = folder / self.meta[0]
-        classes = _read(meta, lambda e: [str(n) for n in e[self.meta[1]]]) if meta.is_file() \
-            else []
+        classes = []
+        if meta.is_file():
+            classes = _read(meta, lambda e: [str(n) for n in e[self.meta[1]]])
         data = np.ascontiguousarray(np.concatenate([p[0] for p in parts]))  # (N, 32, 32, 3)
         super().__init__(data, [t for p in parts for t in p[1]], classes, transform)
 

@@ -1,8 +1,5 @@
-"""Fashion-MNIST read from IDX files (plain or gzipped); system copies are found without a root.
-
-torchvision's ``datasets.FashionMNIST`` only fetches the files here: it reads uncompressed
-files in ``root/FashionMNIST/raw`` only, not the gzipped Debian copy nor a flat folder.
-"""
+"""Fashion-MNIST read from IDX files, plain or gzipped (torchvision's reader takes neither the
+gzipped Debian copy nor a flat folder); system copies are found without a root."""
 
 from __future__ import annotations
 
@@ -10,6 +7,7 @@ import gzip
 import math
 import struct
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -17,27 +15,16 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, DataError
-from .base import (
-    ArrayDataset,
-    DatasetMissingError,
-    check_split,
-    download_or_fail,
-    missing_data_message,
-)
+from .base import ArrayDataset, check_split, fetch_if_missing, missing_data_message
 
 # Searched in order when root is None; the first is the Debian package dataset-fashion-mnist.
-SYSTEM_DIRS = (
-    "/usr/share/datasets/fashion-mnist",
-    "/usr/local/share/datasets/fashion-mnist",
-    "~/.cache/ccrop/fashion-mnist",
-)
+SYSTEM_DIRS = ("/usr/share/datasets/fashion-mnist", "/usr/local/share/datasets/fashion-mnist",
+               "~/.cache/ccrop/fashion-mnist")
 _SUBDIRS = ("", "FashionMNIST/raw", "fashion-mnist")  # root itself, torchvision's layout, a folder
 # the official files (github.com/zalandoresearch/fashion-mnist), the mirror torchvision fetches
 URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
-CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-)  # fmt: skip
+CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+           "Bag", "Ankle boot")
 
 
 def read_idx(path: str | Path) -> np.ndarray:
@@ -74,15 +61,11 @@ def pad_images(images: np.ndarray, pad_to: int | None) -> np.ndarray:
     return np.pad(images, ((0, 0), (top, pad_to - h - top), (left, pad_to - w - left)))
 
 
-def _layout(stems: tuple[str, ...]) -> str:
-    """Where the IDX files of one split may lie below a root folder."""
-    names = " and ".join(f"{s}[.gz]" for s in stems)
-    return f"{names} in the folder itself, in FashionMNIST/raw/ (torchvision's) or fashion-mnist/"
-
-
-def _missing(root: Path | None, layout: str) -> str:
-    """The message for files missing with download off (root None: the system folders)."""
+def _missing(root: Path | None, layout: str, reason: str | None) -> str:
+    """The message for missing files (root None: the system folders) or a failed download."""
     searched = ", ".join(SYSTEM_DIRS)
+    if reason is not None:
+        return missing_data_message("fashion-mnist", root, layout, URL, reason)
     if root is None:
         return (f"fashion-mnist: {layout} not found in the system folders {searched} (data.root "
                 "is unset). Install the Debian package dataset-fashion-mnist, or set "
@@ -98,33 +81,25 @@ class FashionMNIST(ArrayDataset):
 
     ``root`` holds the IDX files (also in ``FashionMNIST/raw``, torchvision's layout); ``None``
     searches ``SYSTEM_DIRS`` (Debian: ``dataset-fashion-mnist``). ``split``: ``"train"`` (60k)
-    or ``"test"`` (10k). ``download`` fetches them with torchvision into ``root`` if missing (a
-    failed download leaves nothing behind and raises ``DatasetMissingError``).
-    """
+    or ``"test"`` (10k). ``download`` fetches missing files into ``root``."""
 
     def __init__(self, root: str | Path | None = None, split: str = "train",
                  download: bool = False, pad_to: int | None = 32,
                  transform: Callable[[Image.Image], Any] | None = None) -> None:
         check_split(split, ("train", "test"), "fashion-mnist")
         if download and root is None:
-            raise ConfigError(
-                "fashion-mnist: data.download=true needs data.root=<folder> to download into "
-                "(root=None in Python searches the system folders only)"
-            )
+            raise ConfigError("fashion-mnist: data.download=true needs data.root=<folder> to "
+                              "download into (root=None searches the system folders only)")
         prefix = "train" if split == "train" else "t10k"
         bases = [Path(d).expanduser() for d in ([root] if root is not None else SYSTEM_DIRS)]
         dirs = [b / s for b in bases for s in _SUBDIRS]
         stems = (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte")
-        if None in [_find(dirs, s) for s in stems]:
-            if not download:
-                raise DatasetMissingError(_missing(root and bases[0], _layout(stems)))
-            from torchvision import datasets
-
-            raw = bases[0] / "FashionMNIST" / "raw"
-            download_or_fail(
-                lambda: datasets.FashionMNIST(str(bases[0]), split == "train", download=True),
-                [bases[0], raw.parent, raw], lambda: None not in [_find(dirs, s) for s in stems],
-                lambda reason: missing_data_message("fashion-mnist", bases[0], _layout(stems),
-                                                    URL, reason))
+        layout = (" and ".join(f"{s}[.gz]" for s in stems) + " in the folder itself, in "
+                  "FashionMNIST/raw/ (torchvision's) or fashion-mnist/")
+        raw = bases[0] / "FashionMNIST" / "raw"
+        fetch_if_missing(
+            download, lambda tv: tv.FashionMNIST(str(bases[0]), split == "train", download=True),
+            [bases[0], raw.parent, raw], lambda: None not in [_find(dirs, s) for s in stems],
+            partial(_missing, root and bases[0], layout))
         images, labels = (read_idx(_find(dirs, s)) for s in stems)
         super().__init__(pad_images(images, pad_to), labels.tolist(), CLASSES, transform)

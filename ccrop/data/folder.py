@@ -24,10 +24,8 @@ from .images import orientation, to_rgb, upright
 
 logger = logging.getLogger(__name__)
 
-IMG_EXTENSIONS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff",
-    ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-)  # fmt: skip
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm", ".pbm", ".pnm")
 BAD_IMAGE_MODES = ("error", "skip")
 
 
@@ -42,24 +40,18 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, TypeError, LookupE
                   struct.error, Image.DecompressionBombError)
 #: EXIF orientations that exchange width and height (transpose, rotations by 90 degrees).
 _TURNED = (5, 6, 7, 8)
-#: EXIF orientation -> (exchange x and y, then mirror x, then mirror y), as ``exif_transpose``.
-_MOVES = {2: (False, True, False), 3: (False, True, True), 4: (False, False, True),
-          5: (True, False, False), 6: (True, True, False), 7: (True, True, True),
-          8: (True, False, True)}
 
 
-def _upright_region(region: Sequence[float], size: tuple[int, int], turn: int
-                    ) -> tuple[float, ...]:
+def _upright_region(region: Sequence[float], size: tuple[int, int], turn: int) -> tuple[float, ...]:
     """Map a region ``(x0, y0, x1, y1)`` of a stored image of ``size`` (W, H) to the upright
-    image that EXIF orientation ``turn`` makes of it."""
+    image that EXIF orientation ``turn`` makes of it (as ``exif_transpose``)."""
     x0, y0, x1, y1 = region
     w, h = size
-    swap, flip_x, flip_y = _MOVES.get(turn, (False, False, False))
-    if swap:
+    if turn in _TURNED:  # exchange x and y first
         x0, y0, x1, y1, w, h = y0, x0, y1, x1, h, w
-    if flip_x:
+    if turn in (2, 3, 6, 7):  # then mirror x
         x0, x1 = w - x1, w - x0
-    if flip_y:
+    if turn in (3, 4, 7, 8):  # then mirror y
         y0, y1 = h - y1, h - y0
     return x0, y0, x1, y1
 
@@ -71,35 +63,47 @@ def _target(fit: SizeRule, size: tuple[int, int], turn: int) -> tuple[int, int]:
 
 
 def _draft(img: Image.Image, fit: SizeRule) -> tuple[float, ...] | None:
-    """Ask a JPEG decoder for the largest DCT reduction (1/2, 1/4, 1/8) that keeps the image at
-    least ``fit``'s target on both sides (``Image.draft`` rounds the scale down, the size up).
-    Returns the region of the reduced image that holds the original (a last partial pixel when
-    a side is not divisible), or None when nothing was reduced."""
+    """Set a JPEG decoder to the largest DCT reduction (1/2, 1/4, 1/8) that keeps ``fit``'s target;
+    the region of the reduced image that holds the original, None if nothing was reduced."""
     full, turn = img.size, orientation(img)
     th, tw = _target(fit, full, turn)
     drafted = img.draft(None, (th, tw) if turn in _TURNED else (tw, th))  # stored frame
     return None if drafted is None or img.size == full else drafted[1]
 
 
-def _bad_image(path: str | Path, exc: Exception) -> BadImageError:
-    empty = os.path.isfile(path) and os.path.getsize(path) == 0
-    why = "the file is empty (0 bytes)" if empty else f"{type(exc).__name__}: {exc}"
-    return BadImageError(
-        f"{path}: cannot decode image ({why}); expected a readable image file "
-        f"({', '.join(e[1:] for e in IMG_EXTENSIONS[:4])}, ...)"
-    )
+def _decode_jpeg(data: bytes, turn: int, size: tuple[int, int]) -> torch.Tensor | None:
+    """A JPEG's bytes decoded upright by torchvision to (3, H, W) uint8; None if that fails or
+    gives another size than the stored (W, H) ``size`` turned by ``turn``."""
+    try:
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+        with warnings.catch_warnings():  # torchvision 0.29 deprecates it for TorchCodec
+            warnings.simplefilter("ignore", DeprecationWarning)
+            x = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8),
+                            mode=ImageReadMode.RGB, apply_exif_orientation=True)
+    except (ImportError, RuntimeError, *_DECODE_ERRORS):
+        return None
+    upright_hw = size if turn in _TURNED else size[::-1]
+    return x if tuple(x.shape[1:]) == upright_hw else None
 
 
-def _open(path: str | Path, fit: SizeRule | None, draft: bool
-          ) -> tuple[Image.Image, tuple[int, int], tuple[float, ...]]:
-    """Decode ``path`` upright in RGB, DCT-reduced if ``fit`` and ``draft`` allow. Returns the
-    image, ``fit``'s target ``(h, w)`` (without ``fit``: the image's size) and the region
-    ``(x0, y0, x1, y1)`` of the image that holds the original."""
+def _open(path: str | Path, fit: SizeRule | None = None, draft: bool = False,
+          torchvision: bool = False) -> tuple[Any, tuple[int, int], tuple[float, ...]]:
+    """``path`` decoded upright (RGB PIL image, DCT-reduced if ``fit`` and ``draft`` allow; with
+    ``torchvision`` an unreduced RGB or gray JPEG as (3, H, W) uint8), ``fit``'s target ``(h, w)``
+    (else the image's size) and the region ``(x0, y0, x1, y1)`` that holds the original."""
     try:
         with open(path, "rb") as f:
             img = Image.open(f)
             full = img.size  # stored (W, H) of the original
             reduced = _draft(img, fit) if fit is not None and draft else None
+            jpeg = img.format == "JPEG" and img.mode in ("RGB", "L")
+            if torchvision and jpeg and reduced is None:
+                turn = orientation(img)
+                f.seek(0)
+                x = _decode_jpeg(f.read(), turn, full)
+                if x is not None:
+                    return x, _target(fit, full, turn), (0, 0, x.shape[2], x.shape[1])
             img.load()  # decode now: truncated files fail here, inside the try
         stored = img.size  # of the decoded (maybe reduced) image
         img, turn = upright(img)
@@ -107,17 +111,20 @@ def _open(path: str | Path, fit: SizeRule | None, draft: bool
     except FileNotFoundError as exc:  # a sample listed but gone: a missing data path
         raise DataPathError(f"{path}: image file not found ({exc.strerror or exc})") from exc
     except _DECODE_ERRORS as exc:
-        raise _bad_image(path, exc) from exc
+        empty = os.path.isfile(path) and os.path.getsize(path) == 0
+        why = "the file is empty (0 bytes)" if empty else f"{type(exc).__name__}: {exc}"
+        raise BadImageError(f"{path}: cannot decode image ({why}); expected a readable image "
+                            "file (jpg, jpeg, png, bmp, ...)") from exc
     target = _target(fit, full, turn) if fit is not None else img.size[::-1]
     region = (0, 0, *img.size) if reduced is None else _upright_region(reduced, stored, turn)
     return img, target, region
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Open an image file as an upright 8-bit RGB PIL image (modes as ``images.to_rgb``; a
-    malformed EXIF block is ignored), fully decoded. ``DataPathError`` (a ``FileNotFoundError``)
-    if it does not exist, ``BadImageError`` if it is empty, corrupt, truncated or no image."""
-    return _open(path, None, False)[0]
+    """An image file as an upright 8-bit RGB PIL image (modes as ``images.to_rgb``), fully
+    decoded; ``DataPathError`` (a ``FileNotFoundError``) if missing, ``BadImageError`` if
+    empty, corrupt, truncated or no image."""
+    return _open(path)[0]
 
 
 def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
@@ -125,30 +132,22 @@ def decode_fitted(path: str | Path, fit: SizeRule, draft: bool = True,
     """Decode an image file straight to ``(3, h, w)`` uint8 RGB, ``(h, w) = fit(height, width)``
     of the upright original; errors as ``load_rgb``.
 
-    The same image as ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling, at
-    about half the CPU time (``benchmarks/bench_decode.py``): a JPEG at least twice the target
-    is decoded at a reduced DCT scale (``Image.draft``, if ``draft``), other RGB or grayscale
-    JPEGs by torchvision (``decoder="auto"``; ``"pil"``: PIL decodes all), then torch's
-    antialiased bilinear resize at the exact scale of the region the original covers.
-    """
-    fast = _torchvision_jpeg(path, fit, draft) if decoder == "auto" else None
-    if fast is not None:
-        x, (h, w) = fast  # (3, H, W)
-        region = (0, 0, x.shape[2], x.shape[1])
-    else:
-        img, (h, w), region = _open(path, fit, draft)
-        x = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) channels-last view
-    (_, _, x1, y1), hw = region, tuple(x.shape[1:])
-    if (h, w) == hw and (x1, y1) == (w, h):
-        return x.contiguous()
-    return _resize_region(x, h, w, x1, y1)
+    ``load_rgb(path).resize((w, h), Image.BILINEAR)`` up to resampling, in about half the time:
+    a JPEG at least twice the target is decoded at a reduced DCT scale (``Image.draft``, if
+    ``draft``), other RGB or grayscale JPEGs by torchvision (``decoder="auto"``; ``"pil"``: PIL
+    decodes all), then resized at the exact scale of the region the original covers."""
+    img, (h, w), (_, _, x1, y1) = _open(path, fit, draft, torchvision=decoder == "auto")
+    if isinstance(img, Image.Image):
+        img = torch.from_numpy(np.array(img)).permute(2, 0, 1)  # (3, H, W) channels-last view
+    if (h, w) == tuple(img.shape[1:]) and (x1, y1) == (w, h):
+        return img.contiguous()
+    return _resize_region(img, h, w, x1, y1)
 
 
 def _resize_region(x: torch.Tensor, h: int, w: int, x1: float, y1: float) -> torch.Tensor:
     """Antialiased bilinear resize of the region ``[0, x1) x [0, y1)`` of ``x`` (3, H, W) uint8
-    onto (3, h, w), as Pillow's ``resize(box=...)``: one pass per side (as the kernel runs
-    them, width first), to the size where the region is the whole side, else at the exact
-    scale ``n / extent`` of a fractional region (H = ceil(y1): the output has >= h rows)."""
+    onto (3, h, w), as Pillow's ``resize(box=...)``: one pass per side (width first), to the
+    size where the region is the whole side, else at the exact scale ``n / extent``."""
     x = x[None]
     for dim, n, extent in ((3, w, x1), (2, h, y1)):
         if extent == x.shape[dim]:
@@ -161,39 +160,9 @@ def _resize_region(x: torch.Tensor, h: int, w: int, x1: float, y1: float) -> tor
     return x[0]
 
 
-def _torchvision_jpeg(path: str | Path, fit: SizeRule, draft: bool
-                      ) -> tuple[torch.Tensor, tuple[int, int]] | None:
-    """An RGB or grayscale JPEG that ``draft`` would not reduce, decoded upright by torchvision
-    (``(3, H, W)`` uint8) with ``fit``'s target ``(h, w)``; None for any other file or failure
-    (PIL then decodes or reports it; also once torchvision drops ``decode_jpeg``)."""
-    try:
-        from torchvision.io import ImageReadMode, decode_jpeg
-
-        with open(path, "rb") as f:
-            img = Image.open(f)  # the header only
-            full, turn = img.size, orientation(img)
-            if img.format != "JPEG" or img.mode not in ("RGB", "L") or (
-                    draft and _draft(img, fit) is not None):
-                return None
-            f.seek(0)
-            data = torch.frombuffer(bytearray(f.read()), dtype=torch.uint8)
-        with warnings.catch_warnings():  # torchvision 0.29 deprecates it for TorchCodec
-            warnings.simplefilter("ignore", DeprecationWarning)
-            x = decode_jpeg(data, mode=ImageReadMode.RGB, apply_exif_orientation=True)
-    except (ImportError, RuntimeError, *_DECODE_ERRORS):
-        return None
-    upright_hw = full[::-1] if turn not in _TURNED else full  # (H, W)
-    return (x, _target(fit, full, turn)) if tuple(x.shape[1:]) == upright_hw else None
-
-
 def square_size(height: int, width: int, size: int) -> tuple[int, int]:
-    """Size rule ``(size, size)`` of the localization input (the official square resize), as
-    ``functools.partial(square_size, size=224)``."""
+    """Size rule ``(size, size)`` (the official square localization input), for ``partial``."""
     return size, size
-
-
-def _visible(name: str) -> bool:
-    return not name.startswith(".")
 
 
 def list_images(folder: str | Path) -> list[str]:
@@ -201,18 +170,15 @@ def list_images(folder: str | Path) -> list[str]:
     recursively; hidden files and folders skipped."""
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if _visible(d)]
-        found += [
-            os.path.join(dirpath, f)
-            for f in filenames
-            if _visible(f) and f.lower().endswith(IMG_EXTENSIONS)
-        ]
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        found += [os.path.join(dirpath, f) for f in filenames
+                  if not f.startswith(".") and f.lower().endswith(IMG_EXTENSIONS)]
     return sorted(found)
 
 
 def split_folder(root: str | Path, split: str, layout: str) -> Path:
-    """The folder of one split: ``root/split`` if it exists, else ``root`` itself (unless root
-    has other split folders); ``layout`` is quoted in errors."""
+    """``root/split`` if it exists, else ``root`` unless it has other split folders; ``layout``
+    is quoted in errors."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataPathError(f"dataset root {root} not found; expected the layout {layout}")
@@ -222,37 +188,29 @@ def split_folder(root: str | Path, split: str, layout: str) -> Path:
     if present:
         raise DataPathError(f"{root / split} not found; {root} has split folders {present}")
     if split != "train":
-        logger.warning(
-            "no %r sub-folder in %s; using the folder itself as split %r", split, root, split
-        )
+        logger.warning("no %r sub-folder in %s; using the folder itself as split %r",
+                       split, root, split)
     return root
 
 
 def read_class_list(path: str | Path) -> list[str]:
-    """Class names (index = label) of a text file, the first word of each line (e.g. a WordNet
-    id); blank lines and lines starting with ``#`` are skipped."""
+    """Class names (index = label): the first word of each line of a text file (e.g. a wnid),
+    blank lines and ``#`` comments skipped."""
     path = Path(path).expanduser()
     if not path.is_file():
-        raise DataPathError(
-            f"class_list {path} not found; expected a text file, one wnid a line"
-        )
+        raise DataPathError(f"class_list {path} not found; expected a text file, one wnid a line")
     names = [ln.split()[0] for ln in path.read_text().splitlines() if ln.strip() and ln[0] != "#"]
     dupes = sorted(n for n, c in Counter(names).items() if c > 1)
     if not names or dupes:
-        raise DataError(
-            f"class_list {path}: expected unique class names, got {len(names)}, dupes {dupes}"
-        )
+        raise DataError(f"class_list {path}: expected unique class names, got {len(names)}, "
+                        f"dupes {dupes}")
     return names
 
 
 class FileListDataset(ImageDataset):
-    """Dataset over ``(image path, label)`` pairs (label -1 where there is none), decoded with
-    ``load_rgb``; ``root`` (where they came from) is named in errors.
-
-    ``on_bad_image="error"`` raises ``BadImageError`` naming the file; ``"skip"`` records the
-    path in ``bad_images`` (this process) and ``skipped_paths()`` (every process), logs it at
-    DEBUG level and returns the next readable item instead.
-    """
+    """Dataset over ``(image path, label)`` pairs (label -1 if none) decoded by ``load_rgb``;
+    ``root`` is named in errors. ``on_bad_image="error"`` raises ``BadImageError``; ``"skip"``
+    records the path (``bad_images``, ``skipped_paths()``) and returns the next readable item."""
 
     def __init__(self, samples: Sequence[tuple[str, int]], classes: Sequence[str] = (),
                  root: str | Path = "", on_bad_image: str = "error",
@@ -266,8 +224,7 @@ class FileListDataset(ImageDataset):
         self.classes = list(classes)
         self.root = str(root)
         self.on_bad_image = on_bad_image
-        self.bad_images: list[str] = []
-        self._bad: set[int] = set()
+        self.bad_images: list[str] = []  # skipped by this process
         self._reported = 0  # skipped files already counted in a report_skipped line
         # shared with DataLoader workers, so the main process can count every skipped file
         self.bad_mask = torch.zeros(len(self.samples), dtype=torch.bool).share_memory_()
@@ -280,9 +237,8 @@ class FileListDataset(ImageDataset):
         return [self.samples[i][0] for i in torch.nonzero(self.bad_mask).flatten().tolist()]
 
     def report_skipped(self, split: str | None = None) -> list[str]:
-        """Log ONE warning line (count so far, first path; ``split`` named) if files were
-        skipped since the last call; returns ``skipped_paths()``. Call it in the main process
-        after a pass (each file is logged at DEBUG level only)."""
+        """Log ONE warning line (count so far, first path, ``split``) if files were skipped
+        since the last call, in the main process after a pass; returns ``skipped_paths()``."""
         paths = self.skipped_paths()
         if len(paths) > self._reported:
             self._reported = len(paths)
@@ -297,7 +253,7 @@ class FileListDataset(ImageDataset):
         n = len(self.samples)
         for step in range(n):
             i = (index + step) % n
-            if i in self._bad:
+            if self.bad_mask[i]:
                 continue
             path, target = self.samples[i]
             try:
@@ -305,7 +261,6 @@ class FileListDataset(ImageDataset):
             except (BadImageError, OSError) as exc:
                 if self.on_bad_image == "error":
                     raise
-                self._bad.add(i)
                 self.bad_mask[i] = True
                 self.bad_images.append(path)
                 logger.debug("skipping bad image (%d so far): %s", len(self.bad_images), exc)
@@ -313,15 +268,13 @@ class FileListDataset(ImageDataset):
 
 
 def decodes_to_size(dataset: Any) -> bool:
-    """Whether ``dataset`` can decode its images straight to a size (``decode_fitted``): a
-    folder dataset without its own transform."""
+    """Whether ``dataset`` is a folder dataset without a transform (``decode_fitted`` applies)."""
     return isinstance(dataset, FileListDataset) and dataset.transform is None
 
 
 class FittedImages(Dataset):
-    """``index -> (index, transform(image))`` of a folder dataset without a transform
-    (``decodes_to_size``), each image decoded by ``decode_fitted`` straight to the size of the
-    picklable rule ``fit`` as (3, h, w) uint8: the localization input of folders."""
+    """``index -> (index, transform(image))`` of a folder dataset without a transform, the
+    image decoded by ``decode_fitted`` to the size of the picklable rule ``fit`` (3, h, w)."""
 
     def __init__(self, base: FileListDataset, fit: SizeRule,
                  transform: Callable[[torch.Tensor], Any], draft: bool = True) -> None:
@@ -339,21 +292,19 @@ class FittedImages(Dataset):
 _FOLDER_LAYOUT = "root/[train|val/]<class>/<images> (e.g. ImageNet: root/train/n01440764/*.JPEG)"
 
 
-def class_samples(
-    folder: Path, classes: Sequence[str], strict: bool, sub: str = ""
-) -> list[tuple[str, int]]:
-    """``(image path, label)`` pairs of every class folder ``folder/<class>/<sub>``, label =
-    index in ``classes``; an empty class folder is skipped with a warning but keeps its label,
-    a missing one raises ``FileNotFoundError`` if ``strict``."""
+def class_samples(folder: Path, classes: Sequence[str], strict: bool, sub: str = ""
+                  ) -> list[tuple[str, int]]:
+    """``(image path, label)`` pairs of the class folders ``folder/<class>/<sub>``, label = index
+    in ``classes``; an empty one warns but keeps its label, a missing one fails if ``strict``."""
     samples: list[tuple[str, int]] = []
     for label, name in enumerate(classes):
-        class_dir = folder / name / sub if sub else folder / name
+        class_dir = folder / name / sub  # sub "": the class folder itself
         if strict and not class_dir.is_dir():
             raise DataPathError(f"class {name!r} has no folder {class_dir}")
         files = list_images(class_dir)
         if not files:
-            logger.warning("empty class folder %s ignored (label %d has no images)", class_dir,
-                           label)
+            logger.warning("empty class folder %s ignored (label %d has no images)",
+                           class_dir, label)
         samples += [(f, label) for f in files]
     return samples
 
@@ -362,10 +313,7 @@ class ImageFolder(FileListDataset):
     """Labelled images in class sub-folders of ``root/<split>`` (or ``root``), e.g. ImageNet-1K.
 
     Labels follow the sorted class-folder names, or the order of the ``class_list`` text file
-    (one wnid a line; only those classes are read, e.g. ImageNet-200). An empty class folder
-    keeps its label (with a warning), so labels agree across splits. ``on_bad_image`` as in
-    ``FileListDataset``.
-    """
+    (one wnid a line; only those classes, e.g. ImageNet-200); an empty class keeps its label."""
 
     def __init__(self, root: str | Path, split: str = "train",
                  class_list: str | Path | None = None, on_bad_image: str = "error",
@@ -374,7 +322,8 @@ class ImageFolder(FileListDataset):
         if class_list is not None:
             classes = read_class_list(class_list)
         else:
-            classes = sorted(e.name for e in os.scandir(folder) if e.is_dir() and _visible(e.name))
+            classes = sorted(e.name for e in os.scandir(folder)
+                             if e.is_dir() and not e.name.startswith("."))
         samples = class_samples(folder, classes, strict=class_list is not None)
         super().__init__(samples, classes, folder, on_bad_image, transform)
 

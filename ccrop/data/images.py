@@ -35,13 +35,9 @@ def upright(img: Image.Image) -> tuple[Image.Image, int]:
 
 
 def to_rgb(img: Image.Image | torch.Tensor | np.ndarray, exif: bool = True) -> Image.Image:
-    """Convert an image to 8-bit RGB: a PIL image of any mode, a (C, H, W)/(H, W) tensor or an
-    (H, W[, C]) uint8 array.
-
-    16/32-bit integer modes are rescaled by their bit depth, float (F) is taken in [0, 1],
-    alpha is dropped keeping the colour (palette transparency too), CMYK converted; ``exif``
-    applies the EXIF orientation.
-    """
+    """A PIL image of any mode, a (C, H, W)/(H, W) tensor or an (H, W[, C]) uint8 array as 8-bit
+    RGB: 16/32-bit integers rescaled by their bit depth, float (F) taken in [0, 1], alpha dropped
+    keeping the colour, CMYK converted; ``exif`` applies the EXIF orientation."""
     if isinstance(img, torch.Tensor):
         img = TF.to_pil_image(img if img.dim() == 3 or img.dtype != torch.uint8 else img[None])
     elif isinstance(img, np.ndarray):

@@ -28,9 +28,8 @@ def _info(mean: tuple, std: tuple, image_size: int, num_classes: int, small: boo
     return dict(mean=mean, std=std, image_size=image_size, num_classes=num_classes, small=small)
 
 
-# Per-dataset defaults: channel mean/std of the training images in [0, 1], native (small sets)
-# or training (ImageNet) side, class count, and whether the set is "small" (CIFAR-style ResNet
-# stem, native-size localization). Callers may override any of them.
+# Per-dataset defaults, overridable: channel mean/std of the training images in [0, 1], native
+# (small sets) or training side, class count, "small" (CIFAR-style stem, native-size localization)
 DATASET_INFO: dict[str, dict[str, Any]] = {
     "cifar10": _info((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 32, 10, True),
     "cifar100": _info((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 32, 100, True),
@@ -44,14 +43,17 @@ DATASET_INFO: dict[str, dict[str, Any]] = {
     # measured on the 60k training images zero-padded to 32 px (the default pad_to=32)
     "fashion-mnist": _info((0.2190,) * 3, (0.3318,) * 3, 32, 10, True),
     # measured on ClutteredFashionMNIST(split="train", image_size=32, seed=0), pixels in [0, 1]
-    "fashion-mnist-cluttered": _info(
-        (0.4035, 0.4043, 0.4036), (0.2018, 0.2025, 0.2023), 32, 10, True
-    ),
+    "fashion-mnist-cluttered": _info((0.4035, 0.4043, 0.4036), (0.2018, 0.2025, 0.2023), 32, 10,
+                                     True),
     # measured on IconsOnPhotos(split="train", image_size=32, num_images=2048, seed=0)
     "icons": _info((0.4512, 0.4584, 0.4758), (0.2820, 0.2440, 0.2553), 32, 7, True),
     # measured on SyntheticObjects(50000, 32, seed=0)
     "synthetic": _info((0.3515, 0.3416, 0.3449), (0.1830, 0.1747, 0.1786), 32, 10, True),
 }
+
+
+def _folder(root: Any, split: str, download: bool, **kw: Any) -> Dataset:
+    return ImageFolder(root, split, **kw)
 
 
 def _imagenet200(root: Any, split: str, download: bool, class_list: Any = None,
@@ -77,18 +79,15 @@ _REGISTRY: dict[str, _Entry] = {
     "cifar100": _Entry(CIFAR100, ("train", "test")),
     "stl10": _Entry(STL10, STL10_SPLITS),
     "tiny-imagenet": _Entry(TinyImageNet, ("train", "val", "test")),
-    "imagefolder": _Entry(lambda root, split, _, **kw: ImageFolder(root, split, **kw),
-                          _FOLDER_SPLITS, downloadable=False),
-    "imagenet": _Entry(lambda root, split, _, **kw: ImageFolder(root, split, **kw),
-                       _FOLDER_SPLITS, downloadable=False),
+    "imagefolder": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
+    "imagenet": _Entry(_folder, _FOLDER_SPLITS, downloadable=False),
     "imagenet200": _Entry(_imagenet200, _FOLDER_SPLITS, downloadable=False),
     "unlabeled-folder": _Entry(lambda root, split, _, **kw: UnlabeledFolder(root, split, **kw),
                                ("train", "unlabeled", "val", "test"), downloadable=False),
     "fashion-mnist": _Entry(FashionMNIST, ("train", "test"), needs_root=False),
     # reads the fashion-mnist files (system copies or root, downloadable); val is carved from train
-    "fashion-mnist-cluttered": _Entry(
-        ClutteredFashionMNIST, ("train", "val", "test"), needs_root=False
-    ),
+    "fashion-mnist-cluttered": _Entry(ClutteredFashionMNIST, ("train", "val", "test"),
+                                      needs_root=False),
     # Tango icons on wallpapers, from Debian packages (root optional); val/test hold other icons
     "icons": _Entry(IconsOnPhotos, ("train", "val", "test"), needs_root=False,
                     downloadable=False),
@@ -97,28 +96,20 @@ _REGISTRY: dict[str, _Entry] = {
 }
 
 
-def build_dataset(
-    name: str,
-    root: str | Path | None = None,
-    split: str = "train",
-    download: bool = False,
-    **kwargs: Any,
-) -> Dataset:
+def build_dataset(name: str, root: str | Path | None = None, split: str = "train",
+                  download: bool = False, **kwargs: Any) -> Dataset:
     """Build a dataset of ``DATASET_INFO`` by name: items ``(PIL RGB image, int label)``, label
     -1 if none, with ``targets`` (list[int]) and ``classes``.
 
     ``root`` is optional for fashion-mnist, fashion-mnist-cluttered and icons (system copies)
-    and unused by synthetic; imagenet200 needs ``class_list=``; ``split`` and ``download`` as
-    the dataset supports (the errors list them); ``kwargs`` go to the reader (``on_bad_image``,
-    ``pad_to``, ``transform``, ``num_images``, ``image_size``, ``seed``, ...).
-    """
+    and unused by synthetic; imagenet200 needs ``class_list=``; ``kwargs`` go to the reader
+    (``on_bad_image``, ``pad_to``, ``transform``, ``num_images``, ``image_size``, ``seed``, ...)."""
     entry = _REGISTRY.get(name)
     if entry is None:
         raise DataError(f"unknown dataset name={name!r}; allowed: {sorted(_REGISTRY)}")
     check_split(split, entry.splits, name)
-    problem = (f"dataset {name!r} needs root=<data folder>" if entry.needs_root and root is None
-               else f"download=True is not supported for {name!r}; put the files under root"
-               if download and not entry.downloadable else None)
-    if problem:
-        raise DataError(problem)
+    if entry.needs_root and root is None:
+        raise DataError(f"dataset {name!r} needs root=<data folder>")
+    if download and not entry.downloadable:
+        raise DataError(f"download=True is not supported for {name!r}; put the files under root")
     return entry.build(root, split, download, **kwargs)

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..config import Config, ConfigError
+from .images import to_rgb
 from .registry import DATASET_INFO, build_dataset
 
 
@@ -39,20 +40,15 @@ class RunData:
         return self.train.skipped_paths()
 
     def report_bad_images(self) -> None:
-        """One warning line per split whose skipped unreadable images grew since the last call
-        (count and first path; folder datasets with ``data.on_bad_image=skip``)."""
+        """One warning line per split whose skipped unreadable images grew since the last call."""
         for name, dataset in [(self.cfg.data.train_split, self.train), *self._splits.items()]:
             dataset.report_skipped(name)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float images in [0, 1] for figures."""
-        from .images import to_rgb
-
-        out = []
-        for i in idx.tolist():
-            img = to_rgb(self.train[i][0]).resize((self.image_size, self.image_size))
-            out.append(torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1))
-        return torch.stack(out).float() / 255
+        size = (self.image_size, self.image_size)
+        imgs = [np.asarray(to_rgb(self.train[i][0]).resize(size)) for i in idx.tolist()]
+        return torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).float() / 255
 
 
 def _dataset(cfg: Config, split: str) -> Any:

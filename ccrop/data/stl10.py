@@ -1,14 +1,11 @@
-"""STL-10 read from the original binary files, memory-mapped (unlabeled has 100k images).
-
-torchvision's ``datasets.STL10`` only fetches the archive here: it hashes all 2.6 GB (md5) on
-every construction, refusing any other file, and reads the images into memory, where this
-reader maps them and pickles without them (DataLoader workers re-open the files).
-"""
+"""STL-10 read from the original binary files, memory-mapped (torchvision only fetches the
+archive: its reader hashes all 2.6 GB on every construction and loads the images in memory)."""
 
 from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +13,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import DataError
-from .base import (
-    NCHW,
-    DatasetMissingError,
-    ImageDataset,
-    check_split,
-    download_or_fail,
-    missing_data_message,
-)
+from .base import NCHW, ImageDataset, check_split, fetch_if_missing, missing_data_message
 
 SIDE = 96
 IMAGE_BYTES = 3 * SIDE * SIDE
@@ -52,8 +42,7 @@ def read_stl_labels(path: str | Path, count: int) -> list[int]:
     """Read a ``*_y.bin`` file of ``count`` label bytes 1..10 as labels 0..9."""
     raw = np.fromfile(path, np.uint8)
     if len(raw) != count or (count and (raw.min() < 1 or raw.max() > 10)):
-        raise DataError(f"{path}: {len(raw)} bytes, expected {count} (one label byte per image, "
-                        "1..10)")
+        raise DataError(f"{path}: {len(raw)} bytes, expected {count} (one label byte 1..10 each)")
     return (raw.astype(np.int64) - 1).tolist()
 
 
@@ -61,10 +50,7 @@ class STL10(ImageDataset):
     """STL-10 from ``root/stl10_binary``: 96 x 96 RGB, labels 0..9 (-1 for unlabeled images).
 
     ``split``: ``"train"`` (5k), ``"test"`` (8k), ``"unlabeled"`` (100k) or ``"train+unlabeled"``
-    (the pretraining set, train first). ``download`` fetches the archive (2.5 GB) with
-    torchvision if files are missing (a failed download leaves nothing behind and raises
-    ``DatasetMissingError``, as missing files do).
-    """
+    (train first). ``download`` fetches the archive (2.5 GB) if files are missing."""
 
     data_layout = NCHW
 
@@ -75,30 +61,21 @@ class STL10(ImageDataset):
         root = Path(root).expanduser()
         pairs = [(root / FOLDER / x, y and root / FOLDER / y) for x, y in _FILES[split]]
         needed = [p for pair in pairs for p in pair if p]
-        if not all(p.is_file() for p in needed):
-            if not download:
-                raise DatasetMissingError(missing_data_message("stl10", root, LAYOUT, URL))
-            from torchvision import datasets
-
-            download_or_fail(
-                lambda: datasets.STL10(str(root), split="train", download=True),
-                [root, root / FOLDER], lambda: all(p.is_file() for p in needed),
-                lambda reason: missing_data_message("stl10", root, LAYOUT, URL, reason))
+        fetch_if_missing(download, lambda tv: tv.STL10(str(root), split="train", download=True),
+                         [root, root / FOLDER], lambda: all(p.is_file() for p in needed),
+                         partial(missing_data_message, "stl10", root, LAYOUT, URL))
         self._paths = [x for x, _ in pairs]
-        self._parts: list[np.ndarray] | None = [open_stl_images(x) for x in self._paths]
         self.targets = []
-        for part, (_, y) in zip(self._parts, pairs):
+        for part, (_, y) in zip(self.data_parts, pairs):
             self.targets += read_stl_labels(y, len(part)) if y else [-1] * len(part)
-        self._starts = np.cumsum([0] + [len(p) for p in self._parts[:-1]]).tolist()
+        self._starts = np.cumsum([0] + [len(p) for p in self.data_parts[:-1]]).tolist()
         names = root / FOLDER / "class_names.txt"
         self.classes = names.read_text().split() if names.is_file() else []
 
-    @property
+    @cached_property
     def data_parts(self) -> list[np.ndarray]:
         """Memory-mapped uint8 arrays (N_i, 3, H, W), one per file, in index order."""
-        if self._parts is None:
-            self._parts = [open_stl_images(p) for p in self._paths]
-        return self._parts
+        return [open_stl_images(p) for p in self._paths]
 
     @property
     def data(self) -> np.ndarray:
@@ -110,7 +87,8 @@ class STL10(ImageDataset):
         return len(self.targets)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_parts": None}  # never pickle memory maps (copied in full)
+        # never pickle memory maps (copied in full): the copy re-opens the files
+        return {k: v for k, v in self.__dict__.items() if k != "data_parts"}
 
     def load(self, index: int) -> tuple[Image.Image, int]:
         """Return ``(PIL RGB image 96 x 96, label)`` for one index."""

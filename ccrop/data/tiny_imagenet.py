@@ -3,38 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from ..errors import DataError, DataPathError
-from .base import DatasetMissingError, check_split, download_or_fail, missing_data_message
+from .base import check_split, fetch_if_missing, missing_data_message
 from .folder import FileListDataset, class_samples
 
 URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"  # the official archive (CS231n)
 FOLDER = "tiny-imagenet-200"
-LAYOUT = (
-    f"{FOLDER}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
-    "val/val_annotations.txt}"
-)
+LAYOUT = (f"{FOLDER}/{{wnids.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG, "
+          "val/val_annotations.txt}")
 
 
 def _base_folder(root: Path, download: bool) -> Path:
     """``root/tiny-imagenet-200`` (or ``root`` itself if it is that folder), fetched if asked."""
-    for base in (root / FOLDER, root):
-        if (base / "wnids.txt").is_file():
-            return base
-    if not download:
-        raise DatasetMissingError(missing_data_message("tiny-imagenet", root, LAYOUT, URL))
-    from torchvision.datasets.utils import download_and_extract_archive
-
-    download_or_fail(
-        lambda: download_and_extract_archive(URL, str(root)),
-        watch=[root, root / FOLDER],
-        complete=lambda: (root / FOLDER / "wnids.txt").is_file(),
-        message=lambda reason: missing_data_message("tiny-imagenet", root, LAYOUT, URL, reason),
-    )
+    if (root / "wnids.txt").is_file() and not (root / FOLDER / "wnids.txt").is_file():
+        return root  # root is the unpacked folder itself
+    fetch_if_missing(download, lambda tv: tv.utils.download_and_extract_archive(URL, str(root)),
+                     [root, root / FOLDER], (root / FOLDER / "wnids.txt").is_file,
+                     partial(missing_data_message, "tiny-imagenet", root, LAYOUT, URL))
     return root / FOLDER
 
 
@@ -49,9 +40,8 @@ def read_val_annotations(path: Path, label_of: dict[str, int]) -> list[tuple[str
         if not fields:
             continue
         if len(fields) < 2 or fields[1] not in label_of:
-            raise DataError(
-                f"{path}:{n}: expected '<file> <wnid from wnids.txt> ...', got {line!r}"
-            )
+            raise DataError(f"{path}:{n}: expected '<file> <wnid from wnids.txt> ...', "
+                            f"got {line!r}")
         samples.append((str(path.parent / "images" / fields[0]), label_of[fields[1]]))
     return samples
 
@@ -60,11 +50,8 @@ class TinyImageNet(FileListDataset):
     """Tiny ImageNet from ``root/tiny-imagenet-200`` (or that folder): 64 x 64 RGB, labels
     0..199 in sorted-wnid order (as an ImageFolder over ``train/``).
 
-    ``split`` is ``"train"`` (100k) or ``"val"`` (10k; ``"test"`` is an alias, the official test
-    images have no labels). ``download`` fetches and unzips the CS231n archive if missing (a
-    failed download leaves nothing behind and raises ``DatasetMissingError``, as missing files
-    do). ``on_bad_image`` as in ``FileListDataset``.
-    """
+    ``split`` is ``"train"`` (100k) or ``"val"`` (10k; ``"test"`` is an alias: the official test
+    images have no labels). ``download`` fetches and unzips the CS231n archive if missing."""
 
     def __init__(self, root: str | Path, split: str = "train", download: bool = False,
                  on_bad_image: str = "error",
