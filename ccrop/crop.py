@@ -1,15 +1,14 @@
-"""The crop law (``CropPlan``), per sample and batched, and the crop transforms built on it.
+"""The crop law (``CropPlan``), per sample (``random.Random``) and batched (torch, any device),
+and the crop transforms built on it.
 
-The law (Peng et al., CVPR 2022, Sec. 3.3): area fraction ``s ~ U(scale)`` of the whole image and
-log aspect ratio ``~ U(log ratio)`` give ``w = round(sqrt(s*H*W*r))``, ``h = round(sqrt(s*H*W/r))``
-(``MAX_TRIES`` tries until the crop fits, else a centre crop with the ratio clamped). Placement
-``paper``: centre ``lo + (hi - lo) * u`` per axis, ``u ~ Beta(alpha, alpha)``, ``lo, hi`` the box
-edges, then shifted inside the image. ``official`` (the official code): the top-left range
-``[int(H*y0) - h//2, int(H*y1) - h//2]`` is clamped into ``[0, H-h]`` first, then
-``top = a + int((b - a) * u)``. ``uniform`` (RandomResizedCrop): top-left uniform; ccrop's
-full-box guard uses it for boxes covering at least ``full_box_guard`` of the image.
-
-The per-sample path draws from a ``random.Random``, the batched path from torch on any device.
+The law (Peng et al., CVPR 2022, Sec. 3.3): area fraction ``s ~ U(scale)`` and log aspect ratio
+``~ U(log ratio)`` give ``w = round(sqrt(s*H*W*r))``, ``h = round(sqrt(s*H*W/r))`` (``MAX_TRIES``
+tries until the crop fits, else a centre crop with the ratio clamped). Placement ``paper``:
+centre ``lo + (hi - lo) * u`` per axis, ``u ~ Beta(alpha, alpha)``, ``lo, hi`` the box edges,
+shifted inside the image. ``official`` (the official code): the top-left range ``[int(H*y0) -
+h//2, int(H*y1) - h//2]`` clamped into ``[0, H-h]``, then ``top = a + int((b - a) * u)``.
+``uniform`` (RandomResizedCrop, and ccrop's guard for boxes of area >= ``full_box_guard``):
+top-left uniform.
 """
 
 from __future__ import annotations
@@ -54,29 +53,13 @@ def check_box(box: Any, name: str = "box") -> Box:
         vals = tuple(float(v) for v in box)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
-    if len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0:
-        return vals  # type: ignore[return-value]
-    from .boxes import check_boxes  # the one box validator, for the message (it imports us)
+    ok = len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0
+    if not ok:
+        from .boxes import check_boxes  # the one box validator, for the message (it imports us)
 
-    check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
-                where=lambda _: f"{name} {vals}")
+        check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
+                    where=lambda _: f"{name} {vals}")
     return vals  # type: ignore[return-value]
-
-
-def check_crop_args(
-    scale: Sequence[float], ratio: Sequence[float], alpha: float, full_box_guard: float | None
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Check the law's hyper-parameters (``0 < scale lo <= hi <= 1``, ``0 < ratio lo <= hi``,
-    finite ``alpha > 0``, guard in (0, 1] or None); returns ``(scale, ratio)`` as float pairs."""
-    if len(scale) != 2 or not (0.0 < float(scale[0]) <= float(scale[1]) <= 1.0):
-        raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
-    if len(ratio) != 2 or not (0.0 < float(ratio[0]) <= float(ratio[1]) < math.inf):
-        raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {tuple(ratio)}")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if full_box_guard is not None and not (0.0 < float(full_box_guard) <= 1.0):
-        raise ValueError(f"full_box_guard must be in (0, 1] or None, got {full_box_guard!r}")
-    return (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
 
 
 def as_rng(generator: torch.Generator | random.Random | None) -> random.Random | Any:
@@ -90,8 +73,6 @@ def as_rng(generator: torch.Generator | random.Random | None) -> random.Random |
 
 
 # ----------------------------------------------------------------------------- per sample
-
-
 def _fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
     """Centre crop of the whole image, aspect ratio clamped to ``ratio``."""
     in_ratio = width / height
@@ -148,35 +129,28 @@ def sample_crop_params(
 
 
 # ----------------------------------------------------------------------------- batched
-
-
 def sample_beta(alpha: float, shape: Sequence[int], generator: torch.Generator | None = None,
                 device: torch.device | str | None = None) -> torch.Tensor:
-    """float32 Beta(alpha, alpha) samples of ``shape`` as ``X / (X + Y)``, X, Y ~ Gamma(alpha)."""
+    """float64 Beta(alpha, alpha) samples of ``shape`` as ``X / (X + Y)``, without host syncs:
+    X, Y ~ Gamma(alpha) by Marsaglia-Tsang on Gamma(alpha + 1) with 8 proposals at once (all
+    fail below 1e-10: then the mode), times ``U ** (1/alpha)``."""
     n = int(math.prod(shape))
-    g = _gamma(alpha, 2 * n, generator, device)  # (2n,)
+    d = alpha + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    kw = dict(generator=generator, device=device, dtype=torch.float64)
+    z = torch.randn(8, 2 * n, **kw)  # (R, 2n) proposals
+    u = torch.rand(8, 2 * n, **kw)
+    v = (1.0 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z * z + d - d * v
+                    + d * torch.log(v.clamp_min(1e-300)))
+    first = torch.argmax(ok.to(torch.int8), dim=0, keepdim=True)  # (1, 2n) first accepted
+    g = torch.where(ok.any(dim=0), (d * v).gather(0, first)[0], torch.full_like(v[0], d))
+    boost = torch.rand(2 * n, **kw)
+    g = torch.exp(torch.log(g) + torch.log(boost.clamp_min(1e-300)) / alpha)  # (2n,) log space
     x, y = g[:n], g[n:]
     total = x + y
     out = torch.where(total > 0, x / total.clamp_min(1e-30), torch.full_like(x, 0.5))
     return out.reshape(tuple(shape))
-
-
-def _gamma(alpha: float, n: int, generator: torch.Generator | None, device: Any,
-           rounds: int = 8) -> torch.Tensor:
-    """(n,) float64 Gamma(alpha) without host syncs: Marsaglia-Tsang on Gamma(alpha + 1) with
-    ``rounds`` proposals at once (all fail below 1e-10: then the mode), times ``U ** (1/alpha)``."""
-    d = alpha + 1.0 - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    kw = dict(generator=generator, device=device, dtype=torch.float64)
-    z = torch.randn(rounds, n, **kw)  # (R, n)
-    u = torch.rand(rounds, n, **kw)
-    v = (1.0 + c * z) ** 3
-    ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z * z + d - d * v
-                    + d * torch.log(v.clamp_min(1e-300)))
-    first = torch.argmax(ok.to(torch.int8), dim=0, keepdim=True)  # (1, n) first accepted round
-    g = torch.where(ok.any(dim=0), (d * v).gather(0, first)[0], torch.full_like(v[0], d))
-    boost = torch.rand(n, **kw)
-    return torch.exp(torch.log(g) + torch.log(boost.clamp_min(1e-300)) / alpha)  # log space
 
 
 def _fallback_batch(height: torch.Tensor, width: torch.Tensor,
@@ -190,25 +164,12 @@ def _fallback_batch(height: torch.Tensor, width: torch.Tensor,
     return torch.floor((height - h) / 2), torch.floor((width - w) / 2), h, w
 
 
-def _batch_sizes(height: int | torch.Tensor, width: int | torch.Tensor, b: int,
-                 device: torch.device) -> tuple[Any, Any]:
-    """Two shared Python ints, or (as soon as one is a tensor) two (B,) float64 tensors."""
-    if not isinstance(height, torch.Tensor) and not isinstance(width, torch.Tensor):
-        return height, width
-    return tuple(v.to(device, torch.float64, non_blocking=True) if isinstance(v, torch.Tensor)
-                 else torch.full((b,), float(v), dtype=torch.float64, device=device)
-                 for v in (height, width))
-
-
-def _try_sizes(height: Any, width: Any, b: int, scale: tuple[float, float],
+def _try_sizes(height: torch.Tensor, width: torch.Tensor, b: int, scale: tuple[float, float],
                ratio: tuple[float, float], kw: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The ``MAX_TRIES`` tries of every sample at once: (B,) float64 ``h, w`` of the first
-    fitting try and (B,) bool ``ok`` (False where none fits)."""
-    if isinstance(height, torch.Tensor):
-        height, width = height[:, None], width[:, None]  # (B, 1)
-        area = height * width
-    else:
-        area = float(height * width)
+    """The ``MAX_TRIES`` tries of every sample of (B,) float64 sizes at once: (B,) float64
+    ``h, w`` of the first fitting try and (B,) bool ``ok`` (False where none fits)."""
+    height, width = height[:, None], width[:, None]  # (B, 1)
+    area = height * width
     s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
     log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
     aspect = torch.exp(log_r + math.log(ratio[0]))
@@ -219,15 +180,16 @@ def _try_sizes(height: Any, width: Any, b: int, scale: tuple[float, float],
     return h.gather(1, first)[:, 0], w.gather(1, first)[:, 0], fits.any(dim=1)
 
 
-def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size: torch.Tensor,
+def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor, size: torch.Tensor,
                  u: torch.Tensor) -> torch.Tensor:
     """``_place`` of (B,) float64 tensors, before the shift into the image."""
     return torch.floor((lo + (hi - lo) * u) * extent - size / 2 + 0.5)
 
 
-def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size: torch.Tensor,
+def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor,
+                          size: torch.Tensor,
                           u: torch.Tensor) -> torch.Tensor:
-    """``_place_official`` of (B,) float64 tensors; ``extent`` an int or (B,) float64."""
+    """``_place_official`` of (B,) float64 tensors."""
     last = extent - size  # (B,) largest admissible top/left
     half = torch.floor(size / 2)
     a = torch.minimum((torch.floor(lo * extent) - half).clamp_min(0), last)
@@ -241,19 +203,18 @@ def sample_crop_params_batch(
     alpha: float = 0.6, generator: torch.Generator | None = None,
     full_box_guard: float | None = None, placement: str = "paper",
 ) -> torch.Tensor:
-    """``sample_crop_params`` for (B, 4) ``boxes`` at once, without host syncs.
-
-    ``height``/``width``: ints shared by the batch or (B,) integer tensors (one image size per
-    box; equal sizes give the int result). Returns (B, 4) int64 ``top, left, h, w`` on
-    ``boxes.device``.
-    """
+    """``sample_crop_params`` for (B, 4) ``boxes`` at once, without host syncs: (B, 4) int64
+    ``top, left, h, w`` on ``boxes.device``. ``height``/``width``: ints shared by the batch or
+    (B,) integer tensors (one image size per box)."""
     dev = boxes.device
     b = boxes.shape[0]
-    height, width = _batch_sizes(height, width, b, dev)  # ints, or (B,) float64
+    height, width = (  # (B,) float64; an int fills without a host-to-device copy
+        v.to(dev, torch.float64, non_blocking=True) if isinstance(v, torch.Tensor)
+        else torch.full((b,), float(v), dtype=torch.float64, device=dev) for v in (height, width))
     kw = dict(generator=generator, device=dev, dtype=torch.float64)
     h, w, ok = _try_sizes(height, width, b, scale, ratio, kw)  # (B,), (B,), (B,) bool
     bx = boxes.to(torch.float64)
-    u = sample_beta(alpha, (b, 2), generator, dev).to(torch.float64)  # (B, 2) for (y, x)
+    u = sample_beta(alpha, (b, 2), generator, dev)  # (B, 2) for (y, x)
     place = _place_official_batch if placement == "official" else _place_batch
     top = place(bx[:, 1], bx[:, 3], height, h, u[:, 0])
     left = place(bx[:, 0], bx[:, 2], width, w, u[:, 1])
@@ -266,17 +227,12 @@ def sample_crop_params_batch(
         top, left = torch.where(full, uy, top), torch.where(full, ux, left)
     top = torch.minimum(top.clamp_min(0), height - h)
     left = torch.minimum(left.clamp_min(0), width - w)
-    if isinstance(height, torch.Tensor):
-        fallback: tuple[Any, ...] = _fallback_batch(height, width, ratio)
-    else:  # Python scalars: no host-to-device copy, no sync
-        fallback = tuple(float(v) for v in _fallback(height, width, ratio))
+    fallback = _fallback_batch(height, width, ratio)
     cols = [torch.where(ok, col, fb) for col, fb in zip((top, left, h, w), fallback)]
     return torch.stack(cols, dim=1).to(torch.int64)  # (B, 4)
 
 
 # ----------------------------------------------------------------------------- the plan
-
-
 @dataclass(frozen=True)
 class CropPlan:
     """One crop law, shared by every path that draws crops (checked once, here).
@@ -302,10 +258,18 @@ class CropPlan:
         if self.kind not in KINDS or self.placement not in PLACEMENTS:
             raise ValueError(f"crop kind must be one of {KINDS} and placement one of "
                              f"{PLACEMENTS}, got {self.kind!r}, {self.placement!r}")
-        scale, ratio = check_crop_args(self.scale, self.ratio, self.alpha, self.full_box_guard)
-        object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "ratio", ratio)
-        object.__setattr__(self, "alpha", float(self.alpha))
+        scale, ratio, alpha, guard = self.scale, self.ratio, self.alpha, self.full_box_guard
+        if len(scale) != 2 or not (0.0 < float(scale[0]) <= float(scale[1]) <= 1.0):
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
+        if len(ratio) != 2 or not (0.0 < float(ratio[0]) <= float(ratio[1]) < math.inf):
+            raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {tuple(ratio)}")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        if guard is not None and not (0.0 < float(guard) <= 1.0):
+            raise ValueError(f"full_box_guard must be in (0, 1] or None, got {guard!r}")
+        object.__setattr__(self, "scale", (float(scale[0]), float(scale[1])))
+        object.__setattr__(self, "ratio", (float(ratio[0]), float(ratio[1])))
+        object.__setattr__(self, "alpha", float(alpha))
 
     @classmethod
     def from_config(cls, crop: Any) -> CropPlan:
@@ -360,8 +324,6 @@ class CropPlan:
 
 
 # ----------------------------------------------------------------------------- transforms
-
-
 class _NormalisedBox:
     """Holds a ``"ccrop_box"`` value during a v2 call, so pytree keeps the 4 numbers together
     and v2 never takes a (4,) tensor for the image."""
