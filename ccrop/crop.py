@@ -56,15 +56,14 @@ def check_box(box: Any, name: str = "box") -> Box:
     ok = len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0
     if not ok:
         from .boxes import check_boxes  # the one box validator, for the message (it imports us)
-
         check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
                     where=lambda _: f"{name} {vals}")
     return vals  # type: ignore[return-value]
 
 
 def as_rng(generator: torch.Generator | random.Random | None) -> random.Random | Any:
-    """A ``random.Random``-like source: the ``random`` module for None, a ``random.Random`` as
-    is, or one seeded by a 63-bit draw from a ``torch.Generator``."""
+    """The ``random`` module for None, a ``random.Random`` as is, or one seeded from a 63-bit
+    draw of a ``torch.Generator``."""
     if generator is None:
         return random
     if isinstance(generator, torch.Generator):
@@ -164,22 +163,6 @@ def _fallback_batch(height: torch.Tensor, width: torch.Tensor,
     return torch.floor((height - h) / 2), torch.floor((width - w) / 2), h, w
 
 
-def _try_sizes(height: torch.Tensor, width: torch.Tensor, b: int, scale: tuple[float, float],
-               ratio: tuple[float, float], kw: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The ``MAX_TRIES`` tries of every sample of (B,) float64 sizes at once: (B,) float64
-    ``h, w`` of the first fitting try and (B,) bool ``ok`` (False where none fits)."""
-    height, width = height[:, None], width[:, None]  # (B, 1)
-    area = height * width
-    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
-    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
-    aspect = torch.exp(log_r + math.log(ratio[0]))
-    w = torch.round(torch.sqrt(area * s * aspect))  # (B, T); round-half-even like Python round
-    h = torch.round(torch.sqrt(area * s / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (B, T)
-    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)  # (B, 1) first fitting try
-    return h.gather(1, first)[:, 0], w.gather(1, first)[:, 0], fits.any(dim=1)
-
-
 def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor, size: torch.Tensor,
                  u: torch.Tensor) -> torch.Tensor:
     """``_place`` of (B,) float64 tensors, before the shift into the image."""
@@ -187,8 +170,7 @@ def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor, size:
 
 
 def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor,
-                          size: torch.Tensor,
-                          u: torch.Tensor) -> torch.Tensor:
+                          size: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """``_place_official`` of (B,) float64 tensors."""
     last = extent - size  # (B,) largest admissible top/left
     half = torch.floor(size / 2)
@@ -212,7 +194,16 @@ def sample_crop_params_batch(
         v.to(dev, torch.float64, non_blocking=True) if isinstance(v, torch.Tensor)
         else torch.full((b,), float(v), dtype=torch.float64, device=dev) for v in (height, width))
     kw = dict(generator=generator, device=dev, dtype=torch.float64)
-    h, w, ok = _try_sizes(height, width, b, scale, ratio, kw)  # (B,), (B,), (B,) bool
+    # the MAX_TRIES tries of every sample at once; h, w: the first that fits (ok: one does)
+    area = (height * width)[:, None]  # (B, 1)
+    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
+    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = torch.exp(log_r + math.log(ratio[0]))
+    ws = torch.round(torch.sqrt(area * s * aspect))  # (B, T); half-even like Python round
+    hs = torch.round(torch.sqrt(area * s / aspect))
+    fits = (ws > 0) & (hs > 0) & (ws <= width[:, None]) & (hs <= height[:, None])
+    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)  # (B, 1)
+    h, w, ok = hs.gather(1, first)[:, 0], ws.gather(1, first)[:, 0], fits.any(dim=1)
     bx = boxes.to(torch.float64)
     u = sample_beta(alpha, (b, 2), generator, dev)  # (B, 2) for (y, x)
     place = _place_official_batch if placement == "official" else _place_batch
@@ -227,7 +218,7 @@ def sample_crop_params_batch(
         top, left = torch.where(full, uy, top), torch.where(full, ux, left)
     top = torch.minimum(top.clamp_min(0), height - h)
     left = torch.minimum(left.clamp_min(0), width - w)
-    fallback = _fallback_batch(height, width, ratio)
+    fallback = _fallback_batch(height, width, ratio)  # where no try fits
     cols = [torch.where(ok, col, fb) for col, fb in zip((top, left, h, w), fallback)]
     return torch.stack(cols, dim=1).to(torch.int64)  # (B, 4)
 
@@ -235,17 +226,12 @@ def sample_crop_params_batch(
 # ----------------------------------------------------------------------------- the plan
 @dataclass(frozen=True)
 class CropPlan:
-    """One crop law, shared by every path that draws crops (checked once, here).
-
-    Args:
-        kind: ``ccrop`` (boxes from the store), ``simccrop`` (``CENTER_BOX``, no guard) or
-            ``rcrop`` (RandomResizedCrop).
-        scale: area fraction range of the whole image; ratio: aspect ratio (w/h) range.
-        alpha: Beta(alpha, alpha) concentration of the crop centre in the box.
-        full_box_guard: ccrop only: box area share from which the position is uniform; None =
-            the paper's law.
-        placement: ``paper`` or ``official`` (module docstring).
-    """
+    """One crop law, shared by every path that draws crops (checked once, here): ``kind``
+    ``ccrop`` (boxes from the store), ``simccrop`` (``CENTER_BOX``, no guard) or ``rcrop``
+    (RandomResizedCrop); ``scale``: area fraction range; ``ratio``: aspect ratio (w/h) range;
+    ``alpha``: Beta(alpha, alpha) concentration of the crop centre in the box;
+    ``full_box_guard`` (ccrop only): box area share from which the position is uniform, None =
+    the paper's law; ``placement``: ``paper`` or ``official`` (module docstring)."""
 
     kind: str = "ccrop"
     scale: tuple[float, float] = (0.2, 1.0)
@@ -324,14 +310,12 @@ class CropPlan:
 
 
 # ----------------------------------------------------------------------------- transforms
+@dataclass
 class _NormalisedBox:
     """Holds a ``"ccrop_box"`` value during a v2 call, so pytree keeps the 4 numbers together
     and v2 never takes a (4,) tensor for the image."""
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    value: Any
 
 
 def _wrap_box(sample: Any) -> Any:
@@ -381,7 +365,8 @@ def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class BoxCrop(Transform):
-    """The crop of a ``CropPlan``, resized to ``size``; a torchvision v2 transform.
+    """The crop of a ``CropPlan``, resized to ``size`` (side or ``(h, w)``; ``interpolation``
+    of images, masks: nearest); a torchvision v2 transform.
 
     * ``crop(img, box, generator=None)``: a PIL image or (C, H, W) tensor and a normalised
       ``(x0, y0, x1, y1)`` -> the view (``generator``: ``random.Random``, ``torch.Generator``,
@@ -389,8 +374,6 @@ class BoxCrop(Transform):
     * v2: ``crop(sample)`` (nested tuples, lists, dicts) crops every image, video, mask and
       bounding box in it; the object box is a ``"ccrop_box"`` entry (normalised, returned
       unchanged) or else the union of the ``BoundingBoxes``; one seed from torch's global RNG.
-
-    ``size``: output side or ``(h, w)``; ``interpolation`` of images (masks: nearest).
     """
 
     _transformed_types = (*Transform._transformed_types, _NormalisedBox)
@@ -410,8 +393,7 @@ class BoxCrop(Transform):
     def get_params(self, height: int, width: int, box: Any = FULL_BOX,
                    generator: torch.Generator | random.Random | None = None
                    ) -> tuple[int, int, int, int]:
-        """Crop ``(top, left, h, w)`` in pixels inside an ``H x W`` image; ``box`` is read by
-        ccrop only."""
+        """Crop ``(top, left, h, w)`` in an ``H x W`` image; ``box`` is read by ccrop only."""
         if int(height) < 1 or int(width) < 1:
             raise ValueError(f"the image must be at least 1 pixel per side, got {height}x{width}")
         box = check_box(box) if self.plan.localizes else self.plan.fixed_box
@@ -419,30 +401,31 @@ class BoxCrop(Transform):
 
     def forward(self, *inputs: Any, generator: Any = None) -> Any:
         """``crop(img, box, generator)`` per sample, else the v2 call (class docstring)."""
-        one = len(inputs) in (2, 3) and _is_box(inputs[1])
-        if one or (len(inputs) == 1 and generator is not None):
-            img, box, gen = (*inputs, generator)[:3] if len(inputs) > 1 else (
-                inputs[0], FULL_BOX, generator)
-            top, left, ch, cw = self.get_params(*F.get_size(img), box, gen)
-            return TF.resized_crop(img, top, left, ch, cw, list(self.size), self.interpolation,
-                                   antialias=self.antialias is not False)
-        return super().forward(_wrap_box(inputs if len(inputs) > 1 else inputs[0]))
+        if len(inputs) in (2, 3) and _is_box(inputs[1]):  # crop(img, box[, generator])
+            img, box, gen = (*inputs, generator)[:3]
+        elif len(inputs) == 1 and generator is not None:  # crop(img, generator=g): whole image
+            img, box, gen = inputs[0], FULL_BOX, generator
+        else:
+            return super().forward(_wrap_box(inputs if len(inputs) > 1 else inputs[0]))
+        top, left, ch, cw = self.get_params(*F.get_size(img), box, gen)
+        return TF.resized_crop(img, top, left, ch, cw, list(self.size), self.interpolation,
+                               antialias=self.antialias is not False)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         """The v2 draw: ``top, left, height, width`` in pixels and the normalised ``box``."""
         height, width = query_size(flat_inputs)
-        box = self._object_box(flat_inputs) if self.plan.localizes else self.plan.fixed_box
+        given = [x for x in flat_inputs if isinstance(x, _NormalisedBox)]
+        boxes = [x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes)]
+        if not self.plan.localizes:
+            box = self.plan.fixed_box
+        elif given:
+            box = check_box(given[0].value, BOX_KEY)
+        elif boxes:
+            box = object_box(boxes)
+        else:
+            raise ValueError(_MISSING)
         top, left, h, w = self.plan.sample(height, width, box, as_rng(torch.default_generator))
         return dict(top=top, left=left, height=h, width=w, box=box)
-
-    def _object_box(self, flat_inputs: list[Any]) -> Box:
-        given = [x for x in flat_inputs if isinstance(x, _NormalisedBox)]
-        if given:
-            return check_box(given[0].value, BOX_KEY)
-        boxes = [x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes)]
-        if not boxes:
-            raise ValueError(_MISSING)
-        return object_box(boxes)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         """Apply the drawn crop to one input; the normalised box passes through unchanged."""
@@ -461,15 +444,10 @@ class BoxCrop(Transform):
 
 
 class ContrastiveCrop(BoxCrop):
-    """ContrastiveCrop: the crop centre drawn from Beta(alpha, alpha) inside each image's box.
-
-    ``alpha``: 0.6 in the paper for ImageNet, 0.1 for small sets. ``full_box_guard``: box area
-    share from which the position is uniform as in RandomResizedCrop (None: the paper exactly).
-    Other arguments as ``CropPlan`` and ``BoxCrop``.
-
-    Example:
-        >>> view = ContrastiveCrop(32, alpha=0.6)(img, (0.1, 0.2, 0.7, 0.9))
-    """
+    """ContrastiveCrop: the crop centre drawn from Beta(alpha, alpha) inside each image's box,
+    e.g. ``ContrastiveCrop(32, alpha=0.6)(img, (0.1, 0.2, 0.7, 0.9))``. ``alpha``: 0.6 in the
+    paper for ImageNet, 0.1 for small sets; ``full_box_guard``: box area share from which the
+    position is uniform (None: the paper exactly); other arguments as ``CropPlan``/``BoxCrop``."""
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), alpha: float = 0.6,

@@ -73,8 +73,7 @@ def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
 
 
 def inverted(heat: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the (B, h, w) map's border ring is hotter on average than its interior
-    (never for maps without interior)."""
+    """(B,) bool: the (B, h, w) map's border ring is hotter on average than its interior, if any."""
     h, w = heat.shape[-2:]
     if h <= 2 or w <= 2:
         return torch.zeros(heat.shape[0], dtype=torch.bool, device=heat.device)
@@ -171,12 +170,10 @@ def box_confidence(heat: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     cols = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])  # (B, W)
     inside = (rows[:, :, None] & cols[:, None, :]).float()  # (B, H, W)
     n_in = inside.sum(dim=(1, 2))
-    n_out = H * W - n_in
     s_in = (heat * inside).sum(dim=(1, 2))
-    s_out = heat.sum(dim=(1, 2)) - s_in
     mean_in = s_in / n_in.clamp_min(1)
-    mean_out = s_out / n_out.clamp_min(1)
-    return torch.where((n_in > 0) & (n_out > 0), mean_in - mean_out, torch.zeros_like(s_in))
+    mean_out = (heat.sum(dim=(1, 2)) - s_in) / (H * W - n_in).clamp_min(1)
+    return torch.where((n_in > 0) & (n_in < H * W), mean_in - mean_out, torch.zeros_like(s_in))
 
 
 def otsu_levels(heat: torch.Tensor) -> torch.Tensor:
@@ -231,11 +228,10 @@ def boxes_from_heatmaps(
         level = otsu_levels(heat)
     else:
         level = torch.full((heat.shape[0],), float(threshold), device=heat.device)
-    level = level[:, None]  # (B, 1)
     if region == "peak":
-        kept = peak_component(heat > level[:, :, None], heat)  # (B, H, W)
+        kept = peak_component(heat > level[:, None, None], heat)  # (B, H, W)
         return _extent(kept.any(dim=2), kept.any(dim=1))
-    return _extent(heat.amax(dim=2) > level, heat.amax(dim=1) > level)  # rows, cols kept
+    return _extent(heat.amax(dim=2) > level[:, None], heat.amax(dim=1) > level[:, None])
 
 
 def _extent(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,23 +391,19 @@ class _LayerMaps:
         finally:
             for h in handles:
                 h.remove()
+        model = type(self.__self__).__name__
         for i, name in enumerate(self.layers):
             out = outs.get(i)
+            if out is None:
+                raise ValueError(f"layer {name!r} did not run in forward(x) ({model})")
             if not (isinstance(out, torch.Tensor) and out.dim() == 4):
-                model = type(self.__self__).__name__
-                raise ValueError(f"layer {name!r} {_not_a_map(out)} ({model})")
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                hint = "name a module whose output is a feature map"
+                if isinstance(out, torch.Tensor) and out.dim() == 3:
+                    hint = "tokens (B, N, C) need reshaping to the patch grid first"
+                raise ValueError(f"layer {name!r} gave {got}, not a (B, C, h, w) map: {hint} "
+                                 f"({model})")
         return outs[0] if self.single else [outs[i] for i in range(len(self.layers))]
-
-
-def _not_a_map(out: Any) -> str:
-    """Why a hooked output is not a (B, C, h, w) map, for the error message."""
-    if out is None:
-        return "did not run in forward(x)"
-    if isinstance(out, torch.Tensor) and out.dim() == 3:
-        return (f"gave {tuple(out.shape)}, not a (B, C, h, w) map: tokens (B, N, C) need "
-                "reshaping to the patch grid first")
-    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    return f"gave {got}, not a (B, C, h, w) map: name a module whose output is a feature map"
 
 
 # ----------------------------------------------------------------------------- saliency
@@ -519,7 +511,7 @@ def update_boxes(
         p = next(module.parameters(), None) if module is not None else None
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    found: list[tuple[torch.Tensor, Localized]] = []
+    idx, found = [], []
     with eval_mode(module):
         for indices, images in progress_bar(loader, "localize", progress):
             images = images.to(device, non_blocking=True)
@@ -527,11 +519,11 @@ def update_boxes(
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 fmap = encoder(images)  # (B, C, h, w), or a list of stage maps
-            found.append((indices.to(device), localize(fmap, images.shape[-2:], **rule)))
+            idx.append(indices.to(device))
+            found.append(localize(fmap, images.shape[-2:], **rule))
     if not found:
         raise ValueError("loader yielded no images: cannot update boxes")
-    stats = write_boxes(store, torch.cat([i for i, _ in found]),
-                        Localized.join(f for _, f in found), gt_boxes, start)
+    stats = write_boxes(store, torch.cat(idx), Localized.join(found), gt_boxes, start)
     if warn_share is not None and dist.is_main_process():
         warn_unreliable(stats, warn_share)
     return stats
