@@ -1,15 +1,14 @@
-"""The crop law (``CropPlan``), per sample and batched, and the crop transforms built on it.
+"""The crop law (``CropPlan``), per sample (``random.Random``) and batched (torch, any device),
+and the crop transforms built on it.
 
-The law (Peng et al., CVPR 2022, Sec. 3.3): area fraction ``s ~ U(scale)`` of the whole image and
-log aspect ratio ``~ U(log ratio)`` give ``w = round(sqrt(s*H*W*r))``, ``h = round(sqrt(s*H*W/r))``
-(``MAX_TRIES`` tries until the crop fits, else a centre crop with the ratio clamped). Placement
-``paper``: centre ``lo + (hi - lo) * u`` per axis, ``u ~ Beta(alpha, alpha)``, ``lo, hi`` the box
-edges, then shifted inside the image. ``official`` (the official code): the top-left range
-``[int(H*y0) - h//2, int(H*y1) - h//2]`` is clamped into ``[0, H-h]`` first, then
-``top = a + int((b - a) * u)``. ``uniform`` (RandomResizedCrop): top-left uniform; ccrop's
-full-box guard uses it for boxes covering at least ``full_box_guard`` of the image.
-
-The per-sample path draws from a ``random.Random``, the batched path from torch on any device.
+The law (Peng et al., CVPR 2022, Sec. 3.3): area fraction ``s ~ U(scale)`` and log aspect ratio
+``~ U(log ratio)`` give ``w = round(sqrt(s*H*W*r))``, ``h = round(sqrt(s*H*W/r))`` (``MAX_TRIES``
+tries until the crop fits, else a centre crop with the ratio clamped). Placement ``paper``:
+centre ``lo + (hi - lo) * u`` per axis, ``u ~ Beta(alpha, alpha)``, ``lo, hi`` the box edges,
+shifted inside the image. ``official`` (the official code): the top-left range ``[int(H*y0) -
+h//2, int(H*y1) - h//2]`` clamped into ``[0, H-h]``, then ``top = a + int((b - a) * u)``.
+``uniform`` (RandomResizedCrop, and ccrop's guard for boxes of area >= ``full_box_guard``):
+top-left uniform.
 """
 
 from __future__ import annotations
@@ -54,34 +53,17 @@ def check_box(box: Any, name: str = "box") -> Box:
         vals = tuple(float(v) for v in box)
     except (TypeError, ValueError) as err:
         raise ValueError(f"{name} must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
-    if len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0:
-        return vals  # type: ignore[return-value]
-    from .boxes import check_boxes  # the one box validator, for the message (it imports us)
-
-    check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
-                where=lambda _: f"{name} {vals}")
+    ok = len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0
+    if not ok:
+        from .boxes import check_boxes  # the one box validator, for the message (it imports us)
+        check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
+                    where=lambda _: f"{name} {vals}")
     return vals  # type: ignore[return-value]
 
 
-def check_crop_args(
-    scale: Sequence[float], ratio: Sequence[float], alpha: float, full_box_guard: float | None
-) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Check the law's hyper-parameters (``0 < scale lo <= hi <= 1``, ``0 < ratio lo <= hi``,
-    finite ``alpha > 0``, guard in (0, 1] or None); returns ``(scale, ratio)`` as float pairs."""
-    if len(scale) != 2 or not (0.0 < float(scale[0]) <= float(scale[1]) <= 1.0):
-        raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
-    if len(ratio) != 2 or not (0.0 < float(ratio[0]) <= float(ratio[1]) < math.inf):
-        raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {tuple(ratio)}")
-    if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-        raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
-    if full_box_guard is not None and not (0.0 < float(full_box_guard) <= 1.0):
-        raise ValueError(f"full_box_guard must be in (0, 1] or None, got {full_box_guard!r}")
-    return (float(scale[0]), float(scale[1])), (float(ratio[0]), float(ratio[1]))
-
-
 def as_rng(generator: torch.Generator | random.Random | None) -> random.Random | Any:
-    """A ``random.Random``-like source: the ``random`` module for None, a ``random.Random`` as
-    is, or one seeded by a 63-bit draw from a ``torch.Generator``."""
+    """The ``random`` module for None, a ``random.Random`` as is, or one seeded from a 63-bit
+    draw of a ``torch.Generator``."""
     if generator is None:
         return random
     if isinstance(generator, torch.Generator):
@@ -90,8 +72,6 @@ def as_rng(generator: torch.Generator | random.Random | None) -> random.Random |
 
 
 # ----------------------------------------------------------------------------- per sample
-
-
 def _fallback(height: int, width: int, ratio: tuple[float, float]) -> tuple[int, int, int, int]:
     """Centre crop of the whole image, aspect ratio clamped to ``ratio``."""
     in_ratio = width / height
@@ -148,35 +128,28 @@ def sample_crop_params(
 
 
 # ----------------------------------------------------------------------------- batched
-
-
 def sample_beta(alpha: float, shape: Sequence[int], generator: torch.Generator | None = None,
                 device: torch.device | str | None = None) -> torch.Tensor:
-    """float32 Beta(alpha, alpha) samples of ``shape`` as ``X / (X + Y)``, X, Y ~ Gamma(alpha)."""
+    """float64 Beta(alpha, alpha) samples of ``shape`` as ``X / (X + Y)``, without host syncs:
+    X, Y ~ Gamma(alpha) by Marsaglia-Tsang on Gamma(alpha + 1) with 8 proposals at once (all
+    fail below 1e-10: then the mode), times ``U ** (1/alpha)``."""
     n = int(math.prod(shape))
-    g = _gamma(alpha, 2 * n, generator, device)  # (2n,)
+    d = alpha + 1.0 - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    kw = dict(generator=generator, device=device, dtype=torch.float64)
+    z = torch.randn(8, 2 * n, **kw)  # (R, 2n) proposals
+    u = torch.rand(8, 2 * n, **kw)
+    v = (1.0 + c * z) ** 3
+    ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z * z + d - d * v
+                    + d * torch.log(v.clamp_min(1e-300)))
+    first = torch.argmax(ok.to(torch.int8), dim=0, keepdim=True)  # (1, 2n) first accepted
+    g = torch.where(ok.any(dim=0), (d * v).gather(0, first)[0], torch.full_like(v[0], d))
+    boost = torch.rand(2 * n, **kw)
+    g = torch.exp(torch.log(g) + torch.log(boost.clamp_min(1e-300)) / alpha)  # (2n,) log space
     x, y = g[:n], g[n:]
     total = x + y
     out = torch.where(total > 0, x / total.clamp_min(1e-30), torch.full_like(x, 0.5))
     return out.reshape(tuple(shape))
-
-
-def _gamma(alpha: float, n: int, generator: torch.Generator | None, device: Any,
-           rounds: int = 8) -> torch.Tensor:
-    """(n,) float64 Gamma(alpha) without host syncs: Marsaglia-Tsang on Gamma(alpha + 1) with
-    ``rounds`` proposals at once (all fail below 1e-10: then the mode), times ``U ** (1/alpha)``."""
-    d = alpha + 1.0 - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    kw = dict(generator=generator, device=device, dtype=torch.float64)
-    z = torch.randn(rounds, n, **kw)  # (R, n)
-    u = torch.rand(rounds, n, **kw)
-    v = (1.0 + c * z) ** 3
-    ok = (v > 0) & (torch.log(u.clamp_min(1e-300)) < 0.5 * z * z + d - d * v
-                    + d * torch.log(v.clamp_min(1e-300)))
-    first = torch.argmax(ok.to(torch.int8), dim=0, keepdim=True)  # (1, n) first accepted round
-    g = torch.where(ok.any(dim=0), (d * v).gather(0, first)[0], torch.full_like(v[0], d))
-    boost = torch.rand(n, **kw)
-    return torch.exp(torch.log(g) + torch.log(boost.clamp_min(1e-300)) / alpha)  # log space
 
 
 def _fallback_batch(height: torch.Tensor, width: torch.Tensor,
@@ -190,44 +163,15 @@ def _fallback_batch(height: torch.Tensor, width: torch.Tensor,
     return torch.floor((height - h) / 2), torch.floor((width - w) / 2), h, w
 
 
-def _batch_sizes(height: int | torch.Tensor, width: int | torch.Tensor, b: int,
-                 device: torch.device) -> tuple[Any, Any]:
-    """Two shared Python ints, or (as soon as one is a tensor) two (B,) float64 tensors."""
-    if not isinstance(height, torch.Tensor) and not isinstance(width, torch.Tensor):
-        return height, width
-    return tuple(v.to(device, torch.float64, non_blocking=True) if isinstance(v, torch.Tensor)
-                 else torch.full((b,), float(v), dtype=torch.float64, device=device)
-                 for v in (height, width))
-
-
-def _try_sizes(height: Any, width: Any, b: int, scale: tuple[float, float],
-               ratio: tuple[float, float], kw: dict[str, Any]) -> tuple[torch.Tensor, ...]:
-    """The ``MAX_TRIES`` tries of every sample at once: (B,) float64 ``h, w`` of the first
-    fitting try and (B,) bool ``ok`` (False where none fits)."""
-    if isinstance(height, torch.Tensor):
-        height, width = height[:, None], width[:, None]  # (B, 1)
-        area = height * width
-    else:
-        area = float(height * width)
-    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
-    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
-    aspect = torch.exp(log_r + math.log(ratio[0]))
-    w = torch.round(torch.sqrt(area * s * aspect))  # (B, T); round-half-even like Python round
-    h = torch.round(torch.sqrt(area * s / aspect))
-    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # (B, T)
-    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)  # (B, 1) first fitting try
-    return h.gather(1, first)[:, 0], w.gather(1, first)[:, 0], fits.any(dim=1)
-
-
-def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size: torch.Tensor,
+def _place_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor, size: torch.Tensor,
                  u: torch.Tensor) -> torch.Tensor:
     """``_place`` of (B,) float64 tensors, before the shift into the image."""
     return torch.floor((lo + (hi - lo) * u) * extent - size / 2 + 0.5)
 
 
-def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: Any, size: torch.Tensor,
-                          u: torch.Tensor) -> torch.Tensor:
-    """``_place_official`` of (B,) float64 tensors; ``extent`` an int or (B,) float64."""
+def _place_official_batch(lo: torch.Tensor, hi: torch.Tensor, extent: torch.Tensor,
+                          size: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """``_place_official`` of (B,) float64 tensors."""
     last = extent - size  # (B,) largest admissible top/left
     half = torch.floor(size / 2)
     a = torch.minimum((torch.floor(lo * extent) - half).clamp_min(0), last)
@@ -241,19 +185,27 @@ def sample_crop_params_batch(
     alpha: float = 0.6, generator: torch.Generator | None = None,
     full_box_guard: float | None = None, placement: str = "paper",
 ) -> torch.Tensor:
-    """``sample_crop_params`` for (B, 4) ``boxes`` at once, without host syncs.
-
-    ``height``/``width``: ints shared by the batch or (B,) integer tensors (one image size per
-    box; equal sizes give the int result). Returns (B, 4) int64 ``top, left, h, w`` on
-    ``boxes.device``.
-    """
+    """``sample_crop_params`` for (B, 4) ``boxes`` at once, without host syncs: (B, 4) int64
+    ``top, left, h, w`` on ``boxes.device``. ``height``/``width``: ints shared by the batch or
+    (B,) integer tensors (one image size per box)."""
     dev = boxes.device
     b = boxes.shape[0]
-    height, width = _batch_sizes(height, width, b, dev)  # ints, or (B,) float64
+    height, width = (  # (B,) float64; an int fills without a host-to-device copy
+        v.to(dev, torch.float64, non_blocking=True) if isinstance(v, torch.Tensor)
+        else torch.full((b,), float(v), dtype=torch.float64, device=dev) for v in (height, width))
     kw = dict(generator=generator, device=dev, dtype=torch.float64)
-    h, w, ok = _try_sizes(height, width, b, scale, ratio, kw)  # (B,), (B,), (B,) bool
+    # the MAX_TRIES tries of every sample at once; h, w: the first that fits (ok: one does)
+    area = (height * width)[:, None]  # (B, 1)
+    s = torch.rand(b, MAX_TRIES, **kw) * (scale[1] - scale[0]) + scale[0]  # (B, T)
+    log_r = torch.rand(b, MAX_TRIES, **kw) * (math.log(ratio[1]) - math.log(ratio[0]))
+    aspect = torch.exp(log_r + math.log(ratio[0]))
+    ws = torch.round(torch.sqrt(area * s * aspect))  # (B, T); half-even like Python round
+    hs = torch.round(torch.sqrt(area * s / aspect))
+    fits = (ws > 0) & (hs > 0) & (ws <= width[:, None]) & (hs <= height[:, None])
+    first = torch.argmax(fits.to(torch.int8), dim=1, keepdim=True)  # (B, 1)
+    h, w, ok = hs.gather(1, first)[:, 0], ws.gather(1, first)[:, 0], fits.any(dim=1)
     bx = boxes.to(torch.float64)
-    u = sample_beta(alpha, (b, 2), generator, dev).to(torch.float64)  # (B, 2) for (y, x)
+    u = sample_beta(alpha, (b, 2), generator, dev)  # (B, 2) for (y, x)
     place = _place_official_batch if placement == "official" else _place_batch
     top = place(bx[:, 1], bx[:, 3], height, h, u[:, 0])
     left = place(bx[:, 0], bx[:, 2], width, w, u[:, 1])
@@ -266,30 +218,20 @@ def sample_crop_params_batch(
         top, left = torch.where(full, uy, top), torch.where(full, ux, left)
     top = torch.minimum(top.clamp_min(0), height - h)
     left = torch.minimum(left.clamp_min(0), width - w)
-    if isinstance(height, torch.Tensor):
-        fallback: tuple[Any, ...] = _fallback_batch(height, width, ratio)
-    else:  # Python scalars: no host-to-device copy, no sync
-        fallback = tuple(float(v) for v in _fallback(height, width, ratio))
+    fallback = _fallback_batch(height, width, ratio)  # where no try fits
     cols = [torch.where(ok, col, fb) for col, fb in zip((top, left, h, w), fallback)]
     return torch.stack(cols, dim=1).to(torch.int64)  # (B, 4)
 
 
 # ----------------------------------------------------------------------------- the plan
-
-
 @dataclass(frozen=True)
 class CropPlan:
-    """One crop law, shared by every path that draws crops (checked once, here).
-
-    Args:
-        kind: ``ccrop`` (boxes from the store), ``simccrop`` (``CENTER_BOX``, no guard) or
-            ``rcrop`` (RandomResizedCrop).
-        scale: area fraction range of the whole image; ratio: aspect ratio (w/h) range.
-        alpha: Beta(alpha, alpha) concentration of the crop centre in the box.
-        full_box_guard: ccrop only: box area share from which the position is uniform; None =
-            the paper's law.
-        placement: ``paper`` or ``official`` (module docstring).
-    """
+    """One crop law, shared by every path that draws crops (checked once, here): ``kind``
+    ``ccrop`` (boxes from the store), ``simccrop`` (``CENTER_BOX``, no guard) or ``rcrop``
+    (RandomResizedCrop); ``scale``: area fraction range; ``ratio``: aspect ratio (w/h) range;
+    ``alpha``: Beta(alpha, alpha) concentration of the crop centre in the box;
+    ``full_box_guard`` (ccrop only): box area share from which the position is uniform, None =
+    the paper's law; ``placement``: ``paper`` or ``official`` (module docstring)."""
 
     kind: str = "ccrop"
     scale: tuple[float, float] = (0.2, 1.0)
@@ -302,10 +244,18 @@ class CropPlan:
         if self.kind not in KINDS or self.placement not in PLACEMENTS:
             raise ValueError(f"crop kind must be one of {KINDS} and placement one of "
                              f"{PLACEMENTS}, got {self.kind!r}, {self.placement!r}")
-        scale, ratio = check_crop_args(self.scale, self.ratio, self.alpha, self.full_box_guard)
-        object.__setattr__(self, "scale", scale)
-        object.__setattr__(self, "ratio", ratio)
-        object.__setattr__(self, "alpha", float(self.alpha))
+        scale, ratio, alpha, guard = self.scale, self.ratio, self.alpha, self.full_box_guard
+        if len(scale) != 2 or not (0.0 < float(scale[0]) <= float(scale[1]) <= 1.0):
+            raise ValueError(f"scale must be (lo, hi) with 0 < lo <= hi <= 1, got {tuple(scale)}")
+        if len(ratio) != 2 or not (0.0 < float(ratio[0]) <= float(ratio[1]) < math.inf):
+            raise ValueError(f"ratio must be (lo, hi) with 0 < lo <= hi, got {tuple(ratio)}")
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        if guard is not None and not (0.0 < float(guard) <= 1.0):
+            raise ValueError(f"full_box_guard must be in (0, 1] or None, got {guard!r}")
+        object.__setattr__(self, "scale", (float(scale[0]), float(scale[1])))
+        object.__setattr__(self, "ratio", (float(ratio[0]), float(ratio[1])))
+        object.__setattr__(self, "alpha", float(alpha))
 
     @classmethod
     def from_config(cls, crop: Any) -> CropPlan:
@@ -360,16 +310,12 @@ class CropPlan:
 
 
 # ----------------------------------------------------------------------------- transforms
-
-
+@dataclass
 class _NormalisedBox:
     """Holds a ``"ccrop_box"`` value during a v2 call, so pytree keeps the 4 numbers together
     and v2 never takes a (4,) tensor for the image."""
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: Any) -> None:
-        self.value = value
+    value: Any
 
 
 def _wrap_box(sample: Any) -> Any:
@@ -419,7 +365,8 @@ def _check_size(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class BoxCrop(Transform):
-    """The crop of a ``CropPlan``, resized to ``size``; a torchvision v2 transform.
+    """The crop of a ``CropPlan``, resized to ``size`` (side or ``(h, w)``; ``interpolation``
+    of images, masks: nearest); a torchvision v2 transform.
 
     * ``crop(img, box, generator=None)``: a PIL image or (C, H, W) tensor and a normalised
       ``(x0, y0, x1, y1)`` -> the view (``generator``: ``random.Random``, ``torch.Generator``,
@@ -427,8 +374,6 @@ class BoxCrop(Transform):
     * v2: ``crop(sample)`` (nested tuples, lists, dicts) crops every image, video, mask and
       bounding box in it; the object box is a ``"ccrop_box"`` entry (normalised, returned
       unchanged) or else the union of the ``BoundingBoxes``; one seed from torch's global RNG.
-
-    ``size``: output side or ``(h, w)``; ``interpolation`` of images (masks: nearest).
     """
 
     _transformed_types = (*Transform._transformed_types, _NormalisedBox)
@@ -448,8 +393,7 @@ class BoxCrop(Transform):
     def get_params(self, height: int, width: int, box: Any = FULL_BOX,
                    generator: torch.Generator | random.Random | None = None
                    ) -> tuple[int, int, int, int]:
-        """Crop ``(top, left, h, w)`` in pixels inside an ``H x W`` image; ``box`` is read by
-        ccrop only."""
+        """Crop ``(top, left, h, w)`` in an ``H x W`` image; ``box`` is read by ccrop only."""
         if int(height) < 1 or int(width) < 1:
             raise ValueError(f"the image must be at least 1 pixel per side, got {height}x{width}")
         box = check_box(box) if self.plan.localizes else self.plan.fixed_box
@@ -457,30 +401,31 @@ class BoxCrop(Transform):
 
     def forward(self, *inputs: Any, generator: Any = None) -> Any:
         """``crop(img, box, generator)`` per sample, else the v2 call (class docstring)."""
-        one = len(inputs) in (2, 3) and _is_box(inputs[1])
-        if one or (len(inputs) == 1 and generator is not None):
-            img, box, gen = (*inputs, generator)[:3] if len(inputs) > 1 else (
-                inputs[0], FULL_BOX, generator)
-            top, left, ch, cw = self.get_params(*F.get_size(img), box, gen)
-            return TF.resized_crop(img, top, left, ch, cw, list(self.size), self.interpolation,
-                                   antialias=self.antialias is not False)
-        return super().forward(_wrap_box(inputs if len(inputs) > 1 else inputs[0]))
+        if len(inputs) in (2, 3) and _is_box(inputs[1]):  # crop(img, box[, generator])
+            img, box, gen = (*inputs, generator)[:3]
+        elif len(inputs) == 1 and generator is not None:  # crop(img, generator=g): whole image
+            img, box, gen = inputs[0], FULL_BOX, generator
+        else:
+            return super().forward(_wrap_box(inputs if len(inputs) > 1 else inputs[0]))
+        top, left, ch, cw = self.get_params(*F.get_size(img), box, gen)
+        return TF.resized_crop(img, top, left, ch, cw, list(self.size), self.interpolation,
+                               antialias=self.antialias is not False)
 
     def make_params(self, flat_inputs: list[Any]) -> dict[str, Any]:
         """The v2 draw: ``top, left, height, width`` in pixels and the normalised ``box``."""
         height, width = query_size(flat_inputs)
-        box = self._object_box(flat_inputs) if self.plan.localizes else self.plan.fixed_box
+        given = [x for x in flat_inputs if isinstance(x, _NormalisedBox)]
+        boxes = [x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes)]
+        if not self.plan.localizes:
+            box = self.plan.fixed_box
+        elif given:
+            box = check_box(given[0].value, BOX_KEY)
+        elif boxes:
+            box = object_box(boxes)
+        else:
+            raise ValueError(_MISSING)
         top, left, h, w = self.plan.sample(height, width, box, as_rng(torch.default_generator))
         return dict(top=top, left=left, height=h, width=w, box=box)
-
-    def _object_box(self, flat_inputs: list[Any]) -> Box:
-        given = [x for x in flat_inputs if isinstance(x, _NormalisedBox)]
-        if given:
-            return check_box(given[0].value, BOX_KEY)
-        boxes = [x for x in flat_inputs if isinstance(x, tv_tensors.BoundingBoxes)]
-        if not boxes:
-            raise ValueError(_MISSING)
-        return object_box(boxes)
 
     def transform(self, inpt: Any, params: dict[str, Any]) -> Any:
         """Apply the drawn crop to one input; the normalised box passes through unchanged."""
@@ -499,15 +444,10 @@ class BoxCrop(Transform):
 
 
 class ContrastiveCrop(BoxCrop):
-    """ContrastiveCrop: the crop centre drawn from Beta(alpha, alpha) inside each image's box.
-
-    ``alpha``: 0.6 in the paper for ImageNet, 0.1 for small sets. ``full_box_guard``: box area
-    share from which the position is uniform as in RandomResizedCrop (None: the paper exactly).
-    Other arguments as ``CropPlan`` and ``BoxCrop``.
-
-    Example:
-        >>> view = ContrastiveCrop(32, alpha=0.6)(img, (0.1, 0.2, 0.7, 0.9))
-    """
+    """ContrastiveCrop: the crop centre drawn from Beta(alpha, alpha) inside each image's box,
+    e.g. ``ContrastiveCrop(32, alpha=0.6)(img, (0.1, 0.2, 0.7, 0.9))``. ``alpha``: 0.6 in the
+    paper for ImageNet, 0.1 for small sets; ``full_box_guard``: box area share from which the
+    position is uniform (None: the paper exactly); other arguments as ``CropPlan``/``BoxCrop``."""
 
     def __init__(self, size: int | Sequence[int], scale: Sequence[float] = (0.2, 1.0),
                  ratio: Sequence[float] = (3 / 4, 4 / 3), alpha: float = 0.6,

@@ -1,17 +1,15 @@
 """Localization: feature maps (B, C, h, w) -> heatmaps (B, H, W) -> boxes (B, 4) -> BoxStore.
 
-The paper (Sec. 3.2): sum the last feature map over channels, min-max normalise each map,
-upsample bilinearly to the image and keep pixels ``> k``; the box is the extent of the kept
-pixels. ccrop adds (measured in docs/results.md) other stages (averaged after normalising),
-per-map thresholds (quantile, Otsu), the ``peak`` region (the kept part connected to the
-maximum), border-contrast heat, polarity flips, a centre prior and a confidence fallback.
-A degenerate map (NaN/inf, constant, nothing kept) gives the full image and is counted. All
-batched, without host syncs until the store is written.
+The paper (Sec. 3.2) sums the last feature map over channels, min-max normalises it, upsamples
+it bilinearly and boxes the pixels ``> k``. ccrop adds (docs/results.md) other stages, per-map
+thresholds, the ``peak`` region, border-contrast heat, polarity flips, a centre prior and a
+confidence fallback. A degenerate map gives the full image. Batched, no host syncs.
 """
 
 from __future__ import annotations
 
 import difflib
+import functools
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -56,16 +54,12 @@ def _check(threshold: float | None = None, **given: str) -> None:
 
 
 # ----------------------------------------------------------------------------- heatmaps
-
-
 def _ring(h: int, w: int, device: torch.device) -> torch.Tensor:
     """Flat row-major indices (R,) of the outermost cells of an h x w map (no host sync)."""
+    idx = torch.arange(h * w, device=device).view(h, w)
     if h <= 2 or w <= 2:  # no interior: every cell is on the ring
-        return torch.arange(h * w, device=device)
-    rows = torch.arange(1, h - 1, device=device) * w  # (h - 2,) first cell of middle rows
-    sides = torch.stack([rows, rows + (w - 1)], dim=1).flatten()  # left, right per row
-    top = torch.arange(w, device=device)
-    return torch.cat([top, sides, top + (h - 1) * w])
+        return idx.flatten()
+    return torch.cat([idx[0], idx[1:-1, ::w - 1].flatten(), idx[-1]])  # left, right: ::w - 1
 
 
 def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
@@ -79,16 +73,12 @@ def _cell_scores(fmap: torch.Tensor, heatmap: str) -> torch.Tensor:
 
 
 def inverted(heat: torch.Tensor) -> torch.Tensor:
-    """(B,) bool: the (B, h, w) map's border ring is hotter on average than its interior
-    (never for maps without interior)."""
+    """(B,) bool: the (B, h, w) map's border ring is hotter on average than its interior, if any."""
     h, w = heat.shape[-2:]
     if h <= 2 or w <= 2:
         return torch.zeros(heat.shape[0], dtype=torch.bool, device=heat.device)
-    flat, dev = heat.flatten(1), heat.device  # (B, h*w)
-    inner = (torch.arange(1, h - 1, device=dev)[:, None] * w
-             + torch.arange(1, w - 1, device=dev)[None, :]).flatten()  # row-major, off the ring
-    return flat.index_select(1, _ring(h, w, dev)).mean(dim=1) > flat.index_select(
-        1, inner).mean(dim=1)
+    ring = heat.flatten(1).index_select(1, _ring(h, w, heat.device))  # (B, R)
+    return ring.mean(dim=1) > heat[:, 1:-1, 1:-1].flatten(1).mean(dim=1)
 
 
 def _normalised_maps(fmap: torch.Tensor, heatmap: str = "sum") -> tuple[torch.Tensor, torch.Tensor]:
@@ -106,26 +96,21 @@ def _normalised_maps(fmap: torch.Tensor, heatmap: str = "sum") -> tuple[torch.Te
 
 
 def _upsample(heat: torch.Tensor, image_size: tuple[int, int], align: str) -> torch.Tensor:
-    """Bilinear (B, h, w) -> (B, H, W) with the cell placement ``align``."""
+    """Bilinear (B, h, w) -> (B, H, W); ``receptive``: pixel p of n cells over ``size`` pixels
+    reads cell coordinate ``p * n / size`` (edges clamped)."""
     H, W = int(image_size[0]), int(image_size[1])
     if align == "paper":
         return F.interpolate(heat[:, None], size=(H, W), mode="bilinear",
                              align_corners=False)[:, 0]
-    return _lerp_axis(_lerp_axis(heat, H, dim=1), W, dim=2)
-
-
-def _lerp_axis(x: torch.Tensor, size: int, dim: int) -> torch.Tensor:
-    """Linear interpolation along ``dim`` to ``size`` samples, pixel p reading cell coordinate
-    ``p * n / size`` (edges clamped)."""
-    n = x.shape[dim]
-    pos = (torch.arange(size, device=x.device, dtype=torch.float32) * (n / size)).clamp(
-        max=n - 1)  # (size,) in cell units
-    lo = pos.floor().long()
-    hi = (lo + 1).clamp(max=n - 1)
-    shape = [1, 1, 1]
-    shape[dim] = size
-    frac = (pos - lo).view(shape)
-    return x.index_select(dim, lo) * (1 - frac) + x.index_select(dim, hi) * frac
+    for dim, size in ((1, H), (2, W)):
+        n = heat.shape[dim]
+        pos = torch.arange(size, device=heat.device, dtype=torch.float32) * (n / size)
+        pos = pos.clamp(max=n - 1)  # (size,) in cell units
+        lo = pos.floor().long()
+        hi = (lo + 1).clamp(max=n - 1)
+        frac = (pos - lo).view((size, 1) if dim == 1 else (size,))  # broadcast along dim
+        heat = heat.index_select(dim, lo) * (1 - frac) + heat.index_select(dim, hi) * frac
+    return heat
 
 
 def heatmaps_from_features(
@@ -134,12 +119,11 @@ def heatmaps_from_features(
     center_prior: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Heatmaps (B, H, W) float32 in [0, 1] of ``image_size`` and (B,) bool ``degenerate``
-    (NaN/inf or constant map: all zeros) from a (B, C, h, w) ``fmap`` or a list of maps of one
-    batch (averaged). Defaults: the paper's channel sums. ``align``, ``heatmap``, ``polarity``:
-    see ``ALIGNS``, ``HEATMAPS``, ``POLARITIES``; ``center_prior``: weight w of the prior
-    ``exp(-w r^2 / (2 CENTER_SIGMA^2))`` (r: distance to the centre, in sides), 0 = none."""
-    heat, bad, _ = heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)
-    return heat, bad
+    (NaN/inf or constant map: zeros) of a (B, C, h, w) ``fmap`` or a list of one batch's maps
+    (averaged). ``align``, ``heatmap``, ``polarity``: see ``ALIGNS``, ``HEATMAPS``,
+    ``POLARITIES``; ``center_prior``: weight w of the prior ``exp(-w r^2 / (2 CENTER_SIGMA^2))``
+    (r: distance to the centre, in sides), 0 = none. Defaults: the paper's channel sums."""
+    return heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)[:2]
 
 
 def heatmap_parts(
@@ -154,36 +138,28 @@ def heatmap_parts(
         raise ValueError("fmap must be a (B, C, h, w) tensor or a non-empty list of them that "
                          f"agree in B, got {[getattr(m, 'shape', type(m)) for m in maps]}")
     _check(align=align, heatmap=heatmap, polarity=polarity)
-    total = bad = flipped = None
+    total = bad = None
+    flipped = torch.zeros(maps[0].shape[0], dtype=torch.bool, device=maps[0].device)
     for m in maps:
         h, b = _normalised_maps(m, heatmap)  # (B, h, w) in [0, 1], (B,)
         if polarity == "auto":
             f = inverted(h) & ~b
             h = torch.where(f[:, None, None], 1 - h, h)
-            flipped = f if flipped is None else flipped | f
+            flipped = flipped | f
         up = _upsample(h, image_size, align)  # (B, H, W)
         total, bad = (up, b) if total is None else (total + up, bad | b)
+    if center_prior > 0:  # Gaussian weights around the image centre, 1 at the centre
+        ys, xs = ((torch.arange(n, device=total.device, dtype=torch.float32) + 0.5) / n - 0.5
+                  for n in total.shape[-2:])
+        r2 = ys[:, None] ** 2 + xs[None, :] ** 2  # (H, W)
+        total = total * torch.exp(-center_prior * r2 / (2 * CENTER_SIGMA**2))
     if len(maps) > 1 or center_prior > 0:
-        if center_prior > 0:
-            total = total * _center_prior(total.shape[-2:], center_prior, total.device)
         total, flat = _normalised_maps(total[:, None])  # back to [0, 1]
         bad = bad | flat
-    if flipped is None:
-        flipped = torch.zeros_like(bad)
     return total, bad, flipped
 
 
-def _center_prior(size: tuple[int, int], weight: float, device: torch.device) -> torch.Tensor:
-    """(H, W) Gaussian weights around the image centre (1 at the centre)."""
-    ys, xs = ((torch.arange(n, device=device, dtype=torch.float32) + 0.5) / n - 0.5
-              for n in size)
-    r2 = ys[:, None] ** 2 + xs[None, :] ** 2  # (H, W)
-    return torch.exp(-weight * r2 / (2 * CENTER_SIGMA**2))
-
-
 # ----------------------------------------------------------------------------- boxes
-
-
 def box_confidence(heat: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     """(B,) mean heat inside each (B, 4) box minus mean heat outside, in [-1, 1], for (B, H, W)
     heat in [0, 1]: near 1 around the only hot region, 0 for a full-image box."""
@@ -194,12 +170,10 @@ def box_confidence(heat: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
     cols = (xs >= boxes[:, 0:1]) & (xs < boxes[:, 2:3])  # (B, W)
     inside = (rows[:, :, None] & cols[:, None, :]).float()  # (B, H, W)
     n_in = inside.sum(dim=(1, 2))
-    n_out = H * W - n_in
     s_in = (heat * inside).sum(dim=(1, 2))
-    s_out = heat.sum(dim=(1, 2)) - s_in
     mean_in = s_in / n_in.clamp_min(1)
-    mean_out = s_out / n_out.clamp_min(1)
-    return torch.where((n_in > 0) & (n_out > 0), mean_in - mean_out, torch.zeros_like(s_in))
+    mean_out = (heat.sum(dim=(1, 2)) - s_in) / (H * W - n_in).clamp_min(1)
+    return torch.where((n_in > 0) & (n_in < H * W), mean_in - mean_out, torch.zeros_like(s_in))
 
 
 def otsu_levels(heat: torch.Tensor) -> torch.Tensor:
@@ -218,22 +192,10 @@ def otsu_levels(heat: torch.Tensor) -> torch.Tensor:
     return vals.gather(1, best)[:, 0]  # the largest value of the lower class
 
 
-def _levels(heat: torch.Tensor, threshold: float, mode: str) -> torch.Tensor:
-    """Per-map keep level (B,) of ``mode``: pixels ``> level`` are kept."""
-    if mode == "quantile":
-        return torch.quantile(heat.flatten(1).float(), float(threshold), dim=1)
-    if mode == "otsu":
-        return otsu_levels(heat)
-    return torch.full((heat.shape[0],), float(threshold), device=heat.device)
-
-
 def peak_component(mask: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
-    """(B, H, W) bool: the part of ``mask`` 8-connected to the first maximum of ``heat``.
-
-    Geodesic dilation from the peak for ``h + w`` steps (no host sync) on the mask max-pooled
-    by ``ceil(side / PEAK_GRID)`` (parts that close count as connected); empty where the peak
-    is not kept.
-    """
+    """(B, H, W) bool: the part of ``mask`` 8-connected to the first maximum of ``heat`` (empty
+    where the peak is not kept): ``h + w`` geodesic dilations on the mask max-pooled by
+    ``ceil(side / PEAK_GRID)`` (parts that close count as connected)."""
     B, H, W = mask.shape
     f = -(-max(H, W) // PEAK_GRID)
     grid = mask.float()[:, None]  # (B, 1, H, W)
@@ -255,23 +217,21 @@ def peak_component(mask: torch.Tensor, heat: torch.Tensor) -> torch.Tensor:
 def boxes_from_heatmaps(
     heat: torch.Tensor, threshold: float = 0.1, mode: str = "fixed", region: str = "extent"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Tight boxes around the kept pixels of (B, H, W) heatmaps in [0, 1].
-
-    Args:
-        threshold: ``fixed``: keep pixels ``> threshold`` (the paper's k = 0.1); ``quantile``:
-            above each map's ``threshold``-quantile; ``otsu``: unused (each map's Otsu level).
-        mode: ``fixed``, ``quantile`` or ``otsu``.
-        region: ``extent`` (every kept pixel) or ``peak`` (``peak_component``).
-
-    Returns:
-        boxes (B, 4) normalised float32; empty (B,) bool where nothing was kept (full image).
-    """
+    """Boxes (B, 4) normalised around the kept pixels of (B, H, W) heatmaps in [0, 1], and (B,)
+    bool ``empty`` (nothing kept: full image). ``mode`` ``fixed`` keeps pixels ``> threshold``
+    (the paper's k = 0.1), ``quantile`` those above each map's ``threshold``-quantile, ``otsu``
+    those above its Otsu level; ``region``: see ``REGIONS`` (``peak``: ``peak_component``)."""
     _check(threshold, mode=mode, region=region)
-    level = _levels(heat, threshold, mode)[:, None]  # (B, 1)
+    if mode == "quantile":
+        level = torch.quantile(heat.flatten(1).float(), float(threshold), dim=1)
+    elif mode == "otsu":
+        level = otsu_levels(heat)
+    else:
+        level = torch.full((heat.shape[0],), float(threshold), device=heat.device)
     if region == "peak":
-        kept = peak_component(heat > level[:, :, None], heat)  # (B, H, W)
+        kept = peak_component(heat > level[:, None, None], heat)  # (B, H, W)
         return _extent(kept.any(dim=2), kept.any(dim=1))
-    return _extent(heat.amax(dim=2) > level, heat.amax(dim=1) > level)  # rows, cols kept
+    return _extent(heat.amax(dim=2) > level[:, None], heat.amax(dim=1) > level[:, None])
 
 
 def _extent(rows: torch.Tensor, cols: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,12 +269,9 @@ def localize(
     heatmap: str = "sum", polarity: str = "none", center_prior: float = 0.0,
     min_confidence: float = 0.0,
 ) -> Localized:
-    """Feature maps to ``Localized`` boxes (``heatmap_parts`` then ``boxes_from_heat``).
-
-    ``min_confidence``: boxes whose ``box_confidence`` is below it become the full image
-    (RandomResizedCrop under ccrop's guard); 0 = never. Other arguments as
-    ``heatmaps_from_features`` and ``boxes_from_heatmaps``.
-    """
+    """Feature maps to ``Localized`` boxes (``heatmap_parts`` then ``boxes_from_heat``);
+    ``min_confidence``: boxes whose ``box_confidence`` is below it become the full image (0 =
+    never). Other arguments as ``heatmaps_from_features`` and ``boxes_from_heatmaps``."""
     heat, bad, flipped = heatmap_parts(fmap, image_size, align, heatmap, polarity, center_prior)
     return boxes_from_heat(heat, bad, threshold, mode, region, min_confidence, flipped)
 
@@ -348,21 +305,18 @@ def boxes_from_features(
 
 
 # ----------------------------------------------------------------------------- encoders
-
-
 def feature_fn(model: torch.nn.Module, stages: Sequence[int] | None = None,
                layers: str | Sequence[str] | None = None) -> Callable[[torch.Tensor], Any]:
     """The callable ``x (B, 3, H, W) -> (B, C, h, w)`` map (or a list of maps) of a model.
 
     * ``stages`` (ccrop's backbones): 1-based ResNet stages through ``forward_features`` (the
       last, the default) and ``stage_maps(x, stages)``, e.g. ``feature_fn(backbone, (3,))``.
-    * ``layers`` (any ``nn.Module``): submodule names as in ``model.named_modules()``, e.g.
-      ``feature_fn(resnet18(), layers=["layer3"])``; their (B, C, h, w) outputs are caught by
-      forward hooks during ``model(x)``, which stops once the last has run (hooks removed
-      after every call). A list of strings given as ``stages`` is read as ``layers``.
+    * ``layers`` (any ``nn.Module``; strings given as ``stages`` count as layers): submodule
+      names as in ``model.named_modules()``, e.g. ``feature_fn(resnet18(), layers=["layer3"])``,
+      caught by forward hooks during ``model(x)``, which stops once the last has run.
 
-    ``fn.__self__`` is the model (``update_boxes`` switches it to eval mode). Unknown layer
-    names and stages the model cannot give raise ``ValueError`` here.
+    ``fn.__self__`` is the model (``update_boxes`` switches it to eval mode). Unknown layers and
+    stages the model cannot give raise ``ValueError`` here.
     """
     if stages is not None and (isinstance(stages, str) or any(isinstance(s, str) for s in stages)):
         stages, layers = (None, stages) if layers is None else (stages, layers)
@@ -376,17 +330,11 @@ def feature_fn(model: torch.nn.Module, stages: Sequence[int] | None = None,
     if not callable(getattr(model, method, None)):
         raise ValueError(f"heatmap stages {stages} need {type(model).__name__}.{method}(x): name "
                          f"modules instead, e.g. feature_fn(model, layers=['layer3'])")
-    return model.forward_features if last else _StageMaps(model, tuple(int(s) for s in stages))
-
-
-class _StageMaps:
-    """``x -> encoder.stage_maps(x, stages)`` with ``__self__`` naming the encoder."""
-
-    def __init__(self, encoder: torch.nn.Module, stages: tuple[int, ...]) -> None:
-        self.__self__, self.stages = encoder, stages
-
-    def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        return self.__self__.stage_maps(x, self.stages)
+    if last:
+        return model.forward_features
+    fn = functools.partial(model.stage_maps, stages=tuple(int(s) for s in stages))
+    fn.__self__ = model  # type: ignore[attr-defined]  # as a bound method's: the module
+    return fn
 
 
 class _LayersDone(Exception):
@@ -429,15 +377,13 @@ class _LayerMaps:
     def __call__(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
         outs: dict[int, Any] = {}
 
-        def catch(i: int) -> Callable[..., None]:
-            def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-                outs.setdefault(i, output)
-                if len(outs) == len(self.layers):
-                    raise _LayersDone
+        def hook(i: int, module: torch.nn.Module, args: Any, output: Any) -> None:
+            outs.setdefault(i, output)
+            if len(outs) == len(self.layers):
+                raise _LayersDone
 
-            return hook
-
-        handles = [m.register_forward_hook(catch(i)) for i, m in enumerate(self._modules)]
+        handles = [m.register_forward_hook(functools.partial(hook, i))
+                   for i, m in enumerate(self._modules)]
         try:
             self.__self__(x)
         except _LayersDone:
@@ -445,37 +391,28 @@ class _LayerMaps:
         finally:
             for h in handles:
                 h.remove()
+        model = type(self.__self__).__name__
         for i, name in enumerate(self.layers):
             out = outs.get(i)
+            if out is None:
+                raise ValueError(f"layer {name!r} did not run in forward(x) ({model})")
             if not (isinstance(out, torch.Tensor) and out.dim() == 4):
-                model = type(self.__self__).__name__
-                raise ValueError(f"layer {name!r} {_not_a_map(out)} ({model})")
+                got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+                hint = "name a module whose output is a feature map"
+                if isinstance(out, torch.Tensor) and out.dim() == 3:
+                    hint = "tokens (B, N, C) need reshaping to the patch grid first"
+                raise ValueError(f"layer {name!r} gave {got}, not a (B, C, h, w) map: {hint} "
+                                 f"({model})")
         return outs[0] if self.single else [outs[i] for i in range(len(self.layers))]
 
 
-def _not_a_map(out: Any) -> str:
-    """Why a hooked output is not a (B, C, h, w) map, for the error message."""
-    if out is None:
-        return "did not run in forward(x)"
-    if isinstance(out, torch.Tensor) and out.dim() == 3:
-        return (f"gave {tuple(out.shape)}, not a (B, C, h, w) map: tokens (B, N, C) need "
-                "reshaping to the patch grid first")
-    got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-    return f"gave {got}, not a (B, C, h, w) map: name a module whose output is a feature map"
-
-
 # ----------------------------------------------------------------------------- saliency
-
-
 def saliency_heatmaps(images: torch.Tensor, reference: str = "nearest"
                       ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Network-free saliency of (B, 3, H, W) float images: each pixel's colour distance to the
-    nearest (or ``"mean"``) colour of the border ring (``max(1, side // 16)`` px), 3 x 3 mean
-    smoothed and min-max normalised; computed at most at ``SALIENCY_SIDE`` (antialiased resize).
-
-    Returns:
-        heat (B, H, W) in [0, 1]; degenerate (B,) bool (a uniform image).
-    """
+    """Network-free saliency (B, H, W) in [0, 1] and (B,) bool ``degenerate`` (uniform image)
+    of (B, 3, H, W) float images: each pixel's colour distance to the nearest (or ``"mean"``)
+    colour of the border ring (``max(1, side // 16)`` px), 3 x 3 mean smoothed and min-max
+    normalised; computed at most at ``SALIENCY_SIDE`` (antialiased resize)."""
     _check(reference=reference)
     x = images.float()
     size = x.shape[-2:]
@@ -514,8 +451,6 @@ def saliency_boxes(loader: Iterable, store: BoxStore, gt_boxes: torch.Tensor | N
 
 
 # ----------------------------------------------------------------------------- box updates
-
-
 class FullBoxWarning(UserWarning):
     """Most boxes cover the whole image: ContrastiveCrop degenerates to RandomResizedCrop."""
 
@@ -554,22 +489,18 @@ def update_boxes(
     polarity: str = "none", center_prior: float = 0.0, min_confidence: float = 0.0,
     warn_share: float | None = 0.8,
 ) -> dict[str, Any]:
-    """Localize every image of ``loader`` with ``encoder`` and write its box into ``store``.
-
-    Boxes are written by dataset index (sampler order and padding do not matter); under DDP
-    each rank localizes its shard and all ranks receive every box. The encoder's module is in
-    eval mode meanwhile. The defaults are the paper's rule; ``**CropConfig().box_rule()`` gives
-    ccrop's.
+    """Localize every image of ``loader`` with ``encoder`` (its module in eval mode meanwhile)
+    and write its box into ``store`` by dataset index; under DDP each rank localizes its shard
+    and every rank receives every box.
 
     ``encoder``: ``(B, 3, H, W) -> (B, C, h, w)`` map(s), e.g. ``feature_fn(model, ...)``;
     ``loader``: ``(indices (B,), images (B, 3, H, W))`` normalised like training input;
     ``device``: default the encoder's; ``gt_boxes``: optional (N, 4) true boxes (adds
     ``iou_gt``); ``warn_share``: ``warn_unreliable``'s threshold (None: never); the rule
-    (``threshold`` ... ``min_confidence``): as ``localize``.
-
-    Returns statistics: ``seconds``, ``images``, ``mean_area``, ``full_share`` (area >=
-    ``FULL_SHARE_AREA``), ``degenerate`` (count), ``fallback_share``, ``flipped_share``,
-    ``mean_confidence`` and ``iou_gt``.
+    (``threshold`` ... ``min_confidence``): as ``localize``, the paper's by default
+    (``**CropConfig().box_rule()``: ccrop's). Returns statistics: ``seconds``, ``images``,
+    ``mean_area``, ``full_share`` (area >= ``FULL_SHARE_AREA``), ``degenerate`` (count),
+    ``fallback_share``, ``flipped_share``, ``mean_confidence`` and ``iou_gt``.
     """
     rule = dict(threshold=threshold, mode=mode, align=align, region=region, heatmap=heatmap,
                 polarity=polarity, center_prior=center_prior, min_confidence=min_confidence)
@@ -580,7 +511,7 @@ def update_boxes(
         p = next(module.parameters(), None) if module is not None else None
         device = p.device if p is not None else torch.device("cpu")
     device = torch.device(device)
-    found: list[tuple[torch.Tensor, Localized]] = []
+    idx, found = [], []
     with eval_mode(module):
         for indices, images in progress_bar(loader, "localize", progress):
             images = images.to(device, non_blocking=True)
@@ -588,11 +519,11 @@ def update_boxes(
                 images = images.contiguous(memory_format=torch.channels_last)
             with autocast(device, amp):
                 fmap = encoder(images)  # (B, C, h, w), or a list of stage maps
-            found.append((indices.to(device), localize(fmap, images.shape[-2:], **rule)))
+            idx.append(indices.to(device))
+            found.append(localize(fmap, images.shape[-2:], **rule))
     if not found:
         raise ValueError("loader yielded no images: cannot update boxes")
-    stats = write_boxes(store, torch.cat([i for i, _ in found]),
-                        Localized.join(f for _, f in found), gt_boxes, start)
+    stats = write_boxes(store, torch.cat(idx), Localized.join(found), gt_boxes, start)
     if warn_share is not None and dist.is_main_process():
         warn_unreliable(stats, warn_share)
     return stats
