@@ -216,8 +216,10 @@ def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
 def _eval_setup(args: argparse.Namespace):
     """Config (the checkpoint's, then ``--config`` and overrides), backbone with the
     checkpoint's weights (eval mode, on its device), checkpoint state (None: viz without a
-    checkpoint), the config data's evaluation protocols (``Evaluator``), device."""
-    from .build import build_data, build_evaluator, config_backbone, resolve_device
+    checkpoint), the config data's evaluation protocols (``Evaluator``), device. The global
+    RNGs are seeded from ``train.seed`` first: a command's result (the linear protocol's
+    classifier, shuffling and augmentation; viz's random encoder) is a function of its input."""
+    from .build import build_data, build_evaluator, config_backbone, resolve_device, seed_everything
     from .checkpoint import load_backbone_state, load_checkpoint
     from .config import load_config
 
@@ -229,6 +231,7 @@ def _eval_setup(args: argparse.Namespace):
                               "('config', a dict: every checkpoint of ccrop pretrain has one)")
     else:
         cfg = load_config(args.config, list(args.overrides), base=state["config"])
+    seed_everything(cfg.train.seed)
     backbone = config_backbone(cfg)  # every model key (timm/tv archs, kwargs, image size)
     if state is not None:
         load_backbone_state(backbone, state["model"], source=args.checkpoint)
