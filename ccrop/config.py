@@ -7,7 +7,7 @@ checked once at load; the rest of ccrop trusts the values.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -330,8 +330,13 @@ _RULES.update({
 })
 
 
-def _checks(cfg: Config) -> Iterator[tuple[str, Any, bool, str]]:
-    """``(key, value, ok, what it must be)`` of every check, in the config's field order."""
+def validate(cfg: Config) -> None:
+    """Check every value once (finite floats, ranges, choices); ``ConfigError`` names the
+    first bad key in the config's field order."""
+    def check(key: str, value: Any, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+
     for section in fields(cfg):
         part = getattr(cfg, section.name)
         for f in fields(part):
@@ -339,26 +344,17 @@ def _checks(cfg: Config) -> Iterator[tuple[str, Any, bool, str]]:
             if v is None:
                 continue
             if "float" in str(f.type):  # NaN or inf in any position too
-                yield key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])), \
-                    "finite"
+                check(key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])), "finite")
             if key in CHOICES and not (key == "model.arch" and v.startswith(ARCH_PREFIXES)):
-                yield key, v, v in CHOICES[key], f"one of {CHOICES[key]}" + (
-                    ", timm:NAME or tv:NAME" if key == "model.arch" else "")
+                extra = ", timm:NAME or tv:NAME" if key == "model.arch" else ""
+                check(key, v, v in CHOICES[key], f"one of {CHOICES[key]}{extra}")
             if key in _RULES:
                 test, expected = _RULES[key]
-                yield key, v, bool(test(v, cfg)), expected.format(c=cfg)
+                check(key, v, bool(test(v, cfg)), expected.format(c=cfg))
     for name in ("num_images", "image_size"):  # generated sets; a string or NaN is no size
         v = cfg.data.dataset_kwargs.get(name)
-        yield (f"data.dataset_kwargs.{name}", v, v is None or isinstance(v, int)
-               and not isinstance(v, bool) and v >= 1, "an integer >= 1")
-
-
-def validate(cfg: Config) -> None:
-    """Check every value once (finite floats, ranges, choices); ``ConfigError`` names the
-    first bad key."""
-    for key, value, ok, expected in _checks(cfg):
-        if not ok:
-            raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+        ok = v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        check(f"data.dataset_kwargs.{name}", v, ok, "an integer >= 1")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

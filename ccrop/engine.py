@@ -90,9 +90,10 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
         loss = run.model(x1, x2)["loss"]
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grads = [p.grad for p in params if p.grad is not None]  # all finite: no host sync
-    ok = torch.isfinite(loss.detach()) & (torch.isfinite(torch.stack(
-        torch._foreach_norm(grads)).sum()) if grads else torch.ones((), dtype=torch.bool))
+    ok = torch.isfinite(loss.detach())  # stays on the device: no host sync
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        ok = ok & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
     if skip_mode and not bool(ok):  # opt-in host sync
         run.skipped_steps += 1
         for buf, old in zip(method.buffers(), saved):
