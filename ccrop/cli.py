@@ -165,6 +165,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from . import dist
     from .build import build_run
     from .engine import fit
+    from .reproduce import write_command
     from .runtime import bars_enabled
 
     cfg = _config(args)
@@ -174,8 +175,6 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
         with bars_enabled(cfg.train.progress):  # train.progress=false: no bar at all
             run = build_run(cfg, args.resume)
             if main_process:
-                from .reproduce import write_command
-
                 write_command(run.run_dir, args.config, list(args.overrides),
                               ["ccrop", *sys.argv[1:]])
             summary = fit(run)
