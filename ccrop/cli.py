@@ -1,8 +1,7 @@
 """Command line: ``ccrop pretrain | knn | linear | boxes | viz | ab | compare | bench | configs``.
 
-Bad input and a failing disk (``is_user_error``) print one ``ccrop: error: ...`` line and exit
-with code 2, nothing already written touched; a non-finite loss exits with code 1; any other
-exception is a bug and keeps its traceback (docs/reliability.md).
+Bad input or a failing disk: one ``ccrop: error: ...`` line, exit code 2; a non-finite loss: exit
+code 1; any other exception is a bug and keeps its traceback (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -16,10 +15,9 @@ from typing import Any
 
 from .checkpoint import CheckpointError
 from .config import ConfigError
-from .errors import CcropError, is_environment_error
+from .errors import CcropError, DataError, DataPathError, is_environment_error
 
-#: The README's main job: synthetic objects, tiny ResNet-18, SimCLR + ContrastiveCrop, about
-#: 3 minutes on 2 CPU cores. Every value is an ordinary override of the dataclass defaults.
+#: The README's demo: synthetic objects, tiny ResNet-18, SimCLR + ContrastiveCrop (~3 min, 2 CPUs).
 DEMO_OVERRIDES = [
     "data.dataset=synthetic", "data.dataset_kwargs.num_images=1536",
     "data.test_num_images=6000", "data.batch_size=256",
@@ -105,17 +103,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def is_user_error(err: BaseException) -> bool:
-    """Whether ``ccrop`` reports ``err`` as one line with exit code 2: the error family
-    (``ccrop.errors``), a box file that cannot be read or written (``BoxFileError``), or an
-    ``OSError`` of a failing environment. Anything else is a bug and keeps its traceback."""
+    """Whether ``ccrop`` reports ``err`` as one line with exit code 2: ``ccrop.errors``'
+    family, a ``BoxFileError`` or an ``OSError`` of a failing environment."""
     from .box_files import BoxFileError
 
     return isinstance(err, (CcropError, BoxFileError)) or is_environment_error(err)
 
 
 def _one_line(err: BaseException) -> str:
-    """The error as one line; an error re-raised from a DataLoader worker (whose message holds
-    the worker's traceback) becomes its last line plus the worker that raised it."""
+    """The error as one line; a DataLoader worker's traceback becomes its last line + the worker."""
     text = str(err).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) > 1 and "Traceback" in text:
@@ -123,20 +119,17 @@ def _one_line(err: BaseException) -> str:
     return " ".join(ln.strip() for ln in lines) or type(err).__name__
 
 
-# ----------------------------------------------------------------------------- commands
-
-
 def _output_path(flag: str, path: str, folder: bool = False) -> Path:
-    """A user-given output file (or ``folder``), checked before any work: a folder in place of
-    the file, or a file in place of the folder or of a folder on the way, is a ``ConfigError``.
-    Missing folders are created later."""
+    """A user-given output file (or ``folder``), checked before any work (``ConfigError``);
+    missing folders are created later."""
     out = Path(path).expanduser()
     up = next((p for p in out.parents if p.exists()), None)
-    problem = (" is a file; expected a folder" if folder and out.exists() and not out.is_dir()
-               else " is a folder; expected a file name" if not folder and out.is_dir()
-               else f": {str(up)!r} is a file, not a folder" if up and not up.is_dir() else "")
-    if problem:
-        raise ConfigError(f"{flag} {path!r}{problem}")
+    if folder and out.exists() and not out.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a file; expected a folder")
+    if not folder and out.is_dir():
+        raise ConfigError(f"{flag} {path!r} is a folder; expected a file name")
+    if up and not up.is_dir():
+        raise ConfigError(f"{flag} {path!r}: {str(up)!r} is a file, not a folder")
     return out
 
 
@@ -154,20 +147,17 @@ def _config(args: argparse.Namespace):
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
-    """The overrides given, under the demo preset when no ``--config`` is given."""
+    """The overrides given; without ``--config`` under the demo preset, less its synthetic-only
+    keys for another dataset and its test split size when the user sizes the set."""
     user = list(args.overrides)
-    return user if args.config is not None else demo_overrides(user) + user
-
-
-def demo_overrides(user: list[str]) -> list[str]:
-    """The demo preset under the user's overrides; its synthetic-only dataset arguments are
-    dropped when the user picks another dataset."""
-    other = any(o.startswith("data.dataset=") and o != "data.dataset=synthetic" for o in user)
-    # a user who sizes the set sizes its test split too (unless they set it themselves)
-    sized = any(o.startswith("data.dataset_kwargs.num_images=") for o in user)
-    return [o for o in DEMO_OVERRIDES
-            if not (other and o.startswith(("data.dataset_kwargs.", "data.test_num_images"))
-                    or sized and o.startswith("data.test_num_images"))]
+    if args.config is not None:
+        return user
+    drop = []
+    if any(o.startswith("data.dataset=") and o != "data.dataset=synthetic" for o in user):
+        drop = ["data.dataset_kwargs.", "data.test_num_images"]
+    elif any(o.startswith("data.dataset_kwargs.num_images=") for o in user):
+        drop = ["data.test_num_images"]
+    return [o for o in DEMO_OVERRIDES if not o.startswith(tuple(drop))] + user
 
 
 def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
@@ -175,6 +165,7 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
     from . import dist
     from .build import build_run
     from .engine import fit
+    from .reproduce import write_command
     from .runtime import bars_enabled
 
     cfg = _config(args)
@@ -184,15 +175,14 @@ def cmd_pretrain(args: argparse.Namespace) -> dict[str, Any]:
         with bars_enabled(cfg.train.progress):  # train.progress=false: no bar at all
             run = build_run(cfg, args.resume)
             if main_process:
-                from .reproduce import write_command
-
                 write_command(run.run_dir, args.config, list(args.overrides),
                               ["ccrop", *sys.argv[1:]])
             summary = fit(run)
     finally:
         dist.cleanup()
     if main_process:
-        _print_summary(summary, cfg.train.out_dir)
+        lines = [line.format(**summary) for key, line in _SUMMARY_LINES.items() if key in summary]
+        print("\n".join([f"run folder: {cfg.train.out_dir}", *lines]))
     return summary
 
 
@@ -208,16 +198,11 @@ _SUMMARY_LINES = {
             "{time[median_epoch_s]:.2f} s), box updates {time[box_update_s]:.1f} s"}
 
 
-def _print_summary(summary: dict[str, Any], out_dir: str) -> None:
-    print("\n".join([f"run folder: {out_dir}"] + [line.format(**summary) for key, line in
-                                                  _SUMMARY_LINES.items() if key in summary]))
-
-
 def _eval_setup(args: argparse.Namespace):
-    """Config (the checkpoint's, then ``--config`` and overrides), backbone with the
-    checkpoint's weights (eval mode, on its device), checkpoint state (None: viz without a
-    checkpoint), the config data's evaluation protocols (``Evaluator``), device."""
-    from .build import build_data, build_evaluator, config_backbone, resolve_device
+    """Config (the checkpoint's under ``--config`` and overrides), backbone with its weights
+    (eval mode, on the device), checkpoint state (None: viz without one), ``Evaluator``, device;
+    the global RNGs are seeded from ``train.seed`` (linear protocol, viz's random encoder)."""
+    from .build import build_data, build_evaluator, config_backbone, resolve_device, seed_everything
     from .checkpoint import load_backbone_state, load_checkpoint
     from .config import load_config
 
@@ -229,6 +214,7 @@ def _eval_setup(args: argparse.Namespace):
                               "('config', a dict: every checkpoint of ccrop pretrain has one)")
     else:
         cfg = load_config(args.config, list(args.overrides), base=state["config"])
+    seed_everything(cfg.train.seed)
     backbone = config_backbone(cfg)  # every model key (timm/tv archs, kwargs, image size)
     if state is not None:
         load_backbone_state(backbone, state["model"], source=args.checkpoint)
@@ -237,12 +223,12 @@ def _eval_setup(args: argparse.Namespace):
     return cfg, backbone.to(device).eval(), state, evaluator, device
 
 
-def _record(args, cfg, state, result: dict[str, Any]) -> None:
-    """Print the result; append it to ``<run>/results.jsonl`` only when the checkpoint lies at
-    ``<run>/checkpoints/`` next to ``<run>/config.yaml``: a checkpoint kept elsewhere never
-    makes ccrop write into a folder it did not create."""
+def _record(args, cfg, state, evaluator, result: dict[str, Any]) -> None:
+    """Report skipped images and print the result; append it to ``<run>/results.jsonl`` only
+    when the checkpoint lies in ``<run>/checkpoints/`` next to ``<run>/config.yaml``."""
     from .evaluate.results import RESULTS_FILE, append_result
 
+    evaluator.data.report_bad_images()  # data.on_bad_image=skip: one line per split
     rec = {**result, "dataset": cfg.data.dataset, "split": cfg.data.test_split,
            "checkpoint": str(args.checkpoint), "epoch": state["epoch"]}
     folder = Path(args.checkpoint).resolve().parent
@@ -259,8 +245,7 @@ def cmd_knn(args: argparse.Namespace) -> None:
     """kNN accuracy of a checkpoint's backbone on the config's test split."""
     cfg, backbone, state, evaluator, device = _eval_setup(args)
     result = evaluator.knn(backbone, device, progress=cfg.train.progress)
-    evaluator.data.report_bad_images()  # data.on_bad_image=skip: one line per split
-    _record(args, cfg, state, result)
+    _record(args, cfg, state, evaluator, result)
 
 
 def cmd_linear(args: argparse.Namespace) -> None:
@@ -282,8 +267,7 @@ def cmd_linear(args: argparse.Namespace) -> None:
                          epochs=e.linear_epochs, lr=e.linear_lr_or_default(d.recipe),
                          weight_decay=e.linear_weight_decay, milestones=e.linear_milestones,
                          **speed)
-    evaluator.data.report_bad_images()  # data.on_bad_image=skip: one line per split
-    _record(args, cfg, state, res)
+    _record(args, cfg, state, evaluator, res)
 
 
 def cmd_boxes(args: argparse.Namespace) -> None:
@@ -320,8 +304,6 @@ def _image_sizes(dataset: Any, paths: list[str] | None) -> list[tuple[int, int]]
         first = dataset[0][0]
         return [(first.height, first.width)] * len(dataset) if hasattr(first, "height") else None
     from PIL import Image
-
-    from .errors import DataError, DataPathError
 
     sizes = []
     for path in paths:

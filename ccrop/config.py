@@ -1,15 +1,14 @@
 """Typed configuration: dataclasses hold the only defaults; YAML and ``key=value`` override them.
 
-The boundary for config values: unknown keys, wrong types, non-finite floats, out-of-range values
-and unknown choices are a ``ConfigError`` naming the key, checked once at load; the rest of ccrop
-trusts the values. The resolved config is saved in every run folder and checkpoint (a plain dict).
+The boundary for config values: every bad key or value is a ``ConfigError`` naming the key,
+checked once at load; the rest of ccrop trusts the values.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +146,9 @@ class EvalConfig:
 
     def linear_lr_or_default(self, recipe: str) -> float:
         """``linear_lr``, else the official lr of the recipe (30 imagenet, 10 otherwise)."""
-        return self.linear_lr if self.linear_lr is not None else 30.0 if recipe == "imagenet" \
-            else 10.0
+        if self.linear_lr is not None:
+            return self.linear_lr
+        return 30.0 if recipe == "imagenet" else 10.0
 
 
 @dataclass
@@ -189,9 +189,8 @@ CHOICES = {
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict[str, Any] | None = None) -> Config:
-    """A validated ``Config``: defaults, then ``base`` (a saved config dict, e.g. a
-    checkpoint's), the YAML file ``path`` (the keys to change; ``_base_: other.yaml`` resolved
-    next to it) and dotted ``key=value`` overrides. Raises ``ConfigError`` naming the key/file."""
+    """A validated ``Config``: defaults, then ``base`` (a saved config dict), the YAML file
+    ``path`` (``_base_: other.yaml`` resolved next to it) and dotted ``key=value`` overrides."""
     cfg = OmegaConf.structured(Config)
     try:
         if base is not None:
@@ -222,18 +221,17 @@ _BEFORE_CONFIDENCE_OPTIONS = {"heatmap": "sum", "polarity": "none", "center_prio
 
 
 def upgrade_config_dict(saved: dict[str, Any]) -> dict[str, Any]:
-    """A saved config dict (``to_dict``) in today's layout, meaning what it meant (a new dict):
-    ``train.knn_k``/``knn_temperature`` moved to ``eval.*``; crop settings added since get the
-    values the run used then."""
+    """A saved config dict (``dataclasses.asdict``) in today's layout, meaning what it meant (a
+    new dict): ``train.knn_*`` moved to ``eval.*``; crop settings added since get the values the
+    run used then."""
     out = {k: dict(v) if isinstance(v, dict) else v for k, v in saved.items()}
-    train, crop = out.get("train"), out.get("crop")
-    if isinstance(train, dict):
-        moved = {k: train.pop(k) for k in ("knn_k", "knn_temperature") if k in train}
-        if moved:
-            out["eval"] = {**moved, **dict(out.get("eval") or {})}
-    if isinstance(crop, dict) and "heatmap_stages" not in crop:
+    train, crop = out.get("train", {}), out.get("crop")
+    moved = {k: train.pop(k) for k in ("knn_k", "knn_temperature") if k in train}
+    if moved:
+        out["eval"] = {**moved, **out.get("eval", {})}
+    if crop is not None and "heatmap_stages" not in crop:
         out["crop"] = crop = {**_BEFORE_LOCALIZATION_OPTIONS, **crop}
-    if isinstance(crop, dict) and "heatmap" not in crop:
+    if crop is not None and "heatmap" not in crop:
         out["crop"] = {**_BEFORE_CONFIDENCE_OPTIONS, **crop}
     return out
 
@@ -259,28 +257,27 @@ def resolve_config_path(path: str | Path) -> Path:
 
 def packaged_configs() -> list[str]:
     """Names of the packaged paper configs (``dataset/setting.yaml``), bases excluded."""
-    if not PACKAGED_CONFIGS.is_dir():
-        return []
     return sorted(str(f.relative_to(PACKAGED_CONFIGS)) for f in PACKAGED_CONFIGS.rglob("*.yaml")
                   if not f.name.startswith("_"))
 
 
 def _read_yaml(path: Path, depth: int = 0) -> DictConfig:
     """The mapping in a YAML config file, its ``_base_`` chain merged under it."""
-    problem, raw = None if path.is_file() else "does not exist", None
-    if problem is None:
-        try:
-            raw = OmegaConf.load(path)
-        except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8
-            problem = f"is not valid YAML: {err}"
-        else:
-            problem = ("must hold a mapping of keys" if not isinstance(raw, DictConfig) else
-                       "_base_ chain too deep" if depth > 8 and "_base_" in raw else None)
-    if problem is not None:
-        raise ConfigError(f"config file {str(path)!r} {problem}")
+    name = f"config file {str(path)!r}"
+    if not path.is_file():
+        raise ConfigError(f"{name} does not exist")
+    try:
+        raw = OmegaConf.load(path)
+    except (OSError, ValueError, yaml.YAMLError) as err:  # ValueError: not UTF-8
+        raise ConfigError(f"{name} is not valid YAML: {err}") from None
+    if not isinstance(raw, DictConfig):
+        raise ConfigError(f"{name} must hold a mapping of keys")
+    if depth > 8 and "_base_" in raw:
+        raise ConfigError(f"{name} _base_ chain too deep")
     base = raw.pop("_base_", None)
-    return raw if base is None else OmegaConf.merge(_read_yaml(path.parent / str(base),
-                                                               depth + 1), raw)
+    if base is None:
+        return raw
+    return OmegaConf.merge(_read_yaml(path.parent / str(base), depth + 1), raw)
 
 
 #: What a bounded value must be -> its test.
@@ -333,8 +330,13 @@ _RULES.update({
 })
 
 
-def _checks(cfg: Config) -> Iterator[tuple[str, Any, bool, str]]:
-    """``(key, value, ok, what it must be)`` of every check, in the config's field order."""
+def validate(cfg: Config) -> None:
+    """Check every value once (finite floats, ranges, choices); ``ConfigError`` names the
+    first bad key in the config's field order."""
+    def check(key: str, value: Any, ok: bool, expected: str) -> None:
+        if not ok:
+            raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
+
     for section in fields(cfg):
         part = getattr(cfg, section.name)
         for f in fields(part):
@@ -342,31 +344,17 @@ def _checks(cfg: Config) -> Iterator[tuple[str, Any, bool, str]]:
             if v is None:
                 continue
             if "float" in str(f.type):  # NaN or inf in any position too
-                yield key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])), \
-                    "finite"
+                check(key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])), "finite")
             if key in CHOICES and not (key == "model.arch" and v.startswith(ARCH_PREFIXES)):
-                yield key, v, v in CHOICES[key], f"one of {CHOICES[key]}" + (
-                    ", timm:NAME or tv:NAME" if key == "model.arch" else "")
+                extra = ", timm:NAME or tv:NAME" if key == "model.arch" else ""
+                check(key, v, v in CHOICES[key], f"one of {CHOICES[key]}{extra}")
             if key in _RULES:
                 test, expected = _RULES[key]
-                yield key, v, bool(test(v, cfg)), expected.format(c=cfg)
+                check(key, v, bool(test(v, cfg)), expected.format(c=cfg))
     for name in ("num_images", "image_size"):  # generated sets; a string or NaN is no size
         v = cfg.data.dataset_kwargs.get(name)
-        yield (f"data.dataset_kwargs.{name}", v, v is None or isinstance(v, int)
-               and not isinstance(v, bool) and v >= 1, "an integer >= 1")
-
-
-def validate(cfg: Config) -> None:
-    """Check every value once (finite floats, ranges, choices); ``ConfigError`` names the
-    first bad key."""
-    for key, value, ok, expected in _checks(cfg):
-        if not ok:
-            raise ConfigError(f"config key {key!r} must be {expected}, got {value!r}")
-
-
-def to_dict(cfg: Config) -> dict[str, Any]:
-    """Plain nested dict of builtins (safe for ``torch.load(weights_only=True)`` and YAML)."""
-    return asdict(cfg)
+        ok = v is None or isinstance(v, int) and not isinstance(v, bool) and v >= 1
+        check(f"data.dataset_kwargs.{name}", v, ok, "an integer >= 1")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,9 +1,5 @@
-"""The one training loop for every method: views -> method -> loss, boxes every few epochs.
-
-Per step: ``indices -> two views -> method(x1, x2) -> loss``; every ``loc_interval`` epochs
-after warm-up: ``encoder -> heatmaps -> boxes -> BoxStore``. Checkpoints at epoch ends hold
-everything for a bit-exact resume on CPU.
-"""
+"""The one training loop for every method: views -> method -> loss, boxes every few epochs
+(``encoder -> heatmaps -> boxes -> BoxStore``); epoch-end checkpoints resume bit-exactly on CPU."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ import os
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,18 +33,12 @@ from .checkpoint import (
     set_rng_state,
 )
 from .compiling import first_compiled_step
-from .config import Config, ConfigError, to_dict
+from .config import Config, ConfigError
 from .crop import CropPlan
 from .data.run_data import RunData
 from .data.sources import ViewSource
-from .localize import (  # noqa: F401  (FullBoxWarning: the engine's warnings, re-exported)
-    FallbackWarning,
-    FullBoxWarning,
-    box_stats,
-    localize_dataset,
-    saliency_boxes,
-    warn_unreliable,
-)
+from .evaluate.results import append_result
+from .localize import box_stats, localize_dataset, saliency_boxes, warn_unreliable
 from .methods import SSLMethod
 from .runtime import autocast, progress
 from .schedule import box_update_epochs, lr_at
@@ -87,9 +77,6 @@ class Run:
     given_boxes: torch.Tensor | None = None  # (N, 4) crop.box_source oracle/file: no encoder
 
 
-# ----------------------------------------------------------------------------- one epoch
-
-
 def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch.Tensor],
                 total_steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step on view pairs (B, 3, H, W) each; returns the 0-dim loss and a 0-dim
@@ -103,9 +90,10 @@ def _train_step(run: Run, x1: torch.Tensor, x2: torch.Tensor, params: list[torch
         loss = run.model(x1, x2)["loss"]
     run.optimizer.zero_grad(set_to_none=True)
     loss.backward()
-    grads = [p.grad for p in params if p.grad is not None]  # all finite: no host sync
-    ok = torch.isfinite(loss.detach()) & (torch.isfinite(torch.stack(
-        torch._foreach_norm(grads)).sum()) if grads else torch.ones((), dtype=torch.bool))
+    ok = torch.isfinite(loss.detach())  # stays on the device: no host sync
+    grads = [p.grad for p in params if p.grad is not None]
+    if grads:
+        ok = ok & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
     if skip_mode and not bool(ok):  # opt-in host sync
         run.skipped_steps += 1
         for buf, old in zip(method.buffers(), saved):
@@ -187,9 +175,6 @@ def _to_input(x: torch.Tensor, cfg: Config) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if cfg.train.channels_last else x
 
 
-# ----------------------------------------------------------------------------- boxes
-
-
 def localize_step(run: Run, completed: int) -> dict[str, Any]:
     """Re-localize every training image with the current encoder and log the statistics."""
     t = run.cfg.train
@@ -229,13 +214,13 @@ def _boxes_written(run: Run, stats: dict[str, Any], epoch: int, source: str, whe
     """After a box update: tell the views, warn about unreliable boxes, draw the figure (heatmap
     boxes), log one ``metrics.jsonl`` line and TensorBoard scalars; returns the record."""
     run.source.boxes_updated(run.store)
-    main = dist.is_main_process()
-    if main:
-        warn_unreliable(stats, run.cfg.crop.warn_full_share, when, advice)
     stats = {"event": "box_update", "epoch": epoch, "source": source, **stats}
-    if main and source == "heatmap" and run.given_boxes is None:
-        from .viz import config_localization_figure
+    if not dist.is_main_process():
+        return stats
+    warn_unreliable(stats, run.cfg.crop.warn_full_share, when, advice)
+    from .viz import box_grid, config_localization_figure
 
+    if source == "heatmap" and run.given_boxes is None:
         n = len(run.data.train)
         idx = torch.linspace(0, n - 1, min(6, n)).long().tolist()
         path = run.run_dir / "figures" / f"localization-epoch{epoch:04d}.png"
@@ -245,16 +230,12 @@ def _boxes_written(run: Run, stats: dict[str, Any], epoch: int, source: str, whe
             gt_boxes=run.data.gt_boxes, image_size=run.cfg.data.loc_image_size))
         if figure is not None:
             stats["figure"] = str(figure)
-    if not main:
-        return stats
     append_jsonl(run.run_dir / "metrics.jsonl", stats)
     if run.writer is not None:
         for key in ("mean_area", "full_share", "degenerate", "seconds", "iou_gt",
                     "fallback_share", "flipped_share", "mean_confidence"):
             if key in stats:
                 run.writer.add_scalar(f"boxes/{key}", stats[key], epoch)
-        from .viz import box_grid
-
         idx = torch.arange(min(16, len(run.store)))
         _figure("the box grid", lambda: run.writer.add_image(
             "boxes/grid", box_grid(run.data.preview_images(idx), run.store[idx]), epoch))
@@ -270,17 +251,14 @@ def _figure(what: str, draw: Callable[[], Any]) -> Any:
         return None
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-
 def save(run: Run) -> Path | None:
-    """Write the epoch's checkpoint (everything for an exact resume, as plain types and
-    tensors) on the main process and prune old ones."""
+    """Write the epoch's checkpoint (everything for an exact resume) on the main process and
+    prune old ones."""
     path = None
     if dist.is_main_process():
         state = {"model": run.method.state_dict(), "optimizer": run.optimizer.state_dict(),
                  "epoch": run.epoch, "step": run.step, "boxes": run.store.state_dict(),
-                 "rng": rng_state(), "config": to_dict(run.cfg),
+                 "rng": rng_state(), "config": asdict(run.cfg),
                  "history": json.loads(json.dumps(run.history)), "skipped_steps": run.skipped_steps}
         path = save_checkpoint(state, ckpt_path(run.run_dir, run.epoch))
         prune_checkpoints(run.run_dir, run.cfg.train.keep_last)
@@ -290,15 +268,17 @@ def save(run: Run) -> Path | None:
 
 def find_resume(run_dir: Path, target: str) -> tuple[str, dict[str, Any]] | None:
     """``(path, state)`` of the checkpoint ``target`` names (``auto``: the newest valid one in
-    ``run_dir``, None if it has none; else a path); reads only. ``CheckpointError``: a bad file,
-    or checkpoints none of which reads (a damaged run is never silently restarted)."""
+    ``run_dir``, None if it has none); ``CheckpointError``: a bad file, or none that reads."""
     if target != "auto":
         return target, load_checkpoint(target)
     # rank 0 picks the file and every rank loads that one: ranks that listed the folder
     # on their own could pick different epochs (a lagging shared file system)
     main = dist.is_main_process()
     found = latest_valid_checkpoint(run_dir) if main else None
-    where = str(found[0]) if found else "" if main and list_checkpoints(run_dir) else None
+    if found:
+        where = str(found[0])
+    else:  # "": checkpoints, none of which reads
+        where = "" if main and list_checkpoints(run_dir) else None
     where = dist.broadcast_object(where)
     if where == "":
         raise CheckpointError(f"no checkpoint in {str(run_dir / 'checkpoints')!r} can be read; "
@@ -326,9 +306,6 @@ def resume(run: Run, found: tuple[str, dict[str, Any]]) -> None:
     run.skipped_steps = int(state.get("skipped_steps", 0))
     set_rng_state(state["rng"])
     rewind_logs(run)  # records written after this checkpoint (before a kill) are redone
-
-
-# ----------------------------------------------------------------------------- the loop
 
 
 def fit(run: Run) -> dict[str, Any]:
@@ -406,11 +383,9 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def rewind_logs(run: Run) -> None:
-    """Make ``metrics.jsonl`` and ``results.jsonl`` match the state training starts from
-    (``run.epoch``, ``run.history``), so a run killed and resumed logs every epoch and box
-    update once (main process; atomic rewrite, only on change). Dropped: records of a later
-    ``epoch``, a box update of ``run.epoch`` that the history lacks (it is done again), all but
-    the last ``epoch``/``box_update`` record of an epoch, lines torn by a kill."""
+    """Make ``metrics.jsonl`` and ``results.jsonl`` match the state training starts from, so a
+    killed-and-resumed run logs everything once: drop torn lines, records of later epochs, a box
+    update of ``run.epoch`` the history lacks, and all but the last record of an event's epoch."""
     if not dist.is_main_process():
         return
     done, updated = run.epoch, _updated_at(run, run.epoch)
@@ -425,13 +400,12 @@ def rewind_logs(run: Run) -> None:
                 record = json.loads(line)
             except ValueError:  # torn (JSONDecodeError, bad UTF-8) or the empty last line
                 continue
-            epoch = record.get("epoch") if isinstance(record, dict) else None
-            if not isinstance(record, dict) or type(epoch) is int and (
-                    epoch > done or epoch == done and not updated
-                    and record.get("event") == "box_update"):
-                continue
-            key = (record["event"], epoch) if record.get("event") in ("epoch", "box_update") \
-                and type(epoch) is int else i
+            epoch, event, key = record.get("epoch"), record.get("event"), i
+            if type(epoch) is int:
+                if epoch > done or epoch == done and event == "box_update" and not updated:
+                    continue
+                if event in ("epoch", "box_update"):
+                    key = (event, epoch)
             kept.pop(key, None)  # the last record of an (event, epoch) stays, where it stands
             kept[key] = line + b"\n"
         text = b"".join(kept.values())
@@ -440,8 +414,7 @@ def rewind_logs(run: Run) -> None:
 
 
 def finish(run: Run) -> dict[str, Any]:
-    """Final kNN accuracy and box IoU against ground truth (when the dataset has it), written
-    to ``summary.json``."""
+    """Final kNN accuracy and box IoU vs ground truth (if known), written to ``summary.json``."""
     summary: dict[str, Any] = {"epochs": run.epoch, "steps": run.step,
                                "skipped_steps": run.skipped_steps,
                                "compiled": run.compiled}  # False after a compiler fallback
@@ -449,8 +422,6 @@ def finish(run: Run) -> dict[str, Any]:
         knn = run.knn(run.method.backbone)
         summary.update(knn_top1=knn["top1"], knn_k=knn["k"], knn_temperature=knn["temperature"])
         if dist.is_main_process():
-            from .evaluate.results import append_result
-
             append_result(run.run_dir, {**knn, "dataset": run.cfg.data.dataset,
                                         "split": run.cfg.data.test_split,
                                         "checkpoint": str(ckpt_path(run.run_dir, run.epoch)),
@@ -488,17 +459,10 @@ def _time_summary(history: list[dict[str, Any]]) -> dict[str, float]:
                                       if h.get("event") == "box_update"))}
 
 
-# ----------------------------------------------------------------------------- run folder
-
-
 def is_run_folder(folder: str | Path) -> bool:
-    """Whether ``folder`` is a ccrop run folder: it holds ccrop checkpoints, or a
-    ``command.json``, ``ab_arm.json``, ``metrics.jsonl`` (first line) or whole saved
-    ``config.yaml`` with ccrop's keys. A user's own ``config.yaml`` or ``summary.json`` does
-    not make one."""
+    """Whether ``folder`` holds ccrop checkpoints, or a ``command.json``, ``ab_arm.json``,
+    ``metrics.jsonl`` (first line) or whole saved ``config.yaml`` with ccrop's keys."""
     folder = Path(folder)
-    if not folder.is_dir():
-        return False
     if list_checkpoints(folder):
         return True
     # each file with keys of its own (a same-named file of another tool lacks them):
@@ -520,10 +484,9 @@ def is_run_folder(folder: str | Path) -> bool:
 
 
 def check_run_dir(run_dir: Path, resuming: bool) -> None:
-    """Create the run folder (and check it can be written); refuse (``ConfigError`` naming
-    ``train.out_dir``) to overwrite an existing run unless resuming, and to write into a
-    non-empty folder that is not a ccrop run folder (``is_run_folder``; hidden entries such as
-    ``.gitkeep`` do not count)."""
+    """Create the run folder and check it can be written; ``ConfigError`` (naming
+    ``train.out_dir``) for an existing run unless resuming, and for a non-empty folder (hidden
+    entries do not count) that is not a run folder."""
     problem = None
     try:
         if run_dir.is_dir() and any(not p.name.startswith(".") for p in run_dir.iterdir()) \

@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 import warnings
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ import torch
 
 from ccrop.checkpoint import load_backbone_state, load_checkpoint
 from ccrop.cli import main
-from ccrop.config import load_config, to_dict
+from ccrop.config import load_config
 from ccrop.models import build_backbone
 
 TINY = ["data.dataset_kwargs.num_images=32", "data.batch_size=16", "data.num_workers=0",
@@ -49,7 +50,7 @@ def config_and_weights() -> tuple[dict, dict[str, torch.Tensor]]:
     cfg = load_config(None, TINY)
     m = cfg.model
     backbone = build_backbone(m.arch, stem=m.stem, width=m.width)
-    return to_dict(cfg), {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
+    return asdict(cfg), {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
 
 
 class Foreign:

@@ -397,3 +397,22 @@ def test_bad_resume_file_leaves_no_run_folder(tmp_path, capsys, case):
     _one_line_error(capsys, ["pretrain", *args, f"train.out_dir={out}", "--resume", str(ckpt)],
                     str(ckpt))
     assert not out.exists()
+
+
+def test_linear_protocol_is_seeded(tmp_path, capsys):
+    """``ccrop linear`` seeds from ``train.seed``: the same checkpoint gives the same result
+    (classifier init, shuffling, augmentation)."""
+    tiny = ["data.dataset_kwargs.num_images=32", "data.test_num_images=32", "data.batch_size=16",
+            "data.num_workers=0", "model.width=4", "train.epochs=1", "crop.kind=rcrop",
+            "crop.warmup_epochs=1", "train.tensorboard=false", "train.progress=false",
+            f"train.out_dir={tmp_path}"]
+    assert main(["pretrain", *tiny]) == 0
+    ckpt = str(ckpt_path(tmp_path, 1))
+    records = []
+    for _ in range(2):
+        capsys.readouterr()
+        assert main(["linear", "--checkpoint", ckpt, "eval.linear_epochs=1"]) == 0
+        records.append(_records(capsys)[-1])
+    # top-1 of a tiny collapsed probe can agree by chance; the per-epoch train loss cannot
+    first, second = records
+    assert (first["top1"], first["history"]) == (second["top1"], second["history"])

@@ -151,14 +151,14 @@ def test_extending_epochs_on_resume(tmp_path):
 
 @pytest.mark.slow  # trains
 def test_full_box_warning_after_a_degenerate_update_only(tmp_path):
-    with pytest.warns(engine.FullBoxWarning, match="whole image after epoch 2"):
+    with pytest.warns(ccrop.localize.FullBoxWarning, match="whole image after epoch 2"):
         summary = engine.fit(build_run(tiny(tmp_path / "k", "crop.threshold_mode=fixed",
                                             "crop.box_region=extent", "crop.threshold=0.0")))
     assert summary["box_updates"] == [2, 4]
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("error", engine.FullBoxWarning)  # small boxes: no warning
+        warnings.simplefilter("error", ccrop.localize.FullBoxWarning)  # small boxes: no warning
         engine.fit(build_run(tiny(tmp_path / "q", "crop.threshold_mode=quantile",
                                   "crop.threshold=0.7")))
     history = build_run(tiny(tmp_path / "q"), resume_from="auto").history
