@@ -344,7 +344,8 @@ def validate(cfg: Config) -> None:
             if v is None:
                 continue
             if "float" in str(f.type):  # NaN or inf in any position too
-                check(key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])), "finite")
+                check(key, v, all(map(math.isfinite, v if isinstance(v, list) else [v])),
+                      "finite numbers" if isinstance(v, list) else "a finite number")
             if key in CHOICES and not (key == "model.arch" and v.startswith(ARCH_PREFIXES)):
                 extra = ", timm:NAME or tv:NAME" if key == "model.arch" else ""
                 check(key, v, v in CHOICES[key], f"one of {CHOICES[key]}{extra}")
