@@ -1,11 +1,7 @@
-"""Per-image object boxes from and to files: CSV, COCO-style JSON and torch ``.pt``.
-
-CSV: ``index`` and/or ``path`` columns (both: they must agree) and ``x0,y0,x1,y1``. JSON: COCO
-``images`` (found by ``file_name`` when the dataset has paths, else ``id`` = index) and pixel
-``bbox`` annotations (an image's union box). ``.pt``: an (N, 4) tensor or ``{"boxes", "paths"}``.
-A relative path matches the one dataset path ending with it. Export then import is bit-exact;
-images without a box get the full box. A bad file is one ``BoxFileError`` naming file and row.
-"""
+"""Per-image boxes from and to files: CSV (``index`` and/or ``path``, ``x0,y0,x1,y1``), COCO
+JSON (images by ``file_name`` or ``id``, pixel ``bbox``, an image's union box) and ``.pt``. Export
+then import is bit-exact; images without a box get the full box; a bad file is one
+``BoxFileError`` naming file and row."""
 
 from __future__ import annotations
 
@@ -14,7 +10,6 @@ import functools
 import io
 import json
 import math
-import os
 import posixpath
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,17 +19,14 @@ import numpy as np
 import torch
 
 from .boxes import check_boxes
-from .checkpoint import atomic_write
 from .crop import FULL_BOX
+from .errors import BoxFileError
+from .files import atomic_write, output_problem
 
 SUFFIXES = (".csv", ".json", ".pt")
 BOX_COLUMNS = ("x0", "y0", "x1", "y1")
 _PT_LAYOUT = "an (N, 4) float tensor or a dict {'boxes': (N, 4) tensor, 'paths': [str] or None}"
 _COCO_LAYOUT = '{"images": [{"id", "width", "height", ...}], "annotations": [...]}'
-
-
-class BoxFileError(ValueError):
-    """A box file that cannot be read or written; the message names the file and the row."""
 
 
 def _first_error(path: Path, got: list, where: Callable[[int], str]) -> None:
@@ -135,13 +127,10 @@ def _read_csv(path: Path, text: str, num_images: int, match: Callable | None) ->
             seen[found] = line
             return found, box
 
-        lines, got = [], []
-        for line, row in rows:
-            lines.append(line)
-            got.append(parse(line, row))
+        got = [(line, parse(line, row)) for line, row in rows]
     except csv.Error as exc:
         raise BoxFileError(f"{path} line {reader.line_num}: malformed CSV ({exc})") from None
-    return _rows(path, got, lambda r: f"line {lines[r]}")
+    return _rows(path, [g for _, g in got], lambda r: f"line {got[r][0]}")
 
 
 def _finite(v: Any) -> float:
@@ -180,9 +169,7 @@ def _read_json(path: Path, text: str, num_images: int, match: Callable | None) -
             known[iid] = p, index, w, h
         return problem
 
-    _first_error(path, [image(p, im) for p, im in enumerate(images)], lambda p: f"images[{p}]"
-                 + (f" (id {images[p]['id']!r})" if isinstance(images[p], dict)
-                    and "id" in images[p] else ""))
+    _first_error(path, [image(p, im) for p, im in enumerate(images)], lambda p: f"images[{p}]")
 
     def annotation(a: Any) -> tuple[int, tuple] | str:  # or what is wrong
         iid, bbox = (a.get("image_id"), a.get("bbox")) if isinstance(a, dict) else (None, None)
@@ -195,11 +182,7 @@ def _read_json(path: Path, text: str, num_images: int, match: Callable | None) -
         (_, index, w, h), (x, y, bw, bh) = known[iid], map(float, bbox)
         return index, (x / w, y / h, (x + bw) / w, (y + bh) / h)  # float64: exact round trip
 
-    def where(k: int) -> str:
-        iid = anns[k].get("image_id") if isinstance(anns[k], dict) else None
-        known_id = isinstance(iid, int | str) and iid in known
-        return f"annotations[{k}]" + (f" (image {iid!r})" if known_id else "")
-
+    where = "annotations[{}]".format
     index, norm = _rows(path, [annotation(a) for a in anns], where, lambda k: (
         f"{where(k)}: bbox {anns[k]['bbox']} in the {known[anns[k]['image_id']][2]:g}x"
         f"{known[anns[k]['image_id']][3]:g} image"), dtype=torch.float64, tol=1e-6)  # clamped
@@ -247,9 +230,8 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def read_boxes(
-    path: str | Path, num_images: int, paths: Sequence[str] | None = None
-) -> tuple[torch.Tensor, int]:
+def read_boxes(path: str | Path, num_images: int,
+               paths: Sequence[str] | None = None) -> tuple[torch.Tensor, int]:
     """(N, 4) float32 boxes of ``num_images`` images from a ``.csv``, ``.json`` or ``.pt`` file,
     and how many had none; ``paths``: the N image paths of a folder dataset, else None."""
     path = Path(path).expanduser()
@@ -272,13 +254,7 @@ def check_output_path(path: str | Path) -> Path:
     """``path`` with ``~`` expanded, once checked that a box file can be written there."""
     path = Path(path).expanduser()
     _suffix(path)
-    parent, existing = path.parent, next(p for p in path.parents if p.exists())
-    problem = ("it is a folder; give a file name" if path.is_dir() else
-               f"{existing} is a file, not a folder" if existing.exists() and not
-               existing.is_dir() else f"folder {parent} does not exist; create it first" if
-               existing != parent else "" if os.access(parent, os.W_OK | os.X_OK) else
-               f"folder {parent} is not writable")
-    if problem:
+    if problem := output_problem(path):
         raise BoxFileError(f"cannot write {path}: {problem}")
     return path
 
@@ -307,9 +283,8 @@ def _encode(suffix: str, boxes: torch.Tensor, paths: list[str] | None, sizes: An
         "categories": [{"id": 1, "name": "object"}]}).encode()
 
 
-def write_boxes(
-    path: str | Path, boxes: torch.Tensor, paths: Sequence[str] | None = None, sizes: Any = None
-) -> Path:
+def write_boxes(path: str | Path, boxes: torch.Tensor, paths: Sequence[str] | None = None,
+                sizes: Any = None) -> Path:
     """Write (N, 4) ``boxes`` (row i: image i) to ``path`` (by suffix) with the N image ``paths``
     if given and, for ``.json``, (N, 2) ``(h, w)`` pixel ``sizes``; atomic. Returns the path."""
     path = check_output_path(path)
@@ -317,6 +292,7 @@ def write_boxes(
     data = _encode(path.suffix.lower(), boxes, None if paths is None else list(map(str, paths)),
                    sizes)
     try:  # through a temp file next to path: a failed write leaves the old file as it was
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda f: f.write(data))
     except OSError as exc:
         raise BoxFileError(f"cannot write {path}: {exc.strerror or exc}") from None

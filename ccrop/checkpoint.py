@@ -7,21 +7,20 @@ A checkpoint is a dict of tensors and builtins: ``model`` (the method's state di
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pickle
 import random
 import re
 import warnings
 import zipfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 import torch
 
 from .errors import CcropError
+from .files import atomic_write
 
 CKPT_RE = re.compile(r"^ckpt-epoch(\d+)\.pt$")
 
@@ -33,31 +32,6 @@ class CheckpointError(CcropError, RuntimeError):
 def ckpt_path(run_dir: str | Path, epoch: int) -> Path:
     """``<run_dir>/checkpoints/ckpt-epoch{epoch:05d}.pt``."""
     return Path(run_dir) / "checkpoints" / f"ckpt-epoch{epoch:05d}.pt"
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], Any],
-                 check: Callable[[Path], Any] | None = None) -> None:
-    """Write ``path`` through a temp file: ``write(fh)``, flush + fsync, ``check(temp path)``,
-    rename, fsync the folder. On any failure the previous file is untouched and the temp file
-    removed (one left by a killed process goes with the next ``prune_checkpoints``)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if check is not None:
-            check(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # the rename itself made durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:

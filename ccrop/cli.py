@@ -104,10 +104,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def is_user_error(err: BaseException) -> bool:
     """Whether ``ccrop`` reports ``err`` as one line with exit code 2: ``ccrop.errors``'
-    family, a ``BoxFileError`` or an ``OSError`` of a failing environment."""
-    from .box_files import BoxFileError
+    family or an ``OSError`` of a failing environment."""
 
-    return isinstance(err, (CcropError, BoxFileError)) or is_environment_error(err)
+    return isinstance(err, CcropError) or is_environment_error(err)
 
 
 def _one_line(err: BaseException) -> str:
@@ -122,14 +121,11 @@ def _one_line(err: BaseException) -> str:
 def _output_path(flag: str, path: str, folder: bool = False) -> Path:
     """A user-given output file (or ``folder``), checked before any work (``ConfigError``);
     missing folders are created later."""
+    from .files import output_problem
+
     out = Path(path).expanduser()
-    up = next((p for p in out.parents if p.exists()), None)
-    if folder and out.exists() and not out.is_dir():
-        raise ConfigError(f"{flag} {path!r} is a file; expected a folder")
-    if not folder and out.is_dir():
-        raise ConfigError(f"{flag} {path!r} is a folder; expected a file name")
-    if up and not up.is_dir():
-        raise ConfigError(f"{flag} {path!r}: {str(up)!r} is a file, not a folder")
+    if problem := output_problem(out, folder):
+        raise ConfigError(f"{flag} {path!r}: {problem}")
     return out
 
 

@@ -21,7 +21,6 @@ from . import dist
 from .boxes import BoxStore, box_iou
 from .checkpoint import (
     CheckpointError,
-    atomic_write,
     ckpt_path,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -38,6 +37,7 @@ from .crop import CropPlan
 from .data.run_data import RunData
 from .data.sources import ViewSource
 from .evaluate.results import append_result
+from .files import atomic_write
 from .localize import box_stats, localize_dataset, saliency_boxes, warn_unreliable
 from .methods import SSLMethod
 from .runtime import autocast, progress

@@ -6,15 +6,15 @@ they replaced, so code catching those keeps working: ``ConfigError`` and ``DataE
 (``ValueError``), ``DataPathError`` (also ``FileNotFoundError``), and elsewhere
 ``ccrop.data.base.DatasetMissingError``, ``ccrop.data.folder.BadImageError`` and
 ``ccrop.checkpoint.CheckpointError`` (``RuntimeError``). ``ccrop.cli.is_user_error`` also
-counts ``ccrop.box_files.BoxFileError`` and ``is_environment_error``.
+counts ``is_environment_error``.
 """
 
 from __future__ import annotations
 
 import errno
 
-__all__ = ["CcropError", "ConfigError", "DataError", "DataPathError", "ENVIRONMENT_ERRNOS",
-           "is_environment_error"]
+__all__ = ["BoxFileError", "CcropError", "ConfigError", "DataError", "DataPathError",
+           "ENVIRONMENT_ERRNOS", "is_environment_error"]
 
 
 class CcropError(Exception):
@@ -31,6 +31,10 @@ class DataError(CcropError, ValueError):
 
 class DataPathError(DataError, FileNotFoundError):
     """A dataset folder or file given by the user does not exist."""
+
+
+class BoxFileError(DataError):
+    """A box file (``ccrop.box_files``) that cannot be read or written; names file and row."""
 
 
 #: ``OSError`` numbers of a failing environment, not of a bug: disk full, quota exceeded,

@@ -9,7 +9,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ccrop import box_files
+from ccrop import files
 from ccrop.box_files import BoxFileError, check_output_path, read_boxes, write_boxes
 
 FULL = torch.tensor([0.0, 0.0, 1.0, 1.0])
@@ -292,10 +292,10 @@ def test_json_error_names_the_first_bad_annotation(tmp_path):
     anns = [{"image_id": 0, "bbox": [0, 0, 1, 1]}, {"image_id": 0, "bbox": [0, 0, 200, 1]},
             {"image_id": 0, "bbox": [0, 0, -1, 1]}]
     path = write_text(tmp_path, "b.json", coco([IMG], anns))
-    with pytest.raises(BoxFileError, match=r"annotations\[1\] \(image 0\): bbox \[0, 0, 200, 1\]"):
+    with pytest.raises(BoxFileError, match=r"annotations\[1\]: bbox \[0, 0, 200, 1\]"):
         read_boxes(path, 6)
     path = write_text(tmp_path, "b.json", coco([IMG], anns[:1] + anns[2:] + anns[1:2]))
-    with pytest.raises(BoxFileError, match=r"annotations\[1\] \(image 0\): bbox .*negative"):
+    with pytest.raises(BoxFileError, match=r"annotations\[1\]: bbox .*negative"):
         read_boxes(path, 6)
 
 
@@ -336,19 +336,19 @@ JSON_ERRORS = [
     (json.dumps({"images": [IMG]}), "no 'annotations' list"),
     (
         coco([IMG], [{"image_id": 0, "bbox": [1, 2, 3]}]),
-        r"annotations\[0\] \(image 0\): expected 'bbox'",
+        r"annotations\[0\]: expected 'bbox'",
     ),
     (
         coco(
             [IMG], [{"image_id": 0, "bbox": [0, 0, 1, 1]}, {"image_id": 0, "bbox": [50, 0, 60, 1]}]
         ),
-        r"annotations\[1\] \(image 0\): bbox .* 100x50 image: x1=1\.1 is outside \[0, 1\]",
+        r"annotations\[1\]: bbox .* 100x50 image: x1=1\.1 is outside \[0, 1\]",
     ),
     (coco([IMG], [{"image_id": 0, "bbox": [0, 0, -1, 1]}]), r"annotations\[0\].*negative"),
     (coco([IMG], [{"image_id": 3, "bbox": [0, 0, 1, 1]}]), r"annotations\[0\]: image_id 3 is not"),
-    (coco([{"id": 0, "width": 100}], []), r"images\[0\] \(id 0\): expected positive 'width'"),
-    (coco([IMG, {**IMG, "id": 1200}], []), r"images\[1\] \(id 1200\): id 1200 is out of range"),
-    (coco([IMG, IMG], []), r"images\[1\] \(id 0\): image id appears twice"),
+    (coco([{"id": 0, "width": 100}], []), r"images\[0\]: expected positive 'width'"),
+    (coco([IMG, {**IMG, "id": 1200}], []), r"images\[1\]: id 1200 is out of range"),
+    (coco([IMG, IMG], []), r"images\[1\]: image id appears twice"),
     (coco([{**IMG, "file_name": "zzz.jpg"}], []), r"images\[0\].*'zzz.jpg' is not an image"),
 ]
 
@@ -424,8 +424,9 @@ def test_check_output_path(tmp_path):
         check_output_path(afile / "boxes.csv")
     with pytest.raises(BoxFileError, match="afile is a file, not a folder"):
         check_output_path(afile / "deeper" / "boxes.csv")
-    with pytest.raises(BoxFileError, match="folder .*nowhere does not exist"):
-        check_output_path(tmp_path / "nowhere" / "boxes.json")
+    assert check_output_path(tmp_path / "nowhere" / "boxes.json")  # missing folders are made
+    write_boxes(tmp_path / "nowhere" / "boxes.json", torch.tensor([[0.0, 0.0, 1.0, 1.0]]))
+    assert (tmp_path / "nowhere" / "boxes.json").is_file()
     with pytest.raises(BoxFileError, match=r"unknown suffix '\.npy'"):
         check_output_path(tmp_path / "boxes.npy")
     (tmp_path / "dir.pt").mkdir()
@@ -457,7 +458,7 @@ def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     def dies_half_way(fd):
         raise KeyboardInterrupt  # e.g. Ctrl-C while writing
 
-    monkeypatch.setattr(box_files.os, "fsync", dies_half_way)
+    monkeypatch.setattr(files.os, "fsync", dies_half_way)
     with pytest.raises(KeyboardInterrupt):
         write_boxes(path, random_boxes(5))
     assert path.read_bytes() == old

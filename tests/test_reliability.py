@@ -20,8 +20,8 @@ from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader
 
-import ccrop.checkpoint as ckpt_mod
 import ccrop.engine as engine
+import ccrop.files as files_mod
 from ccrop import BoxStore, ContrastiveCrop, cli
 from ccrop.build import build_run
 from ccrop.checkpoint import (
@@ -491,7 +491,7 @@ def test_cli_disk_full_is_one_line_and_keeps_the_previous_checkpoint(tmp_path, c
         def fake_open(path, mode="r", *args, **kwargs):
             target = "/dev/full" if ".tmp-" in str(path) and _fail_second(calls) else path
             return open(target, mode, *args, **kwargs)
-        monkeypatch.setattr(ckpt_mod, "open", fake_open, raising=False)
+        monkeypatch.setattr(files_mod, "open", fake_open, raising=False)
     elif where == "torch_save_short":  # what torch raises when its zip writer hits a full disk
         real_save = torch.save
 
