@@ -167,6 +167,7 @@ class Config:
 #: ``model.arch`` prefixes of external backbones: any timm or torchvision model by name
 ARCH_PREFIXES = ("timm:", "tv:")
 
+#: the one list of each choice key; crop, localize and the folder reader use these tuples
 CHOICES = {
     "data.recipe": ("cifar", "imagenet"),
     "data.pipeline": ("cpu", "gpu"),

@@ -27,12 +27,14 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform, query_size
 from torchvision.transforms.v2 import functional as F
 
+from .config import CHOICES  # the one list of each choice
+
 Box = tuple[float, float, float, float]
 FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
 CENTER_BOX: Box = (0.25, 0.25, 0.75, 0.75)
 MAX_TRIES = 10
-KINDS = ("ccrop", "simccrop", "rcrop")
-PLACEMENTS = ("paper", "official")  # of a box's crop; "uniform" is RandomResizedCrop's
+KINDS = CHOICES["crop.kind"]
+PLACEMENTS = CHOICES["crop.placement"]  # of a box's crop; "uniform" is RandomResizedCrop's
 BOX_KEY = "ccrop_box"  # dict key of a normalised (x0, y0, x1, y1) object box in a v2 sample
 _ROTATED = ("XYWHR", "CXCYWHR", "XYXYXYXY")
 _MISSING = (

@@ -20,23 +20,24 @@ import torch.nn.functional as F
 
 from . import dist
 from .boxes import BoxStore, box_area, box_iou
+from .config import CHOICES  # the one list of each choice
 from .runtime import autocast, eval_mode
 from .runtime import progress as progress_bar
 
-MODES = ("fixed", "quantile", "otsu")
+MODES = CHOICES["crop.threshold_mode"]
 #: ``extent``: every kept pixel (the paper); ``peak``: the kept pixels connected to the maximum.
-REGIONS = ("extent", "peak")
+REGIONS = CHOICES["crop.box_region"]
 #: ``peak`` works on a grid of at most this many cells per side (exact up to 32 px images).
 PEAK_GRID = 32
 #: Cell placement when upsampling. ``paper``: cell j covers pixels [s*j, s*(j+1)) (plain
 #: bilinear resize). ``receptive``: cell j centred on pixel s*j, where ResNet puts it.
-ALIGNS = ("paper", "receptive")
+ALIGNS = CHOICES["crop.heatmap_align"]
 FULL_SHARE_AREA = 0.95  # a box at least this large counts as "full image" in the statistics
 #: A cell's heat: ``sum`` of channels (the paper), or ``contrast``: cosine distance of its
 #: feature to the mean feature of the map's border ring.
-HEATMAPS = ("sum", "contrast")
+HEATMAPS = CHOICES["crop.heatmap"]
 #: ``auto`` flips a map whose border ring is hotter on average than its interior.
-POLARITIES = ("none", "auto")
+POLARITIES = CHOICES["crop.polarity"]
 CENTER_SIGMA = 0.3  # the centre prior's Gaussian width, as a fraction of the image side
 SALIENCY_SIDE = 64  # saliency is computed at most at this side (larger images: resized)
 _CHOICES = dict(mode=MODES, region=REGIONS, align=ALIGNS, heatmap=HEATMAPS,

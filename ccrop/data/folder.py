@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..config import CHOICES
 from ..errors import DataError, DataPathError
 from .base import ImageDataset, check_choice
 from .images import orientation, to_rgb, upright
@@ -26,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
                   ".pgm", ".pbm", ".pnm")
-BAD_IMAGE_MODES = ("error", "skip")
+BAD_IMAGE_MODES = CHOICES["data.on_bad_image"]
 
 
 class BadImageError(DataError):
