@@ -352,7 +352,7 @@ def _linear_fast(cfg: Any, folder: Path, run: Any = None) -> float | None:
         backbone, data, epoch = backbone.to(device), build_data(cfg), int(found[1]["epoch"])
     if not (data.num_classes and data.has_labels):
         return None
-    d, t, evaluator = cfg.data, cfg.train, build_evaluator(data)
+    d, t, evaluator = cfg.data, cfg.train, build_evaluator(cfg, data)
     res = run_fast_probe(backbone, evaluator.eval_batches(d.eval_train_split, device),
                          evaluator.eval_batches(d.test_split, device), data.num_classes, device,
                          amp=t.amp, channels_last=t.channels_last)

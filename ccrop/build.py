@@ -114,11 +114,11 @@ def build_source(cfg: Config, data: RunData, store: BoxStore,
                      loc_batch_size=c.loc_batch_size)
 
 
-def build_evaluator(data: RunData, source: Any = None) -> Evaluator:
+def build_evaluator(cfg: Config, data: RunData, source: Any = None) -> Evaluator:
     """The run's evaluation protocols; a GPU source's resident images are shared with them."""
     images = getattr(source, "images", None)
-    resident = {data.cfg.data.train_split: images.data} if images is not None else {}
-    return Evaluator(data, resident)
+    resident = {data.train_split: images.data} if images is not None else {}
+    return Evaluator(data, cfg, resident)
 
 
 def dataset_paths(dataset: Any) -> list[str] | None:
@@ -168,7 +168,7 @@ def build_run(cfg: Config, resume_from: str | None = None) -> Run:
     if dist.is_main_process():  # after the checks above: a bad config leaves no folder
         check_run_dir(run_dir, resuming=resume_from is not None)
     source = build_source(cfg, data, store, device)
-    evaluator = build_evaluator(data, source)
+    evaluator = build_evaluator(cfg, data, source)
     run = Run(cfg, device, run_dir, method, model, build_optimizer(cfg, method), store,
               source, data, knn=evaluator.monitor(device), writer=_writer(cfg, run_dir),
               given_boxes=boxes, compiled=cfg.train.compile)

@@ -215,7 +215,7 @@ def _eval_setup(args: argparse.Namespace):
     if state is not None:
         load_backbone_state(backbone, state["model"], source=args.checkpoint)
     device = resolve_device(cfg.train.device)
-    evaluator = build_evaluator(build_data(cfg))
+    evaluator = build_evaluator(cfg, build_data(cfg))
     return cfg, backbone.to(device).eval(), state, evaluator, device
 
 

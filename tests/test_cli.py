@@ -101,8 +101,8 @@ def test_eval_protocols_agree_on_both_pipelines(run_dir, capsys):
     saved, cpu = load_checkpoint(ckpt)["config"], torch.device("cpu")
     images = {}
     for pipe in ("cpu", "gpu"):
-        protocols = build_evaluator(build_data(load_config(None, [f"data.pipeline={pipe}"],
-                                                           base=saved)))
+        cfg = load_config(None, [f"data.pipeline={pipe}"], base=saved)
+        protocols = build_evaluator(cfg, build_data(cfg))
         images[pipe] = torch.cat([b[-2] for b in protocols.eval_batches("test", cpu)])
     assert images["cpu"].shape[0] == 48 and torch.equal(images["cpu"], images["gpu"])
     out = {}

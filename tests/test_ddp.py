@@ -46,7 +46,7 @@ def _one_process_knn(out):
     backbone = config_backbone(cfg)
     load_backbone_state(backbone, load_checkpoint(out / "checkpoints" / "ckpt-epoch00002.pt")[
         "model"])
-    return build_evaluator(build_data(cfg)).knn(backbone, torch.device("cpu"))["top1"]
+    return build_evaluator(cfg, build_data(cfg)).knn(backbone, torch.device("cpu"))["top1"]
 
 
 def _one_process_boxes(out):

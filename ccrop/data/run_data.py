@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -15,9 +17,9 @@ from .registry import DATASET_INFO, build_dataset
 
 @dataclass
 class RunData:
-    """The datasets of a run and their defaults (plain data; evaluation: ``Evaluator``)."""
+    """The datasets of a run and their defaults (plain data; evaluation: ``Evaluator``);
+    ``make_split(name)`` builds another split of the same dataset."""
 
-    cfg: Config
     train: Any
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -25,14 +27,16 @@ class RunData:
     num_classes: int
     gt_boxes: torch.Tensor | None
     has_labels: bool
+    train_split: str
+    make_split: Callable[[str], Any]
     _splits: dict[str, Any] = field(default_factory=dict)
 
     def split(self, name: str) -> Any:
         """A dataset split, built once (the pretraining split is reused)."""
-        if name == self.cfg.data.train_split:
+        if name == self.train_split:
             return self.train
         if name not in self._splits:
-            self._splits[name] = _dataset(self.cfg, name)
+            self._splits[name] = self.make_split(name)
         return self._splits[name]
 
     def bad_image_paths(self) -> list[str]:
@@ -41,7 +45,7 @@ class RunData:
 
     def report_bad_images(self) -> None:
         """One warning line per split whose skipped unreadable images grew since the last call."""
-        for name, dataset in [(self.cfg.data.train_split, self.train), *self._splits.items()]:
+        for name, dataset in [(self.train_split, self.train), *self._splits.items()]:
             dataset.report_skipped(name)
 
     def preview_images(self, idx: torch.Tensor) -> torch.Tensor:
@@ -75,8 +79,9 @@ def build_data(cfg: Config) -> RunData:
         raise ConfigError(f"data.batch_size ({d.batch_size}) is larger than the dataset "
                           f"({len(train)} images)")
     gt = train.gt_boxes
-    return RunData(cfg, train, tuple(d.mean or info["mean"]), tuple(d.std or info["std"]),
+    return RunData(train, tuple(d.mean or info["mean"]), tuple(d.std or info["std"]),
                    # generated sets know their size (dataset_kwargs.image_size=64)
                    int(d.image_size or train.image_size or info["image_size"]),
                    int(info["num_classes"]), None if gt is None else torch.as_tensor(gt).float(),
-                   len(train.targets) > 0 and int(np.min(train.targets)) >= 0)
+                   len(train.targets) > 0 and int(np.min(train.targets)) >= 0,
+                   d.train_split, partial(_dataset, cfg))

@@ -24,12 +24,14 @@ class Evaluator:
 
     Args:
         data: the run's ``ccrop.build.RunData``.
+        cfg: the run's ``Config`` (its ``data``, ``train`` and ``eval`` settings).
         resident: splits already held on the device as (N, 3, H, W) uint8 (the GPU view
             source's copy of the pretraining split), reused instead of decoding them again.
     """
 
-    def __init__(self, data: Any, resident: dict[str, torch.Tensor] | None = None) -> None:
-        self.data = data
+    def __init__(self, data: Any, cfg: Any,
+                 resident: dict[str, torch.Tensor] | None = None) -> None:
+        self.data, self.cfg = data, cfg
         self.resident = dict(resident or {})
         self._device: dict[tuple, Any] = {}
 
@@ -46,14 +48,14 @@ class Evaluator:
         and ``ccrop knn`` both call this."""
         from .knn import run_knn
 
-        d, t = self.data.cfg.data, self.data.cfg.train
+        d, t = self.cfg.data, self.cfg.train
         shard = dist.is_dist()  # each rank embeds its share; all see the whole bank
         if shard:  # rank 0's BN statistics, as in the saved checkpoint
             for buf in backbone.buffers():
                 dist.broadcast(buf)
         loaders = [self.eval_batches(s, device, shard=shard)
                    for s in (d.eval_train_split, d.test_split)]
-        e = self.data.cfg.eval
+        e = self.cfg.eval
         return run_knn(backbone, *loaders, self.data.num_classes, device, e.knn_k,
                        e.knn_temperature, amp=t.amp, channels_last=t.channels_last,
                        progress=progress, gather=shard)
@@ -61,7 +63,7 @@ class Evaluator:
     @property
     def on_device(self) -> bool:
         """Evaluation batches are made on the device: ``data.pipeline=gpu`` on a small set."""
-        d = self.data.cfg.data
+        d = self.cfg.data
         return d.pipeline == "gpu" and DATASET_INFO[d.dataset].get("small", True)
 
     def eval_batches(self, split: str, device: torch.device, train: bool = False,
@@ -73,7 +75,7 @@ class Evaluator:
         augmentation (RandomResizedCrop(0.08, 1) + flip), otherwise ``eval_transform``.
         ``batch_size`` defaults to ``data.batch_size``.
         """
-        d = self.data.cfg.data
+        d = self.cfg.data
         batch_size = batch_size or d.batch_size
         if self.on_device:
             from .batches import DeviceLabeledBatches
@@ -82,7 +84,7 @@ class Evaluator:
             if key not in self._device:
                 self._device[key] = DeviceLabeledBatches(
                     self.data.split(split), self.data.mean, self.data.std, batch_size, device,
-                    train=train, seed=self.data.cfg.train.seed, size=d.loc_image_size, shard=shard,
+                    train=train, seed=self.cfg.train.seed, size=d.loc_image_size, shard=shard,
                     num_workers=d.num_workers, images=self._resident(split, device))
             return self._device[key]
         if not train:
@@ -102,7 +104,7 @@ class Evaluator:
         (``data.loc_image_size`` if set). Others (ImageNet, folders): the standard protocol,
         the short side resized to ``S * 256 / 224`` then a centre ``S`` crop (S = 224: Resize(256)
         + CenterCrop(224)). Localization keeps the official square resize (``loc_loader``)."""
-        d = self.data.cfg.data
+        d = self.cfg.data
         if DATASET_INFO[d.dataset].get("small", True):
             from ..data.views import EvalTransform
 

@@ -181,7 +181,7 @@ def test_the_knn_bank_reuses_the_gpu_sources_resident_images(tmp_path):
         "crop.warmup_epochs=0", "train.tensorboard=false", "train.progress=false",
         "train.device=cpu", f"train.out_dir={tmp_path}"])
     run = build_run(cfg)
-    evaluator = build_evaluator(run.data, run.source)
+    evaluator = build_evaluator(run.cfg, run.data, run.source)
     bank = evaluator.eval_batches(cfg.data.eval_train_split, run.device)
     assert bank.images.data.data_ptr() == run.source.images.data.data_ptr()  # one copy
     test = evaluator.eval_batches(cfg.data.test_split, run.device)

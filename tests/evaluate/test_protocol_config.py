@@ -33,7 +33,7 @@ def imagenet_like(tmp_path):
 
 def test_knn_and_linear_test_inputs_are_resize_256_then_centre_crop_224(imagenet_like):
     data = build_data(imagenet_like)
-    evaluator = build_evaluator(data)
+    evaluator = build_evaluator(imagenet_like, data)
     x = evaluator.eval_transform()(_gradient_image())  # (3, 224, 224) normalised
     assert x.shape == (3, 224, 224)
     mean = torch.tensor(data.mean).view(3, 1, 1)
