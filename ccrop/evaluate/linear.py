@@ -44,9 +44,10 @@ FAST_PROBE_PROTOCOL = "linear-fast (cached features, no augmentation)"
 
 def linear_milestones(epochs: int, milestones: Sequence[int] | None = None) -> tuple[int, ...]:
     """0-based epochs at which the linear-protocol lr is divided by 10: ``milestones``
-    (``eval.linear_milestones``), else 60 % and 80 % of `epochs` rounded down (100 -> 60, 80)."""
+    (``eval.linear_milestones``), else 60 % and 80 % of `epochs` rounded down (100 -> 60, 80),
+    never epoch 0 (a 1-epoch probe trains at the full lr)."""
     if milestones is None:
-        return epochs * 6 // 10, epochs * 8 // 10
+        return max(1, epochs * 6 // 10), max(1, epochs * 8 // 10)
     return tuple(int(v) for v in milestones)
 
 

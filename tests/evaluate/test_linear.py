@@ -84,6 +84,7 @@ def test_milestones_scale_with_epochs():
     assert linear_milestones(100) == (60, 80)
     assert linear_milestones(10) == (6, 8)
     assert linear_milestones(50) == (30, 40)
+    assert linear_milestones(1) == (1, 1)  # epoch 0 at the full lr, not lr / 100
 
 
 def old_step_lr(epoch, base_lr, milestones):
