@@ -105,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
 def is_user_error(err: BaseException) -> bool:
     """Whether ``ccrop`` reports ``err`` as one line with exit code 2: ``ccrop.errors``'
     family or an ``OSError`` of a failing environment."""
-
     return isinstance(err, CcropError) or is_environment_error(err)
 
 
