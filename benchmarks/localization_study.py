@@ -77,8 +77,9 @@ def _score_boxes(boxes: torch.Tensor, conf: torch.Tensor, truth: torch.Tensor) -
 
 
 @torch.no_grad()
-def score(ckpt: Path, split: str, num: int | None) -> dict[str, dict]:
-    """Every rule's numbers for one checkpoint on ``split``."""
+def score(ckpt: Path, split: str, num: int | None, grid: str = "full") -> dict[str, dict]:
+    """Every rule's numbers for one checkpoint on ``split`` (``grid="defaults"``: only the
+    layer3 Otsu peak rules, ccrop's default and its earlier default among them)."""
     state = load_checkpoint(ckpt)
     cfg = load_config(None, base=state["config"])
     d = cfg.data
@@ -105,9 +106,13 @@ def score(ckpt: Path, split: str, num: int | None) -> dict[str, dict]:
         heat, _, _ = heatmap_parts(l4, size, "paper")
         boxes, _ = boxes_from_heatmaps(heat, 0.1, "fixed", "extent")
         parts[PAPER].append((boxes, box_confidence(heat, boxes)))
-        for stages, hm, pol, prior in itertools.product(STAGES, HEATMAPS, POLARITIES, PRIORS):
+        small = grid == "defaults"
+        for stages, hm, pol, prior in itertools.product(
+                STAGES[:1] if small else STAGES, HEATMAPS, POLARITIES[:1] if small else POLARITIES,
+                PRIORS):
             heat, _, _ = heatmap_parts(maps[stages], size, "receptive", hm, pol, prior)
-            for (mode, k), region in itertools.product(THRESHOLDS, REGIONS):
+            for (mode, k), region in itertools.product(THRESHOLDS[:1] if small else THRESHOLDS,
+                                                       REGIONS[:1] if small else REGIONS):
                 boxes, _ = boxes_from_heatmaps(heat, k, mode, region)
                 name = rule_name(stages, hm, pol, prior, mode, k, region)
                 parts[name].append((boxes, box_confidence(heat, boxes)))
@@ -173,6 +178,8 @@ def main() -> None:
     p.add_argument("runs", nargs="+", help="RUN_FOLDER:EPOCH,EPOCH,... (checkpoint epochs)")
     p.add_argument("--split", default="val", help="held-out split with true boxes")
     p.add_argument("--num", type=int, default=None, help="images of the split (default all)")
+    p.add_argument("--grid", choices=("full", "defaults"), default="full",
+                   help="every rule, or only the layer3 Otsu peak rules (sum/contrast x prior)")
     p.add_argument("--out", help="JSON file")
     args = p.parse_args()
     by_set: dict[str, dict] = defaultdict(dict)
@@ -181,13 +188,14 @@ def main() -> None:
         dataset = load_config(Path(run) / "config.yaml").data.dataset
         for e in (int(v) for v in epochs.split(",")):
             col = f"{Path(run).parent.name}/{Path(run).name} ep{e}"
-            by_set[dataset][col] = score(ckpt_path(run, e), args.split, args.num)
+            by_set[dataset][col] = score(ckpt_path(run, e), args.split, args.num,
+                                                 args.grid)
             print(f"scored {dataset} {col}", flush=True)
     for dataset, results in by_set.items():
         print(f"\n### {dataset} ({args.split} split)\n\n{table(results)}")
     if args.out:
         Path(args.out).write_text(json.dumps(
-            {"split": args.split, "num": args.num, "results": by_set,
+            {"split": args.split, "num": args.num, "grid": args.grid, "results": by_set,
              "summary": {k: summarise(v) for k, v in by_set.items()}}, indent=1) + "\n")
 
 

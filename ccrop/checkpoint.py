@@ -126,7 +126,7 @@ def prune_checkpoints(run_dir: str | Path, keep_last: int) -> list[Path]:
     folder = Path(run_dir) / "checkpoints"
     if folder.is_dir():
         for p in folder.glob(".ckpt-epoch*.pt.tmp-*"):
-            if not p.name.endswith(f".tmp-{os.getpid()}"):
+            if not p.name.endswith(f"-{os.getpid()}"):  # .NAME.tmp-TOKEN-PID
                 p.unlink(missing_ok=True)
     return old
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -13,8 +14,9 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], Any],
                  check: Callable[[Path], Any] | None = None) -> None:
     """Write ``path`` through a temp file: ``write(fh)``, flush + fsync, ``check(temp path)``,
     rename, fsync the folder. On any failure the previous file is untouched and the temp file
-    removed (one left by a killed process goes with the next ``prune_checkpoints``)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    removed (one left by a killed process goes with the next ``prune_checkpoints``). The temp
+    name ``.NAME.tmp-TOKEN-PID`` is unique per call, so writers of one path never share it."""
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             write(fh)

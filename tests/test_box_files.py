@@ -447,6 +447,18 @@ def test_atomic_write_replaces_whole_file(tmp_path, suffix):
     assert sorted(os.listdir(tmp_path)) == [path.name]  # no temp file left behind
 
 
+def test_nested_writers_of_one_path_do_not_share_a_temp_file(tmp_path):
+    path = tmp_path / "boxes.csv"
+
+    def outer(fh):
+        fh.write(b"outer")
+        files.atomic_write(path, lambda inner: inner.write(b"inner"))  # e.g. another thread
+
+    files.atomic_write(path, outer)
+    assert path.read_bytes() == b"outer"  # the last rename wins; neither write was torn
+    assert sorted(os.listdir(tmp_path)) == [path.name]
+
+
 def test_failed_write_keeps_old_file(tmp_path, monkeypatch):
     path = tmp_path / "boxes.csv"
     old = write_boxes(path, FULL[None]).read_bytes()
