@@ -18,8 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .boxes import check_boxes
-from .crop import FULL_BOX
+from .boxes import FULL_BOX, check_boxes
 from .errors import BoxFileError
 from .files import atomic_write, output_problem
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import torch
 
-from .crop import FULL_BOX, check_box
-
+Box = tuple[float, float, float, float]
+FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
 _COLUMNS = ("x0", "y0", "x1", "y1")
 
 
@@ -64,6 +64,22 @@ def _problem(box: Any, tol: float) -> str:
     lo, hi = (0, 2) if box[2] < box[0] else (1, 3)
     return (f"{_COLUMNS[hi]}={box[hi]!s} is less than {_COLUMNS[lo]}={box[lo]!s} "
             "(need x0 <= x1 and y0 <= y1)")
+
+
+def check_box(box: Any, name: str = "box") -> Box:
+    """One normalised box ``(x0, y0, x1, y1)`` (sequence or (4,) tensor), ``0 <= x0 <= x1 <= 1``
+    and the same for y, as Python floats; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(box, torch.Tensor):
+        box = box.detach().cpu().tolist()
+    try:
+        vals = tuple(float(v) for v in box)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{name} must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
+    ok = len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0
+    if not ok:  # the one box validator words the message
+        check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
+                    where=lambda _: f"{name} {vals}")
+    return vals  # type: ignore[return-value]
 
 
 def box_area(boxes: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,9 @@ from torchvision import tv_tensors
 from torchvision.transforms.v2 import Transform, query_size
 from torchvision.transforms.v2 import functional as F
 
+from .boxes import FULL_BOX, Box, check_box
 from .config import CHOICES  # the one list of each choice
 
-Box = tuple[float, float, float, float]
-FULL_BOX: Box = (0.0, 0.0, 1.0, 1.0)
 CENTER_BOX: Box = (0.25, 0.25, 0.75, 0.75)
 MAX_TRIES = 10
 KINDS = CHOICES["crop.kind"]
@@ -44,23 +43,6 @@ _MISSING = (
     f"(e.g. crop({{'image': image, {BOX_KEY!r}: (0.1, 0.2, 0.8, 0.9)}})). "
     "SimCCrop needs no box."
 )
-
-
-def check_box(box: Any, name: str = "box") -> Box:
-    """One normalised box ``(x0, y0, x1, y1)`` (sequence or (4,) tensor), ``0 <= x0 <= x1 <= 1``
-    and the same for y, as Python floats; ``ValueError`` naming ``name`` otherwise."""
-    if isinstance(box, torch.Tensor):
-        box = box.detach().cpu().tolist()
-    try:
-        vals = tuple(float(v) for v in box)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{name} must be 4 numbers (x0, y0, x1, y1), got {box!r}") from err
-    ok = len(vals) == 4 and 0.0 <= vals[0] <= vals[2] <= 1.0 and 0.0 <= vals[1] <= vals[3] <= 1.0
-    if not ok:
-        from .boxes import check_boxes  # the one box validator, for the message (it imports us)
-        check_boxes(torch.tensor([vals], dtype=torch.float64), name, dtype=torch.float64,
-                    where=lambda _: f"{name} {vals}")
-    return vals  # type: ignore[return-value]
 
 
 def as_rng(generator: torch.Generator | random.Random | None) -> random.Random | Any:

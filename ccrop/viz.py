@@ -22,8 +22,8 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 from . import localize as loc
-from .boxes import box_area, box_iou, check_boxes
-from .crop import BoxRandomResizedCrop, ContrastiveCrop, check_box, sample_crop_params
+from .boxes import box_area, box_iou, check_box, check_boxes
+from .crop import BoxRandomResizedCrop, ContrastiveCrop, sample_crop_params
 from .data.boxed import unpack_item
 from .data.images import to_rgb
 from .runtime import eval_mode

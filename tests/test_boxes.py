@@ -7,8 +7,7 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader, Dataset
 
 from ccrop import BoxStore, box_iou
-from ccrop.boxes import box_area, check_boxes
-from ccrop.crop import check_box
+from ccrop.boxes import box_area, check_box, check_boxes
 
 
 def test_init_full_and_given_box():
@@ -87,13 +86,17 @@ def test_check_boxes_tolerance_dtype_and_output():
 
 
 def test_check_box_returns_the_values_given():
-    """The single-box check of the crop code checks in float64: nothing is rounded."""
+    """The single-box check checks in float64: nothing is rounded; bad boxes are named."""
     assert check_box((0.1, 0.2, 0.3, 0.4)) == (0.1, 0.2, 0.3, 0.4)
     assert check_box(torch.tensor([0.0, 0.0, 1.0, 1.0])) == (0.0, 0.0, 1.0, 1.0)
     with pytest.raises(ValueError, match=r"init_box .*x1=0\.4 is less than x0=0\.5"):
         check_box((0.5, 0.0, 0.4, 1.0), "init_box")
     with pytest.raises(ValueError, match=r"y1=1\.0000000001 is outside"):
         check_box((0.0, 0.0, 1.0, 1.0000000001))  # float32 would round it to 1
+    for bad in [(0.5, 0, 0.4, 1), (0, 0, 1, 1.2), (float("nan"), 0, 1, 1), (-0.1, 0, 1, 1),
+                (0, 0, 1), "abcd"]:
+        with pytest.raises(ValueError, match="box"):
+            check_box(bad)
 
 
 def test_bad_indices_and_lengths():

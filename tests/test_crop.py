@@ -16,7 +16,6 @@ from ccrop.crop import (
     CropPlan,
     _fallback,
     _fallback_batch,
-    check_box,
     sample_crop_params,
     sample_crop_params_batch,
 )
@@ -212,8 +211,6 @@ def test_rrc_matches_torchvision_law():
 def test_bad_boxes_rejected(bad):
     with pytest.raises(ValueError, match="box"):
         ContrastiveCrop(8).get_params(10, 10, bad)
-    with pytest.raises(ValueError, match="box"):
-        check_box(bad)
 
 
 @pytest.mark.parametrize(
