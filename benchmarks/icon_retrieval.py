@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
 
 from ccrop.ab import paired_stats, summarise
 from ccrop.build import config_backbone
@@ -30,6 +31,7 @@ from ccrop.checkpoint import list_checkpoints, load_backbone_state, load_checkpo
 from ccrop.config import load_config
 from ccrop.data.run_data import build_data
 from ccrop.data.sources import loc_loader
+from ccrop.evaluate.features import extract_features
 
 
 def nn_top1(feats: torch.Tensor, labels: torch.Tensor, chunk: int = 1024) -> float:
@@ -58,11 +60,10 @@ def test_images(cfg) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.as_tensor(ds.params["icon"]).long()
 
 
-@torch.no_grad()
 def features(backbone: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Pooled features (N, D) of the backbone in eval mode."""
-    backbone.eval()
-    return torch.cat([backbone(images[s:s + 512]) for s in range(0, len(images), 512)])
+    """Pooled features (N, D) of the backbone (eval mode, no grad) on the CPU."""
+    loader = DataLoader(TensorDataset(images, torch.zeros(len(images))), batch_size=512)
+    return extract_features(backbone, loader, "cpu")[0]
 
 
 def main() -> None:

@@ -91,6 +91,9 @@ def score(ckpt: Path, split: str, num: int | None, grid: str = "full") -> dict[s
     backbone = config_backbone(cfg)
     load_backbone_state(backbone, state["model"])
     backbone.eval()
+    axes = (STAGES, POLARITIES, THRESHOLDS, REGIONS)  # "defaults": the first of each
+    all_stages, polarities, thresholds, regions = (
+        axes if grid == "full" else tuple(a[:1] for a in axes))
     parts: dict[str, list] = defaultdict(list)
     order = []
     for idx, x in loc_loader(ds, d.mean or info["mean"], d.std or info["std"], 256, 0,
@@ -106,13 +109,9 @@ def score(ckpt: Path, split: str, num: int | None, grid: str = "full") -> dict[s
         heat, _, _ = heatmap_parts(l4, size, "paper")
         boxes, _ = boxes_from_heatmaps(heat, 0.1, "fixed", "extent")
         parts[PAPER].append((boxes, box_confidence(heat, boxes)))
-        small = grid == "defaults"
-        for stages, hm, pol, prior in itertools.product(
-                STAGES[:1] if small else STAGES, HEATMAPS, POLARITIES[:1] if small else POLARITIES,
-                PRIORS):
+        for stages, hm, pol, prior in itertools.product(all_stages, HEATMAPS, polarities, PRIORS):
             heat, _, _ = heatmap_parts(maps[stages], size, "receptive", hm, pol, prior)
-            for (mode, k), region in itertools.product(THRESHOLDS[:1] if small else THRESHOLDS,
-                                                       REGIONS[:1] if small else REGIONS):
+            for (mode, k), region in itertools.product(thresholds, regions):
                 boxes, _ = boxes_from_heatmaps(heat, k, mode, region)
                 name = rule_name(stages, hm, pol, prior, mode, k, region)
                 parts[name].append((boxes, box_confidence(heat, boxes)))
@@ -188,8 +187,7 @@ def main() -> None:
         dataset = load_config(Path(run) / "config.yaml").data.dataset
         for e in (int(v) for v in epochs.split(",")):
             col = f"{Path(run).parent.name}/{Path(run).name} ep{e}"
-            by_set[dataset][col] = score(ckpt_path(run, e), args.split, args.num,
-                                                 args.grid)
+            by_set[dataset][col] = score(ckpt_path(run, e), args.split, args.num, args.grid)
             print(f"scored {dataset} {col}", flush=True)
     for dataset, results in by_set.items():
         print(f"\n### {dataset} ({args.split} split)\n\n{table(results)}")
